@@ -1,0 +1,173 @@
+"""Validated reading of raw tables (CSV, Parquet, JSON lines) with Polars.
+
+Every loader funnels through :func:`read_validated`: the raw columns are read as text (or as
+stored, for Parquet), converted to their kinds, and any row whose required value is missing or
+does not parse is reported by file, line (or row and row group), column and value. With
+``on_bad_rows="skip"`` such rows are dropped and counted instead.
+
+Kinds of column:
+
+- ``id``: a raw user or item id; kept as Int64 when every value is an integer, else as String.
+- ``int`` / ``float``: numbers.
+- ``time``: an event time as integer seconds: integers, floats (floored) or ISO-8601 date-times.
+- ``str``: free text (titles, categories); may be missing unless required.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from mirec.errors import MirecDataError
+
+Kind = Literal["id", "int", "float", "time", "str"]
+OnBadRows = Literal["error", "skip"]
+ROW = "__row"
+
+
+@dataclass(frozen=True)
+class Col:
+    """One column to read: ``source`` is its name in the file, ``name`` its name in mirec."""
+
+    source: str
+    name: str
+    kind: Kind
+    required: bool = True
+
+
+def csv_locator(path: Path, first_line: int) -> Callable[[int], str]:
+    """Row index -> ``file:line`` for a text file whose first data row is line ``first_line``."""
+    return lambda row: f"{path}:{row + first_line}"
+
+
+def parquet_locator(path: Path) -> Callable[[int], str]:
+    """Row index -> ``file: row group g, row r`` using the file's row-group sizes."""
+    import pyarrow.parquet as pq
+
+    sizes = [pq.ParquetFile(path).metadata.row_group(i).num_rows
+             for i in range(pq.ParquetFile(path).metadata.num_row_groups)]
+
+    def locate(row: int) -> str:
+        start = 0
+        for g, n in enumerate(sizes):
+            if row < start + n:
+                return f"{path}: row group {g}, row {row - start} (row {row} of the file)"
+            start += n
+        return f"{path}: row {row}"
+
+    return locate
+
+
+def _parsed(kind: Kind, name: str, dtype: pl.DataType) -> pl.Expr:
+    """The expression converting raw column ``name`` to ``kind``; a non-null input that cannot be
+    converted becomes null (detected afterwards)."""
+    c = pl.col(name)
+    if kind == "str":
+        return c.cast(pl.String)
+    if dtype.is_numeric():
+        if kind == "float":
+            return c.cast(pl.Float64)
+        if kind == "time" and dtype.is_float():
+            return c.floor().cast(pl.Int64, strict=False)
+        return c.cast(pl.Int64, strict=False)
+    if dtype.is_temporal():
+        if kind == "time":
+            return c.dt.epoch("s")
+        return c.cast(pl.String)
+    s = c.cast(pl.String).str.strip_chars()
+    if kind == "int":
+        return s.cast(pl.Int64, strict=False)
+    if kind == "float":
+        return s.cast(pl.Float64, strict=False)
+    if kind == "time":
+        as_int = s.cast(pl.Int64, strict=False)
+        as_float = s.cast(pl.Float64, strict=False).floor().cast(pl.Int64, strict=False)
+        as_date = s.str.to_datetime(strict=False, time_unit="us").dt.epoch("s")
+        return pl.coalesce(as_int, as_float, as_date)
+    return s  # id: decided after reading (ints when all parse)
+
+
+def read_validated(
+    lf: pl.LazyFrame,
+    cols: Sequence[Col],
+    locate: Callable[[int], str],
+    on_bad_rows: OnBadRows = "error",
+) -> tuple[pl.DataFrame, int]:
+    """Read ``cols`` from ``lf`` (whose rows are in file order), validate and convert them.
+
+    Returns the converted frame (columns named ``Col.name`` in the given order, file order kept)
+    and the number of bad rows skipped. Raises :class:`MirecDataError` naming the location,
+    column and value of the first bad row when ``on_bad_rows="error"``.
+    """
+    if on_bad_rows not in ("error", "skip"):
+        raise MirecDataError(f"--on-bad-rows: expected 'error' or 'skip', got {on_bad_rows!r}")
+    schema = lf.collect_schema()
+    missing = [c.source for c in cols if c.source not in schema]
+    if missing:
+        where = locate(0).split(":")[0]
+        raise MirecDataError(
+            f"{where}: no column {missing[0]!r} (columns: {', '.join(schema.names())})"
+        )
+    raw = lf.select([pl.col(c.source).alias(f"raw_{i}") for i, c in enumerate(cols)])
+    raw = raw.with_row_index(ROW)
+    parsed = raw.with_columns(
+        [_parsed(c.kind, f"raw_{i}", schema[c.source]).alias(c.name) for i, c in enumerate(cols)]
+    )
+    bad_exprs = []
+    for i, c in enumerate(cols):
+        rawc = pl.col(f"raw_{i}")
+        if schema[c.source] == pl.String:
+            rawc_missing = rawc.is_null() | (rawc.str.strip_chars() == "")
+        else:
+            rawc_missing = rawc.is_null()
+        failed = pl.col(c.name).is_null() & ~rawc_missing
+        bad_exprs.append((failed | rawc_missing) if c.required else failed)
+    flagged = parsed.with_columns(
+        pl.any_horizontal(bad_exprs).alias("__bad") if bad_exprs else pl.lit(False).alias("__bad")
+    )
+    df = flagged.collect()
+    n_bad = int(df["__bad"].sum())
+    if n_bad and on_bad_rows == "error":
+        row = df.filter(pl.col("__bad")).row(0, named=True)
+        for i, c in enumerate(cols):
+            value = row[f"raw_{i}"]
+            empty = value is None or (isinstance(value, str) and value.strip() == "")
+            if empty and c.required:
+                raise MirecDataError(
+                    f"{locate(row[ROW])}: column {c.source!r}: missing value "
+                    f"({n_bad} bad row(s) in all; --on-bad-rows skip drops them)"
+                )
+            if row[c.name] is None and not empty:
+                raise MirecDataError(
+                    f"{locate(row[ROW])}: column {c.source!r}: cannot read {value!r} as {c.kind} "
+                    f"({n_bad} bad row(s) in all; --on-bad-rows skip drops them)"
+                )
+    if n_bad:
+        df = df.filter(~pl.col("__bad"))
+    df = df.select([c.name for c in cols])
+    # ids: integers when every value is one (cheaper to encode), else strings
+    casts = []
+    for c in cols:
+        if c.kind == "id" and df[c.name].dtype == pl.String:
+            as_int = df[c.name].cast(pl.Int64, strict=False)
+            if as_int.null_count() == df[c.name].null_count():
+                casts.append(as_int.alias(c.name))
+    if casts:
+        df = df.with_columns(casts)
+    return df, n_bad
+
+
+def scan_text(path: Path, separator: str, has_header: bool, names: Sequence[str] | None = None,
+              encoding: str = "utf8", quote_char: str | None = '"') -> pl.LazyFrame:
+    """Lazily scan a delimited text file with every column as text."""
+    if not Path(path).exists():
+        raise MirecDataError(f"{path}: file not found")
+    return pl.scan_csv(
+        path, separator=separator, has_header=has_header, new_columns=list(names) if names else None,
+        infer_schema=False, encoding="utf8-lossy" if encoding != "utf8" else "utf8",
+        quote_char=quote_char, truncate_ragged_lines=True,
+    )
