@@ -149,12 +149,14 @@ def read_validated(
     if n_bad:
         df = df.filter(~pl.col("__bad"))
     df = df.select([c.name for c in cols])
-    # ids: integers when every value is one (cheaper to encode), else strings
+    # ids: integers when every value is one and reads back unchanged (so "007" or "+7" stay
+    # strings: the raw id must survive the round trip), else strings
     casts = []
     for c in cols:
         if c.kind == "id" and df[c.name].dtype == pl.String:
             as_int = df[c.name].cast(pl.Int64, strict=False)
-            if as_int.null_count() == df[c.name].null_count():
+            if (as_int.null_count() == df[c.name].null_count()
+                    and (as_int.cast(pl.String) == df[c.name]).all()):
                 casts.append(as_int.alias(c.name))
     if casts:
         df = df.with_columns(casts)
@@ -166,8 +168,14 @@ def scan_text(path: Path, separator: str, has_header: bool, names: Sequence[str]
     """Lazily scan a delimited text file with every column as text."""
     if not Path(path).exists():
         raise MirecDataError(f"{path}: file not found")
+    if names and not has_header:
+        # a fixed schema, so a short or long first line is a bad row, not a polars error
+        columns = {"schema": {n: pl.String for n in names},
+                   "missing_columns": "insert", "extra_columns": "ignore"}
+    else:
+        columns = {"new_columns": list(names) if names else None, "infer_schema": False}
     return pl.scan_csv(
-        path, separator=separator, has_header=has_header, new_columns=list(names) if names else None,
-        infer_schema=False, encoding="utf8-lossy" if encoding != "utf8" else "utf8",
+        path, separator=separator, has_header=has_header, **columns,
+        encoding="utf8-lossy" if encoding != "utf8" else "utf8",
         quote_char=quote_char, truncate_ragged_lines=True,
     )

@@ -1,0 +1,220 @@
+"""The ``mirec`` command line: a thin layer over library functions.
+
+Every command that writes takes ``--out`` and prints the path it wrote. Errors that mirec
+raises on purpose (bad data, bad config) are printed as one clear line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from mirec.errors import MirecError
+
+app = typer.Typer(help="mirec: multi-interest recommendation, from a raw log to top-N lists.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Fetch, prepare, generate and inspect data sets.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+# a terminal decides its own width; piped output (CI logs, files) gets room for the tables
+console = Console(width=None if sys.stdout.isatty() else 120)
+
+SOURCES = ("movielens", "recbole", "amazon", "taobao", "csv", "parquet", "jsonl")
+OnBad = Annotated[str, typer.Option("--on-bad-rows",
+                                    help="'error' stops at the first bad row; 'skip' drops "
+                                         "bad rows and reports how many.")]
+KCore = Annotated[int, typer.Option("--k-core", help="Drop users and items with fewer events, "
+                                                     "repeated until stable.")]
+
+
+def _seeds(seed: int, seeds: str | None) -> list[int]:
+    if not seeds:
+        return [seed]
+    try:
+        return [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise MirecError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+
+
+@data_app.command("prepare")
+def data_prepare(
+    source: Annotated[str, typer.Argument(help=f"One of: {', '.join(SOURCES)}.")],
+    path: Annotated[Path, typer.Argument(help="Input file or directory of the source.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default ./data/<name>).")] = None,
+    k_core: KCore = 5,
+    on_bad_rows: OnBad = "error",
+    user_col: Annotated[str, typer.Option(help="csv/parquet/jsonl: user id column.")] = "user_id",
+    item_col: Annotated[str, typer.Option(help="csv/parquet/jsonl: item id column.")] = "item_id",
+    time_col: Annotated[str, typer.Option(help="csv/parquet/jsonl: time column (epoch seconds "
+                                               "or ISO date-time).")] = "timestamp",
+    category_col: Annotated[Optional[str], typer.Option(help="Item category column ('|' "
+                                                             "separates several).")] = None,
+    title_col: Annotated[Optional[str], typer.Option(help="Item title column.")] = None,
+    separator: Annotated[str, typer.Option(help="csv: field separator.")] = ",",
+    meta: Annotated[Optional[Path], typer.Option(help="amazon: metadata JSON lines "
+                                                      "(.json or .json.gz).")] = None,
+    behaviors: Annotated[str, typer.Option(help="taobao: behaviours kept, comma-separated "
+                                                "(pv, buy, cart, fav).")] = "pv",
+) -> None:
+    """Prepare a raw log into a mirec data set (dedupe, k-core, dense ids, sorted)."""
+    from mirec.data.prepare import PrepareConfig, build_dataset
+
+    cfg = PrepareConfig(k_core=k_core, on_bad_rows=on_bad_rows)
+    cfg.validate()
+    if source == "movielens":
+        from mirec.data.movielens import load_movielens
+        raw = load_movielens(path, on_bad_rows)
+    elif source == "recbole":
+        from mirec.data.atomic import load_recbole
+        raw = load_recbole(path, on_bad_rows)
+    elif source == "amazon":
+        from mirec.data.amazon import load_amazon
+        raw = load_amazon(path, meta, on_bad_rows)
+    elif source == "taobao":
+        from mirec.data.taobao import load_taobao
+        raw = load_taobao(path, tuple(b.strip() for b in behaviors.split(",") if b.strip()),
+                          on_bad_rows)
+    elif source in ("csv", "parquet", "jsonl"):
+        from mirec.data.tabular import load_table
+        raw = load_table(path, source, user_col=user_col, item_col=item_col, time_col=time_col,
+                         category_col=category_col, title_col=title_col, separator=separator,
+                         on_bad_rows=on_bad_rows)
+    else:
+        raise MirecError(f"SOURCE: unknown source {source!r} (one of: {', '.join(SOURCES)})")
+    out = out or Path("data") / path.stem
+    with console.status(f"preparing {path} ..."):
+        written = build_dataset(raw, out, cfg)
+    _print_info(written)
+    console.print(f"wrote [bold]{written}[/bold]")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="Data set name, e.g. ml-100k, ml-1m, ml-20m, "
+                                             "amazon-books, taobao.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default "
+                                                     "./data/<name>).")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="Where downloads are kept.")] = Path(
+        "data/downloads"),
+    source: Annotated[str, typer.Option(help="auto | grouplens | recbole-wheel (ml-100k).")] = "auto",
+    base_url: Annotated[Optional[str], typer.Option(help="Mirror host replacing the "
+                                                         "official one.")] = None,
+    k_core: KCore = 5,
+) -> None:
+    """Download (with checksum) and prepare a public data set in one step."""
+    from mirec.data.fetch import fetch
+    from mirec.data.prepare import PrepareConfig
+
+    out = out or Path("data") / name
+    res = fetch(name, out, cache_dir, base_url=base_url, source=source,
+                prepare_cfg=PrepareConfig(k_core=k_core))
+    console.print(f"source used: {res.source_used}")
+    _print_info(res.path)
+    console.print(f"wrote [bold]{res.path}[/bold]")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Output data set directory.")] = Path("data/synth"),
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with SynthConfig fields.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field: "
+                                                                     "key=value (repeatable).")] = None,
+    raw: Annotated[Optional[str], typer.Option(help="Write a raw log instead (csv or parquet) to "
+                                                    "--out as a file.")] = None,
+) -> None:
+    """Generate a synthetic log with planted multi-interest structure (see SynthConfig)."""
+    from mirec.config import load
+    from mirec.data.synth import SynthConfig, synth_dataset, synth_raw
+
+    cfg = load(SynthConfig, config, set_ or [])
+    if raw:
+        written = synth_raw(cfg, out, fmt=raw)
+    else:
+        written = synth_dataset(cfg, out)
+        _print_info(written)
+    console.print(f"wrote [bold]{written}[/bold]")
+
+
+@data_app.command("info")
+def data_info(path: Annotated[Path, typer.Argument(help="A prepared data set directory.")]) -> None:
+    """Show a prepared data set's source, filters and counts."""
+    _print_info(path)
+
+
+def _print_info(path: Path) -> None:
+    from mirec.data.dataset import load_dataset
+    from mirec.report import dataset_table
+
+    console.print(dataset_table(load_dataset(path, verify=False)))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Annotated[str, typer.Option(help="Model name, e.g. most-popular.")] = "most-popular",
+    data: Annotated[Path, typer.Option(help="Prepared data set directory.")] = Path("data/ml-100k"),
+    out: Annotated[Optional[Path], typer.Option(help="Run directory for results.json "
+                                                     "(default ./runs/<model>).")] = None,
+    seed: Annotated[int, typer.Option(help="Split and model seed.")] = 2020,
+    seeds: Annotated[Optional[str], typer.Option(help="Several seeds, e.g. 1,2,3: reports "
+                                                      "mean and std.")] = None,
+    max_len: Annotated[int, typer.Option(help="History window length.")] = 20,
+    exclude_history: Annotated[bool, typer.Option(help="Exclude history items from the "
+                                                       "ranking.")] = True,
+) -> None:
+    """Evaluate a model under the protocol on test users; writes results.json."""
+    from mirec.data.split import SplitConfig
+    from mirec.eval.evaluate import EvalConfig
+    from mirec.experiment import evaluate_baseline
+    from mirec.report import results_table
+
+    out = out or Path("runs") / model
+    run = evaluate_baseline(model, data, _seeds(seed, seeds), SplitConfig(max_len=max_len),
+                            EvalConfig(exclude_history=exclude_history), out, progress=True)
+    console.print(results_table({model: run}))
+    console.print(f"wrote [bold]{out / 'results.json'}[/bold]")
+
+
+@app.command("demo")
+def demo(
+    data: Annotated[Path, typer.Option(help="Where MovieLens-100K is prepared.")] = Path(
+        "data/ml-100k"),
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
+    seeds: Annotated[str, typer.Option(help="Seeds to average over.")] = "2020",
+) -> None:
+    """Fetch MovieLens-100K, evaluate the models, show one user's recommendations."""
+    from mirec.data.dataset import load_dataset
+    from mirec.data.fetch import fetch
+    from mirec.experiment import evaluate_baseline
+    from mirec.report import recommendations_table, results_table
+
+    if not (data / "meta.json").exists():
+        res = fetch("ml-100k", data, Path("data/downloads"))
+        console.print(f"fetched ml-100k; source used: {res.source_used}")
+    ds = load_dataset(data)
+    console.print(f"data set {data}: {ds.num_users} users, {ds.num_items - 1} items, "
+                  f"{len(ds.item)} events")
+    run = evaluate_baseline("most-popular", ds, _seeds(0, seeds), out=out / "most-popular",
+                            progress=True)
+    console.print(results_table({"most-popular": run}))
+    first = run.seeds[0]
+    user = int(first.test_users[0])
+    console.print(recommendations_table(ds, user, first.test_topn[0][:10],
+                                        title=f"most-popular: top-10 for test user "
+                                              f"{ds.users['raw_id'][user]}"))
+    console.print(f"wrote [bold]{out / 'most-popular' / 'results.json'}[/bold]")
+
+
+def main() -> None:
+    try:
+        app()
+    except MirecError as e:
+        console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The protocol's split by user, and the sequence windows built from it.
+
+Users are shuffled with a seed and cut 80/10/10 into train, validation and test users
+(``n_train = floor(0.8 U)``, ``n_valid = floor(0.1 U)``, test = the rest).
+
+- Training examples are ``(start, pos)`` pairs into the flat item array: the target is
+  ``item[pos]`` and the history is ``item[max(start, pos - max_len):pos]``; one example per cut
+  point ``t = 2..n`` of every training user. Two int64 arrays, no Python list per example.
+- Validation and test users: with ``n`` events, ``k = max(1, floor(0.8 n))``; the history part is
+  ``item[start:start + k]`` (the model sees its last ``max_len`` items, and all of it is excluded
+  from the ranking), the targets are ``item[start + k:end]``. Users with no target are dropped.
+
+Histories are left-padded: the most recent item is always in the last column, padding id 0 in
+front, with a boolean mask that is true on real items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mirec.data.dataset import Dataset
+from mirec.errors import MirecConfigError
+
+
+@dataclass
+class SplitConfig:
+    """How users are split and how long a history window is."""
+
+    seed: int = 2020
+    max_len: int = 20
+    train_frac: float = 0.8
+    valid_frac: float = 0.1
+    history_frac: float = 0.8  # share of an evaluation user's events that form the history
+
+    def validate(self) -> None:
+        if self.max_len < 1:
+            raise MirecConfigError(f"split.max_len: must be >= 1, got {self.max_len}")
+        if not (0 < self.train_frac < 1 and 0 <= self.valid_frac < 1
+                and self.train_frac + self.valid_frac < 1):
+            raise MirecConfigError(
+                f"split.train_frac/valid_frac: need 0 < train, 0 <= valid, train + valid < 1; "
+                f"got {self.train_frac}, {self.valid_frac}"
+            )
+        if not 0 < self.history_frac < 1:
+            raise MirecConfigError(
+                f"split.history_frac: must be in (0, 1), got {self.history_frac}"
+            )
+
+
+@dataclass
+class EvalUsers:
+    """Validation or test users: per user, the history range and the target range.
+
+    User ``users[j]`` has history ``item[hist_start[j]:cut[j]]`` and targets
+    ``item[cut[j]:end[j]]``.
+    """
+
+    users: np.ndarray  # (U_e,) int32
+    hist_start: np.ndarray  # (U_e,) int64
+    cut: np.ndarray  # (U_e,) int64
+    end: np.ndarray  # (U_e,) int64
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def select(self, idx: np.ndarray | slice) -> EvalUsers:
+        return EvalUsers(self.users[idx], self.hist_start[idx], self.cut[idx], self.end[idx])
+
+
+@dataclass
+class Split:
+    """Train/validation/test users and the training examples of one seed."""
+
+    train_users: np.ndarray  # (U_t,) int32
+    example_start: np.ndarray  # (X,) int64: start offset of the example's user sequence
+    example_pos: np.ndarray  # (X,) int64: position of the example's target in the flat array
+    valid: EvalUsers
+    test: EvalUsers
+    config: SplitConfig
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.example_pos)
+
+
+def split_users(ds: Dataset, cfg: SplitConfig | None = None) -> Split:
+    """Split ``ds`` by user under the protocol (see the module docstring)."""
+    cfg = cfg or SplitConfig()
+    cfg.validate()
+    n = ds.num_users
+    perm = np.random.default_rng(cfg.seed).permutation(n).astype(np.int32)
+    n_train = int(cfg.train_frac * n)
+    n_valid = int(cfg.valid_frac * n)
+    train = np.sort(perm[:n_train])
+    valid = np.sort(perm[n_train:n_train + n_valid])
+    test = np.sort(perm[n_train + n_valid:])
+    start, pos = training_examples(ds.offsets, train)
+    return Split(train, start, pos, _eval_users(ds.offsets, valid, cfg.history_frac),
+                 _eval_users(ds.offsets, test, cfg.history_frac), cfg)
+
+
+def training_examples(offsets: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(start, pos)`` of every cut point t = 2..n of ``users``' sequences, vectorised."""
+    starts = offsets[users]
+    lens = offsets[users + 1] - starts
+    per_user = np.maximum(lens - 1, 0)  # (U_t,) examples per user
+    total = int(per_user.sum())
+    ex_start = np.repeat(starts, per_user)  # (X,)
+    # position = start + 1 + rank of the example within its user
+    first = np.cumsum(per_user) - per_user  # (U_t,) index of each user's first example
+    rank = np.arange(total, dtype=np.int64) - np.repeat(first, per_user)
+    return ex_start.astype(np.int64), (ex_start + 1 + rank).astype(np.int64)
+
+
+def _eval_users(offsets: np.ndarray, users: np.ndarray, history_frac: float) -> EvalUsers:
+    start = offsets[users]
+    end = offsets[users + 1]
+    n = end - start
+    k = np.maximum(1, np.floor(history_frac * n).astype(np.int64))
+    keep = k < n  # users with at least one target
+    cut = start + k
+    return EvalUsers(users[keep].astype(np.int32), start[keep].astype(np.int64),
+                     cut[keep].astype(np.int64), end[keep].astype(np.int64))
+
+
+def windows(item: np.ndarray, start: np.ndarray, stop: np.ndarray,
+            max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded windows of the last ``max_len`` items of ``item[start:stop]`` per row.
+
+    Returns ``(hist, mask)``, both (B, max_len): ``hist`` int64 item ids with 0 on padding,
+    ``mask`` true on real items. One fancy-index gather, no Python loop.
+    """
+    idx = stop[:, None] - max_len + np.arange(max_len)[None, :]  # (B, L)
+    mask = idx >= start[:, None]
+    hist = np.where(mask, item[np.maximum(idx, 0)], 0).astype(np.int64)
+    return hist, mask

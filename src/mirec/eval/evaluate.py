@@ -1,0 +1,102 @@
+"""The evaluation loop: exact top-N over the whole catalogue, in batches of users.
+
+A model is evaluated through the :class:`Scorer` contract: given left-padded histories it scores
+every item id. Padding id 0 and (by default) every item of the user's history part are set to
+-inf before the top-N cut, so they are never recommended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mirec.data.dataset import Dataset
+from mirec.data.split import EvalUsers, windows
+from mirec.errors import MirecConfigError
+from mirec.eval.metrics import topn_metrics
+
+
+class Scorer(Protocol):
+    """Anything that scores the catalogue for a batch of histories."""
+
+    def score(self, hist: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """hist, mask: (B, L) item ids (0 = padding) and real-item mask -> (B, N) scores."""
+        ...
+
+
+@dataclass
+class EvalConfig:
+    """How top-N lists are cut and measured."""
+
+    ns: tuple[int, ...] = (20, 50)
+    exclude_history: bool = True
+    batch_size: int = 512
+
+    def validate(self) -> None:
+        if not self.ns or min(self.ns) < 1:
+            raise MirecConfigError(f"eval.ns: need positive list sizes, got {list(self.ns)}")
+        if self.batch_size < 1:
+            raise MirecConfigError(f"eval.batch_size: must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    topn: np.ndarray  # (U_e, max(ns)) ranked item ids
+    num_users: int
+    extra: dict = field(default_factory=dict)
+
+
+def rank_topn(scorer: Scorer, ds: Dataset, users: EvalUsers, n: int, max_len: int,
+              exclude_history: bool = True, batch_size: int = 512,
+              progress: bool = False) -> np.ndarray:
+    """Top-``n`` item ids per evaluated user, shape (U_e, n), best first."""
+    if n >= ds.num_items:
+        raise MirecConfigError(f"eval.ns: N = {n} is not smaller than the catalogue "
+                               f"({ds.num_items - 1} items)")
+    out = np.zeros((len(users), n), dtype=np.int64)
+    starts = range(0, len(users), batch_size)
+    for s in tqdm(starts, desc="evaluate", unit="batch", disable=not progress or len(users) <= 4 * batch_size,
+                  leave=False):
+        b = users.select(slice(s, s + batch_size))
+        hist, mask = windows(ds.item, b.hist_start, b.cut, max_len)
+        scores = np.array(scorer.score(hist, mask), dtype=np.float32, copy=True)  # (B, N)
+        scores[:, 0] = -np.inf
+        if exclude_history:
+            lens = b.cut - b.hist_start
+            rows = np.repeat(np.arange(len(b)), lens)
+            pos = np.repeat(b.hist_start - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+            scores[rows, ds.item[pos]] = -np.inf
+        part = np.argpartition(-scores, n - 1, axis=1)[:, :n]  # (B, n) unordered
+        order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
+        out[s:s + len(b)] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def targets_csr(ds: Dataset, users: EvalUsers) -> tuple[np.ndarray, np.ndarray]:
+    """Each evaluated user's targets ``item[cut:end]`` as CSR ``(indptr, items)``."""
+    lens = users.end - users.cut
+    indptr = np.zeros(len(users) + 1, dtype=np.int64)
+    np.cumsum(lens, out=indptr[1:])
+    pos = np.repeat(users.cut - indptr[:-1], lens) + np.arange(indptr[-1])
+    return indptr, ds.item[pos].astype(np.int64)
+
+
+def evaluate(scorer: Scorer, ds: Dataset, users: EvalUsers, max_len: int,
+             cfg: EvalConfig | None = None, progress: bool = False) -> EvalResult:
+    """Rank the whole catalogue for ``users`` and compute the protocol's metrics."""
+    cfg = cfg or EvalConfig()
+    cfg.validate()
+    if len(users) == 0:
+        raise MirecConfigError("no users to evaluate (every user lacks a target)")
+    n_max = max(cfg.ns)
+    topn = rank_topn(scorer, ds, users, n_max, max_len, cfg.exclude_history, cfg.batch_size,
+                     progress)
+    indptr, items = targets_csr(ds, users)
+    cat_indptr, cat_ids, _ = ds.category_index()
+    metrics = topn_metrics(topn, indptr, items, cat_indptr, cat_ids, ds.num_items - 1,
+                           tuple(sorted(cfg.ns)))
+    return EvalResult(metrics, topn, len(users))

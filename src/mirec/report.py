@@ -1,0 +1,69 @@
+"""Rich tables for the terminal: data set summaries, metric tables, recommendation lists."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+from mirec.data.dataset import Dataset
+
+METRICS = ("recall", "ndcg", "hit_rate", "diversity", "coverage")
+
+
+def dataset_table(ds: Dataset) -> Table:
+    m = ds.meta
+    c = m.get("counts", {})
+    t = Table(title=f"data set {ds.path}", show_header=False)
+    t.add_row("source", str(m.get("source", {}).get("name", "?")))
+    t.add_row("filters", ", ".join(f"{k}={v}" for k, v in m.get("filters", {}).items()))
+    if "before_k_core" in c:
+        b, a = c["before_k_core"], c["after_k_core"]
+        t.add_row("before k-core", f"{b['events']:,} events, {b['users']:,} users, "
+                                   f"{b['items']:,} items")
+        t.add_row("after k-core", f"{a['events']:,} events, {a['users']:,} users, "
+                                  f"{a['items']:,} items")
+    else:
+        t.add_row("events", f"{len(ds.item):,} events, {ds.num_users:,} users, "
+                            f"{ds.num_items - 1:,} items")
+    if c.get("bad_rows_skipped"):
+        t.add_row("bad rows skipped", f"{c['bad_rows_skipped']:,}")
+    t.add_row("checksum", ds.checksum[:16])
+    return t
+
+
+def results_table(runs: dict[str, Any], ns: tuple[int, ...] = (20, 50)) -> Table:
+    """One row per model: mean (± std over seeds when several) of each metric @N."""
+    first = next(iter(runs.values()))
+    n_seeds = len(first.seeds)
+    title = (f"test users ({first.seeds[0].num_test_users}), "
+             f"{'seed ' + str(first.seeds[0].seed) if n_seeds == 1 else f'mean ± std over {n_seeds} seeds'}")
+    t = Table(title=title)
+    t.add_column("model", no_wrap=True)
+    t.add_column("N", justify="right")
+    for header in ("Recall", "NDCG", "HitRate", "Diversity", "Coverage"):
+        t.add_column(header, justify="right")
+    for name, run in runs.items():
+        mean, std = run.mean, run.std
+        for n in ns:
+            cells = [f"{mean[f'{m}@{n}']:.3f}"
+                     + (f"±{std[f'{m}@{n}']:.3f}" if n_seeds > 1 else "") for m in METRICS]
+            t.add_row(name, str(n), *cells)
+    return t
+
+
+def recommendations_table(ds: Dataset, user: int, items: np.ndarray, title: str) -> Table:
+    """Ranked items with titles and categories; the user's last history items in the caption."""
+    t = Table(title=title)
+    t.add_column("rank", justify="right")
+    t.add_column("item")
+    t.add_column("title")
+    t.add_column("categories")
+    for r, i in enumerate(items, 1):
+        row = ds.items.row(int(i) - 1, named=True)
+        t.add_row(str(r), row["raw_id"], row["title"] or "", ", ".join(row["categories"] or []))
+    lo, hi = int(ds.offsets[user]), int(ds.offsets[user + 1])
+    recent = [ds.title(int(i)) for i in ds.item[lo:hi][-5:]]
+    t.caption = "user's last items: " + "; ".join(recent)
+    return t
