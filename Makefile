@@ -1,0 +1,29 @@
+# Two commands a new user needs: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.mirec-installed
+# The CPU build of PyTorch goes in first: a bare `torch` requirement would pull the CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: venv demo test bench-prepare clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/mirec demo
+
+test: venv
+	$(BIN)/python -m pytest
+
+bench-prepare: venv
+	$(BIN)/python bench/prepare.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

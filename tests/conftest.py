@@ -1,0 +1,38 @@
+"""Shared fixtures: small prepared data sets built from in-memory logs."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mirec.data.dataset import load_dataset
+from mirec.data.prepare import PrepareConfig, RawLog, build_dataset
+
+
+def make_dataset(path, users, items, ts, categories=None, k_core=1):
+    """Prepare a data set from parallel lists of raw user ids, item ids and times."""
+    ev = pl.DataFrame({"user": users, "item": items, "ts": ts},
+                      schema={"user": pl.Int64, "item": pl.Int64, "ts": pl.Int64})
+    meta = None
+    if categories is not None:
+        meta = pl.DataFrame({"item": list(categories), "title": [f"t{i}" for i in categories],
+                             "categories": list(categories.values())},
+                            schema={"item": pl.Int64, "title": pl.String,
+                                    "categories": pl.List(pl.String)})
+    build_dataset(RawLog(ev, {"name": "test"}, items=meta), path, PrepareConfig(k_core=k_core))
+    return load_dataset(path)
+
+
+@pytest.fixture
+def random_dataset(tmp_path):
+    """200 users with 6..30 events over 60 items in 5 categories, fixed seed."""
+    rng = np.random.default_rng(0)
+    users, items, ts = [], [], []
+    for u in range(200):
+        n = int(rng.integers(6, 31))
+        users += [u] * n
+        items += rng.choice(np.arange(1, 61), size=n, replace=False).tolist()
+        ts += sorted(rng.integers(0, 10_000, size=n).tolist())
+    cats = {i: [f"c{i % 5}"] for i in range(1, 61)}
+    return make_dataset(tmp_path / "ds", users, items, ts, cats)
