@@ -53,6 +53,10 @@ ITEMS_SCHEMA = {"item": pl.String, "title": pl.String, "categories": pl.List(pl.
 _ASIN = re.compile(r"""["']asin["']\s*:\s*["']([^"']*)["']""")
 
 
+class BadRecord(ValueError):
+    """A metadata line that cannot be read; the message names the field (not the location)."""
+
+
 def load_amazon(ratings: str | Path, meta: str | Path | None = None,
                 on_bad_rows: OnBadRows = "error") -> RawLog:
     """Read an Amazon ratings-only CSV and, optionally, its metadata file."""
@@ -82,7 +86,7 @@ def read_amazon_meta(path: Path, wanted: set[str],
             continue
         try:
             asin, title, category = _meta_record(line)
-        except ValueError as e:
+        except BadRecord as e:
             if on_bad_rows == "error":
                 raise MirecDataError(
                     f"{path}:{lineno}: {e} (--on-bad-rows skip drops such lines)"
@@ -122,30 +126,30 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def _parse_line(line: str) -> dict[str, Any]:
-    """A JSON object or a Python dict literal; ValueError otherwise."""
+    """A JSON object or a Python dict literal; BadRecord otherwise."""
     try:
         rec = json.loads(line)
     except ValueError:
         try:
             rec = ast.literal_eval(line.strip())
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            raise ValueError(
+            raise BadRecord(
                 f"not a JSON object or Python dict literal: {_short(line.strip())}"
             ) from None
     if not isinstance(rec, dict):
-        raise ValueError(f"expected an object, got {_short(rec)}")
+        raise BadRecord(f"expected an object, got {_short(rec)}")
     return rec
 
 
 def _meta_record(line: str) -> tuple[str, str | None, str | None]:
-    """``(asin, title, category)`` of one metadata line; ValueError naming the field at fault."""
+    """``(asin, title, category)`` of one metadata line; BadRecord naming the field at fault."""
     rec = _parse_line(line)
     asin = rec.get("asin")
     if not isinstance(asin, str) or not asin.strip():
-        raise ValueError(f"field 'asin': missing or not a string ({_short(asin)})")
+        raise BadRecord(f"field 'asin': missing or not a string ({_short(asin)})")
     title = rec.get("title")
     if title is not None and not isinstance(title, str):
-        raise ValueError(f"field 'title': expected a string, got {_short(title)}")
+        raise BadRecord(f"field 'title': expected a string, got {_short(title)}")
     return asin.strip(), (title or None), _category(rec)
 
 
@@ -154,19 +158,19 @@ def _category(rec: dict[str, Any]) -> str | None:
     if "categories" in rec:
         field, paths = "categories", rec["categories"]
         if not isinstance(paths, list) or not all(isinstance(p, list) for p in paths):
-            raise ValueError(f"field 'categories': expected a list of lists of strings, "
+            raise BadRecord(f"field 'categories': expected a list of lists of strings, "
                              f"got {_short(paths)}")
         path = paths[0] if paths else []
     elif "category" in rec:
         field, path = "category", rec["category"]
         if not isinstance(path, list):
-            raise ValueError(f"field 'category': expected a list of strings, got {_short(path)}")
+            raise BadRecord(f"field 'category': expected a list of strings, got {_short(path)}")
     else:
         return None
     if not path:
         return None
     if not isinstance(path[-1], str):
-        raise ValueError(f"field {field!r}: expected strings, got {_short(path[-1])}")
+        raise BadRecord(f"field {field!r}: expected strings, got {_short(path[-1])}")
     return path[-1].strip() or None
 
 

@@ -86,7 +86,9 @@ def _parsed(kind: Kind, name: str, dtype: pl.DataType) -> pl.Expr:
     if kind == "time":
         as_int = s.cast(pl.Int64, strict=False)
         as_float = s.cast(pl.Float64, strict=False).floor().cast(pl.Int64, strict=False)
-        as_date = s.str.to_datetime(strict=False, time_unit="us").dt.epoch("s")
+        # date-times only where no number parsed: to_datetime over numeric text is very slow
+        as_date = (pl.when(as_float.is_null()).then(s)
+                   .str.to_datetime(strict=False, time_unit="us").dt.epoch("s"))
         return pl.coalesce(as_int, as_float, as_date)
     return s  # id: decided after reading (ints when all parse)
 

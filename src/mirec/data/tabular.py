@@ -1,0 +1,163 @@
+"""The user's own interaction table: CSV (with a header row), Parquet or JSON lines.
+
+One event a row; the caller names the columns:
+
+- ``user_col``, ``item_col``: raw ids (integers or strings);
+- ``time_col``: Unix seconds (integer or float) or an ISO-8601 date-time (a Parquet
+  timestamp column is taken as is);
+- ``category_col`` (optional): one category, or several separated by ``|``
+  (``"Comedy|Drama"``); in Parquet or JSON a list of strings is accepted too;
+- ``title_col`` (optional): the item's title.
+
+The items frame is built from the category and title columns when given: the first non-empty
+value seen for each item. Bad rows are reported by ``file:line`` (CSV: the header is line 1; JSON
+lines: the line of the record, blank lines counted) or by Parquet row group and row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import polars as pl
+
+from mirec.data.prepare import RawLog
+from mirec.data.reader import (
+    Col,
+    OnBadRows,
+    csv_locator,
+    parquet_locator,
+    read_validated,
+    scan_text,
+)
+from mirec.errors import MirecConfigError, MirecDataError
+
+FORMATS = ("csv", "parquet", "jsonl")
+Locator = Callable[[int], str]
+
+
+def load_table(
+    path: str | Path,
+    fmt: str,
+    user_col: str,
+    item_col: str,
+    time_col: str,
+    category_col: str | None = None,
+    title_col: str | None = None,
+    separator: str = ",",
+    on_bad_rows: OnBadRows = "error",
+) -> RawLog:
+    """Read an interaction table in format ``fmt`` (``csv``, ``parquet`` or ``jsonl``)."""
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise MirecConfigError(f"fmt: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    text_cols = [c for c in (user_col, item_col, time_col, category_col, title_col) if c]
+    lf, locate = _scan(path, fmt, separator, text_cols)
+    lf = _join_lists(lf, [c for c in (category_col, title_col) if c])
+    cols = [Col(user_col, "user", "id"), Col(item_col, "item", "id"), Col(time_col, "ts", "time")]
+    if category_col:
+        cols.append(Col(category_col, "category", "str", required=False))
+    if title_col:
+        cols.append(Col(title_col, "title", "str", required=False))
+    try:
+        df, n_bad = read_validated(lf, cols, locate, on_bad_rows)
+    except pl.exceptions.PolarsError as e:
+        raise MirecDataError(_unreadable(path, fmt, e)) from None
+    return RawLog(
+        events=df.select("user", "item", "ts"),
+        source={"name": "table", "path": str(path), "format": fmt},
+        items=_items(df) if category_col or title_col else None,
+        bad_rows_skipped=n_bad,
+    )
+
+
+def _scan(path: Path, fmt: str, separator: str,
+          text_cols: Sequence[str]) -> tuple[pl.LazyFrame, Locator]:
+    """The lazy frame of the file in file order and its row locator."""
+    if fmt == "csv":
+        return scan_text(path, separator, has_header=True), csv_locator(path, 2)
+    if not path.exists():
+        raise MirecDataError(f"{path}: file not found")
+    if fmt == "parquet":
+        try:
+            locate = parquet_locator(path)
+        except (OSError, ValueError) as e:
+            raise MirecDataError(f"{path}: not a readable Parquet file: {e}") from None
+        return pl.scan_parquet(path), locate
+    return _scan_jsonl(path, text_cols), _jsonl_locator(path)
+
+
+def _scan_jsonl(path: Path, text_cols: Sequence[str]) -> pl.LazyFrame:
+    """JSON lines with the named columns read as text (ids and times may mix numbers and
+    strings across lines); list columns are kept as lists."""
+    try:
+        schema = pl.scan_ndjson(path).collect_schema()
+    except pl.exceptions.PolarsError as e:
+        raise MirecDataError(_unreadable(path, "jsonl", e)) from None
+    overrides = {c: pl.String for c in text_cols
+                 if c in schema and not isinstance(schema[c], (pl.List, pl.Struct))}
+    return pl.scan_ndjson(path, schema_overrides=overrides or None)
+
+
+def _jsonl_locator(path: Path) -> Locator:
+    """Record index -> ``file:line``; blank lines (which hold no record) are counted."""
+
+    def locate(row: int) -> str:
+        seen = -1
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, 1):
+                seen += bool(line.strip())
+                if seen == row:
+                    return f"{path}:{lineno}"
+        return f"{path}: record {row}"
+
+    return locate
+
+
+def _unreadable(path: Path, fmt: str, err: Exception) -> str:
+    """The message for a file Polars cannot parse; for JSON lines, names the first bad line."""
+    if fmt == "jsonl":
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError as e:
+                    return f"{path}:{lineno}: not valid JSON: {e}"
+                if not isinstance(rec, dict):
+                    return f"{path}:{lineno}: expected a JSON object, got {line.strip()[:80]!r}"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"{path}: cannot read as {fmt}: {first}"
+
+
+def _join_lists(lf: pl.LazyFrame, names: Sequence[str]) -> pl.LazyFrame:
+    """List-of-string columns (Parquet, JSON) joined with ``|`` so they read as one text value."""
+    schema = lf.collect_schema()
+    lists = [n for n in dict.fromkeys(names)
+             if n in schema and isinstance(schema[n], pl.List)]
+    if not lists:
+        return lf
+    return lf.with_columns(
+        [pl.col(n).list.eval(pl.element().cast(pl.String)).list.join("|") for n in lists]
+    )
+
+
+def _items(df: pl.DataFrame) -> pl.DataFrame:
+    """item, title, categories: the first non-empty value per item, categories split on ``|``."""
+    text = [c for c in ("title", "category") if c in df.columns]
+    firsts = (
+        df.with_columns([pl.col(c).str.strip_chars().replace("", None) for c in text])
+        .group_by("item", maintain_order=True)
+        .agg([pl.col(c).drop_nulls().first() for c in text])
+    )
+    out = [pl.col("item")]
+    if "title" in text:
+        out.append(pl.col("title"))
+    if "category" in text:
+        cats = (pl.col("category").str.split("|")
+                .list.eval(pl.element().str.strip_chars())
+                .list.eval(pl.element().filter(pl.element() != "")))
+        out.append(cats.fill_null(pl.lit([], dtype=pl.List(pl.String))).alias("categories"))
+    return firsts.select(out)

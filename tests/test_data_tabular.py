@@ -1,0 +1,186 @@
+"""The user's own table: CSV with a header, Parquet and JSON lines."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from mirec.data.dataset import load_dataset
+from mirec.data.prepare import PrepareConfig, build_dataset
+from mirec.data.tabular import load_table
+from mirec.errors import MirecConfigError, MirecDataError
+
+CSV_ROWS = [
+    "uid;song;when;genre;name",
+    "bob;s2;2021-01-01T00:00:10;Rock;Second",
+    "amy;s1;30;Pop| Dance ;First",
+    "amy;s2;20;Jazz;Other title",
+    "bob;s1;5;;",
+]
+
+
+def write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def prepare(raw, tmp_path: Path):
+    return load_dataset(build_dataset(raw, tmp_path / "ds", PrepareConfig(k_core=1)))
+
+
+def test_csv(tmp_path: Path) -> None:
+    path = write(tmp_path / "log.csv", CSV_ROWS)
+    raw = load_table(path, "csv", "uid", "song", "when", category_col="genre",
+                     title_col="name", separator=";")
+    assert raw.events["user"].to_list() == ["bob", "amy", "amy", "bob"]
+    ds = prepare(raw, tmp_path)
+    assert ds.users["raw_id"].to_list() == ["amy", "bob"]
+    assert ds.items["raw_id"].to_list() == ["s1", "s2"]
+    assert ds.user.tolist() == [0, 0, 1, 1]
+    assert ds.ts.tolist() == [20, 30, 5, 1609459210]
+    assert ds.item.tolist() == [2, 1, 1, 2]
+    # first non-empty value per item in file order; '|' separates categories
+    assert ds.items["categories"].to_list() == [["Pop", "Dance"], ["Rock"]]
+    assert ds.items["title"].to_list() == ["First", "Second"]
+    assert ds.meta["source"]["format"] == "csv"
+
+
+def test_csv_without_item_columns(tmp_path: Path) -> None:
+    raw = load_table(write(tmp_path / "log.csv", CSV_ROWS), "csv", "uid", "song", "when",
+                     separator=";")
+    assert raw.items is None
+    assert prepare(raw, tmp_path).items["categories"].to_list() == [[], []]
+
+
+def test_csv_bad_and_skipped_rows(tmp_path: Path) -> None:
+    path = write(tmp_path / "log.csv", CSV_ROWS[:3] + ["cat;s3;soon;Folk;X"] + CSV_ROWS[3:])
+    args = ("csv", "uid", "song", "when")
+    with pytest.raises(MirecDataError, match=r"log\.csv:4: column 'when': cannot read 'soon'"):
+        load_table(path, *args, separator=";")
+    raw = load_table(path, *args, separator=";", on_bad_rows="skip")
+    assert raw.bad_rows_skipped == 1 and raw.events.height == 4
+    assert prepare(raw, tmp_path).meta["counts"]["bad_rows_skipped"] == 1
+
+
+def test_csv_missing_field(tmp_path: Path) -> None:
+    path = write(tmp_path / "log.csv", ["u,i,t", "1,2,3", "1,4"])
+    with pytest.raises(MirecDataError, match=r"log\.csv:3: column 't': missing value"):
+        load_table(path, "csv", "u", "i", "t")
+
+
+def test_missing_column(tmp_path: Path) -> None:
+    path = write(tmp_path / "log.csv", CSV_ROWS)
+    with pytest.raises(MirecDataError,
+                       match=r"log\.csv: no column 'item' \(columns: uid, song, when, genre, name\)"):
+        load_table(path, "csv", "uid", "item", "when", separator=";")
+    with pytest.raises(MirecDataError, match=r"log\.csv: no column 'cat'"):
+        load_table(path, "csv", "uid", "song", "when", category_col="cat", separator=";")
+
+
+def test_unknown_format(tmp_path: Path) -> None:
+    with pytest.raises(MirecConfigError, match=r"fmt: expected one of csv, parquet, jsonl"):
+        load_table(tmp_path / "x.xlsx", "xlsx", "u", "i", "t")
+
+
+def parquet_frame() -> pl.DataFrame:
+    return pl.DataFrame({
+        "user": [7, 3, 7, 3, 3],
+        "item": ["b", "a", "a", "c", "b"],
+        "time": [datetime(2020, 1, 1, 0, 0, s) for s in (5, 4, 3, 2, 1)],
+        "cats": [["x", "y"], ["z"], None, [], ["w"]],
+    })
+
+
+def test_parquet(tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    parquet_frame().write_parquet(path, row_group_size=2)
+    raw = load_table(path, "parquet", "user", "item", "time", category_col="cats")
+    assert raw.events["user"].dtype == pl.Int64
+    ds = prepare(raw, tmp_path)
+    assert ds.users["raw_id"].to_list() == ["3", "7"]
+    assert ds.items["raw_id"].to_list() == ["a", "b", "c"]
+    base = 1577836800  # 2020-01-01T00:00:00 UTC
+    assert ds.ts.tolist() == [base + 1, base + 2, base + 4, base + 3, base + 5]
+    assert ds.item.tolist() == [2, 3, 1, 1, 2]
+    assert ds.items["categories"].to_list() == [["z"], ["x", "y"], []]
+
+
+def test_parquet_bad_row_names_row_group(tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    df = parquet_frame().with_columns(
+        pl.Series("time", ["1", "2", "3", "late", "5"]), pl.Series("user", [7, 3, 7, None, 3])
+    )
+    df.write_parquet(path, row_group_size=2)
+    with pytest.raises(MirecDataError,
+                       match=r"log\.parquet: row group 1, row 1 \(row 3 of the file\): "
+                             r"column 'user': missing value"):
+        load_table(path, "parquet", "user", "item", "time")
+    raw = load_table(path, "parquet", "user", "item", "time", on_bad_rows="skip")
+    assert raw.bad_rows_skipped == 1 and raw.events["ts"].to_list() == [1, 2, 3, 5]
+
+
+def test_parquet_not_parquet(tmp_path: Path) -> None:
+    path = write(tmp_path / "log.parquet", ["u,i,t"])
+    with pytest.raises(MirecDataError, match=r"log\.parquet: not a readable Parquet file"):
+        load_table(path, "parquet", "u", "i", "t")
+    with pytest.raises(MirecDataError, match=r"gone\.parquet: file not found"):
+        load_table(tmp_path / "gone.parquet", "parquet", "u", "i", "t")
+
+
+JSONL = [
+    {"u": 1, "i": 10, "t": 100, "c": "A|B", "n": "Ten"},
+    {"u": "u2", "i": 20, "t": "2020-01-01T00:00:00", "c": "C"},
+    {"u": 1, "i": 20, "t": 50.9},
+]
+
+
+def test_jsonl(tmp_path: Path) -> None:
+    lines = [json.dumps(JSONL[0]), "", json.dumps(JSONL[1]), json.dumps(JSONL[2])]
+    path = write(tmp_path / "log.jsonl", lines)
+    raw = load_table(path, "jsonl", "u", "i", "t", category_col="c", title_col="n")
+    ds = prepare(raw, tmp_path)
+    assert ds.users["raw_id"].to_list() == ["1", "u2"]  # mixed ids stay strings
+    assert ds.items["raw_id"].to_list() == ["10", "20"]
+    assert ds.user.tolist() == [0, 0, 1]
+    assert ds.ts.tolist() == [50, 100, 1577836800]
+    assert ds.item.tolist() == [2, 1, 2]
+    # categories: one string, split on '|'
+    assert ds.items["categories"].to_list() == [["A", "B"], ["C"]]
+    assert ds.items["title"].to_list() == ["Ten", None]
+
+
+def test_jsonl_category_lists(tmp_path: Path) -> None:
+    rows = [{"u": 1, "i": 1, "t": 1, "c": ["A", "B"]}, {"u": 1, "i": 2, "t": 2, "c": []}]
+    path = write(tmp_path / "log.jsonl", [json.dumps(r) for r in rows])
+    raw = load_table(path, "jsonl", "u", "i", "t", category_col="c")
+    assert prepare(raw, tmp_path).items["categories"].to_list() == [["A", "B"], []]
+
+
+def test_jsonl_bad_value_names_line(tmp_path: Path) -> None:
+    bad = json.dumps({"u": 3, "i": 30, "t": "never"})
+    path = write(tmp_path / "log.jsonl", [json.dumps(JSONL[0]), "", bad, json.dumps(JSONL[2])])
+    with pytest.raises(MirecDataError, match=r"log\.jsonl:3: column 't': cannot read 'never'"):
+        load_table(path, "jsonl", "u", "i", "t")
+    assert load_table(path, "jsonl", "u", "i", "t", on_bad_rows="skip").bad_rows_skipped == 1
+
+
+def test_jsonl_missing_key(tmp_path: Path) -> None:
+    path = write(tmp_path / "log.jsonl", [json.dumps(JSONL[0]), json.dumps({"u": 2, "i": 1})])
+    with pytest.raises(MirecDataError, match=r"log\.jsonl:2: column 't': missing value"):
+        load_table(path, "jsonl", "u", "i", "t")
+
+
+def test_jsonl_malformed_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "log.jsonl", [json.dumps(JSONL[0]), '{"u": 2, "i": 1 "t": 3}'])
+    with pytest.raises(MirecDataError, match=r"log\.jsonl:2: not valid JSON"):
+        load_table(path, "jsonl", "u", "i", "t")
+
+
+def test_jsonl_missing_column(tmp_path: Path) -> None:
+    path = write(tmp_path / "log.jsonl", [json.dumps(JSONL[0])])
+    with pytest.raises(MirecDataError, match=r"log\.jsonl: no column 'user' \(columns: u, i, t"):
+        load_table(path, "jsonl", "user", "i", "t")
