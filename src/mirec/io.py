@@ -33,6 +33,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; artefacts are meant to be shared
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
