@@ -116,6 +116,9 @@ def read_validated(
         )
     raw = lf.select([pl.col(c.source).alias(f"raw_{i}") for i, c in enumerate(cols)])
     raw = raw.with_row_index(ROW)
+    # blank lines (every field empty) carry no event: dropped before validation, after the row
+    # index is taken, so line numbers in messages stay those of the file
+    raw = raw.filter(~pl.all_horizontal([pl.col(f"raw_{i}").is_null() for i in range(len(cols))]))
     parsed = raw.with_columns(
         [_parsed(c.kind, f"raw_{i}", schema[c.source]).alias(c.name) for i, c in enumerate(cols)]
     )
