@@ -183,11 +183,12 @@ def demo(
     data: Annotated[Path, typer.Option(help="Where MovieLens-100K is prepared.")] = Path(
         "data/ml-100k"),
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
-    seeds: Annotated[str, typer.Option(help="Seeds to average over.")] = "2020",
+    seeds: Annotated[str, typer.Option(help="Seeds to average over (each sets the split).")] = "1,2,3",
 ) -> None:
     """Fetch MovieLens-100K, evaluate the models, show one user's recommendations."""
     from mirec.data.dataset import load_dataset
     from mirec.data.fetch import fetch
+    from mirec.data.split import SplitConfig, split_users
     from mirec.experiment import evaluate_baseline
     from mirec.report import recommendations_table, results_table
 
@@ -201,10 +202,14 @@ def demo(
                             progress=True)
     console.print(results_table({"most-popular": run}))
     first = run.seeds[0]
-    user = int(first.test_users[0])
-    console.print(recommendations_table(ds, user, first.test_topn[0][:10],
-                                        title=f"most-popular: top-10 for test user "
-                                              f"{ds.users['raw_id'][user]}"))
+    sp = split_users(ds, SplitConfig(seed=first.seed))
+    j = 0  # the first test user of the first seed
+    user = int(sp.test.users[j])
+    history = ds.item[sp.test.hist_start[j]:sp.test.cut[j]]
+    targets = ds.item[sp.test.cut[j]:sp.test.end[j]]
+    console.print(recommendations_table(
+        ds, first.test_topn[j][:10], history, targets,
+        title=f"most-popular: top-10 for test user {ds.users['raw_id'][user]} (seed {first.seed})"))
     console.print(f"wrote [bold]{out / 'most-popular' / 'results.json'}[/bold]")
 
 

@@ -34,8 +34,7 @@ class SeedResult:
     num_test_users: int
     num_valid_users: int
     model: Any = field(default=None, repr=False)
-    test_topn: np.ndarray | None = field(default=None, repr=False)
-    test_users: np.ndarray | None = field(default=None, repr=False)
+    test_topn: np.ndarray | None = field(default=None, repr=False)  # (U_test, max N)
 
 
 @dataclass
@@ -105,7 +104,7 @@ def evaluate_baseline(model: str, data: str | Path | Dataset, seeds: list[int],
         test = evaluate(m, ds, sp.test, split.max_len, eval_cfg, progress)
         valid = evaluate(m, ds, sp.valid, split.max_len, eval_cfg, progress)
         results.append(SeedResult(seed, test.metrics, valid.metrics, test.num_users,
-                                  valid.num_users, m, test.topn, sp.test.users))
+                                  valid.num_users, m, test.topn))
     run = RunResult(model, ds, results, split, eval_cfg, time.perf_counter() - t0)
     if out is not None:
         atomic_write_json(Path(out) / "results.json", run.to_json())

@@ -53,17 +53,21 @@ def results_table(runs: dict[str, Any], ns: tuple[int, ...] = (20, 50)) -> Table
     return t
 
 
-def recommendations_table(ds: Dataset, user: int, items: np.ndarray, title: str) -> Table:
-    """Ranked items with titles and categories; the user's last history items in the caption."""
+def recommendations_table(ds: Dataset, items: np.ndarray, history: np.ndarray,
+                          targets: np.ndarray, title: str) -> Table:
+    """Ranked items with titles and categories; a check mark on held-out targets; the last
+    history items (what the model saw) in the caption."""
+    target_set = set(targets.tolist())
     t = Table(title=title)
     t.add_column("rank", justify="right")
     t.add_column("item")
     t.add_column("title")
     t.add_column("categories")
+    t.add_column("hit", justify="center")
     for r, i in enumerate(items, 1):
         row = ds.items.row(int(i) - 1, named=True)
-        t.add_row(str(r), row["raw_id"], row["title"] or "", ", ".join(row["categories"] or []))
-    lo, hi = int(ds.offsets[user]), int(ds.offsets[user + 1])
-    recent = [ds.title(int(i)) for i in ds.item[lo:hi][-5:]]
-    t.caption = "user's last items: " + "; ".join(recent)
+        t.add_row(str(r), row["raw_id"], row["title"] or "", ", ".join(row["categories"] or []),
+                  "✓" if int(i) in target_set else "")
+    t.caption = ("last items in the history: " + "; ".join(ds.title(int(i)) for i in history[-5:])
+                 + f"  ({len(target_set)} held-out targets; ✓ = one of them)")
     return t
