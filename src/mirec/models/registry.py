@@ -1,13 +1,34 @@
-"""The explicit list of models: name -> (config class, model class)."""
+"""The explicit list of models.
+
+``BASELINES`` need no training loop: ``Model(cfg).fit(ds, split)`` then ``score``.
+``NEURAL`` are trained by :mod:`mirec.train.loop`: ``Model(cfg, num_items)``.
+"""
 
 from __future__ import annotations
 
+from mirec.models.comirec_dr import ComiRecDR, ComiRecDRConfig
+from mirec.models.comirec_sa import ComiRecSA, ComiRecSAConfig
+from mirec.models.gru4rec import GRU4Rec, GRU4RecConfig
+from mirec.models.item_cf import ItemCF, ItemCFConfig
+from mirec.models.mind import MIND, MINDConfig
 from mirec.models.most_popular import MostPopular, MostPopularConfig
+from mirec.models.youtube_dnn import YouTubeDNN, YouTubeDNNConfig
 
-MODELS: dict[str, tuple[type, type]] = {
+BASELINES: dict[str, tuple[type, type]] = {
     "most-popular": (MostPopularConfig, MostPopular),
+    "item-cf": (ItemCFConfig, ItemCF),
 }
+
+NEURAL: dict[str, tuple[type, type]] = {
+    "youtube-dnn": (YouTubeDNNConfig, YouTubeDNN),
+    "gru4rec": (GRU4RecConfig, GRU4Rec),
+    "mind": (MINDConfig, MIND),
+    "comirec-dr": (ComiRecDRConfig, ComiRecDR),
+    "comirec-sa": (ComiRecSAConfig, ComiRecSA),
+}
+
+MODELS = BASELINES  # models `mirec evaluate --model` fits without training
 
 
 def model_names() -> list[str]:
-    return sorted(MODELS)
+    return sorted(BASELINES) + sorted(NEURAL)

@@ -1,0 +1,55 @@
+"""The contract every retrieval model keeps.
+
+Shape alphabet: ``B`` batch, ``L`` history length (left-padded, most recent item last), ``K``
+interests, ``D`` embedding size, ``N`` item ids (0 = padding).
+
+A retriever turns a batch of histories into K interest vectors::
+
+    out = model.interests(hist, mask)      # hist (B, L) long, mask (B, L) bool
+    out.vectors   (B, K, D)                # one vector per interest
+    out.mask      (B, K) bool              # live interests (MIND's dynamic K masks some)
+    out.weights   (B, K, L)                # how much each history position formed interest k
+                                           # (attention or routing weights; 0 on padding)
+
+``model.item_embeddings()`` is the (N, D) table the serving index holds (row 0 = padding), and
+``model.readout(out, target_emb)`` picks the training user vector (B, D) for a target: argmax
+for ComiRec, label-aware attention for MIND, identity for K = 1. Scores are always
+``f(u, i) = max over live k of v_k . e_i`` (divided by the temperature in training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class Interests:
+    vectors: torch.Tensor  # (B, K, D)
+    mask: torch.Tensor  # (B, K) bool
+    weights: torch.Tensor  # (B, K, L)
+
+
+class Retriever(Protocol):
+    def interests(self, hist: torch.Tensor, mask: torch.Tensor) -> Interests: ...
+
+    def item_embeddings(self) -> torch.Tensor: ...
+
+    def readout(self, out: Interests, target_emb: torch.Tensor) -> torch.Tensor: ...
+
+
+def max_over_interests(out: Interests, items: torch.Tensor) -> torch.Tensor:
+    """``f(u, i) = max_k v_k . e_i`` over live interests: (B, K, D) x (N, D) -> (B, N)."""
+    scores = torch.einsum("bkd,nd->bkn", out.vectors, items)  # (B, K, N)
+    scores = scores.masked_fill(~out.mask[:, :, None], float("-inf"))
+    return scores.max(dim=1).values
+
+
+def argmax_readout(out: Interests, target_emb: torch.Tensor) -> torch.Tensor:
+    """ComiRec's readout: the live interest with the highest inner product with the target."""
+    sim = torch.einsum("bkd,bd->bk", out.vectors, target_emb)  # (B, K)
+    sim = sim.masked_fill(~out.mask, float("-inf"))
+    k = sim.argmax(dim=1)  # (B,)
+    return out.vectors[torch.arange(len(k), device=k.device), k]  # (B, D)

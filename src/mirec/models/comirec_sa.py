@@ -1,0 +1,72 @@
+"""ComiRec-SA: multi-interest extraction by self-attention.
+
+Cen et al., "Controllable Multi-Interest Framework for Recommendation", KDD 2020, Sec. 3.2
+(the attention is Lin et al., "A Structured Self-Attentive Sentence Embedding", ICLR 2017)::
+
+    A = softmax_over_positions( W2^T tanh(W1 (H + P)^T) )     # (L, K), padding -> weight 0
+    V = A^T H                                                  # (K, D)
+
+Positional embeddings P only steer the attention; the interests mix the raw item embeddings.
+Positions are counted from the most recent item (histories are left-padded, most recent last),
+so the amount of left padding never shifts them. The authors' code adds biases to W1 and W2;
+we follow the paper's bias-free form (a bias on W2 cancels in the softmax anyway).
+
+Shapes: ``B`` batch, ``L`` history length, ``K`` interests, ``D`` dim, ``N`` items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mirec.errors import MirecConfigError
+from mirec.models.base import Interests, argmax_readout
+from mirec.models.layers import item_embedding, masked_softmax
+
+
+@dataclass
+class ComiRecSAConfig:
+    dim: int = 64
+    num_interests: int = 4
+    max_len: int = 20
+    hidden_factor: int = 4  # W1 is (hidden_factor * D) x D
+    dropout: float = 0.0  # on the attention's hidden layer
+
+    def validate(self) -> None:
+        for name in ("dim", "num_interests", "max_len", "hidden_factor"):
+            if getattr(self, name) < 1:
+                raise MirecConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise MirecConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
+
+
+class ComiRecSA(nn.Module):
+    def __init__(self, cfg: ComiRecSAConfig, num_items: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D, K = cfg.dim, cfg.num_interests
+        self.item_emb = item_embedding(num_items, D)
+        self.pos_emb = nn.Parameter(torch.randn(cfg.max_len, D) * D**-0.5)  # P, (max_len, D)
+        self.W1 = nn.Linear(D, cfg.hidden_factor * D, bias=False)
+        self.W2 = nn.Linear(cfg.hidden_factor * D, K, bias=False)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def interests(self, hist: torch.Tensor, mask: torch.Tensor) -> Interests:
+        """(B, L) item ids and (B, L) bool mask -> K interests (all live)."""
+        B, L = hist.shape
+        H = self.item_emb(hist) * mask[..., None]  # (B, L, D), zero on padding
+        P = self.pos_emb[-L:]  # (L, D), aligned to the most recent item
+        hidden = self.drop(torch.tanh(self.W1(H + P)))  # (B, L, 4D)
+        logits = self.W2(hidden).transpose(1, 2)  # (B, K, L)
+        A = masked_softmax(logits, mask[:, None, :], dim=-1)  # (B, K, L), sums to 1 over L
+        V = torch.einsum("bkl,bld->bkd", A, H)  # (B, K, D)
+        live = torch.ones(B, self.cfg.num_interests, dtype=torch.bool, device=hist.device)
+        return Interests(vectors=V, mask=live, weights=A)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_emb.weight  # (N, D)
+
+    def readout(self, out: Interests, target_emb: torch.Tensor) -> torch.Tensor:
+        return argmax_readout(out, target_emb)  # (B, D)

@@ -1,0 +1,85 @@
+"""GRU4Rec (single interest, K = 1): the user vector is the GRU's last hidden state.
+
+Hidasi et al., "Session-based Recommendations with Recurrent Neural Networks", ICLR 2016. Here
+the GRU's hidden size is ``dim`` and its last hidden state is used directly as ``v_u`` (no output
+layer), so it is scored against the same item table as every other retriever.
+
+Padding: histories are left-padded, and a GRU started on leading padding would carry a state
+that depends on how much padding there is (biases move the state even on zero inputs). We
+rotate each row so that its real items come first (right padding), run the GRU over all L steps
+and read the output at step n - 1. The output at step t depends only on steps 0..t, so trailing
+padding cannot reach it. This keeps one dense cuDNN call with no packing, sorting or Python loop
+(pack_padded_sequence would save the padded steps but costs a sort and unsort and lengths on
+the CPU; zeroing the state per step needs a step-by-step loop).
+
+Shapes: ``B`` batch, ``L`` history length, ``D`` embedding size, ``N`` item ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mirec.errors import MirecConfigError
+from mirec.models.base import Interests
+from mirec.models.layers import item_embedding
+
+
+@dataclass
+class GRU4RecConfig:
+    dim: int = 64
+    max_len: int = 20
+    num_layers: int = 1
+    dropout: float = 0.0  # on the input embeddings and between GRU layers
+
+    def validate(self) -> None:
+        if self.dim < 1:
+            raise MirecConfigError(f"model.dim: must be >= 1, got {self.dim}")
+        if self.max_len < 1:
+            raise MirecConfigError(f"model.max_len: must be >= 1, got {self.max_len}")
+        if self.num_layers < 1:
+            raise MirecConfigError(f"model.num_layers: must be >= 1, got {self.num_layers}")
+        if not 0 <= self.dropout < 1:
+            raise MirecConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+
+
+def left_to_right_padded(hist: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """Rotate each left-padded row (B, L) left by L - n so its n real items come first."""
+    L = hist.shape[1]
+    idx = (torch.arange(L, device=hist.device)[None, :] + (L - lens)[:, None]) % L  # (B, L)
+    return hist.gather(1, idx)
+
+
+class GRU4Rec(nn.Module):
+    def __init__(self, cfg: GRU4RecConfig, num_items: int) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.emb = item_embedding(num_items, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.gru = nn.GRU(cfg.dim, cfg.dim, cfg.num_layers, batch_first=True,
+                          dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
+
+    def interests(self, hist: torch.Tensor, mask: torch.Tensor) -> Interests:
+        """hist (B, L) long, mask (B, L) bool -> one interest per user (K = 1).
+
+        ``weights`` are uniform (1/n) over the real items: every real item feeds the last
+        state and the GRU has no attention to report. An empty history reads the state after
+        one padding step (a constant vector), never NaN; the interest stays live.
+        """
+        lens = mask.sum(dim=1)  # (B,)
+        x = left_to_right_padded(hist.masked_fill(~mask, 0), lens)  # (B, L)
+        h, _ = self.gru(self.drop(self.emb(x)))  # (B, L, D)
+        last = (lens - 1).clamp(min=0)  # (B,)
+        v = h[torch.arange(len(lens), device=h.device), last]  # (B, D)
+        m = mask.to(v.dtype)
+        w = m / m.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, L)
+        return Interests(v[:, None], torch.ones_like(mask[:, :1]), w[:, None])  # K = 1
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.emb.weight  # (N, D)
+
+    def readout(self, out: Interests, target_emb: torch.Tensor) -> torch.Tensor:
+        return out.vectors[:, 0]  # (B, D)

@@ -1,0 +1,116 @@
+"""Building blocks shared by the models. Shape alphabet as in :mod:`mirec.models.base`:
+``B`` batch, ``L`` history length, ``K`` interests, ``D`` embedding size, ``N`` items.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def item_embedding(num_items: int, dim: int) -> nn.Embedding:
+    """Item table with row 0 = padding (kept at zero), rows ~ N(0, 1/D) so that |e| ~ 1.
+
+    PyTorch's default N(0, 1) makes inner products ~ D at the start and saturates every softmax.
+    """
+    emb = nn.Embedding(num_items, dim, padding_idx=0)
+    nn.init.normal_(emb.weight, std=dim**-0.5)
+    with torch.no_grad():
+        emb.weight[0].zero_()
+    return emb
+
+
+def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-9) -> torch.Tensor:
+    """Capsule non-linearity ``|s|^2 / (1 + |s|^2) * s / |s|``: keeps the direction, maps the
+    length into [0, 1). ``eps`` under the square root makes it (and its gradient) 0 at s = 0."""
+    n2 = (s * s).sum(dim, keepdim=True)
+    return n2 / (1 + n2) / torch.sqrt(n2 + eps) * s
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over ``dim`` where ``mask`` (broadcastable bool) is True; masked entries get
+    exactly 0, and a row with nothing live gives all zeros (not NaN, and finite gradients)."""
+    mask = mask.expand_as(logits)
+    # The dtype's lowest finite value rather than -inf: exp underflows to an exact 0 next to any
+    # live entry, and an all-masked row becomes a harmless uniform row that the mask then zeroes.
+    x = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+    return torch.softmax(x, dim=dim) * mask
+
+
+def dynamic_routing(
+    u: torch.Tensor, b: torch.Tensor, link_mask: torch.Tensor, iters: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Capsule dynamic routing from L behaviour capsules to K interest capsules.
+
+    Parameters
+    ----------
+    u : (B, L, K, D) predictions ``u_{j|i}`` of item i for interest j (an expanded view when
+        the map is shared, as in MIND).
+    b : (B, K, L) initial routing logits (zeros for ComiRec-DR, Gaussian for MIND).
+    link_mask : (B, K, L) bool, the live (interest, item) pairs: padding items and masked
+        interests are False.
+    iters : number of routing iterations r.
+
+    Each iteration: ``c_i = softmax over live interests of b_i`` (each item shares one unit of
+    weight among the interests, so interests compete for items as in Sabour et al. 2017),
+    ``s_j = sum_i c_ij u_{j|i}``, ``v_j = squash(s_j)``, ``b_ij += v_j . u_{j|i}``.
+    As in the ComiRec authors' code, every iteration but the last runs on a detached ``u``, so
+    the coupling coefficients are constants for autograd and gradients reach the maps only
+    through the last iteration's ``s_j = sum_i c_ij u_{j|i}``.
+
+    Returns
+    -------
+    v : (B, K, D) interest capsules; c : (B, K, L) final coupling coefficients (0 where masked).
+    """
+    u_const = u.detach()
+    for it in range(iters):
+        c = masked_softmax(b, link_mask, dim=1)  # (B, K, L), sums to 1 over live interests
+        last = it == iters - 1
+        s = torch.einsum("bkl,blkd->bkd", c, u if last else u_const)  # (B, K, D)
+        v = squash(s, dim=-1)  # (B, K, D)
+        if not last:
+            b = b + torch.einsum("bkd,blkd->bkl", v, u_const)  # (B, K, L)
+    return v, c
+
+
+def label_aware_attention(
+    V: torch.Tensor, mask_k: torch.Tensor, target_emb: torch.Tensor, p: float
+) -> torch.Tensor:
+    """MIND's training readout ``v = V softmax(pow(V e_t, p))`` over live interests.
+
+    (B, K, D), (B, K) bool, (B, D) -> (B, D).
+
+    We use the numerically safe form ``softmax(p * V e_t)`` = the attention weights
+    ``softmax(V e_t)`` raised to the power p and renormalised. The paper's ``pow`` on the raw
+    product is undefined for negative products with non-integer p and, for even p, ranks a
+    strongly negative interest first; this form is defined everywhere, keeps the order of the
+    interests, gives uniform attention at p = 0 and hard attention (argmax) as p -> infinity,
+    which is what the paper uses p for. ``p = math.inf`` selects the argmax exactly.
+    """
+    sim = torch.einsum("bkd,bd->bk", V, target_emb)  # (B, K)
+    if math.isinf(p):
+        k = sim.masked_fill(~mask_k, float("-inf")).argmax(dim=1)  # (B,)
+        att = F.one_hot(k, V.shape[1]).to(V.dtype)  # (B, K)
+    else:
+        att = masked_softmax(p * sim, mask_k, dim=1)  # (B, K)
+    return torch.einsum("bk,bkd->bd", att, V)
+
+
+def mlp(
+    sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU, dropout: float = 0.0
+) -> nn.Sequential:
+    """Linear layers ``sizes[0] -> sizes[1] -> ... -> sizes[-1]`` with activation and dropout
+    between them, none after the last (the output is an embedding, so it stays linear)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)

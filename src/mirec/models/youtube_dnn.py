@@ -1,0 +1,74 @@
+"""YouTube DNN candidate generation (single interest, K = 1).
+
+Covington, Adams and Sargin, "Deep Neural Networks for YouTube Recommendations", RecSys 2016:
+the user vector is an MLP (ReLU tower) over the average of the watched items' embeddings, trained
+with a softmax over the catalogue. Only the watch-history feature is kept here (no search tokens,
+demographics or example age). The last layer is linear, so ``v_u`` can point anywhere in R^D.
+
+Shapes: ``B`` batch, ``L`` history length (left-padded), ``D`` embedding size, ``N`` item ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mirec.errors import MirecConfigError
+from mirec.models.base import Interests
+from mirec.models.layers import item_embedding, mlp
+
+
+@dataclass
+class YouTubeDNNConfig:
+    dim: int = 64
+    max_len: int = 20
+    hidden: tuple[int, ...] = (256,)  # hidden ReLU layers; a last linear layer maps to ``dim``
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        if self.dim < 1:
+            raise MirecConfigError(f"model.dim: must be >= 1, got {self.dim}")
+        if self.max_len < 1:
+            raise MirecConfigError(f"model.max_len: must be >= 1, got {self.max_len}")
+        if any(h < 1 for h in self.hidden):
+            raise MirecConfigError(f"model.hidden: sizes must be >= 1, got {list(self.hidden)}")
+        if not 0 <= self.dropout < 1:
+            raise MirecConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+
+
+def masked_mean(emb: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of ``emb`` (B, L, D) over the real positions of ``mask`` (B, L).
+
+    Returns ``(mean (B, D), weights (B, L))`` with weights 1/n on the n real items and 0 on
+    padding. An empty history gives a zero mean (n is clamped to 1), never NaN.
+    """
+    m = mask.to(emb.dtype)  # (B, L)
+    w = m / m.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, L)
+    return torch.einsum("bl,bld->bd", w, emb), w
+
+
+class YouTubeDNN(nn.Module):
+    def __init__(self, cfg: YouTubeDNNConfig, num_items: int) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.emb = item_embedding(num_items, cfg.dim)
+        self.mlp = mlp((cfg.dim, *cfg.hidden, cfg.dim), dropout=cfg.dropout)
+
+    def interests(self, hist: torch.Tensor, mask: torch.Tensor) -> Interests:
+        """hist (B, L) long, mask (B, L) bool -> one interest per user (K = 1).
+
+        The interest is always live, also for an empty history (it is then ``mlp(0)``).
+        """
+        hist = hist.masked_fill(~mask, 0)  # ids at masked positions never matter
+        mean, w = masked_mean(self.emb(hist), mask)  # (B, D), (B, L)
+        v = self.mlp(mean)  # (B, D)
+        return Interests(v[:, None], torch.ones_like(mask[:, :1]), w[:, None])  # K = 1
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.emb.weight  # (N, D)
+
+    def readout(self, out: Interests, target_emb: torch.Tensor) -> torch.Tensor:
+        return out.vectors[:, 0]  # (B, D)

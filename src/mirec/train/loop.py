@@ -1,0 +1,251 @@
+"""The training loop for retrieval models: Adam, softmax loss, early stopping, checkpoints.
+
+One epoch shuffles the training examples (``(start, pos)`` pairs into the flat item array),
+builds each batch's left-padded histories with one gather, and takes an Adam step on the
+softmax loss of the model's readout vector against the target. After each epoch the model is
+evaluated on validation users (exact top-N); the best state by validation Recall@50 is kept
+and training stops after ``patience`` epochs without improvement.
+
+Repeatability: every epoch reseeds torch and NumPy from ``(seed, epoch)``, so a run resumed
+from the last checkpoint takes exactly the steps an uninterrupted run takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mirec.config import from_dict, to_dict
+from mirec.data.dataset import Dataset
+from mirec.data.split import Split, SplitConfig, split_users, windows
+from mirec.errors import MirecConfigError
+from mirec.eval.evaluate import EvalConfig, evaluate
+from mirec.models.base import Interests, max_over_interests
+from mirec.train.checkpoint import load_checkpoint, save_checkpoint
+from mirec.train.losses import NegativeSampler, full_softmax_loss, sampled_softmax_loss
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every neural retrieval model."""
+
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    temperature: float = 0.1
+    cosine: bool = True  # score cos(v, e) / T instead of v . e / T
+    loss: str = "auto"  # auto | full | sampled
+    num_negatives: int = 1000
+    sampler: str = "log-uniform"  # uniform | log-uniform
+    full_softmax_max_items: int = 20_000  # auto: full softmax up to this many items
+    patience: int = 3
+    threads: int = 1
+    seed: int = 2020
+    max_batches_per_epoch: int = 0  # 0 = all; for smoke tests and benchmarks
+
+    def validate(self) -> None:
+        if self.loss not in ("auto", "full", "sampled"):
+            raise MirecConfigError(f"train.loss: expected auto, full or sampled, got {self.loss!r}")
+        if self.sampler not in ("uniform", "log-uniform"):
+            raise MirecConfigError(f"train.sampler: expected uniform or log-uniform, "
+                                   f"got {self.sampler!r}")
+        for name in ("epochs", "batch_size", "num_negatives", "threads", "patience"):
+            if getattr(self, name) < 1:
+                raise MirecConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise MirecConfigError(f"train.temperature: must be > 0, got {self.temperature}")
+        if self.lr <= 0:
+            raise MirecConfigError(f"train.lr: must be > 0, got {self.lr}")
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs; saved into every checkpoint and results.json."""
+
+    model: str = "comirec-sa"
+    model_args: dict[str, Any] = field(default_factory=dict)  # the model's own config fields
+    train: TrainConfig = field(default_factory=TrainConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        from mirec.models.registry import NEURAL
+
+        if self.model not in NEURAL:
+            raise MirecConfigError(f"model: unknown trainable model {self.model!r} "
+                                   f"(known: {', '.join(sorted(NEURAL))})")
+
+
+def build_model(cfg: RunConfig, num_items: int) -> torch.nn.Module:
+    """Instantiate the configured model; ``max_len`` always follows the split's window."""
+    from mirec.models.registry import NEURAL
+
+    cfg_cls, model_cls = NEURAL[cfg.model]
+    args = dict(cfg.model_args)
+    if "max_len" in {f.name for f in dataclasses.fields(cfg_cls)}:
+        args["max_len"] = cfg.split.max_len
+    mcfg = from_dict(cfg_cls, args, prefix="model_args.")
+    return model_cls(mcfg, num_items)
+
+
+class VectorScorer:
+    """Evaluation adapter: a retriever scores items by max over its interests (exact search)."""
+
+    def __init__(self, model: torch.nn.Module, cosine: bool) -> None:
+        self.model, self.cosine = model, cosine
+        with torch.no_grad():
+            items = model.item_embeddings()
+            self.items = F.normalize(items, dim=-1) if cosine else items  # (N, D)
+
+    @torch.no_grad()
+    def interests(self, hist: np.ndarray, mask: np.ndarray) -> Interests:
+        self.model.eval()
+        out = self.model.interests(torch.from_numpy(hist), torch.from_numpy(mask))
+        if self.cosine:
+            out = Interests(F.normalize(out.vectors, dim=-1), out.mask, out.weights)
+        return out
+
+    @torch.no_grad()
+    def score(self, hist: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return max_over_interests(self.interests(hist, mask), self.items).numpy()  # (B, N)
+
+
+def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
+               target: torch.Tensor, cfg: TrainConfig, sampler: NegativeSampler | None,
+               num_items: int) -> torch.Tensor:
+    """The training loss of one batch (full or sampled softmax on the readout vector)."""
+    out = model.interests(hist, mask)
+    items = model.item_embeddings()  # (N, D)
+    user = model.readout(out, items[target])  # (B, D)
+    if cfg.cosine:
+        user = F.normalize(user, dim=-1)
+    if sampler is None:
+        table = F.normalize(items, dim=-1) if cfg.cosine else items
+        return full_softmax_loss(user, table, target, cfg.temperature)
+    neg = sampler.sample(cfg.num_negatives)
+    pos_emb, neg_emb = items[target], items[neg]
+    if cfg.cosine:
+        pos_emb, neg_emb = F.normalize(pos_emb, dim=-1), F.normalize(neg_emb, dim=-1)
+    return sampled_softmax_loss(user, pos_emb, neg_emb, target, neg, sampler.log_q,
+                                cfg.temperature)
+
+
+def use_sampled(cfg: TrainConfig, num_items: int) -> bool:
+    return cfg.loss == "sampled" or (cfg.loss == "auto" and num_items > cfg.full_softmax_max_items)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: torch.nn.Module
+    split: Split
+    best_epoch: int
+    best_valid: dict[str, float]
+    test: dict[str, float]
+    test_topn: np.ndarray
+    history: list[dict[str, Any]]
+
+
+def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False,
+          progress: bool = True, log: Callable[[str], None] = lambda s: None,
+          stop_after_epoch: int | None = None) -> TrainResult:
+    """Train ``cfg.model`` on ``ds`` into ``run_dir`` (checkpoints, metrics.jsonl, results.json).
+
+    ``resume`` continues from ``run_dir/last.pt``. ``stop_after_epoch`` ends the run after
+    that epoch as if killed (tests of resuming use it).
+    """
+    cfg.validate()
+    tc = cfg.train
+    tc.validate()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(tc.threads)
+    split = split_users(ds, cfg.split)
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg, ds.num_items)
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sampler = None
+    if use_sampled(tc, ds.num_items):
+        counts = np.bincount(ds.item[split.example_pos], minlength=ds.num_items)
+        sampler = NegativeSampler(ds.num_items, tc.sampler, counts)
+    start_epoch, best, best_epoch, bad, history = 0, -1.0, -1, 0, []
+    last = run_dir / "last.pt"
+    if resume:
+        if not last.exists():
+            raise MirecConfigError(f"--resume: {last} does not exist")
+        st = load_checkpoint(last)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        start_epoch, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
+        history = st["history"]
+        log(f"resumed from {last} after epoch {st['epoch']}")
+    elif (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()
+    L = cfg.split.max_len
+    n_ex = split.num_examples
+    for epoch in range(start_epoch, tc.epochs):
+        if bad >= tc.patience:
+            break
+        torch.manual_seed(tc.seed * 100_003 + epoch)
+        perm = np.random.default_rng([tc.seed, epoch]).permutation(n_ex)
+        n_batches = -(-n_ex // tc.batch_size)
+        if tc.max_batches_per_epoch:
+            n_batches = min(n_batches, tc.max_batches_per_epoch)
+        model.train()
+        t0, total, seen = time.perf_counter(), 0.0, 0
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", disable=not progress,
+                   leave=False)
+        for b in bar:
+            idx = perm[b * tc.batch_size:(b + 1) * tc.batch_size]
+            hist, mask = windows(ds.item, split.example_start[idx], split.example_pos[idx], L)
+            target = torch.from_numpy(ds.item[split.example_pos[idx]].astype(np.int64))
+            loss = batch_loss(model, torch.from_numpy(hist), torch.from_numpy(mask), target, tc,
+                              sampler, ds.num_items)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+            if b % 20 == 0:
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{total / seen:.4f}", ex_s=f"{rate:,.0f}")
+        train_s = time.perf_counter() - t0
+        valid = evaluate(VectorScorer(model, tc.cosine), ds, split.valid, L, cfg.eval).metrics
+        row = {"epoch": epoch, "loss": total / max(seen, 1), "examples": seen,
+               "train_seconds": round(train_s, 3), "examples_per_s": round(seen / train_s, 1),
+               "valid": valid}
+        history.append(row)
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        score = valid["recall@50"] if "recall@50" in valid else next(iter(valid.values()))
+        if score > best:
+            best, best_epoch, bad = score, epoch, 0
+            save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch,
+                                                  "config": to_dict(cfg)})
+        else:
+            bad += 1
+        log(f"epoch {epoch}: loss {row['loss']:.4f}, {row['examples_per_s']:,.0f} ex/s, "
+            f"valid recall@50 {score:.4f} (best {best:.4f} @ {best_epoch})")
+        save_checkpoint(last, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+            "best": best, "best_epoch": best_epoch, "bad": bad, "history": history,
+            "config": to_dict(cfg), "torch_rng": torch.get_rng_state(),
+        })
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+    model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    scorer = VectorScorer(model, tc.cosine)
+    test = evaluate(scorer, ds, split.test, L, cfg.eval)
+    best_valid = history[best_epoch]["valid"]  # history holds every epoch from 0
+    return TrainResult(run_dir, model, split, best_epoch, best_valid, test.metrics, test.topn,
+                       history)

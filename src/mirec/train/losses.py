@@ -1,0 +1,85 @@
+"""Softmax losses over the catalogue, full and sampled.
+
+Logits are ``v_u . e_i / T`` with temperature ``T``. Item 0 is padding and never a candidate.
+
+Sampled softmax (Jean et al. 2015; Bengio & Senecal 2008): ``S`` negatives are drawn with
+replacement from a proposal ``Q`` and shared by the whole batch. Every candidate's logit,
+the positive's included, is corrected by ``- log(S * Q(j))`` (the log of its expected count),
+and a sampled item equal to a row's positive ("accidental hit") is masked out of that row.
+When every item is sampled exactly once under a uniform ``Q`` the corrections are all 0 and
+the loss equals the full softmax.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def full_softmax_loss(user: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy of ``target`` over all items. user (B, D), items (N, D), target (B,)."""
+    logits = user @ items.T / temperature  # (B, N)
+    logits[:, 0] = float("-inf")
+    return F.cross_entropy(logits, target)
+
+
+class NegativeSampler:
+    """Draws shared negatives from a fixed proposal over items ``1..N-1``.
+
+    ``"uniform"``: ``Q(j) = 1/(N-1)``. ``"log-uniform"``: items ranked by training popularity
+    (rank r = 0 the most popular), ``Q(rank r) = log((r + 2)/(r + 1)) / log(N)``, sampled in
+    O(S) by inverting the CDF.
+    """
+
+    def __init__(self, num_items: int, kind: str = "uniform",
+                 counts: np.ndarray | None = None) -> None:
+        self.n = num_items - 1  # real items
+        self.kind = kind
+        if kind == "uniform":
+            self.log_q = torch.full((num_items,), -math.log(self.n))
+        elif kind == "log-uniform":
+            if counts is None:
+                raise ValueError("log-uniform sampling needs item counts")
+            order = np.argsort(-counts[1:], kind="stable") + 1  # rank -> item id
+            self.rank_to_item = torch.from_numpy(order.astype(np.int64))
+            rank = np.empty(num_items, dtype=np.int64)
+            rank[order] = np.arange(self.n)
+            r = torch.from_numpy(rank[1:]).double()
+            log_q = torch.zeros(num_items, dtype=torch.float64)
+            log_q[1:] = torch.log(torch.log((r + 2) / (r + 1)) / math.log(self.n + 1))
+            self.log_q = log_q.float()
+        else:
+            raise ValueError(f"sampler: unknown kind {kind!r} (uniform, log-uniform)")
+        self.log_q[0] = float("-inf")
+
+    def sample(self, s: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``s`` item ids (with replacement)."""
+        if self.kind == "uniform":
+            return torch.randint(1, self.n + 1, (s,), generator=generator)
+        u = torch.rand(s, generator=generator, dtype=torch.float64)
+        r = (torch.exp(u * math.log(self.n + 1)) - 1).long().clamp_(0, self.n - 1)
+        return self.rank_to_item[r]
+
+
+def sampled_softmax_loss(user: torch.Tensor, pos_emb: torch.Tensor, neg_emb: torch.Tensor,
+                         target: torch.Tensor, negatives: torch.Tensor, log_q: torch.Tensor,
+                         temperature: float = 1.0) -> torch.Tensor:
+    """Sampled softmax with logQ correction and accidental hits removed.
+
+    user (B, D); pos_emb (B, D) the targets' embeddings; neg_emb (S, D) the sampled items'
+    embeddings; target (B,) and negatives (S,) their ids; log_q (N,) the proposal's
+    log-probabilities. (Embeddings are passed gathered so a caller may normalise just these.)
+    """
+    s = negatives.shape[0]
+    log_s = math.log(s)
+    pos = (user * pos_emb).sum(-1) / temperature  # (B,)
+    pos = pos - (log_s + log_q[target])
+    neg = user @ neg_emb.T / temperature  # (B, S)
+    neg = neg - (log_s + log_q[negatives])[None, :]
+    neg = neg.masked_fill(negatives[None, :] == target[:, None], float("-inf"))
+    logits = torch.cat([pos[:, None], neg], dim=1)  # (B, 1 + S)
+    return -torch.log_softmax(logits, dim=1)[:, 0].mean()

@@ -1,0 +1,278 @@
+"""Multi-interest retrievers (ComiRec-SA, ComiRec-DR, MIND) and their shared layers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mirec.models.base import max_over_interests
+from mirec.models.comirec_dr import ComiRecDR, ComiRecDRConfig
+from mirec.models.comirec_sa import ComiRecSA, ComiRecSAConfig
+from mirec.models.layers import label_aware_attention, masked_softmax, mlp, squash
+from mirec.models.mind import MIND, MINDConfig
+
+torch.set_num_threads(1)
+
+N, D, K, MAX_LEN = 30, 8, 4, 8
+MODELS = {
+    "comirec-sa": lambda **kw: ComiRecSA(
+        ComiRecSAConfig(dim=D, num_interests=K, max_len=MAX_LEN, **kw), N
+    ),
+    "comirec-dr": lambda **kw: ComiRecDR(
+        ComiRecDRConfig(dim=D, num_interests=K, max_len=MAX_LEN, **kw), N
+    ),
+    "mind": lambda **kw: MIND(MINDConfig(dim=D, num_interests=K, max_len=MAX_LEN, **kw), N),
+}
+
+
+def make(name, **kw):
+    torch.manual_seed(0)
+    return MODELS[name](**kw).eval()
+
+
+def left_pad(seqs, L):
+    """Left-pad lists of item ids to width L: (B, L) long ids, (B, L) bool mask."""
+    hist = torch.zeros(len(seqs), L, dtype=torch.long)
+    for r, s in enumerate(seqs):
+        if s:
+            hist[r, L - len(s) :] = torch.tensor(s)
+    return hist, hist > 0
+
+
+SEQS = [[3, 7, 7, 12, 5, 9], [4, 20], [1, 2, 3, 4, 5, 6, 7, 8]]
+
+
+# ---- layers ----------------------------------------------------------------------------------
+
+
+def test_squash_length_and_zero():
+    s = torch.tensor([[3.0, 4.0], [0.0, 0.0]], requires_grad=True)
+    v = squash(s, dim=-1)
+    assert torch.allclose(v[0].norm(), torch.tensor(25 / 26), atol=1e-6)
+    assert torch.allclose(v[0] / v[0].norm(), torch.tensor([0.6, 0.8]))
+    assert torch.equal(v[1], torch.zeros(2))
+    v.sum().backward()
+    assert torch.isfinite(s.grad).all()
+
+
+def test_masked_softmax_zero_on_padding_and_empty_rows():
+    logits = torch.randn(3, 5, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0, 1, 0], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    p = masked_softmax(logits, mask, dim=-1)
+    assert torch.equal(p[~mask], torch.zeros(int((~mask).sum())))
+    assert torch.allclose(p.sum(-1), torch.tensor([1.0, 0.0, 1.0]))
+    ref = torch.softmax(logits[0, [0, 1, 3]], -1)
+    assert torch.allclose(p[0, [0, 1, 3]], ref)
+    (p * torch.randn(3, 5)).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_label_aware_attention_limits():
+    V = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-3.0, 0.0]]])  # (1, 3, 2)
+    t = torch.tensor([[2.0, 1.0]])  # products 2, 1, -6
+    live = torch.ones(1, 3, dtype=torch.bool)
+    assert torch.allclose(label_aware_attention(V, live, t, 0.0), V.mean(1))
+    assert torch.equal(label_aware_attention(V, live, t, math.inf), V[:, 0])
+    # a strongly negative product must not win (pow(-6, 2) = 36 would pick it)
+    assert torch.allclose(label_aware_attention(V, live, t, 50.0), V[:, 0], atol=1e-6)
+    # a masked interest takes no part even when it is the best match
+    dead0 = torch.tensor([[False, True, True]])
+    assert torch.allclose(label_aware_attention(V, dead0, t, math.inf), V[:, 1])
+    assert torch.allclose(label_aware_attention(V, dead0, t, 50.0), V[:, 1], atol=1e-6)
+
+
+def test_mlp_layout():
+    net = mlp([4, 16, 8, 2], torch.nn.ReLU, dropout=0.1)
+    kinds = [type(m).__name__ for m in net]
+    assert kinds == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert net(torch.randn(5, 4)).shape == (5, 2)
+
+
+# ---- the contract, shared by the three models ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_shapes(name):
+    model = make(name)
+    hist, mask = left_pad(SEQS, 8)
+    out = model.interests(hist, mask)
+    assert out.vectors.shape == (3, K, D)
+    assert out.mask.shape == (3, K) and out.mask.dtype == torch.bool
+    assert out.weights.shape == (3, K, 8)
+    assert model.item_embeddings().shape == (N, D)
+    target = model.item_embeddings()[torch.tensor([1, 2, 3])]
+    assert model.readout(out, target).shape == (3, D)
+    assert max_over_interests(out, model.item_embeddings()).shape == (3, N)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_padding_changes_nothing(name):
+    model = make(name)
+    short = left_pad(SEQS[:2], 6)
+    long = left_pad(SEQS[:2], 8)
+    a, b = model.interests(*short), model.interests(*long)
+    assert torch.allclose(a.vectors, b.vectors, atol=1e-5)
+    assert torch.equal(a.mask, b.mask)
+    assert torch.allclose(a.weights, b.weights[:, :, 2:], atol=1e-6)
+    assert torch.equal(b.weights[:, :, :2], torch.zeros(2, K, 2))
+    # garbage item ids under the mask change nothing either
+    hist, mask = long
+    noisy = hist.masked_fill(~mask, 17)
+    c = model.interests(noisy, mask)
+    assert torch.equal(c.vectors, b.vectors) and torch.equal(c.weights, b.weights)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_parameters_initialised_and_loss_finite(name):
+    model = make(name).train()
+    for pname, p in model.named_parameters():
+        assert torch.isfinite(p).all(), pname
+        assert p.std() > 0, f"{pname} is constant"
+    hist, mask = left_pad(SEQS, 8)
+    target = torch.tensor([9, 2, 11])
+    items = model.item_embeddings()
+    user = model.readout(model.interests(hist, mask), items[target])
+    loss = F.cross_entropy(user @ items.T, target)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_batch_equals_single(name):
+    model = make(name)
+    hist, mask = left_pad(SEQS, 8)
+    batch = model.interests(hist, mask)
+    for r in range(len(SEQS)):
+        one = model.interests(hist[r : r + 1], mask[r : r + 1])
+        assert torch.allclose(one.vectors[0], batch.vectors[r], atol=1e-5)
+
+
+# ---- model specifics -------------------------------------------------------------------------
+
+
+def test_sa_attention_is_a_distribution_over_real_positions():
+    model = make("comirec-sa")
+    hist, mask = left_pad(SEQS, 8)
+    A = model.interests(hist, mask).weights  # (B, K, L)
+    assert torch.equal(A[~mask[:, None, :].expand_as(A)], torch.zeros(int((~mask).sum()) * K))
+    assert torch.allclose(A.sum(-1), torch.ones(3, K))
+    assert (A[mask[:, None, :].expand_as(A)] > 0).all()
+
+
+@pytest.mark.parametrize("name", ["comirec-dr", "mind"])
+def test_routing_weights_zero_on_padding(name):
+    model = make(name)
+    hist, mask = left_pad(SEQS, 8)
+    out = model.interests(hist, mask)
+    c = out.weights  # (B, K, L)
+    assert torch.equal(c * ~mask[:, None, :], torch.zeros_like(c))
+    # each real item shares one unit of weight among the live interests only
+    assert torch.allclose(c.sum(1), mask.float(), atol=1e-6)
+    assert torch.equal(c * ~out.mask[:, :, None], torch.zeros_like(c))
+
+
+def _dr_reference(model, hist, mask, detach):
+    """ComiRec-DR written out by hand: with ``detach`` the routing logits come from no_grad."""
+    B, L = hist.shape
+    H = model.item_emb(hist) * mask[..., None]
+    u = torch.einsum("lkde,ble->blkd", model.W[-L:], H)  # (B, L, K, D)
+    link = mask[:, None, :].expand(B, K, L)
+    b = torch.zeros(B, K, L)
+    with torch.set_grad_enabled(not detach):
+        for _ in range(model.cfg.routing_iters - 1):
+            c = masked_softmax(b, link, dim=1)
+            v = squash(torch.einsum("bkl,blkd->bkd", c, u))
+            b = b + torch.einsum("bkd,blkd->bkl", v, u)
+    c = masked_softmax(b, link, dim=1)
+    return squash(torch.einsum("bkl,blkd->bkd", c, u)), c
+
+
+def test_dr_gradients_skip_the_routing_updates():
+    model = make("comirec-dr")
+    hist, mask = left_pad(SEQS, 8)
+    R = torch.randn(3, K, D)
+    out = model.interests(hist, mask)
+    (g,) = torch.autograd.grad((out.vectors * R).sum(), model.W)
+    v_ref, c_ref = _dr_reference(model, hist, mask, detach=True)
+    (g_ref,) = torch.autograd.grad((v_ref * R).sum(), model.W)
+    assert torch.allclose(out.vectors, v_ref, atol=1e-6)
+    assert torch.allclose(out.weights, c_ref, atol=1e-6)
+    assert torch.allclose(g, g_ref, atol=1e-6)
+    # control: backpropagating through the routing updates gives a different gradient
+    v_full, _ = _dr_reference(model, hist, mask, detach=False)
+    (g_full,) = torch.autograd.grad((v_full * R).sum(), model.W)
+    assert not torch.allclose(g, g_full, atol=1e-4)
+
+
+def test_dr_weights_are_routing_coefficients_not_uniform():
+    model = make("comirec-dr")
+    hist, mask = left_pad(SEQS, 8)
+    c = model.interests(hist, mask).weights
+    assert c[mask[:, None, :].expand_as(c)].std() > 1e-3  # routing moved away from 1/K
+
+
+def test_mind_dynamic_interest_number():
+    model = MIND(MINDConfig(dim=D, num_interests=4, max_len=16), N).eval()
+    lengths = [1, 2, 3, 4, 8, 16]
+    hist, mask = left_pad([list(range(1, n + 1)) for n in lengths], 16)
+    out = model.interests(hist, mask)
+    assert out.mask.sum(1).tolist() == [1, 1, 1, 2, 3, 4]
+    assert torch.equal(out.mask, torch.arange(4) < out.mask.sum(1, keepdim=True))
+    dead = ~out.mask
+    assert torch.equal(out.vectors[dead], torch.zeros(int(dead.sum()), D))
+    static = MIND(MINDConfig(dim=D, num_interests=4, max_len=16, dynamic_k=False), N).eval()
+    assert static.interests(hist, mask).mask.all()
+
+
+def test_mind_eval_is_deterministic_and_training_is_not():
+    model = make("mind")
+    hist, mask = left_pad(SEQS, 8)
+    a, b = model.interests(hist, mask), model.interests(hist, mask)
+    assert torch.equal(a.vectors, b.vectors) and torch.equal(a.weights, b.weights)
+    other = make("mind", seed=1)
+    assert not torch.allclose(other.interests(hist, mask).weights, a.weights)
+    model.train()
+    assert not torch.allclose(model.interests(hist, mask).weights, a.weights)
+
+
+# ---- a tiny learning check -------------------------------------------------------------------
+
+
+def two_cluster_batch(gen, B=64, L=8, size=8):
+    """Each history and its next item come from one of two disjoint clusters of ``size`` ids."""
+    cluster = torch.randint(0, 2, (B,), generator=gen)
+    ids = 1 + cluster[:, None] * size + torch.randint(0, size, (B, L + 1), generator=gen)
+    n = torch.randint(2, L + 1, (B,), generator=gen)
+    mask = torch.arange(L) >= (L - n)[:, None]
+    return ids[:, :L] * mask, mask, ids[:, L]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_learns_two_clusters(name):
+    size = 8
+    torch.manual_seed(0)
+    cfg = {"comirec-sa": ComiRecSAConfig, "comirec-dr": ComiRecDRConfig, "mind": MINDConfig}[name]
+    model = {"comirec-sa": ComiRecSA, "comirec-dr": ComiRecDR, "mind": MIND}[name](
+        cfg(dim=16, num_interests=2, max_len=8), 1 + 2 * size
+    ).train()
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(100):
+        hist, mask, target = two_cluster_batch(gen, size=size)
+        items = model.item_embeddings()
+        logits = model.readout(model.interests(hist, mask), items[target]) @ items.T
+        loss = F.cross_entropy(logits[:, 1:], target - 1)  # padding is never a target
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    start, end = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
+    floor = math.log(size)  # the cluster is known, the item within it is not
+    assert start > math.log(2 * size) - 0.2
+    assert end < floor + 0.4 * (start - floor), (start, end)
