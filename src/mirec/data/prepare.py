@@ -112,11 +112,16 @@ def build_dataset(raw: RawLog, out: str | Path, cfg: PrepareConfig | None = None
     if ev.height == 0:
         raise MirecDataError(f"{src}: no events read")
     n_raw = ev.height
-    ev = ev.unique(subset=["user", "item", "ts"], keep="first", maintain_order=True)
-    n_dedup = ev.height
-
     u_code, u_raw = _codes(ev["user"])
     i_code, i_raw = _codes(ev["item"])
+    ts = ev["ts"].to_numpy()
+    # one stable sort by (user, time): ties keep file order; duplicates become neighbours
+    order = _time_order(u_code, ts)
+    u_code, i_code, ts = u_code[order], i_code[order], ts[order]
+    first = _first_occurrences(u_code, i_code, ts)
+    order, u_code, i_code, ts = order[first], u_code[first], i_code[first], ts[first]
+    n_dedup = len(order)
+
     before = {"events": n_dedup, "users": len(u_raw), "items": len(i_raw)}
     keep = kcore(u_code, i_code, cfg.k_core)
     if not keep.any():
@@ -130,18 +135,20 @@ def build_dataset(raw: RawLog, out: str | Path, cfg: PrepareConfig | None = None
     i_present = np.bincount(i_code[keep], minlength=len(i_raw)) > 0
     u_map = np.cumsum(u_present) - 1
     i_map = np.cumsum(i_present)  # 1-based
+    rows = order[keep]  # source rows of the kept events, in final order
     dense = pl.DataFrame({
         "user": u_map[u_code[keep]].astype(np.int32),
         "item": i_map[i_code[keep]].astype(np.int32),
-        "ts": ev["ts"].to_numpy()[keep].astype(np.int64),
+        "ts": ts[keep].astype(np.int64),
     })
-    extra = [c for c in ("rating",) if c in ev.columns]
-    for c in extra:
-        dense = dense.with_columns(pl.Series(c, ev[c].to_numpy()[keep]).cast(pl.Float32))
-    # stable sort: ties in time keep file order
-    dense = dense.sort(["user", "ts"], maintain_order=True)
+    if "rating" in ev.columns:
+        dense = dense.with_columns(pl.Series("rating", ev["rating"].to_numpy()[rows]).cast(pl.Float32))
+    per_event = None
+    if "category" in ev.columns:
+        per_event = pl.DataFrame({"_key": ev["item"].gather(rows), "c": ev["category"].gather(rows)})
+    del u_code, i_code, ts, order
 
-    items = _items_table(raw, ev, keep, i_raw, i_present, i_map)
+    items = _items_table(raw, per_event, i_raw, i_present, i_map)
     users = _users_table(raw, u_raw, u_present)
     after = {"events": dense.height, "users": users.height, "items": items.height}
 
@@ -183,7 +190,36 @@ def _raw_str(s: pl.Series) -> pl.Series:
     return s.cast(pl.String)
 
 
-def _items_table(raw: RawLog, ev: pl.DataFrame, keep: np.ndarray, i_raw: pl.Series,
+def _time_order(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Row order sorting events by (user, ts), ties in file order (a stable sort)."""
+    span = int(ts.max()) - int(ts.min()) + 1
+    df = pl.DataFrame({"i": np.arange(len(ts), dtype=np.int64)})
+    if (int(user.max()) + 1) * span < 2**62:  # one int64 key sorts fastest
+        df = df.with_columns(k=pl.Series(user.astype(np.int64) * span + (ts - ts.min())))
+        return df.sort(["k", "i"])["i"].to_numpy()
+    df = df.with_columns(u=pl.Series(user), t=pl.Series(ts))
+    return df.sort(["u", "t", "i"])["i"].to_numpy()
+
+
+def _first_occurrences(user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Mask that drops repeated (user, item, ts) events, keeping the first in file order.
+
+    Events are sorted by (user, ts), so a duplicate lies in a run of equal (user, ts): only
+    those runs (usually few) are examined.
+    """
+    keep = np.ones(len(user), dtype=bool)
+    same = (user[1:] == user[:-1]) & (ts[1:] == ts[:-1])
+    tied = np.zeros(len(user), dtype=bool)
+    tied[1:] |= same
+    tied[:-1] |= same
+    idx = np.flatnonzero(tied)
+    if len(idx):
+        sub = pl.DataFrame({"u": user[idx], "i": item[idx], "t": ts[idx]})
+        keep[idx] = sub.select(pl.struct("u", "i", "t").is_first_distinct())["u"].to_numpy()
+    return keep
+
+
+def _items_table(raw: RawLog, per_event: pl.DataFrame | None, i_raw: pl.Series,
                  i_present: np.ndarray, i_map: np.ndarray) -> pl.DataFrame:
     kept_raw = i_raw.filter(pl.Series(i_present))
     items = pl.DataFrame({
@@ -202,10 +238,8 @@ def _items_table(raw: RawLog, ev: pl.DataFrame, keep: np.ndarray, i_raw: pl.Seri
             title = pl.col("title").cast(pl.String)
         if "categories" in items.columns:
             cats = pl.col("categories").fill_null(pl.lit([], dtype=pl.List(pl.String)))
-    if "category" in ev.columns:
+    if per_event is not None:
         # per-event categories (Taobao, user logs): each item takes its most frequent one
-        per_event = pl.DataFrame({"_key": ev["item"].filter(pl.Series(keep)),
-                                  "c": ev["category"].filter(pl.Series(keep))})
         mode = (per_event.drop_nulls("c").group_by("_key")
                 .agg(pl.col("c").mode().sort().first().alias("_cat")))
         items = items.join(mode, on="_key", how="left", maintain_order="left")
