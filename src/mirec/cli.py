@@ -152,9 +152,44 @@ def _print_info(path: Path) -> None:
     console.print(dataset_table(load_dataset(path, verify=False)))
 
 
+@app.command("train")
+def train_cmd(
+    model: Annotated[str, typer.Option(
+        help="comirec-sa, comirec-dr, mind, youtube-dnn, gru4rec.")] = "comirec-sa",
+    data: Annotated[Path, typer.Option(help="Prepared data set directory.")] = Path("data/ml-100k"),
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default ./runs/<model>).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with RunConfig fields "
+                                                        "([train], [split], [model_args]).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a setting, e.g. train.lr=0.003 or model_args.dim=32.")] = None,
+    seed: Annotated[int, typer.Option(help="Split and initialisation seed.")] = 2020,
+    seeds: Annotated[Optional[str], typer.Option(help="Several seeds, e.g. 1,2,3 (mean and std).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (default 1: on 2 cores, more "
+                                                        "threads beside other work stall).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a stopped run from its last checkpoint.")] = False,
+) -> None:
+    """Train a retrieval model with early stopping on validation Recall@50; test the best."""
+    from mirec.config import load
+    from mirec.experiment import train_seeds
+    from mirec.report import results_table
+    from mirec.train.loop import RunConfig
+
+    overrides = [f"model={model}"] + (set_ or [])
+    if threads is not None:
+        overrides.append(f"train.threads={threads}")
+    cfg = load(RunConfig, config, overrides)
+    out = out or Path("runs") / model
+    run = train_seeds(cfg, data, _seeds(seed, seeds), out, resume=resume, log=console.print)
+    console.print(results_table({model: run}))
+    console.print(f"wrote [bold]{out / 'results.json'}[/bold]")
+
+
 @app.command("evaluate")
 def evaluate_cmd(
-    model: Annotated[str, typer.Option(help="Model name, e.g. most-popular.")] = "most-popular",
+    model: Annotated[str, typer.Option(
+        help="Baseline to fit and evaluate: most-popular, item-cf.")] = "most-popular",
+    run_dir: Annotated[Optional[Path], typer.Option("--run", help="Evaluate a trained run directory "
+                                                                  "instead of a baseline.")] = None,
     data: Annotated[Path, typer.Option(help="Prepared data set directory.")] = Path("data/ml-100k"),
     out: Annotated[Optional[Path], typer.Option(help="Run directory for results.json "
                                                      "(default ./runs/<model>).")] = None,
@@ -171,6 +206,12 @@ def evaluate_cmd(
     from mirec.experiment import evaluate_baseline
     from mirec.report import results_table
 
+    if run_dir is not None:
+        from mirec.experiment import evaluate_run
+
+        run = evaluate_run(run_dir, eval_cfg=EvalConfig(exclude_history=exclude_history))
+        console.print(results_table({run.model: run}))
+        return
     out = out or Path("runs") / model
     run = evaluate_baseline(model, data, _seeds(seed, seeds), SplitConfig(max_len=max_len),
                             EvalConfig(exclude_history=exclude_history), out, progress=True)
@@ -183,14 +224,20 @@ def demo(
     data: Annotated[Path, typer.Option(help="Where MovieLens-100K is prepared.")] = Path(
         "data/ml-100k"),
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
-    seeds: Annotated[str, typer.Option(help="Seeds to average over (each sets the split).")] = "1,2,3",
+    seeds: Annotated[str, typer.Option(help="Seeds to average over (each sets the split).")] = "2020",
+    model: Annotated[str, typer.Option(help="The multi-interest model to train.")] = "comirec-sa",
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
 ) -> None:
-    """Fetch MovieLens-100K, evaluate the models, show one user's recommendations."""
+    """Fetch MovieLens-100K, train ComiRec-SA, compare with MostPopular, show recommendations."""
+    import dataclasses
+
+    from mirec.config import load
     from mirec.data.dataset import load_dataset
     from mirec.data.fetch import fetch
-    from mirec.data.split import SplitConfig, split_users
-    from mirec.experiment import evaluate_baseline
-    from mirec.report import recommendations_table, results_table
+    from mirec.data.split import windows
+    from mirec.experiment import evaluate_baseline, train_seeds
+    from mirec.report import interest_table, results_table
+    from mirec.train.loop import RunConfig, VectorScorer
 
     if not (data / "meta.json").exists():
         res = fetch("ml-100k", data, Path("data/downloads"))
@@ -198,19 +245,26 @@ def demo(
     ds = load_dataset(data)
     console.print(f"data set {data}: {ds.num_users} users, {ds.num_items - 1} items, "
                   f"{len(ds.item)} events")
-    run = evaluate_baseline("most-popular", ds, _seeds(0, seeds), out=out / "most-popular",
-                            progress=True)
-    console.print(results_table({"most-popular": run}))
+    seed_list = _seeds(0, seeds)
+    mp = evaluate_baseline("most-popular", ds, seed_list, out=out / "most-popular")
+    cfg = load(RunConfig, None, [f"model={model}", f"train.threads={threads}"])
+    run = train_seeds(cfg, ds, seed_list, out / model, log=console.print)
+    console.print(results_table({"most-popular": mp, model: run}))
+
     first = run.seeds[0]
-    sp = split_users(ds, SplitConfig(seed=first.seed))
+    sp_cfg = dataclasses.replace(cfg.split, seed=first.seed)
+    from mirec.data.split import split_users
+
+    sp = split_users(ds, sp_cfg)
     j = 0  # the first test user of the first seed
-    user = int(sp.test.users[j])
-    history = ds.item[sp.test.hist_start[j]:sp.test.cut[j]]
-    targets = ds.item[sp.test.cut[j]:sp.test.end[j]]
-    console.print(recommendations_table(
-        ds, first.test_topn[j][:10], history, targets,
-        title=f"most-popular: top-10 for test user {ds.users['raw_id'][user]} (seed {first.seed})"))
-    console.print(f"wrote [bold]{out / 'most-popular' / 'results.json'}[/bold]")
+    hist, mask = windows(ds.item, sp.test.hist_start[j:j + 1], sp.test.cut[j:j + 1], sp_cfg.max_len)
+    scorer = VectorScorer(first.model, cfg.train.cosine)
+    console.print(interest_table(
+        ds, scorer.interests(hist, mask), scorer.items, first.test_topn[j][:10], hist[0],
+        ds.item[sp.test.cut[j]:sp.test.end[j]],
+        title=f"{model}: top-10 for test user {ds.users['raw_id'][int(sp.test.users[j])]} "
+              f"(seed {first.seed}), grouped by interest"))
+    console.print(f"wrote [bold]{out}[/bold] (results.json, checkpoints, metrics.jsonl)")
 
 
 def main() -> None:

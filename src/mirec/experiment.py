@@ -11,19 +11,21 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from mirec import __version__
-from mirec.config import to_dict
+from mirec.config import from_dict, to_dict
 from mirec.data.dataset import Dataset, load_dataset
 from mirec.data.prepare import PROTOCOL_VERSION
 from mirec.data.split import SplitConfig, split_users
-from mirec.errors import MirecConfigError
+from mirec.errors import MirecConfigError, MirecDataError
 from mirec.eval.evaluate import EvalConfig, evaluate
 from mirec.io import atomic_write_json
 from mirec.models.registry import MODELS, model_names
+from mirec.train.checkpoint import load_checkpoint
+from mirec.train.loop import RunConfig, VectorScorer, build_model, train
 
 
 @dataclass
@@ -35,6 +37,7 @@ class SeedResult:
     num_valid_users: int
     model: Any = field(default=None, repr=False)
     test_topn: np.ndarray | None = field(default=None, repr=False)  # (U_test, max N)
+    best_epoch: int | None = None
 
 
 @dataclass
@@ -109,3 +112,63 @@ def evaluate_baseline(model: str, data: str | Path | Dataset, seeds: list[int],
     if out is not None:
         atomic_write_json(Path(out) / "results.json", run.to_json())
     return run
+
+
+def train_seeds(cfg: RunConfig, data: str | Path | Dataset, seeds: list[int], out: str | Path,
+                resume: bool = False, progress: bool = True,
+                log: Callable[[str], None] = lambda s: None) -> RunResult:
+    """Train ``cfg`` once per seed (each sets the split and the initialisation) and evaluate
+    the best validation checkpoint on the test users.
+
+    With one seed the run directory is ``out``; with several, ``out/seed-<s>`` each, and
+    ``out/results.json`` reports the mean and std over seeds.
+    """
+    if not seeds:
+        raise MirecConfigError("--seeds: need at least one seed")
+    t0 = time.perf_counter()
+    ds = data if isinstance(data, Dataset) else load_dataset(data)
+    out = Path(out)
+    results = []
+    for seed in seeds:
+        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed),
+                                split=dataclasses.replace(cfg.split, seed=seed))
+        run_dir = out if len(seeds) == 1 else out / f"seed-{seed}"
+        log(f"training {cfg.model} seed {seed} -> {run_dir}")
+        r = train(c, ds, run_dir, resume=resume, progress=progress, log=log)
+        results.append(SeedResult(seed, r.test, r.best_valid, len(r.split.test),
+                                  len(r.split.valid), r.model, r.test_topn))
+        results[-1].best_epoch = r.best_epoch
+    run = RunResult(cfg.model, ds, results, cfg.split, cfg.eval, time.perf_counter() - t0)
+    doc = run.to_json()
+    doc["config"] = to_dict(cfg)
+    doc["best_epochs"] = [s.best_epoch for s in results]
+    atomic_write_json(out / "results.json", doc)
+    return run
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None,
+                 eval_cfg: EvalConfig | None = None) -> RunResult:
+    """Re-evaluate a finished training run (every ``seed-*`` of it) on its test users."""
+    run_dir = Path(run_dir)
+    dirs = sorted(run_dir.glob("seed-*")) or [run_dir]
+    results, ds, cfg = [], None, None
+    t0 = time.perf_counter()
+    for d in dirs:
+        ck = load_checkpoint(d / "best.pt")
+        cfg = from_dict(RunConfig, ck["config"])
+        if ds is None:
+            ds = load_dataset(data or ck["data"])
+            if ds.checksum != ck["dataset_checksum"]:
+                raise MirecDataError(f"{ds.path}: not the data set {d} was trained on "
+                                     f"(checksum {ds.checksum[:12]} != {ck['dataset_checksum'][:12]})")
+        model = build_model(cfg, ds.num_items)
+        model.load_state_dict(ck["model"])
+        sp = split_users(ds, cfg.split)
+        ec = eval_cfg or cfg.eval
+        scorer = VectorScorer(model, cfg.train.cosine)
+        test = evaluate(scorer, ds, sp.test, cfg.split.max_len, ec)
+        valid = evaluate(scorer, ds, sp.valid, cfg.split.max_len, ec)
+        results.append(SeedResult(cfg.split.seed, test.metrics, valid.metrics, test.num_users,
+                                  valid.num_users, model, test.topn))
+    return RunResult(cfg.model, ds, results, cfg.split, eval_cfg or cfg.eval,
+                     time.perf_counter() - t0)

@@ -71,3 +71,40 @@ def recommendations_table(ds: Dataset, items: np.ndarray, history: np.ndarray,
     t.caption = ("last items in the history: " + "; ".join(ds.title(int(i)) for i in history[-5:])
                  + f"  ({len(target_set)} held-out targets; ✓ = one of them)")
     return t
+
+
+def interest_table(ds: Dataset, interests: Any, item_vecs: Any, items: np.ndarray,
+                   hist: np.ndarray, targets: np.ndarray, title: str) -> Table:
+    """Recommended items grouped by the interest that scores them highest; each interest names
+    the three history items weighing most in it (attention or routing weights)."""
+    import torch
+
+    v = interests.vectors[0]  # (K, D)
+    live = interests.mask[0]  # (K,)
+    w = interests.weights[0]  # (K, L)
+    e = item_vecs[torch.as_tensor(items, dtype=torch.long)]  # (n, D)
+    s = (e @ v.T).masked_fill(~live[None, :], float("-inf"))  # (n, K)
+    best_k = s.argmax(1).tolist()
+    target_set = set(targets.tolist())
+    t = Table(title=title)
+    t.add_column("interest", justify="right")
+    t.add_column("formed by (history)")
+    t.add_column("rank", justify="right")
+    t.add_column("title")
+    t.add_column("categories")
+    t.add_column("hit", justify="center")
+    for k in sorted(set(best_k)):
+        top = torch.topk(w[k], k=min(3, int((hist > 0).sum()))).indices.tolist()
+        because = "; ".join(ds.title(int(hist[p])) for p in top if hist[p] > 0)
+        first = True
+        for r, (i, kk) in enumerate(zip(items, best_k), 1):
+            if kk != k:
+                continue
+            row = ds.items.row(int(i) - 1, named=True)
+            t.add_row(str(k) if first else "", because if first else "", str(r),
+                      row["title"] or row["raw_id"], ", ".join(row["categories"] or []),
+                      "✓" if int(i) in target_set else "")
+            first = False
+        t.add_section()
+    t.caption = f"{len(target_set)} held-out targets; ✓ = one of them"
+    return t

@@ -230,8 +230,9 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
         score = valid["recall@50"] if "recall@50" in valid else next(iter(valid.values()))
         if score > best:
             best, best_epoch, bad = score, epoch, 0
-            save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch,
-                                                  "config": to_dict(cfg)})
+            save_checkpoint(run_dir / "best.pt", {
+                "model": model.state_dict(), "epoch": epoch, "config": to_dict(cfg),
+                "data": str(ds.path), "dataset_checksum": ds.checksum})
         else:
             bad += 1
         log(f"epoch {epoch}: loss {row['loss']:.4f}, {row['examples_per_s']:,.0f} ex/s, "

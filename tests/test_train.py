@@ -1,0 +1,93 @@
+"""The training loop: learning a planted structure, resuming, checkpoints, the CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mirec.data.dataset import load_dataset
+from mirec.data.synth import SynthConfig, synth_dataset
+from mirec.errors import MirecDataError
+from mirec.experiment import evaluate_baseline, evaluate_run, train_seeds
+from mirec.train.checkpoint import load_checkpoint
+from mirec.train.loop import RunConfig, TrainConfig, train
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    cfg = SynthConfig(num_users=400, num_categories=8, items_per_category=15, max_interests=2,
+                      stickiness=0.9, noise=0.0, min_len=8, mean_len=20, seed=3)
+    path = tmp_path_factory.mktemp("synth") / "ds"
+    synth_dataset(cfg, path, progress=False)
+    return load_dataset(path)
+
+
+def small(model="comirec-sa", **train):
+    t = dict(epochs=4, batch_size=128, lr=0.01, patience=10, temperature=0.2)
+    t.update(train)
+    return RunConfig(model=model, model_args={"dim": 16, "num_interests": 2}
+                     if model != "youtube-dnn" else {"dim": 16}, train=TrainConfig(**t))
+
+
+@pytest.mark.parametrize("model", ["comirec-sa", "mind", "youtube-dnn"])
+def test_planted_structure_is_learned(synth, tmp_path, model):
+    r = train(small(model), synth, tmp_path / model, progress=False)
+    mp = evaluate_baseline("most-popular", synth, [2020])
+    assert r.test["recall@20"] > 1.5 * mp.mean["recall@20"], (r.test, mp.mean)
+    lines = (tmp_path / model / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[0])["loss"] > json.loads(lines[-1])["loss"]
+
+
+def test_resume_gives_the_same_parameters(synth, tmp_path):
+    cfg = small(epochs=3, max_batches_per_epoch=5)
+    full = train(cfg, synth, tmp_path / "full", progress=False)
+    train(cfg, synth, tmp_path / "cut", progress=False, stop_after_epoch=0)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 0
+    resumed = train(cfg, synth, tmp_path / "cut", resume=True, progress=False)
+    for (name, a), (_, b) in zip(full.model.state_dict().items(),
+                                 resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert resumed.test == full.test
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
+
+
+def test_sampled_loss_trains_too(synth, tmp_path):
+    r = train(small(loss="sampled", num_negatives=20, sampler="log-uniform"), synth,
+              tmp_path / "s", progress=False)
+    mp = evaluate_baseline("most-popular", synth, [2020])
+    assert r.test["recall@20"] > 1.5 * mp.mean["recall@20"]
+
+
+def test_several_seeds_and_reevaluation(synth, tmp_path):
+    run = train_seeds(small(epochs=2), synth, [1, 2], tmp_path / "r", progress=False)
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res["seeds"] == [1, 2] and set(res["config"]) >= {"model", "train", "split"}
+    again = evaluate_run(tmp_path / "r")
+    assert again.mean["recall@50"] == pytest.approx(run.mean["recall@50"])
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    p = tmp_path / "best.pt"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(MirecDataError, match="not a readable mirec checkpoint"):
+        load_checkpoint(p)
+
+
+def test_cli_train_and_evaluate_run(synth, tmp_path):
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "mirec.cli", "train", "--model", "comirec-sa", "--data",
+           str(synth.path), "--out", str(out), "--set", "train.epochs=1", "--set",
+           "model_args.dim=8", "--set", "train.batch_size=256"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (out / "results.json").exists() and (out / "best.pt").exists()
+    p = subprocess.run([sys.executable, "-m", "mirec.cli", "evaluate", "--run", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and "comirec-sa" in p.stdout
+    bad = subprocess.run(cmd[:-1] + ["train.lr=fast"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "train.lr: expected float" in bad.stdout
