@@ -3,9 +3,13 @@
 Logits are ``v_u . e_i / T`` with temperature ``T``. Item 0 is padding and never a candidate.
 
 Sampled softmax (Jean et al. 2015; Bengio & Senecal 2008): ``S`` negatives are drawn with
-replacement from a proposal ``Q`` and shared by the whole batch. Every candidate's logit,
-the positive's included, is corrected by ``- log(S * Q(j))`` (the log of its expected count),
-and a sampled item equal to a row's positive ("accidental hit") is masked out of that row.
+replacement from a proposal ``Q`` and shared by the whole batch. Every sampled logit is
+corrected by ``- log(S * Q(j))`` (the log of its expected count), and a sampled item equal to
+a row's positive ("accidental hit") is masked out of that row. The positive's own logit is not
+corrected: it is always present exactly once, so ``exp(pos) + sum_k exp(neg_k) / (S Q(j_k))``
+is an unbiased estimate of the full partition function and the loss and its gradient converge
+to the full softmax as ``S`` grows. (Correcting the positive as well while masking hits does
+not: its term vanishes as ``S`` grows, leaving a leave-the-target-out softmax.)
 When every item is sampled exactly once under a uniform ``Q`` the corrections are all 0 and
 the loss equals the full softmax.
 """
@@ -76,8 +80,7 @@ def sampled_softmax_loss(user: torch.Tensor, pos_emb: torch.Tensor, neg_emb: tor
     """
     s = negatives.shape[0]
     log_s = math.log(s)
-    pos = (user * pos_emb).sum(-1) / temperature  # (B,)
-    pos = pos - (log_s + log_q[target])
+    pos = (user * pos_emb).sum(-1) / temperature  # (B,), uncorrected: present exactly once
     neg = user @ neg_emb.T / temperature  # (B, S)
     neg = neg - (log_s + log_q[negatives])[None, :]
     neg = neg.masked_fill(negatives[None, :] == target[:, None], float("-inf"))
