@@ -28,11 +28,8 @@ benchmark).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,7 +46,7 @@ from tqdm.auto import tqdm
 from mirec import __version__
 from mirec.data.prepare import FORMAT_VERSION, PROTOCOL_VERSION, _combined
 from mirec.errors import MirecConfigError
-from mirec.io import atomic_dir, atomic_write_json, sha256_file
+from mirec.io import atomic_dir, atomic_path, atomic_write_json, sha256_file
 
 BLOCK_USERS = 1024  # users per random generator; chunks are whole numbers of blocks
 _INT32_MAX = 2**31 - 1
@@ -411,23 +408,6 @@ def synth_dataset(cfg: SynthConfig, out: str | Path, progress: bool = True) -> P
     return out
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` that replaces ``path`` when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def synth_raw(cfg: SynthConfig, path: str | Path, fmt: Literal["csv", "parquet"] = "csv",
               progress: bool = True) -> Path:
     """Write the same events as :func:`synth_dataset` as a raw log file.
@@ -458,7 +438,7 @@ def synth_raw(cfg: SynthConfig, path: str | Path, fmt: Literal["csv", "parquet"]
     names = pa.array([f"c{i}" for i in range(cfg.num_categories)], type=pa.string())
     schema = pa.schema([("user", pa.int32()), ("item", pa.int32()),
                         ("category", pa.string()), ("timestamp", pa.int64())])
-    with _atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         if fmt == "csv":
             # plain header and unquoted values (ids and "c<k>" hold no separators)
             f.write((",".join(schema.names) + "\n").encode())
