@@ -286,7 +286,7 @@ def _download(url: str, dest: Path, expected: Digest | None, progress: bool,
             total = int(length) if length and length.isdigit() else None
             n = 0
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc=dest.name, disable=not progress, leave=False) as bar:
+                      desc=dest.name, disable=None if progress else True, leave=False) as bar:
                 while True:
                     try:
                         block = resp.read(CHUNK)

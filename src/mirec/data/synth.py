@@ -374,7 +374,7 @@ def synth_dataset(cfg: SynthConfig, out: str | Path, progress: bool = True) -> P
         with (pq.ParquetWriter(tmp / "interactions.parquet", _EVENTS_SCHEMA,
                                compression="zstd") as ev_w,
               pq.ParquetWriter(tmp / "users.parquet", _USERS_SCHEMA, compression="zstd") as us_w):
-            for ch in tqdm(iter_chunks(cfg), total=num_chunks(cfg), disable=not progress,
+            for ch in tqdm(iter_chunks(cfg), total=num_chunks(cfg), disable=None if progress else True,
                            desc="synth", unit="chunk"):
                 ev_w.write_table(pa.table({"user": ch.user, "item": ch.item, "ts": ch.ts},
                                           schema=_EVENTS_SCHEMA))
@@ -447,7 +447,7 @@ def synth_raw(cfg: SynthConfig, path: str | Path, fmt: Literal["csv", "parquet"]
         else:
             writer = pq.ParquetWriter(f, schema, compression="zstd")
         with writer:
-            for ch in tqdm(iter_chunks(cfg), total=num_chunks(cfg), disable=not progress,
+            for ch in tqdm(iter_chunks(cfg), total=num_chunks(cfg), disable=None if progress else True,
                            desc="synth raw", unit="chunk"):
                 order = np.argsort(ch.ts, kind="stable")  # (E,)
                 writer.write_table(pa.table({

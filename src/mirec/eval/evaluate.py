@@ -59,7 +59,9 @@ def rank_topn(scorer: Scorer, ds: Dataset, users: EvalUsers, n: int, max_len: in
                                f"({ds.num_items - 1} items)")
     out = np.zeros((len(users), n), dtype=np.int64)
     starts = range(0, len(users), batch_size)
-    for s in tqdm(starts, desc="evaluate", unit="batch", disable=not progress or len(users) <= 4 * batch_size,
+    show = progress and len(users) > 4 * batch_size
+    # disable=None shows bars on a terminal only, so logs and CI output stay readable
+    for s in tqdm(starts, desc="evaluate", unit="batch", disable=None if show else True,
                   leave=False):
         b = users.select(slice(s, s + batch_size))
         hist, mask = windows(ds.item, b.hist_start, b.cut, max_len)

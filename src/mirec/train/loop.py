@@ -203,7 +203,7 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
             n_batches = min(n_batches, tc.max_batches_per_epoch)
         model.train()
         t0, total, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", disable=not progress,
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", disable=None if progress else True,
                    leave=False)
         for b in bar:
             idx = perm[b * tc.batch_size:(b + 1) * tc.batch_size]
