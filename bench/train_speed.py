@@ -102,10 +102,9 @@ def child(a: argparse.Namespace) -> None:
     import torch
 
     from mirec.data.dataset import load_dataset
-    from mirec.data.split import SplitConfig, split_users, windows
+    from mirec.data.split import SplitConfig
     from mirec.models.registry import NEURAL
-    from mirec.train.loop import RunConfig, TrainConfig, batch_loss, build_model, use_sampled
-    from mirec.train.losses import NegativeSampler
+    from mirec.train.loop import RunConfig, TrainConfig, setup, train_step
 
     torch.set_num_threads(a.threads)
     peak = matmul_peak()
@@ -116,14 +115,7 @@ def child(a: argparse.Namespace) -> None:
                      **({"num_negatives": a.negatives} if a.negatives else {}))
     cfg = RunConfig(model=a.models, model_args=margs, train=tc, split=SplitConfig(max_len=MAX_LEN))
     cfg.validate(), tc.validate()
-    split = split_users(ds, cfg.split)
-    torch.manual_seed(tc.seed)
-    model = build_model(cfg, ds.num_items)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    sampler = None
-    if use_sampled(tc, ds.num_items):
-        counts = np.bincount(ds.item[split.example_pos], minlength=ds.num_items)
-        sampler = NegativeSampler(ds.num_items, tc.sampler, counts)
+    split, model, opt, sampler = setup(cfg, ds)  # the trainer's own set-up and step
     n_ex = split.num_examples
     perm = np.random.default_rng(tc.seed).permutation(n_ex)
     full_batches = max(1, n_ex // BATCH)
@@ -131,14 +123,7 @@ def child(a: argparse.Namespace) -> None:
 
     def step(b: int) -> None:
         idx = perm[(b % full_batches) * BATCH:(b % full_batches + 1) * BATCH]
-        hist, mask = windows(ds.item, split.example_start[idx], split.example_pos[idx], MAX_LEN)
-        target = torch.from_numpy(ds.item[split.example_pos[idx]].astype(np.int64))
-        loss = batch_loss(model, torch.from_numpy(hist), torch.from_numpy(mask), target, tc,
-                          sampler, ds.num_items)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss.item()
+        train_step(model, opt, ds, split, idx, cfg, sampler)
 
     for b in range(a.warmup):
         step(b)

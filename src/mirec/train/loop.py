@@ -144,6 +144,36 @@ def use_sampled(cfg: TrainConfig, num_items: int) -> bool:
     return cfg.loss == "sampled" or (cfg.loss == "auto" and num_items > cfg.full_softmax_max_items)
 
 
+def setup(cfg: RunConfig, ds: Dataset) -> tuple[Split, torch.nn.Module, torch.optim.Optimizer,
+                                                NegativeSampler | None]:
+    """Threads, split, seeded model, Adam, and the negative sampler when the loss samples."""
+    tc = cfg.train
+    torch.set_num_threads(tc.threads)
+    split = split_users(ds, cfg.split)
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg, ds.num_items)
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sampler = None
+    if use_sampled(tc, ds.num_items):
+        counts = np.bincount(ds.item[split.example_pos], minlength=ds.num_items)
+        sampler = NegativeSampler(ds.num_items, tc.sampler, counts)
+    return split, model, opt, sampler
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ds: Dataset, split: Split,
+               idx: np.ndarray, cfg: RunConfig, sampler: NegativeSampler | None) -> float:
+    """One Adam step on the training examples ``idx``; returns the batch's mean loss."""
+    hist, mask = windows(ds.item, split.example_start[idx], split.example_pos[idx],
+                         cfg.split.max_len)  # (B, L) each
+    target = torch.from_numpy(ds.item[split.example_pos[idx]].astype(np.int64))  # (B,)
+    loss = batch_loss(model, torch.from_numpy(hist), torch.from_numpy(mask), target, cfg.train,
+                      sampler, ds.num_items)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -169,15 +199,7 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
     tc.validate()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(tc.threads)
-    split = split_users(ds, cfg.split)
-    torch.manual_seed(tc.seed)
-    model = build_model(cfg, ds.num_items)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    sampler = None
-    if use_sampled(tc, ds.num_items):
-        counts = np.bincount(ds.item[split.example_pos], minlength=ds.num_items)
-        sampler = NegativeSampler(ds.num_items, tc.sampler, counts)
+    split, model, opt, sampler = setup(cfg, ds)
     start_epoch, best, best_epoch, bad, history = 0, -1.0, -1, 0, []
     last = run_dir / "last.pt"
     if resume:
@@ -207,14 +229,7 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
                    leave=False)
         for b in bar:
             idx = perm[b * tc.batch_size:(b + 1) * tc.batch_size]
-            hist, mask = windows(ds.item, split.example_start[idx], split.example_pos[idx], L)
-            target = torch.from_numpy(ds.item[split.example_pos[idx]].astype(np.int64))
-            loss = batch_loss(model, torch.from_numpy(hist), torch.from_numpy(mask), target, tc,
-                              sampler, ds.num_items)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
+            total += train_step(model, opt, ds, split, idx, cfg, sampler) * len(idx)
             seen += len(idx)
             if b % 20 == 0:
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
