@@ -36,3 +36,20 @@ def random_dataset(tmp_path):
         ts += sorted(rng.integers(0, 10_000, size=n).tolist())
     cats = {i: [f"c{i % 5}"] for i in range(1, 61)}
     return make_dataset(tmp_path / "ds", users, items, ts, cats)
+
+
+def prepare_small(raw, tmp_path):
+    """Prepare a loader's RawLog with k-core 1 (tiny test files) and load it."""
+    return load_dataset(build_dataset(raw, tmp_path / "ds", PrepareConfig(k_core=1)))
+
+
+def sequences(ds):
+    """Raw user id -> [(raw item id, ts, rating)] in stored order."""
+    out = {}
+    for u in range(ds.num_users):
+        lo, hi = ds.offsets[u], ds.offsets[u + 1]
+        out[ds.users["raw_id"][u]] = [
+            (ds.items["raw_id"][int(i) - 1], int(t), float(r))
+            for i, t, r in zip(ds.item[lo:hi], ds.ts[lo:hi], ds.rating[lo:hi])
+        ]
+    return out

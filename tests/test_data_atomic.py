@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from mirec.data.atomic import load_recbole
-from mirec.data.dataset import Dataset, load_dataset
-from mirec.data.prepare import PrepareConfig, RawLog, build_dataset
 from mirec.errors import MirecDataError
+from tests.conftest import prepare_small as prepare
+from tests.conftest import sequences
 
 INTER = (
     "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
@@ -41,20 +41,6 @@ def write_set(d: Path, inter: str = INTER, item: str | None = ITEM,
     return d
 
 
-def prepare(raw: RawLog, tmp_path: Path) -> Dataset:
-    return load_dataset(build_dataset(raw, tmp_path / "ds", PrepareConfig(k_core=1)))
-
-
-def sequences(ds: Dataset) -> dict[str, list[tuple[str, int, float]]]:
-    """Raw user id -> [(raw item id, ts, rating)] in stored order."""
-    out = {}
-    for u in range(ds.num_users):
-        lo, hi = ds.offsets[u], ds.offsets[u + 1]
-        out[ds.users["raw_id"][u]] = [
-            (ds.items["raw_id"][int(i) - 1], int(t), float(r))
-            for i, t, r in zip(ds.item[lo:hi], ds.ts[lo:hi], ds.rating[lo:hi])
-        ]
-    return out
 
 
 def test_full_set(tmp_path):

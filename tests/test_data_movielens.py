@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from mirec.data.dataset import Dataset, load_dataset
+from mirec.data.dataset import Dataset
 from mirec.data.movielens import load_movielens
-from mirec.data.prepare import PrepareConfig, RawLog, build_dataset
 from mirec.errors import MirecDataError
+from tests.conftest import prepare_small as prepare
+from tests.conftest import sequences
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -18,20 +19,6 @@ def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
     return path
 
 
-def prepare(raw: RawLog, tmp_path: Path) -> Dataset:
-    return load_dataset(build_dataset(raw, tmp_path / "ds", PrepareConfig(k_core=1)))
-
-
-def sequences(ds: Dataset) -> dict[str, list[tuple[str, int, float]]]:
-    """Raw user id -> [(raw item id, ts, rating)] in stored order."""
-    out = {}
-    for u in range(ds.num_users):
-        lo, hi = ds.offsets[u], ds.offsets[u + 1]
-        out[ds.users["raw_id"][u]] = [
-            (ds.items["raw_id"][int(i) - 1], int(t), float(r))
-            for i, t, r in zip(ds.item[lo:hi], ds.ts[lo:hi], ds.rating[lo:hi])
-        ]
-    return out
 
 
 def item_row(ds: Dataset, raw_id: str) -> dict:
