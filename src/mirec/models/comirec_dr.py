@@ -55,7 +55,7 @@ class ComiRecDR(nn.Module):
         K = self.cfg.num_interests
         H = self.item_emb(hist) * mask[..., None]  # (B, L, D), zero on padding
         # u_{j|i} = W_ij e_i, contracted directly: never builds a (B, L, K*D, D) tensor.
-        u = torch.einsum("lkde,ble->blkd", self.W[-L:], H)  # (B, L, K, D)
+        u = torch.einsum("lkde,ble->bkld", self.W[-L:], H)  # (B, K, L, D)
         b = torch.zeros(B, K, L, device=H.device, dtype=H.dtype)  # routing logits
         link = mask[:, None, :].expand(B, K, L)  # (B, K, L)
         V, c = dynamic_routing(u, b, link, self.cfg.routing_iters)  # (B, K, D), (B, K, L)

