@@ -128,17 +128,20 @@ def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
     """The training loss of one batch (full or sampled softmax on the readout vector)."""
     out = model.interests(hist, mask)
     items = model.item_embeddings()  # (N, D)
-    user = model.readout(out, items[target])  # (B, D)
+    B = len(target)
+    neg = None if sampler is None else sampler.sample(cfg.num_negatives)  # (S,)
+    # One gather for the targets and the negatives: the backward of every gather zero-fills a
+    # whole (N, D) gradient table, which dominates a step on a large catalogue.
+    rows = items[target if neg is None else torch.cat([target, neg])]  # (B [+ S], D)
+    user = model.readout(out, rows[:B])  # (B, D)
     if cfg.cosine:
         user = F.normalize(user, dim=-1)
-    if sampler is None:
+    if neg is None:
         table = F.normalize(items, dim=-1) if cfg.cosine else items
         return full_softmax_loss(user, table, target, cfg.temperature)
-    neg = sampler.sample(cfg.num_negatives)
-    pos_emb, neg_emb = items[target], items[neg]
     if cfg.cosine:
-        pos_emb, neg_emb = F.normalize(pos_emb, dim=-1), F.normalize(neg_emb, dim=-1)
-    return sampled_softmax_loss(user, pos_emb, neg_emb, target, neg, sampler.log_q,
+        rows = F.normalize(rows, dim=-1)
+    return sampled_softmax_loss(user, rows[:B], rows[B:], target, neg, sampler.log_q,
                                 cfg.temperature)
 
 
@@ -173,7 +176,7 @@ def setup(cfg: RunConfig, ds: Dataset) -> tuple[Split, torch.nn.Module, torch.op
     split = split_users(ds, cfg.split)
     torch.manual_seed(tc.seed)
     model = build_model(cfg, ds.num_items)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
     sampler = None
     if use_sampled(tc, ds.num_items):
         counts = np.bincount(ds.item[split.example_pos], minlength=ds.num_items)
