@@ -20,6 +20,10 @@ app = typer.Typer(help="mirec: multi-interest recommendation, from a raw log to 
 data_app = typer.Typer(help="Fetch, prepare, generate and inspect data sets.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+index_app = typer.Typer(help="Build and check the Faiss index of a bundle.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+report_app = typer.Typer(help="Reports with tables and plots.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
 # a terminal decides its own width; piped output (CI logs, files) gets room for the tables
 console = Console(width=None if sys.stdout.isatty() else 120)
 
@@ -265,6 +269,127 @@ def demo(
         title=f"{model}: top-10 for test user {ds.users['raw_id'][int(sp.test.users[j])]} "
               f"(seed {first.seed}), grouped by interest"))
     console.print(f"wrote [bold]{out}[/bold] (results.json, checkpoints, metrics.jsonl)")
+
+
+IndexKind = Annotated[str, typer.Option("--index", help="auto (exact up to --hnsw-above items, "
+                                                        "HNSW above), exact or hnsw.")]
+HnswAbove = Annotated[int, typer.Option(help="auto switches to HNSW above this many items.")]
+
+
+def _index_config(kind: str, hnsw_above: int):
+    from mirec.serve.index import IndexConfig
+
+    cfg = IndexConfig(kind=kind, hnsw_above=hnsw_above)
+    cfg.validate()
+    return cfg
+
+
+def _recommender(bundle: Path, kind: str, hnsw_above: int, store: Path | None):
+    from mirec.serve.bundle import load_bundle
+    from mirec.serve.recommender import Recommender
+    from mirec.serve.service import open_index
+    from mirec.serve.store import EventStore
+
+    b = load_bundle(bundle)
+    index = open_index(b, _index_config(kind, hnsw_above))
+    return Recommender(b, index, EventStore(store) if store else None)
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A finished `mirec train` run directory.")],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
+    data: Annotated[Optional[Path], typer.Option(help="The run's data set, if it moved.")] = None,
+) -> None:
+    """Write a self-contained serving bundle (tower, item vectors, id maps, manifest)."""
+    from mirec.serve.bundle import export_bundle
+
+    path = export_bundle(run_dir, out, data)
+    console.print(f"wrote bundle [bold]{path}[/bold]")
+
+
+@index_app.command("build")
+def index_build(
+    bundle: Annotated[Path, typer.Argument(help="A bundle directory (`mirec export`).")],
+    index: IndexKind = "auto",
+    hnsw_above: HnswAbove = 50_000,
+    queries: Annotated[int, typer.Option(help="Held-out users whose interests test recall.")] = 200,
+) -> None:
+    """Build the bundle's index, save it into the bundle, report time, memory and recall@50."""
+    from mirec.serve.bundle import load_bundle
+    from mirec.serve.service import build_index_report
+
+    b = load_bundle(bundle)
+    r = build_index_report(b, _index_config(index, hnsw_above), queries)
+    console.print(f"{r['kind']} index over {r['items']:,} items: built in {r['build_s']:.2f} s, "
+                  f"{r['bytes'] / 2**20:.1f} MiB, recall@50 vs exact {r['recall@50']:.3f} "
+                  f"({r['queries']} interest vectors of held-out users); wrote {r['path']}")
+
+
+@app.command("recommend")
+def recommend_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A bundle directory (`mirec export`).")],
+    user: Annotated[Optional[str], typer.Option(help="Raw user id from the source data.")] = None,
+    history: Annotated[Optional[str], typer.Option(help="Comma-separated raw item ids, oldest "
+                                                        "first.")] = None,
+    n: Annotated[int, typer.Option(help="How many items.")] = 20,
+    lam: Annotated[float, typer.Option("--lambda", help="Diversity weight (0 = pure accuracy).")] = 0.0,
+    exclude_history: Annotated[bool, typer.Option(help="Never recommend history items.")] = True,
+    store: Annotated[Optional[Path], typer.Option(help="SQLite event store with recent events.")] = None,
+    index: IndexKind = "auto",
+    hnsw_above: HnswAbove = 50_000,
+) -> None:
+    """Recommend for a known user or a given history; prints rank, title, interest, because."""
+    from mirec.report import served_table
+
+    if (user is None) == (history is None):
+        raise typer.BadParameter("give exactly one of --user or --history")
+    rec = _recommender(bundle, index, hnsw_above, store)
+    hist = [h.strip() for h in history.split(",") if h.strip()] if history is not None else None
+    r = rec.recommend(user_id=user, history=hist, n=n, lam=lam, exclude_history=exclude_history)
+    console.print(served_table(r, title=f"top-{n} for " + (f"user {user}" if user else "the history")
+                               + f" (lambda {lam:g})"))
+
+
+@app.command("serve")
+def serve_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A bundle directory (`mirec export`).")],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    store: Annotated[Path, typer.Option(help="SQLite event store file (created if missing).")] = Path(
+        "runs/events.sqlite"),
+    index: IndexKind = "auto",
+    hnsw_above: HnswAbove = 50_000,
+) -> None:
+    """Serve POST /recommend, POST /events, GET /items/{id}, GET /health over HTTP."""
+    import torch
+    import uvicorn
+
+    from mirec.serve.app import create_app
+
+    torch.set_num_threads(1)  # one request = one core's work; concurrency comes from requests
+    rec = _recommender(bundle, index, hnsw_above, store)
+    console.print(f"serving {bundle} ({rec.bundle.manifest['model']}, {rec.index.kind} index) on "
+                  f"http://{host}:{port}  (docs: /docs); events in {store}")
+    uvicorn.run(create_app(rec), host=host, port=port, log_level="warning")
+
+
+@report_app.command("diversity")
+def report_diversity(
+    run_dir: Annotated[Path, typer.Option("--run", help="A finished `mirec train` run directory.")],
+    lambdas: Annotated[str, typer.Option(help="Comma-separated lambda values.")] =
+        "0,0.05,0.1,0.2,0.5,1,2",
+    out: Annotated[Optional[Path], typer.Option(help="Where to write diversity.json/.png "
+                                                     "(default: the run directory).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="The run's data set, if it moved.")] = None,
+) -> None:
+    """Sweep lambda on test users: Recall@50 against Diversity@50, a table and a PNG plot."""
+    from mirec.serve.diversity import diversity_report
+
+    lams = [float(x) for x in lambdas.split(",")]
+    r = diversity_report(run_dir, lams, out or run_dir, data, progress=True)
+    console.print(r.table())
+    console.print(f"wrote [bold]{r.json_path}[/bold] and [bold]{r.png_path}[/bold]")
 
 
 def main() -> None:

@@ -108,3 +108,23 @@ def interest_table(ds: Dataset, interests: Any, item_vecs: Any, items: np.ndarra
         t.add_section()
     t.caption = f"{len(target_set)} held-out targets; ✓ = one of them"
     return t
+
+
+def served_table(result: Any, title: str) -> Table:
+    """A served recommendation (:class:`mirec.serve.recommender.RecommendResult`): rank, title,
+    categories, score, interest and the history items behind that interest."""
+    t = Table(title=title)
+    for col, just in (("rank", "right"), ("item", "left"), ("title", "left"),
+                      ("categories", "left"), ("score", "right"), ("interest", "right"),
+                      ("because of", "left")):
+        t.add_column(col, justify=just)
+    for r, x in enumerate(result.items, 1):
+        t.add_row(str(r), x.item_id, x.title, ", ".join(x.categories), f"{x.score:.3f}",
+                  str(x.interest), ", ".join(x.because))
+    notes = [f"{result.interests} live interests, history of {len(result.history)} items"]
+    if result.user_id is not None and not result.known_user:
+        notes.append(f"unknown user {result.user_id!r}: recommending from an empty history")
+    if result.ignored_items:
+        notes.append(f"ignored (not in the catalogue): {', '.join(result.ignored_items[:10])}")
+    t.caption = "; ".join(notes)
+    return t

@@ -55,23 +55,26 @@ class Dataset:
         return self.meta.get("dataset_checksum", "")
 
     def category_index(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Item categories as CSR: ``(indptr (N+1,), category ids, category names)``.
-
-        Row 0 (padding) is empty.
-        """
-        names = sorted(set(self.items["categories"].explode().drop_nulls().to_list()))
-        lut = {c: j for j, c in enumerate(names)}
-        lists = [[]] + self.items["categories"].to_list()
-        lens = np.fromiter((len(c) if c else 0 for c in lists), dtype=np.int64, count=len(lists))
-        indptr = np.zeros(len(lists) + 1, dtype=np.int64)
-        np.cumsum(lens, out=indptr[1:])
-        ids = np.fromiter((lut[c] for cs in lists if cs for c in cs), dtype=np.int32,
-                          count=int(indptr[-1]))
-        return indptr, ids, names
+        """Item categories as CSR: ``(indptr (N+1,), category ids, category names)``."""
+        return category_csr(self.items)
 
     def title(self, item: int) -> str:
         row = self.items.row(item - 1, named=True)
         return row["title"] or row["raw_id"]
+
+
+def category_csr(items: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Categories of an items table (row i - 1 is item i) as CSR: ``(indptr (N+1,), category
+    ids, sorted category names)``. Row 0 (padding) is empty."""
+    names = sorted(set(items["categories"].explode().drop_nulls().to_list()))
+    lut = {c: j for j, c in enumerate(names)}
+    lists = [[]] + items["categories"].to_list()
+    lens = np.fromiter((len(c) if c else 0 for c in lists), dtype=np.int64, count=len(lists))
+    indptr = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum(lens, out=indptr[1:])
+    ids = np.fromiter((lut[c] for cs in lists if cs for c in cs), dtype=np.int32,
+                      count=int(indptr[-1]))
+    return indptr, ids, names
 
 
 def load_dataset(path: str | Path, verify: bool = True) -> Dataset:

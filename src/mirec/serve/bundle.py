@@ -1,0 +1,204 @@
+"""The model bundle: everything serving needs, in one self-contained directory.
+
+``mirec export runs/<name> --out <bundle>`` writes::
+
+    manifest.json        format, versions, model name and config, sizes, SHA-256 of every file
+    tower.pt             the user tower's weights (a state dict; the code is mirec's model class)
+    item_vectors.npy     (N, D) float32 vectors the index searches (row 0 = padding, zero);
+                         unit length when the model was trained with cosine scores
+    items.parquet        item (dense id), raw_id, title, categories
+    users.parquet        raw_id, history (the last ``HISTORY_KEEP`` dense item ids, oldest first)
+
+The directory is built in a temporary sibling and renamed into place, so a crash leaves no
+half-written bundle. :func:`load_bundle` verifies every checksum first and names the file at
+fault.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+
+import mirec
+from mirec.config import from_dict, to_dict
+from mirec.data.dataset import Dataset, category_csr, load_dataset
+from mirec.errors import MirecDataError
+from mirec.io import atomic_dir, sha256_file
+from mirec.train.checkpoint import load_checkpoint
+from mirec.train.loop import RunConfig, build_model
+
+FORMAT, FORMAT_VERSION = "mirec.bundle", 1
+FILES = ("tower.pt", "item_vectors.npy", "items.parquet", "users.parquet")
+HISTORY_KEEP = 200  # per known user: enough for the tower (max_len) and history exclusion
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle. ``N`` item ids including padding 0, ``D`` vector size."""
+
+    path: Path
+    manifest: dict[str, Any]
+    config: RunConfig
+    model: torch.nn.Module  # eval mode
+    item_vectors: np.ndarray  # (N, D) float32
+    items: pl.DataFrame  # item, raw_id, title, categories; row i - 1 is item i
+    item_ids: dict[str, int]  # raw id -> dense id
+    user_histories: dict[str, np.ndarray]  # raw user id -> (<= HISTORY_KEEP,) dense item ids
+    category_indptr: np.ndarray  # (N + 1,) CSR over items -> category ids
+    category_ids: np.ndarray
+    category_names: list[str]
+    item_raw: list[str]  # dense id -> raw id, [0] = "" (padding); plain lists: O(1) lookups
+    item_title: list[str]
+    item_categories: list[list[str]]
+
+    @property
+    def num_items(self) -> int:
+        return self.item_vectors.shape[0]
+
+    @property
+    def max_len(self) -> int:
+        return self.config.split.max_len
+
+    @property
+    def cosine(self) -> bool:
+        return self.config.train.cosine
+
+    def raw_id(self, item: int) -> str:
+        return self.item_raw[item]
+
+    def item_info(self, item: int) -> dict[str, Any]:
+        return {"item_id": self.item_raw[item], "title": self.item_title[item],
+                "categories": list(self.item_categories[item])}
+
+
+def item_vectors(model: torch.nn.Module, cosine: bool) -> np.ndarray:
+    """The (N, D) float32 vectors the index holds: the item table, unit length under cosine."""
+    with torch.no_grad():
+        items = model.item_embeddings()
+        items = F.normalize(items, dim=-1) if cosine else items
+    return np.ascontiguousarray(items.numpy(), dtype=np.float32)
+
+
+def load_run(run_dir: str | Path, data: str | Path | None = None
+             ) -> tuple[Path, dict[str, Any], RunConfig, Dataset, torch.nn.Module]:
+    """A finished run's best checkpoint (the first seed's of a multi-seed run), its config,
+    its data set (checksum verified) and the model in eval mode."""
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "best.pt"
+    if not ckpt_path.exists():
+        seeds = sorted(run_dir.glob("seed-*/best.pt"))
+        if not seeds:
+            raise MirecDataError(f"{run_dir}: no best.pt (is this a finished `mirec train` run?)")
+        ckpt_path = seeds[0]
+    ck = load_checkpoint(ckpt_path)
+    cfg = from_dict(RunConfig, ck["config"])
+    ds = load_dataset(data or ck["data"])
+    if ds.checksum != ck["dataset_checksum"]:
+        raise MirecDataError(f"{ds.path}: not the data set {ckpt_path} was trained on")
+    model = build_model(cfg, ds.num_items)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return ckpt_path, ck, cfg, ds, model
+
+
+def bundle_from_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[Bundle, Dataset]:
+    """The bundle a run would export, in memory (for reports), and the run's data set."""
+    ckpt_path, ck, cfg, ds, model = load_run(run_dir, data)
+    manifest = {"model": cfg.model, "config": to_dict(cfg), "source_run": str(ckpt_path)}
+    return _assemble(Path(run_dir), manifest, cfg, model, item_vectors(model, cfg.train.cosine),
+                     ds.items, _user_histories(ds)), ds
+
+
+def export_bundle(run_dir: str | Path, out: str | Path, data: str | Path | None = None) -> Path:
+    """Write the bundle of a finished run (its ``best.pt``; the first seed of a multi-seed run)."""
+    ckpt_path, ck, cfg, ds, model = load_run(run_dir, data)
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        (tmp / "tower.pt").write_bytes(buf.getvalue())
+        np.save(tmp / "item_vectors.npy", item_vectors(model, cfg.train.cosine))
+        ds.items.select("item", "raw_id", "title", "categories").write_parquet(tmp / "items.parquet")
+        _user_histories(ds).write_parquet(tmp / "users.parquet")
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": {"mirec": mirec.__version__, "torch": torch.__version__,
+                         "numpy": np.__version__, "python": platform.python_version()},
+            "model": cfg.model, "config": to_dict(cfg), "num_items": ds.num_items,
+            "dim": int(model.item_embeddings().shape[1]), "source_run": str(ckpt_path),
+            "best_epoch": ck.get("epoch"), "dataset": str(ds.path),
+            "dataset_checksum": ds.checksum,
+            "checksums": {name: sha256_file(tmp / name) for name in FILES},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def _user_histories(ds: Dataset) -> pl.DataFrame:
+    """Each user's last HISTORY_KEEP items (dense ids, oldest first)."""
+    ends = ds.offsets[1:]
+    starts = np.maximum(ds.offsets[:-1], ends - HISTORY_KEEP)
+    hist = [ds.item[s:e].astype(np.int32) for s, e in zip(starts, ends)]
+    return pl.DataFrame({"raw_id": ds.users["raw_id"].cast(pl.String),
+                         "history": pl.Series(hist, dtype=pl.List(pl.Int32))})
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load and verify a bundle directory; every error names the file at fault."""
+    path = Path(path)
+    mpath = path / "manifest.json"
+    if not mpath.exists():
+        raise MirecDataError(f"{mpath}: missing; {path} is not a mirec bundle "
+                             f"(make one with `mirec export`)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise MirecDataError(f"{mpath}: invalid JSON: {e}") from None
+    if manifest.get("format") != FORMAT:
+        raise MirecDataError(f"{mpath}: field 'format' is not {FORMAT!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise MirecDataError(f"{mpath}: format_version {manifest.get('format_version')} is not "
+                             f"{FORMAT_VERSION}; export the bundle again with this mirec")
+    for name in FILES:
+        f = path / name
+        if not f.exists():
+            raise MirecDataError(f"{f}: missing from the bundle")
+        if sha256_file(f) != manifest["checksums"].get(name):
+            raise MirecDataError(f"{f}: checksum does not match manifest.json (file changed or "
+                                 f"corrupt); export the bundle again")
+    cfg = from_dict(RunConfig, manifest["config"])
+    model = build_model(cfg, manifest["num_items"])
+    try:
+        model.load_state_dict(torch.load(path / "tower.pt", map_location="cpu", weights_only=True))
+    except Exception as e:  # a foreign state dict or a different model version
+        raise MirecDataError(f"{path / 'tower.pt'}: does not fit model {cfg.model!r} ({e})") from None
+    model.eval()
+    return _assemble(path, manifest, cfg, model, np.load(path / "item_vectors.npy"),
+                     pl.read_parquet(path / "items.parquet"), pl.read_parquet(path / "users.parquet"))
+
+
+def _assemble(path: Path, manifest: dict[str, Any], cfg: RunConfig, model: torch.nn.Module,
+              vectors: np.ndarray, items: pl.DataFrame, users: pl.DataFrame) -> Bundle:
+    items = items.sort("item")
+    histories = {u: np.asarray(h, dtype=np.int64) for u, h in
+                 zip(users["raw_id"].to_list(), users["history"].to_list())}
+    raw = [""] + items["raw_id"].cast(pl.String).to_list()
+    titles = [t or r for t, r in zip([""] + items["title"].to_list(), raw)]
+    cats = [[]] + [c or [] for c in items["categories"].to_list()]
+    if items["item"].to_list() != list(range(1, len(raw))):
+        raise MirecDataError(f"{path}: items are not numbered 1..{len(raw) - 1}")
+    item_ids = {r: i for i, r in enumerate(raw) if i}
+    indptr, cat_ids, names = category_csr(items)
+    return Bundle(path, manifest, cfg, model, vectors, items, item_ids, histories, indptr,
+                  cat_ids, names, raw, titles, cats)

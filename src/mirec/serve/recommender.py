@@ -1,0 +1,154 @@
+"""One recommendation, end to end: history -> interests -> ANN search -> aggregation.
+
+The CLI (``mirec recommend``), the HTTP service (``POST /recommend``) and the diversity report
+all call :meth:`Recommender.recommend`::
+
+    history (raw ids) --map--> dense ids, unknown ones reported in ``ignored_items``
+    user tower on the last max_len items       -> K interest vectors, live mask, weights (K, L)
+    each live interest searches the index      -> top-M items per interest
+    union of the candidates, history removed   -> re-scored by f(u, i) = max_k v_k . e_i
+    diversify(lambda)                          -> the final n, each with the interest that
+                                                  scored it and that interest's 3 heaviest
+                                                  history items ("because")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mirec.errors import MirecConfigError
+from mirec.serve.aggregate import candidates, category_matrix, diversify, rescore
+from mirec.serve.bundle import Bundle
+from mirec.serve.index import ItemIndex
+from mirec.serve.store import EventStore
+
+
+@dataclass
+class ServeConfig:
+    candidates_per_interest: int = 200  # M: each interest's top-M from the index
+    max_n: int = 500  # largest n a request may ask for
+    max_history: int = 1000  # longest history a request may send
+    because: int = 3  # history items named per recommendation
+
+    def validate(self) -> None:
+        for name in ("candidates_per_interest", "max_n", "max_history", "because"):
+            if getattr(self, name) < 1:
+                raise MirecConfigError(f"serve.{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Recommendation:
+    item: int  # dense id
+    item_id: str  # raw id
+    title: str
+    categories: list[str]
+    score: float  # f(u, i)
+    interest: int  # which interest retrieved and scored it
+    because: list[str]  # raw ids of the history items that weigh most in that interest
+
+
+@dataclass
+class RecommendResult:
+    items: list[Recommendation]
+    user_id: str | None = None
+    known_user: bool = False  # the user has history in the bundle or the event store
+    history: list[str] = field(default_factory=list)  # raw ids the tower saw, oldest first
+    ignored_items: list[str] = field(default_factory=list)  # raw ids not in the catalogue
+    interests: int = 0  # live interests
+
+
+class Recommender:
+    def __init__(self, bundle: Bundle, index: ItemIndex, store: EventStore | None = None,
+                 cfg: ServeConfig | None = None) -> None:
+        self.bundle, self.index, self.store = bundle, index, store
+        self.cfg = cfg or ServeConfig()
+        self.cfg.validate()
+
+    def user_history(self, user_id: str) -> tuple[list[int], list[str], bool]:
+        """A known user's dense history (bundle history, then stored events), the raw ids of
+        stored events no longer in the catalogue, and whether the user is known at all."""
+        b = self.bundle
+        base = b.user_histories.get(user_id)
+        hist = [] if base is None else base.tolist()
+        ignored: list[str] = []
+        stored = self.store.history(user_id, self.cfg.max_history) if self.store else []
+        for raw in stored:
+            i = b.item_ids.get(raw)
+            if i is None:
+                ignored.append(raw)
+            else:
+                hist.append(i)
+        return hist, ignored, base is not None or bool(stored)
+
+    def map_items(self, raw_ids: list[str]) -> tuple[list[int], list[str]]:
+        known, ignored = [], []
+        for raw in raw_ids:
+            i = self.bundle.item_ids.get(raw)
+            (ignored.append(raw) if i is None else known.append(i))
+        return known, ignored
+
+    @torch.no_grad()
+    def interests(self, hist: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The tower on the last max_len items: vectors (K, D), live (K,), weights (K, L),
+        and the (L,) dense ids of the positions (0 = padding)."""
+        L = self.bundle.max_len
+        window = np.zeros(L, dtype=np.int64)
+        recent = hist[-L:]
+        if recent:
+            window[L - len(recent):] = recent
+        h = torch.from_numpy(window)[None]  # (1, L)
+        out = self.bundle.model.interests(h, h > 0)
+        v = F.normalize(out.vectors, dim=-1) if self.bundle.cosine else out.vectors
+        return (v[0].numpy().astype(np.float32), out.mask[0].numpy(), out.weights[0].numpy(),
+                window)
+
+    def recommend(self, user_id: str | None = None, history: list[str] | None = None,
+                  n: int = 20, lam: float = 0.0, exclude_history: bool = True) -> RecommendResult:
+        if (user_id is None) == (history is None):
+            raise MirecConfigError("give exactly one of user_id or history")
+        if not 1 <= n <= self.cfg.max_n:
+            raise MirecConfigError(f"n: must be in [1, {self.cfg.max_n}], got {n}")
+        if lam < 0:
+            raise MirecConfigError(f"lambda: must be >= 0, got {lam}")
+        if history is not None:
+            if len(history) > self.cfg.max_history:
+                raise MirecConfigError(f"history: at most {self.cfg.max_history} items, "
+                                       f"got {len(history)}")
+            hist, ignored = self.map_items(history)
+            known = bool(hist)
+        else:
+            hist, ignored, known = self.user_history(user_id)
+        V, live, W, window = self.interests(hist)
+        items = self.recommend_dense(V, live, W, window, hist if exclude_history else [], n, lam)
+        return RecommendResult(items, user_id, known, [self.bundle.raw_id(i) for i in
+                                                       window[window > 0]], ignored,
+                               int(live.sum()))
+
+    def retrieve(self, V: np.ndarray, live: np.ndarray, exclude: list[int],
+                 m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates of the live interests: (C,) ids, (C,) f(u, i), (C,) interest index."""
+        found, ids = self.index.search(np.ascontiguousarray(V[live]), m)  # (K_live, m) each
+        cand = candidates(found, ids, exclude=np.asarray(exclude, dtype=np.int64))
+        scores, k = rescore(V, live, self.bundle.item_vectors, cand)
+        return cand, scores, k
+
+    def recommend_dense(self, V: np.ndarray, live: np.ndarray, W: np.ndarray, window: np.ndarray,
+                        exclude: list[int], n: int, lam: float) -> list[Recommendation]:
+        b = self.bundle
+        m = min(max(self.cfg.candidates_per_interest, n + len(set(exclude))), b.num_items - 1)
+        cand, scores, k = self.retrieve(V, live, exclude, m)
+        cats = category_matrix(b.category_indptr, b.category_ids, cand, len(b.category_names))
+        picked = diversify(scores, cats, n, lam)
+        recs = []
+        for p in picked:
+            item, kk = int(cand[p]), int(k[p])
+            top = np.argsort(-W[kk], kind="stable")[: self.cfg.because]
+            because = [b.raw_id(int(window[t])) for t in top if window[t] > 0 and W[kk, t] > 0]
+            info = b.item_info(item)
+            recs.append(Recommendation(item, info["item_id"], info["title"], info["categories"],
+                                       float(scores[p]), kk, because))
+        return recs
