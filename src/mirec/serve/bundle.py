@@ -115,7 +115,7 @@ def bundle_from_run(run_dir: str | Path, data: str | Path | None = None) -> tupl
     """The bundle a run would export, in memory (for reports), and the run's data set."""
     ckpt_path, ck, cfg, ds, model = load_run(run_dir, data)
     manifest = {"model": cfg.model, "config": to_dict(cfg), "source_run": str(ckpt_path)}
-    return _assemble(Path(run_dir), manifest, cfg, model, item_vectors(model, cfg.train.cosine),
+    return assemble(Path(run_dir), manifest, cfg, model, item_vectors(model, cfg.train.cosine),
                      ds.items, _user_histories(ds)), ds
 
 
@@ -184,12 +184,14 @@ def load_bundle(path: str | Path) -> Bundle:
     except Exception as e:  # a foreign state dict or a different model version
         raise MirecDataError(f"{path / 'tower.pt'}: does not fit model {cfg.model!r} ({e})") from None
     model.eval()
-    return _assemble(path, manifest, cfg, model, np.load(path / "item_vectors.npy"),
+    return assemble(path, manifest, cfg, model, np.load(path / "item_vectors.npy"),
                      pl.read_parquet(path / "items.parquet"), pl.read_parquet(path / "users.parquet"))
 
 
-def _assemble(path: Path, manifest: dict[str, Any], cfg: RunConfig, model: torch.nn.Module,
+def assemble(path: Path, manifest: dict[str, Any], cfg: RunConfig, model: torch.nn.Module,
               vectors: np.ndarray, items: pl.DataFrame, users: pl.DataFrame) -> Bundle:
+    """A Bundle from its parts: ``items`` (item, raw_id, title, categories), ``users`` (raw_id,
+    history). Used by loading, by reports, and by benchmarks that make synthetic bundles."""
     items = items.sort("item")
     histories = {u: np.asarray(h, dtype=np.int64) for u, h in
                  zip(users["raw_id"].to_list(), users["history"].to_list())}
