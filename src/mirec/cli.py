@@ -285,14 +285,9 @@ def _index_config(kind: str, hnsw_above: int):
 
 
 def _recommender(bundle: Path, kind: str, hnsw_above: int, store: Path | None):
-    from mirec.serve.bundle import load_bundle
-    from mirec.serve.recommender import Recommender
-    from mirec.serve.service import open_index
-    from mirec.serve.store import EventStore
+    from mirec.serve.service import open_recommender
 
-    b = load_bundle(bundle)
-    index = open_index(b, _index_config(kind, hnsw_above))
-    return Recommender(b, index, EventStore(store) if store else None)
+    return open_recommender(bundle, kind, hnsw_above, store)
 
 
 @app.command("export")
@@ -360,18 +355,29 @@ def serve_cmd(
         "runs/events.sqlite"),
     index: IndexKind = "auto",
     hnsw_above: HnswAbove = 50_000,
+    workers: Annotated[int, typer.Option(help="Server processes; each loads the bundle and "
+                                              "index (memory x N) and uses one core.")] = 1,
 ) -> None:
     """Serve POST /recommend, POST /events, GET /items/{id}, GET /health over HTTP."""
+    import os
+
     import torch
     import uvicorn
 
     from mirec.serve.app import create_app
 
     torch.set_num_threads(1)  # one request = one core's work; concurrency comes from requests
-    rec = _recommender(bundle, index, hnsw_above, store)
+    rec = _recommender(bundle, index, hnsw_above, store)  # also checks everything up front
     console.print(f"serving {bundle} ({rec.bundle.manifest['model']}, {rec.index.kind} index) on "
-                  f"http://{host}:{port}  (docs: /docs); events in {store}")
-    uvicorn.run(create_app(rec), host=host, port=port, log_level="warning")
+                  f"http://{host}:{port} with {workers} worker(s) (docs: /docs); events in {store}")
+    if workers == 1:
+        uvicorn.run(create_app(rec), host=host, port=port, log_level="warning")
+        return
+    del rec
+    os.environ.update(MIREC_BUNDLE=str(bundle), MIREC_STORE=str(store), MIREC_INDEX=index,
+                      MIREC_HNSW_ABOVE=str(hnsw_above))
+    uvicorn.run("mirec.serve.app:app_from_env", factory=True, workers=workers, host=host,
+                port=port, log_level="warning")
 
 
 @report_app.command("diversity")

@@ -86,6 +86,23 @@ class EventsResponse(BaseModel):
     ignored_items: list[str]
 
 
+def app_from_env() -> FastAPI:
+    """The app for ``uvicorn --factory`` (``mirec serve --workers N``): every worker process
+    loads the bundle named by ``MIREC_BUNDLE`` (plus ``MIREC_STORE``, ``MIREC_INDEX``,
+    ``MIREC_HNSW_ABOVE``); the SQLite store in WAL mode is shared between them."""
+    import os
+
+    import torch
+
+    from mirec.serve.service import open_recommender
+
+    torch.set_num_threads(1)
+    env = os.environ
+    return create_app(open_recommender(env["MIREC_BUNDLE"], env.get("MIREC_INDEX", "auto"),
+                                       int(env.get("MIREC_HNSW_ABOVE", "50000")),
+                                       env.get("MIREC_STORE") or None))
+
+
 def create_app(rec: Recommender) -> FastAPI:
     app = FastAPI(title="mirec", version=str(rec.bundle.manifest["versions"]["mirec"]),
                   description="Multi-interest retrieval with controllable diversity.")
@@ -93,21 +110,23 @@ def create_app(rec: Recommender) -> FastAPI:
     def _client_error(request, exc: MirecError) -> JSONResponse:
         return JSONResponse(status_code=400, content={"detail": str(exc)})
 
+    # ``async def``: the work is CPU-bound under the GIL, so a worker-thread hop only adds
+    # latency; the response is serialised directly (the model still documents the schema).
     @app.post("/recommend", response_model=RecommendResponse)
-    def recommend(req: RecommendRequest) -> RecommendResponse:
+    async def recommend(req: RecommendRequest) -> JSONResponse:
         if req.n > rec.cfg.max_n:
             raise HTTPException(422, detail=[{"loc": ["body", "n"],
                                               "msg": f"n must be <= {rec.cfg.max_n}"}])
         r = rec.recommend(user_id=req.user_id, history=req.history, n=req.n, lam=req.lambda_,
                           exclude_history=req.exclude_history)
-        return RecommendResponse(
-            user_id=r.user_id, known_user=r.known_user, ignored_items=r.ignored_items,
-            history=r.history, interests=r.interests,
-            items=[RecommendedItem(item_id=x.item_id, title=x.title, categories=x.categories,
-                                   score=x.score, interest=x.interest, because=x.because)
-                   for x in r.items])
+        return JSONResponse({
+            "user_id": r.user_id, "known_user": r.known_user, "ignored_items": r.ignored_items,
+            "history": r.history, "interests": r.interests,
+            "items": [{"item_id": x.item_id, "title": x.title, "categories": x.categories,
+                       "score": x.score, "interest": x.interest, "because": x.because}
+                      for x in r.items]})
 
-    @app.post("/events", response_model=EventsResponse)
+    @app.post("/events", response_model=EventsResponse)  # sync: the commit waits for fsync
     def events(req: EventsRequest) -> EventsResponse:
         if rec.store is None:
             raise HTTPException(409, detail="this server runs without an event store")

@@ -141,7 +141,10 @@ class Recommender:
         b = self.bundle
         m = min(max(self.cfg.candidates_per_interest, n + len(set(exclude))), b.num_items - 1)
         cand, scores, k = self.retrieve(V, live, exclude, m)
-        cats = category_matrix(b.category_indptr, b.category_ids, cand, len(b.category_names))
+        if lam > 0:
+            cats = category_matrix(b.category_indptr, b.category_ids, cand, len(b.category_names))
+        else:  # plain top-n by score: categories are not needed
+            cats = np.zeros((len(cand), 0), dtype=np.float32)
         picked = diversify(scores, cats, n, lam)
         recs = []
         for p in picked:

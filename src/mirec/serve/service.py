@@ -30,6 +30,19 @@ def open_index(bundle: Bundle, cfg: IndexConfig) -> ItemIndex:
     return ItemIndex.build(bundle.item_vectors, _with_kind(cfg, kind))
 
 
+def open_recommender(bundle: str | Path, kind: str = "auto", hnsw_above: int = 50_000,
+                     store: str | Path | None = None):
+    """Bundle + index (saved one if present) + event store -> a Recommender."""
+    from mirec.serve.bundle import load_bundle
+    from mirec.serve.recommender import Recommender
+    from mirec.serve.store import EventStore
+
+    cfg = IndexConfig(kind=kind, hnsw_above=hnsw_above)
+    cfg.validate()
+    b = load_bundle(bundle)
+    return Recommender(b, open_index(b, cfg), EventStore(store) if store else None)
+
+
 def _with_kind(cfg: IndexConfig, kind: str) -> IndexConfig:
     return IndexConfig(**{**cfg.__dict__, "kind": kind})
 
