@@ -319,8 +319,22 @@ def serve_child(a: argparse.Namespace) -> None:
     threading.Thread(target=exit_when_orphaned, daemon=True).start()
     bundle = make_bundle(a, quiet=True)
     index, _ = open_index(a, bundle, quiet=True)
-    uvicorn.run(create_app(Recommender(bundle, index, store=None)), host="127.0.0.1",
-                port=a.serve_child, log_level="warning")
+    # --workers N: N such processes bind the same port with SO_REUSEPORT and the kernel spreads
+    # the connections over them (as `mirec serve --workers N` spreads them over uvicorn workers).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", a.serve_child))
+    server = uvicorn.Server(uvicorn.Config(create_app(Recommender(bundle, index, store=None)),
+                                           log_level="warning"))
+
+    def mark_ready() -> None:
+        while not server.started:
+            time.sleep(0.05)
+        Path(a.ready_file).touch()
+
+    threading.Thread(target=mark_ready, daemon=True).start()
+    server.run(sockets=[sock])
 
 
 def free_port() -> int:
@@ -336,6 +350,12 @@ def proc_cpu_s(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def server_cpu_s(children: list[subprocess.Popen]) -> float | None:
+    """CPU seconds of all server processes together (None where /proc is unavailable)."""
+    xs = [proc_cpu_s(c.pid) for c in children]
+    return None if any(x is None for x in xs) else sum(xs)
 
 
 def proc_peak_rss_mib(pid: int) -> float | None:
@@ -413,7 +433,7 @@ class ServerDied(RuntimeError):
 
 
 async def http_level(url: str, users: list[str], requests: int, c: int, lam: float,
-                     warmup: int, child: subprocess.Popen, client_kind: str) -> dict:
+                     warmup: int, children: list[subprocess.Popen], client_kind: str) -> dict:
     """``warmup`` untimed then ``requests`` timed POST /recommend from ``c`` concurrent workers
     (latencies in seconds); the server's CPU seconds are read around the timed part."""
     import httpx
@@ -448,8 +468,9 @@ async def http_level(url: str, users: list[str], requests: int, c: int, lam: flo
             except (httpx.HTTPError, OSError, ValueError, asyncio.IncompleteReadError,
                     asyncio.TimeoutError) as e:
                 ok, why = False, f"{type(e).__name__}: {e}"
-                if child.poll() is not None:  # not a server error to count: no server at all
-                    died.append(f"server child exited with code {child.returncode} during the "
+                gone = [ch for ch in children if ch.poll() is not None]
+                if gone:  # not a server error to count: a server process is gone
+                    died.append(f"server child exited with code {gone[0].returncode} during the "
                                 f"run ({why})")
                     return
             if timed:
@@ -462,12 +483,12 @@ async def http_level(url: str, users: list[str], requests: int, c: int, lam: flo
         await asyncio.gather(*(worker(w, warm, False) for w in range(c)))
         if died:
             raise ServerDied(died[0])
-        cpu0, gen0 = proc_cpu_s(child.pid), time.process_time()
+        cpu0, gen0 = server_cpu_s(children), time.process_time()
         todo = iter(range(warmup, warmup + requests))
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(w, todo, True) for w in range(c)))
         wall = time.perf_counter() - t0
-        cpu1, gen1 = proc_cpu_s(child.pid), time.process_time()
+        cpu1, gen1 = server_cpu_s(children), time.process_time()
         if died:
             raise ServerDied(died[0])
     finally:
@@ -487,34 +508,51 @@ def http_bench(a: argparse.Namespace, users: list[str], levels: list[int]) -> tu
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, __file__, "--serve-child", str(port)] + child_args(a)
     t = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    ready = [Path(a.cache) / f".ready-{os.getpid()}-{w}" for w in range(a.workers)]
+    for f in ready:
+        f.unlink(missing_ok=True)
+    children = [subprocess.Popen(cmd + ["--ready-file", str(f)], stdout=subprocess.DEVNULL)
+                for f in ready]
+    child = children[0]
     rows, info = [], {}
     # SIGTERM to the bench should stop the server too: make it unwind through ``finally``.
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
+        while not all(f.exists() for f in ready):
+            dead = [c for c in children if c.poll() is not None]
+            if dead:
+                raise ServerDied(f"server child exited with code {dead[0].returncode} at start")
+            if time.perf_counter() - t > a.startup_timeout:
+                raise ServerDied("server children did not start in time")
+            time.sleep(0.1)
         health = wait_healthy(url, child, a.startup_timeout)
         info["startup_s"] = time.perf_counter() - t
-        print(f"http: server pid {child.pid} ready on {url} in {info['startup_s']:.1f} s "
-              f"({health['items']:,} items, {health['index']} index)", flush=True)
+        print(f"http: {a.workers} server process(es) {[c.pid for c in children]} ready on {url} in "
+              f"{info['startup_s']:.1f} s ({health['items']:,} items, {health['index']} index)",
+              flush=True)
         for c in levels:
             r = asyncio.run(http_level(url, users, a.http_requests, c, a.lam,
-                                       warmup=min(max(2 * c, 20), a.http_requests), child=child,
-                                       client_kind=a.client))
+                                       warmup=min(max(2 * c, 20), a.http_requests),
+                                       children=children, client_kind=a.client))
             rows.append(r)
             print(f"http c={c:<3}: {r['rps']:,.0f} req/s, p50 {ms(r['p50'])} ms, "
                   f"p99 {ms(r['p99'])} ms, {r['errors']} errors"
                   + (f" (first: {r['first_error']})" if r["errors"] else ""), flush=True)
-        info["server_rss_mib"] = proc_peak_rss_mib(child.pid)
+        info["server_rss_mib"] = sum(proc_peak_rss_mib(c.pid) or 0 for c in children)
     except ServerDied as e:
         raise SystemExit(str(e)) from None
     finally:
-        if child.poll() is None:
-            child.terminate()  # uvicorn shuts down on SIGTERM
+        for c in children:
+            if c.poll() is None:
+                c.terminate()  # uvicorn shuts down on SIGTERM
+        for c in children:
             try:
-                child.wait(15)
+                c.wait(15)
             except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+                c.kill()
+                c.wait()
+        for f in ready:
+            f.unlink(missing_ok=True)
         signal.signal(signal.SIGTERM, previous)
     return rows, info
 
@@ -584,7 +622,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-http", action="store_true", help="in-process figures only")
     ap.add_argument("--startup-timeout", type=float, default=900.0,
                     help="seconds to wait for the server child's /health")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="server processes sharing the port (SO_REUSEPORT), like `mirec serve --workers`")
     ap.add_argument("--serve-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if min(a.items, a.dim, a.interests, a.users, a.clusters, a.categories, a.requests,
            a.http_requests, a.build_threads) < 1:
