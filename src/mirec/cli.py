@@ -342,8 +342,9 @@ def recommend_cmd(
     rec = _recommender(bundle, index, hnsw_above, store)
     hist = [h.strip() for h in history.split(",") if h.strip()] if history is not None else None
     r = rec.recommend(user_id=user, history=hist, n=n, lam=lam, exclude_history=exclude_history)
+    b = rec.bundle
     console.print(served_table(r, title=f"top-{n} for " + (f"user {user}" if user else "the history")
-                               + f" (lambda {lam:g})"))
+                               + f" (lambda {lam:g})", name=lambda raw: b.item_title[b.item_ids[raw]]))
 
 
 @app.command("serve")

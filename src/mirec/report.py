@@ -110,9 +110,10 @@ def interest_table(ds: Dataset, interests: Any, item_vecs: Any, items: np.ndarra
     return t
 
 
-def served_table(result: Any, title: str) -> Table:
+def served_table(result: Any, title: str, name: Any = str) -> Table:
     """A served recommendation (:class:`mirec.serve.recommender.RecommendResult`): rank, title,
-    categories, score, interest and the history items behind that interest."""
+    categories, score, interest and the history items behind that interest (shown through
+    ``name``, e.g. raw id -> title)."""
     t = Table(title=title)
     for col, just in (("rank", "right"), ("item", "left"), ("title", "left"),
                       ("categories", "left"), ("score", "right"), ("interest", "right"),
@@ -120,7 +121,7 @@ def served_table(result: Any, title: str) -> Table:
         t.add_column(col, justify=just)
     for r, x in enumerate(result.items, 1):
         t.add_row(str(r), x.item_id, x.title, ", ".join(x.categories), f"{x.score:.3f}",
-                  str(x.interest), ", ".join(x.because))
+                  str(x.interest), "; ".join(name(b) for b in x.because))
     notes = [f"{result.interests} live interests, history of {len(result.history)} items"]
     if result.user_id is not None and not result.known_user:
         notes.append(f"unknown user {result.user_id!r}: recommending from an empty history")
