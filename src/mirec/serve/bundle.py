@@ -51,7 +51,6 @@ class Bundle:
     config: RunConfig
     model: torch.nn.Module  # eval mode
     item_vectors: np.ndarray  # (N, D) float32
-    items: pl.DataFrame  # item, raw_id, title, categories; row i - 1 is item i
     item_ids: dict[str, int]  # raw id -> dense id
     user_histories: dict[str, np.ndarray]  # raw user id -> (<= HISTORY_KEEP,) dense item ids
     category_indptr: np.ndarray  # (N + 1,) CSR over items -> category ids
@@ -202,5 +201,5 @@ def assemble(path: Path, manifest: dict[str, Any], cfg: RunConfig, model: torch.
         raise MirecDataError(f"{path}: items are not numbered 1..{len(raw) - 1}")
     item_ids = {r: i for i, r in enumerate(raw) if i}
     indptr, cat_ids, names = category_csr(items)
-    return Bundle(path, manifest, cfg, model, vectors, items, item_ids, histories, indptr,
-                  cat_ids, names, raw, titles, cats)
+    return Bundle(path, manifest, cfg, model, vectors, item_ids, histories, indptr, cat_ids,
+                  names, raw, titles, cats)

@@ -85,11 +85,8 @@ class Recommender:
         return hist, ignored, base is not None or bool(stored)
 
     def map_items(self, raw_ids: list[str]) -> tuple[list[int], list[str]]:
-        known, ignored = [], []
-        for raw in raw_ids:
-            i = self.bundle.item_ids.get(raw)
-            (ignored.append(raw) if i is None else known.append(i))
-        return known, ignored
+        ids = self.bundle.item_ids
+        return [ids[r] for r in raw_ids if r in ids], [r for r in raw_ids if r not in ids]
 
     @torch.no_grad()
     def interests(self, hist: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

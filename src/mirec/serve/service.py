@@ -8,6 +8,7 @@ builds it in memory otherwise.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ def open_index(bundle: Bundle, cfg: IndexConfig) -> ItemIndex:
     path = index_path(bundle, kind)
     if path.exists():
         return ItemIndex.load(path, cfg)
-    return ItemIndex.build(bundle.item_vectors, _with_kind(cfg, kind))
+    return ItemIndex.build(bundle.item_vectors, replace(cfg, kind=kind))
 
 
 def open_recommender(bundle: str | Path, kind: str = "auto", hnsw_above: int = 50_000,
@@ -41,10 +42,6 @@ def open_recommender(bundle: str | Path, kind: str = "auto", hnsw_above: int = 5
     cfg.validate()
     b = load_bundle(bundle)
     return Recommender(b, open_index(b, cfg), EventStore(store) if store else None)
-
-
-def _with_kind(cfg: IndexConfig, kind: str) -> IndexConfig:
-    return IndexConfig(**{**cfg.__dict__, "kind": kind})
 
 
 @torch.no_grad()
@@ -68,12 +65,12 @@ def build_index_report(bundle: Bundle, cfg: IndexConfig, num_users: int = 200,
     """Build, save into the bundle, and measure: build seconds, bytes, recall@m vs exact."""
     kind = cfg.resolved_kind(bundle.num_items - 1)
     t = time.perf_counter()
-    index = ItemIndex.build(bundle.item_vectors, _with_kind(cfg, kind))
+    index = ItemIndex.build(bundle.item_vectors, replace(cfg, kind=kind))
     build_s = time.perf_counter() - t
     path = index_path(bundle, kind)
     index.save(path)
     queries = user_queries(bundle, num_users)
-    exact = index if kind == "exact" else ItemIndex.build(bundle.item_vectors, _with_kind(cfg, "exact"))
+    exact = index if kind == "exact" else ItemIndex.build(bundle.item_vectors, replace(cfg, kind="exact"))
     return {"kind": kind, "items": bundle.num_items - 1, "build_s": build_s,
             "bytes": path.stat().st_size, "recall@50": recall_at(index, exact, queries, m),
             "queries": len(queries), "path": str(path)}
