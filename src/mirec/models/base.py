@@ -53,3 +53,46 @@ def argmax_readout(out: Interests, target_emb: torch.Tensor) -> torch.Tensor:
     sim = sim.masked_fill(~out.mask, float("-inf"))
     k = sim.argmax(dim=1)  # (B,)
     return out.vectors[torch.arange(len(k), device=k.device), k]  # (B, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rankers (click-through prediction): one user x one candidate -> probability of interaction.
+#
+#     logit = ranker(batch)                  # (B,) logits; sigmoid gives the probability
+#     loss = ranker.loss(batch, label)       # BCE + the model's own auxiliary terms
+#
+# Rankers are built from a ``RankFeatures`` (sizes and the item -> categories table as a
+# tensor), never from files.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RankFeatures:
+    """What a ranker needs to know about the feature space (saved in every CTR checkpoint)."""
+
+    num_items: int  # item ids 0..num_items-1, 0 = padding
+    num_users: int  # dense user ids 0..num_users-1
+    profile_sizes: list[int]  # cardinality of each profile field, code 0 = unknown
+    item_categories: torch.Tensor  # (N, C) long, category ids + 1, 0 = padding; row 0 all 0
+
+    @property
+    def num_categories(self) -> int:
+        """Category id space including padding 0."""
+        return int(self.item_categories.max()) + 1 if self.item_categories.numel() else 1
+
+
+@dataclass
+class CTRBatch:
+    """A batch of (user, candidate) pairs with the user's earlier positive items."""
+
+    user: torch.Tensor  # (B,) long, dense user id
+    profile: torch.Tensor  # (B, F) long, profile codes (0 = unknown)
+    item: torch.Tensor  # (B,) long, candidate item id
+    hist: torch.Tensor  # (B, L) long, earlier positives, left-padded with 0, most recent last
+    mask: torch.Tensor  # (B, L) bool, True on real history items
+
+
+class Ranker(Protocol):
+    def __call__(self, batch: CTRBatch) -> torch.Tensor: ...
+
+    def loss(self, batch: CTRBatch, label: torch.Tensor) -> torch.Tensor: ...

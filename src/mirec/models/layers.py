@@ -150,3 +150,94 @@ def mlp(
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranking (CTR) layers. Extra shape letters: ``F`` profile fields, ``C`` categories per item,
+# ``H`` hidden units.
+# ---------------------------------------------------------------------------------------------
+
+
+class Dice(nn.Module):
+    """DIN's data-adaptive activation: ``p = sigmoid(BN(x))``, ``f(x) = p x + (1 - p) alpha x``.
+
+    BatchNorm (no affine part) runs over the last dimension, whatever the leading shape. With
+    ``p`` fixed at ``[x > 0]`` this is PReLU, which Dice generalises.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, eps=eps, affine=False)
+        self.alpha = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(self.bn(x.reshape(-1, x.shape[-1])).reshape(x.shape))
+        return x * (p + (1 - p) * self.alpha)
+
+
+def activation(name: str, dim: int) -> nn.Module:
+    """``prelu`` (one slope per unit) or ``dice`` (see :class:`Dice`)."""
+    if name == "prelu":
+        return nn.PReLU(dim, init=0.25)
+    if name == "dice":
+        return Dice(dim)
+    raise ValueError(f"activation: expected prelu or dice, got {name!r}")
+
+
+def ctr_mlp(in_dim: int, hidden: Sequence[int], act: str = "prelu", dropout: float = 0.0) -> nn.Sequential:
+    """The ranking head: ``in_dim -> hidden... -> 1`` with ``act`` (and dropout) after each
+    hidden layer; the output is a logit."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in itertools.pairwise([in_dim, *hidden]):
+        layers += [nn.Linear(n_in, n_out), activation(act, n_out)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(hidden[-1] if hidden else in_dim, 1))
+    return nn.Sequential(*layers)
+
+
+class ItemEncoder(nn.Module):
+    """An item as ``[item embedding, mean of its category embeddings]``: (...) -> (..., 2D).
+
+    ``item_categories`` (N, C) holds category ids + 1 with 0 as padding, so items with several
+    categories (MovieLens genres) are mean-pooled and an item without any gets a zero half.
+    Padding item 0 encodes to all zeros.
+    """
+
+    def __init__(self, num_items: int, item_categories: torch.Tensor, dim: int) -> None:
+        super().__init__()
+        self.item = item_embedding(num_items, dim)
+        n_cat = int(item_categories.max()) + 1 if item_categories.numel() else 1
+        self.category = item_embedding(n_cat, dim)
+        self.register_buffer("item_categories", item_categories.long(), persistent=False)
+        count = (item_categories > 0).sum(1, keepdim=True).clamp(min=1).float()  # (N, 1)
+        self.register_buffer("inv_count", 1.0 / count, persistent=False)
+        self.dim = 2 * dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        cats = self.category(self.item_categories[ids])  # (..., C, D)
+        pooled = cats.sum(-2) * self.inv_count[ids]  # (..., D)
+        return torch.cat([self.item(ids), pooled], dim=-1)  # (..., 2D)
+
+
+class ProfileEncoder(nn.Module):
+    """The user side: one embedding per profile field (code 0 = unknown), and the user id's
+    own embedding when ``use_user_id``: (B,), (B, F) -> (B, (F [+ 1]) D)."""
+
+    def __init__(self, num_users: int, profile_sizes: Sequence[int], dim: int,
+                 use_user_id: bool = True) -> None:
+        super().__init__()
+        self.fields = nn.ModuleList(nn.Embedding(n, dim) for n in profile_sizes)
+        self.user = nn.Embedding(num_users, dim) if use_user_id else None  # user 0 is real
+        for e in self.modules():
+            if isinstance(e, nn.Embedding):
+                nn.init.normal_(e.weight, std=dim**-0.5)
+        self.dim = dim * (len(self.fields) + (1 if use_user_id else 0))
+
+    def forward(self, user: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
+        parts = [e(profile[:, f]) for f, e in enumerate(self.fields)]  # F x (B, D)
+        if self.user is not None:
+            parts.append(self.user(user))
+        if not parts:
+            return profile.new_zeros((len(user), 0), dtype=torch.float32)
+        return torch.cat(parts, dim=-1)  # (B, F' D)

@@ -1,0 +1,187 @@
+"""Click-through examples for the rankers, from a prepared data set (protocol.md, "Ranking").
+
+Labels: with ratings (MovieLens), ``rating >= positive_rating`` is a positive and a lower rating
+a negative (both were shown). A log without ratings (Taobao pv, Amazon) has only positives;
+``negatives`` items per positive are then drawn uniformly from the catalogue with a fixed seed
+(never the positive item itself) and take the positive's place in time.
+
+Split by time per user: the last ``test_fraction`` of each user's events (at least one) are
+test, the ``valid_fraction`` before them (at least one, when the user has 3 or more events)
+validation, the rest training. Sampled negatives follow their positive.
+
+Features of each example: the user's dense id and profile codes, the candidate item, and the
+user's earlier *positive* items (the last ``max_len``, left-padded). Earlier means earlier in
+the user's time-ordered sequence, so an event never sees itself or anything after it.
+
+Everything is flat NumPy: the positives of all users are one array ``pos_item`` and each
+example points at its history window ``pos_item[hist_start:hist_stop]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+from mirec.data.dataset import Dataset
+from mirec.data.split import windows
+from mirec.errors import MirecConfigError
+from mirec.models.base import CTRBatch, RankFeatures
+
+TRAIN, VALID, TEST = 0, 1, 2
+AGE_BUCKETS = (18, 25, 35, 45, 50, 56)  # MovieLens-1M's age groups: <18, 18-24, ..., 56+
+
+
+@dataclass
+class CTRConfig:
+    max_len: int = 50  # earlier positive items per example (MIMN uses hundreds)
+    positive_rating: float = 4.0  # with ratings: rating >= this is a positive
+    negatives: int = 1  # without ratings: sampled negatives per positive
+    test_fraction: float = 0.1
+    valid_fraction: float = 0.1
+    seed: int = 2020  # negative sampling seed (the split itself is by time, not random)
+
+    def validate(self) -> None:
+        if self.max_len < 1:
+            raise MirecConfigError(f"ctr.max_len: must be >= 1, got {self.max_len}")
+        if self.negatives < 1:
+            raise MirecConfigError(f"ctr.negatives: must be >= 1, got {self.negatives}")
+        for name in ("test_fraction", "valid_fraction"):
+            v = getattr(self, name)
+            if not 0 < v < 0.5:
+                raise MirecConfigError(f"ctr.{name}: must be in (0, 0.5), got {v}")
+
+
+@dataclass
+class CTRData:
+    """Every example of one data set; ``part`` says train / valid / test."""
+
+    user: np.ndarray  # (M,) int64
+    item: np.ndarray  # (M,) int64
+    label: np.ndarray  # (M,) float32, 1 = positive
+    part: np.ndarray  # (M,) int8: TRAIN, VALID or TEST
+    hist_start: np.ndarray  # (M,) int64, the user's first positive in pos_item
+    hist_stop: np.ndarray  # (M,) int64, one past the last positive before the example
+    pos_item: np.ndarray  # (P,) int32, every user's positives in time order
+    profile: np.ndarray  # (U, F) int64 profile codes, 0 = unknown
+    profile_names: list[str]
+    features: RankFeatures
+    max_len: int
+    sampled_negatives: int  # 0 when labels came from ratings
+
+    def indices(self, part: int) -> np.ndarray:
+        return np.flatnonzero(self.part == part)
+
+    def batch(self, idx: np.ndarray) -> CTRBatch:
+        """The examples ``idx`` as tensors (one gather for the histories)."""
+        hist, mask = windows(self.pos_item, self.hist_start[idx], self.hist_stop[idx], self.max_len)
+        user = self.user[idx]
+        return CTRBatch(user=torch.from_numpy(user), profile=torch.from_numpy(self.profile[user]),
+                        item=torch.from_numpy(self.item[idx]), hist=torch.from_numpy(hist),
+                        mask=torch.from_numpy(mask))
+
+
+def profile_codes(users: pl.DataFrame) -> tuple[np.ndarray, list[str], list[int]]:
+    """Integer codes of the users' profile columns: ``(codes (U, F), names, sizes)``.
+
+    ``age`` is bucketed into MovieLens-1M's groups; other columns are categorical, coded by
+    sorted value (0 = missing). Columns that look like identifiers (more distinct values than
+    half the users, e.g. a zip code) are left out.
+    """
+    cols, names, sizes = [], [], []
+    for name in users.columns:
+        if name in ("user", "raw_id"):
+            continue
+        col = users[name]
+        if name == "age":
+            age = col.cast(pl.Float64, strict=False).to_numpy()
+            code = np.where(np.isnan(age), 0, np.searchsorted(AGE_BUCKETS, age, side="right") + 1)
+            cols.append(code.astype(np.int64))
+            names.append(name)
+            sizes.append(len(AGE_BUCKETS) + 2)
+            continue
+        values = col.cast(pl.Utf8).fill_null("").to_list()
+        vocab = sorted({v for v in values if v})
+        if not vocab or len(vocab) > max(users.height // 2, 1):
+            continue
+        lut = {v: j + 1 for j, v in enumerate(vocab)}
+        cols.append(np.fromiter((lut.get(v, 0) for v in values), dtype=np.int64, count=len(values)))
+        names.append(name)
+        sizes.append(len(vocab) + 1)
+    codes = np.stack(cols, axis=1) if cols else np.zeros((users.height, 0), dtype=np.int64)
+    return codes, names, sizes
+
+
+def category_table(ds: Dataset) -> torch.Tensor:
+    """(N, C) long: category ids + 1 of each item, 0-padded; row 0 (padding item) all 0."""
+    indptr, ids, _ = ds.category_index()
+    lens = np.diff(indptr)
+    table = np.zeros((len(lens), max(int(lens.max(initial=0)), 1)), dtype=np.int64)
+    row = np.repeat(np.arange(len(lens)), lens)
+    col = np.arange(len(ids)) - np.repeat(indptr[:-1], lens)
+    table[row, col] = ids.astype(np.int64) + 1
+    return torch.from_numpy(table)
+
+
+def time_parts(offsets: np.ndarray, test_fraction: float, valid_fraction: float) -> np.ndarray:
+    """(E,) int8 part of each event: per user the last ``test_fraction`` (>= 1) is TEST, the
+    ``valid_fraction`` before it (>= 1 when the user has >= 3 events) VALID."""
+    n = np.diff(offsets)
+    n_test = np.maximum(1, np.floor(test_fraction * n)).astype(np.int64)
+    n_valid = np.where(n >= 3, np.maximum(1, np.floor(valid_fraction * n)), 0).astype(np.int64)
+    n_test = np.minimum(n_test, n)
+    n_valid = np.minimum(n_valid, n - n_test)
+    # position of each event from its user's end: 0 = last
+    from_end = np.repeat(offsets[1:], n) - 1 - np.arange(offsets[-1])
+    user_test = np.repeat(n_test, n)
+    user_valid = np.repeat(n_valid, n)
+    part = np.full(offsets[-1], TRAIN, dtype=np.int8)
+    part[from_end < user_test + user_valid] = VALID
+    part[from_end < user_test] = TEST
+    return part
+
+
+def build_ctr(ds: Dataset, cfg: CTRConfig | None = None, keep: np.ndarray | None = None) -> CTRData:
+    """CTR examples of ``ds``; ``keep`` (E,) bool drops events entirely (e.g. the target part of
+    held-out retrieval users, so that a ranker can be evaluated inside the retrieval protocol)."""
+    cfg = cfg or CTRConfig()
+    cfg.validate()
+    user, item, rating = ds.user.astype(np.int64), ds.item.astype(np.int64), ds.rating
+    if keep is not None:
+        user, item = user[keep], item[keep]
+        rating = rating[keep] if rating is not None else None
+    U = ds.num_users
+    offsets = np.zeros(U + 1, dtype=np.int64)
+    np.cumsum(np.bincount(user, minlength=U), out=offsets[1:])
+    part = time_parts(offsets, cfg.test_fraction, cfg.valid_fraction)
+    if rating is not None:
+        label = (rating >= cfg.positive_rating).astype(np.float32)
+    else:
+        label = np.ones(len(user), dtype=np.float32)
+    pos = label > 0
+    pos_before = np.cumsum(pos) - pos  # (E,) positives strictly before each event, globally
+    hist_stop = pos_before.astype(np.int64)
+    hist_start = np.repeat(np.concatenate([[0], np.cumsum(pos)])[offsets[:-1]], np.diff(offsets))
+    pos_item = item[pos].astype(np.int32)
+    sampled = 0
+    if rating is None:
+        sampled = cfg.negatives
+        rng = np.random.default_rng(cfg.seed)
+        r = cfg.negatives
+        neg = rng.integers(1, ds.num_items - 1, size=(len(item), r))  # 1..N-2, shifted below
+        neg = neg + (neg >= item[:, None])  # skip the positive: uniform over the other items
+        rep = lambda a: np.repeat(a, r)  # noqa: E731 - one copy per negative
+        user = np.concatenate([user, rep(user)])
+        item = np.concatenate([item, neg.reshape(-1)])
+        label = np.concatenate([label, np.zeros(len(neg) * r, dtype=np.float32)])
+        part = np.concatenate([part, rep(part)])
+        hist_start = np.concatenate([hist_start, rep(hist_start)])
+        hist_stop = np.concatenate([hist_stop, rep(hist_stop)])
+    codes, names, sizes = profile_codes(ds.users)
+    features = RankFeatures(num_items=ds.num_items, num_users=U, profile_sizes=sizes,
+                            item_categories=category_table(ds))
+    return CTRData(user=user, item=item, label=label, part=part, hist_start=hist_start,
+                   hist_stop=hist_stop, pos_item=pos_item, profile=codes, profile_names=names,
+                   features=features, max_len=cfg.max_len, sampled_negatives=sampled)
