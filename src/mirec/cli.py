@@ -159,7 +159,10 @@ def _print_info(path: Path) -> None:
 @app.command("train")
 def train_cmd(
     model: Annotated[str, typer.Option(
-        help="comirec-sa, comirec-dr, mind, youtube-dnn, gru4rec.")] = "comirec-sa",
+        help="Retrieval: comirec-sa, comirec-dr, mind, youtube-dnn, gru4rec. "
+             "Ranking (--task ctr): din, dien, mimn, embedding-mlp.")] = "comirec-sa",
+    task: Annotated[str, typer.Option(
+        help="retrieval (next-item, Recall@N) or ctr (click-through ranking, AUC).")] = "retrieval",
     data: Annotated[Path, typer.Option(help="Prepared data set directory.")] = Path("data/ml-100k"),
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default ./runs/<model>).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file with RunConfig fields "
@@ -172,15 +175,28 @@ def train_cmd(
                                                         "threads beside other work stall).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a stopped run from its last checkpoint.")] = False,
 ) -> None:
-    """Train a retrieval model with early stopping on validation Recall@50; test the best."""
+    """Train a model with early stopping (validation Recall@50, or AUC for --task ctr); test the best."""
     from mirec.config import load
     from mirec.experiment import train_seeds
-    from mirec.report import results_table
+    from mirec.report import ctr_table, results_table
     from mirec.train.loop import RunConfig
 
     overrides = [f"model={model}"] + (set_ or [])
     if threads is not None:
         overrides.append(f"train.threads={threads}")
+    from mirec.errors import MirecConfigError
+
+    if task not in ("retrieval", "ctr"):
+        raise MirecConfigError(f"--task: expected retrieval or ctr, got {task!r}")
+    if task == "ctr":
+        from mirec.train.ctr import RankRunConfig, train_ctr_seeds
+
+        cfg = load(RankRunConfig, config, overrides)
+        out = out or Path("runs") / model
+        doc = train_ctr_seeds(cfg, data, _seeds(seed, seeds), out, resume=resume, log=console.print)
+        console.print(ctr_table({model: doc}))
+        console.print(f"wrote [bold]{out / 'results.json'}[/bold]")
+        return
     cfg = load(RunConfig, config, overrides)
     out = out or Path("runs") / model
     run = train_seeds(cfg, data, _seeds(seed, seeds), out, resume=resume, log=console.print)

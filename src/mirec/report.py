@@ -53,6 +53,21 @@ def results_table(runs: dict[str, Any], ns: tuple[int, ...] = (20, 50)) -> Table
     return t
 
 
+def ctr_table(runs: dict[str, dict[str, Any]]) -> Table:
+    """One row per ranker from ``results.json`` documents of ``--task ctr`` runs."""
+    first = next(iter(runs.values()))
+    n = len(first["seeds"])
+    t = Table(title=f"test events ({first['test_examples']:,}), "
+                    f"{'seed ' + str(first['seeds'][0]) if n == 1 else f'mean ± std over {n} seeds'}")
+    for header in ("model", "AUC", "GAUC", "log-loss", "examples/s", "s/epoch"):
+        t.add_column(header, justify="left" if header == "model" else "right")
+    for name, doc in runs.items():
+        m, sd = doc["metrics"], doc["std"]
+        cells = [f"{m[k]:.4f}" + (f"±{sd[k]:.4f}" if n > 1 else "") for k in ("auc", "gauc", "logloss")]
+        t.add_row(name, *cells, f"{m['examples_per_s']:,.0f}", f"{m['seconds_per_epoch']:.1f}")
+    return t
+
+
 def recommendations_table(ds: Dataset, items: np.ndarray, history: np.ndarray,
                           targets: np.ndarray, title: str) -> Table:
     """Ranked items with titles and categories; a check mark on held-out targets; the last

@@ -59,5 +59,6 @@ def log_loss(label: np.ndarray, prob: np.ndarray, eps: float = 1e-7) -> float:
 def ctr_metrics(user: np.ndarray, label: np.ndarray, logit: np.ndarray) -> dict[str, float]:
     """``auc``, ``gauc`` and ``logloss`` of logits."""
     logit = np.asarray(logit, dtype=np.float64)
-    prob = 1.0 / (1.0 + np.exp(-logit))  # AUCs on logits: a saturated sigmoid would make ties
+    prob = 0.5 * (1.0 + np.tanh(0.5 * logit))  # the sigmoid, without overflow; AUCs use logits:
+    # a saturated float sigmoid would turn distinct scores into ties
     return {"auc": auc(label, logit), "gauc": gauc(user, label, logit), "logloss": log_loss(label, prob)}

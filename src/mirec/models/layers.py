@@ -175,10 +175,18 @@ class Dice(nn.Module):
         return x * (p + (1 - p) * self.alpha)
 
 
+class PReLU(nn.PReLU):
+    """PReLU with one slope per unit of the *last* dimension (torch's own takes dim 1 as the
+    channel, which is wrong for (B, L, H) activations)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.prelu(x.reshape(-1, x.shape[-1]), self.weight).reshape(x.shape)
+
+
 def activation(name: str, dim: int) -> nn.Module:
     """``prelu`` (one slope per unit) or ``dice`` (see :class:`Dice`)."""
     if name == "prelu":
-        return nn.PReLU(dim, init=0.25)
+        return PReLU(dim, init=0.25)
     if name == "dice":
         return Dice(dim)
     raise ValueError(f"activation: expected prelu or dice, got {name!r}")
@@ -241,3 +249,102 @@ class ProfileEncoder(nn.Module):
         if not parts:
             return profile.new_zeros((len(user), 0), dtype=torch.float32)
         return torch.cat(parts, dim=-1)  # (B, F' D)
+
+
+class _AUGRUScan(torch.autograd.Function):
+    """The AUGRU time loop with a hand-written backward.
+
+    Forward, per step (gate order r, u, n as in ``torch.nn.GRU``, with ``u = 1 - z``)::
+
+        g = h W_hh^T + b_hh                          # the only matmul in the loop
+        r = sigmoid(x_r + g_r),  u = sigmoid(x_u + g_u)
+        n = tanh(x_n + r * g_n)
+        h' = h + a u (n - h)                         # = (1 - a u) h + a u n
+
+    ``x`` are the input projections ``x W_ih^T + b_ih``, computed for all steps before the loop.
+    Autograd would record about ten nodes per step; here the loop runs outside autograd and the
+    backward is its own loop of four tensor operations per step, whose per-step factors (which
+    depend only on the forward's gates) are computed for all steps at once beforehand.
+    """
+
+    @staticmethod
+    def forward(ctx, xp: torch.Tensor, att: torch.Tensor, w_hh: torch.Tensor,
+                b_hh: torch.Tensor) -> torch.Tensor:
+        L, B, H3 = xp.shape  # (L, B, 3H) time-major
+        H = H3 // 3
+        a = att.unsqueeze(-1)  # (L, B, 1)
+        xn2 = 2 * xp[:, :, 2 * H:]  # (L, B, H): tanh(y) = 2 sigmoid(2y) - 1, see ``tanh`` above
+        gh = xp.new_empty(L, B, H3)  # h W_hh^T + b_hh per step
+        ru = xp.new_empty(L, B, 2 * H)  # r, u
+        n = xp.new_empty(L, B, H)
+        out = xp.new_empty(L, B, H)
+        h = xp.new_zeros(B, H)
+        w_t = w_hh.t()
+        for t in range(L):
+            torch.addmm(b_hh, h, w_t, out=gh[t])
+            torch.add(xp[t, :, :2 * H], gh[t, :, :2 * H], out=ru[t]).sigmoid_()
+            torch.addcmul(xn2[t], ru[t, :, :H], gh[t, :, 2 * H:], value=2, out=n[t])
+            n[t].sigmoid_().mul_(2).sub_(1)
+            h = torch.addcmul(h, a[t] * ru[t, :, H:], n[t] - h, out=out[t])
+        ctx.save_for_backward(att, w_hh, gh, ru, n, out)
+        return out  # (L, B, H)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out: torch.Tensor):
+        att, w_hh, gh, ru, n, out = ctx.saved_tensors
+        L, B, H = out.shape
+        a = att.unsqueeze(-1)  # (L, B, 1)
+        r, u, g_n = ru[:, :, :H], ru[:, :, H:], gh[:, :, 2 * H:]
+        h_prev = torch.cat([out.new_zeros(1, B, H), out[:-1]])  # (L, B, H)
+        au = a * u
+        diff = n - h_prev
+        # d(pre-activation)/dh' for each gate, per step: n's, then r's, u's and W_hh g_n's.
+        k_n = au * (1 - n * n)
+        k = torch.stack([k_n * g_n * r * (1 - r), a * diff * u * (1 - u), k_n * r], dim=2)  # (L, B, 3, H)
+        keep = 1 - au  # dh'/dh along the direct path
+        grad_h = torch.empty_like(out)  # dLoss/dh'_t, all paths
+        d_gh = torch.empty_like(k)  # dLoss/d(h W_hh^T + b_hh) per step
+        carry = out.new_zeros(B, H)
+        for t in range(L - 1, -1, -1):
+            g = torch.add(d_out[t], carry, out=grad_h[t])
+            torch.mul(k[t], g[:, None], out=d_gh[t])
+            if t:  # h_0 = 0 is a constant, so the carry out of step 0 is not needed
+                carry = torch.addmm(g * keep[t], d_gh[t].view(B, 3 * H), w_hh)
+        d_xp = None
+        if ctx.needs_input_grad[0]:
+            d_xp = d_gh.clone()
+            d_xp[:, :, 2] = grad_h * k_n  # x_n enters outside r's product
+            d_xp = d_xp.view(L, B, 3 * H)
+        d_att = (grad_h * u * diff).sum(-1) if ctx.needs_input_grad[1] else None  # (L, B)
+        d_flat = d_gh.view(L * B, 3 * H)
+        d_w = d_flat.t() @ h_prev.reshape(L * B, H)  # (3H, H)
+        return d_xp, d_att, d_w, d_flat.sum(0)
+
+
+class AUGRU(nn.Module):
+    """GRU with attentional update gate (Zhou et al., "Deep Interest Evolution Network", AAAI 2019).
+
+    ``u'_t = a_t u_t``, ``h'_t = (1 - u'_t) h'_{t-1} + u'_t h~_t``: with ``a_t = 0`` the state is
+    carried over exactly, with ``a_t = 1`` this is a GRU step (``torch.nn.GRUCell`` with its
+    update gate negated: ``u = 1 - z``). With ``a`` = a 0/1 mask it is a GRU that skips the
+    masked steps, which is how DIEN's interest extractor ignores left padding.
+
+    Time-major: ``x`` (L, B, I), ``att`` (L, B) -> states (L, B, H), starting from ``h_0 = 0``.
+    The input projections for all L steps are one matmul; only ``h W_hh`` stays in the loop.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        H = hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(3 * H, input_size))  # rows: r, u, n
+        self.weight_hh = nn.Parameter(torch.empty(3 * H, H))
+        self.bias_ih = nn.Parameter(torch.empty(3 * H))
+        self.bias_hh = nn.Parameter(torch.empty(3 * H))
+        for p in self.parameters():  # torch.nn.GRU's initialisation
+            nn.init.uniform_(p, -H**-0.5, H**-0.5)
+        self.hidden_size = H
+
+    def forward(self, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        xp = F.linear(x, self.weight_ih, self.bias_ih)  # (L, B, 3H)
+        return _AUGRUScan.apply(xp, att.to(xp.dtype), self.weight_hh, self.bias_hh)

@@ -2,12 +2,15 @@
 
 ``BASELINES`` need no training loop: ``Model(cfg).fit(ds, split)`` then ``score``.
 ``NEURAL`` are trained by :mod:`mirec.train.loop`: ``Model(cfg, num_items)``.
+``RANKERS`` score (user, candidate) pairs, trained by :mod:`mirec.train.ctr`.
 """
 
 from __future__ import annotations
 
 from mirec.models.comirec_dr import ComiRecDR, ComiRecDRConfig
 from mirec.models.comirec_sa import ComiRecSA, ComiRecSAConfig
+from mirec.models.din import DIN, DINConfig
+from mirec.models.embedding_mlp import EmbeddingMLP, EmbeddingMLPConfig
 from mirec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from mirec.models.item_cf import ItemCF, ItemCFConfig
 from mirec.models.mind import MIND, MINDConfig
@@ -25,6 +28,11 @@ NEURAL: dict[str, tuple[type, type]] = {
     "mind": (MINDConfig, MIND),
     "comirec-dr": (ComiRecDRConfig, ComiRecDR),
     "comirec-sa": (ComiRecSAConfig, ComiRecSA),
+}
+
+RANKERS: dict[str, tuple[type, type]] = {  # click-through models: Model(cfg, RankFeatures)
+    "embedding-mlp": (EmbeddingMLPConfig, EmbeddingMLP),
+    "din": (DINConfig, DIN),
 }
 
 MODELS = BASELINES  # models `mirec evaluate --model` fits without training

@@ -1,0 +1,274 @@
+"""The training loop for rankers (click-through prediction): Adam on the model's loss, early
+stopping on validation AUC, the same run directory as retrieval.
+
+A run directory holds ``metrics.jsonl`` (one line per epoch), ``last.pt`` (everything needed to
+``--resume``), ``best.pt`` (the best validation AUC: weights, config, the feature space and the
+users' profile codes, so that a pipeline can rank with it without the data set) and, from
+:func:`train_ctr_seeds`, ``results.json``.
+
+Each seed sets the initialisation, the batch order and (for logs without ratings) the sampled
+negatives; the time split itself does not depend on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mirec import __version__
+from mirec.config import from_dict, to_dict
+from mirec.data.ctr import TEST, TRAIN, VALID, CTRConfig, CTRData, build_ctr
+from mirec.data.dataset import Dataset, load_dataset
+from mirec.errors import MirecConfigError
+from mirec.eval.ctr_metrics import ctr_metrics
+from mirec.io import atomic_write_json
+from mirec.models.base import RankFeatures
+from mirec.train.checkpoint import load_checkpoint, save_checkpoint
+from mirec.train.loop import keep_freed_memory
+
+
+@dataclass
+class RankTrainConfig:
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 2
+    threads: int = 1  # torch threads; see TrainConfig.threads
+    keep_freed_memory: bool = True
+    seed: int = 2020
+    max_batches_per_epoch: int = 0  # 0 = all; for smoke tests and benchmarks
+    eval_batch_size: int = 2048
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "patience", "threads", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise MirecConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise MirecConfigError(f"train.lr: must be > 0, got {self.lr}")
+
+
+@dataclass
+class RankRunConfig:
+    """Everything a ranking run needs; saved into every checkpoint and results.json."""
+
+    model: str = "din"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    train: RankTrainConfig = field(default_factory=RankTrainConfig)
+    ctr: CTRConfig = field(default_factory=CTRConfig)
+
+    def validate(self) -> None:
+        from mirec.models.registry import RANKERS
+
+        if self.model not in RANKERS:
+            raise MirecConfigError(f"model: unknown ranker {self.model!r} "
+                                   f"(known: {', '.join(sorted(RANKERS))})")
+
+
+def build_ranker(cfg: RankRunConfig, features: RankFeatures) -> torch.nn.Module:
+    from mirec.models.registry import RANKERS
+
+    cfg_cls, model_cls = RANKERS[cfg.model]
+    return model_cls(from_dict(cfg_cls, dict(cfg.model_args), prefix="model_args."), features)
+
+
+def features_to_dict(f: RankFeatures) -> dict[str, Any]:
+    return {"num_items": f.num_items, "num_users": f.num_users, "profile_sizes": list(f.profile_sizes),
+            "item_categories": f.item_categories.clone()}
+
+
+def features_from_dict(d: dict[str, Any]) -> RankFeatures:
+    return RankFeatures(num_items=d["num_items"], num_users=d["num_users"],
+                        profile_sizes=list(d["profile_sizes"]), item_categories=d["item_categories"])
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data: CTRData, idx: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """Logits of the examples ``idx`` (eval mode)."""
+    model.eval()
+    out = [model(data.batch(idx[i:i + batch_size])).numpy() for i in range(0, len(idx), batch_size)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def evaluate_ctr(model: torch.nn.Module, data: CTRData, part: int,
+                 batch_size: int = 2048) -> dict[str, float]:
+    """AUC, GAUC and log-loss of one part (TRAIN, VALID or TEST)."""
+    idx = data.indices(part)
+    logit = predict(model, data, idx, batch_size)
+    return {**ctr_metrics(data.user[idx], data.label[idx], logit), "examples": int(len(idx))}
+
+
+@dataclass
+class RankTrainResult:
+    run_dir: Path
+    model: torch.nn.Module
+    best_epoch: int
+    best_valid: dict[str, float]
+    test: dict[str, float]
+    history: list[dict[str, Any]]
+    data: CTRData
+
+
+def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, resume: bool = False,
+              progress: bool = True, log: Callable[[str], None] = lambda s: None,
+              stop_after_epoch: int | None = None, data_path: str = "",
+              data_checksum: str = "") -> RankTrainResult:
+    """Train ranker ``cfg.model`` into ``run_dir``; ``resume`` continues from ``last.pt``.
+
+    ``ds`` is a prepared data set (its CTR examples are built with ``cfg.ctr``) or ready
+    :class:`CTRData` (e.g. built with some events held out).
+    """
+    cfg.validate()
+    tc = cfg.train
+    tc.validate()
+    torch.set_num_threads(tc.threads)
+    if tc.keep_freed_memory:
+        keep_freed_memory()
+    if isinstance(ds, Dataset):
+        data_path, data_checksum = str(ds.path), ds.checksum
+        data = build_ctr(ds, cfg.ctr)
+    else:
+        data = ds
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(tc.seed)
+    model = build_ranker(cfg, data.features)
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    train_idx = data.indices(TRAIN)
+    if len(train_idx) == 0 or len(data.indices(VALID)) == 0:
+        raise MirecConfigError(f"{data_path or 'data'}: no training or validation examples "
+                               f"(users need at least 3 events)")
+    start_epoch, best, best_epoch, bad, history = 0, -1.0, -1, 0, []
+    last = run_dir / "last.pt"
+    if resume:
+        if not last.exists():
+            raise MirecConfigError(f"--resume: {last} does not exist")
+        st = load_checkpoint(last)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        start_epoch, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
+        history = st["history"]
+        log(f"resumed from {last} after epoch {st['epoch']}")
+    elif (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()
+    saved = {"config": to_dict(cfg), "features": features_to_dict(data.features),
+             "profile": torch.from_numpy(data.profile), "profile_names": data.profile_names,
+             "data": data_path, "dataset_checksum": data_checksum, "mirec_version": __version__}
+    for epoch in range(start_epoch, tc.epochs):
+        if bad >= tc.patience:
+            break
+        torch.manual_seed(tc.seed * 100_003 + epoch)
+        perm = train_idx[np.random.default_rng([tc.seed, epoch]).permutation(len(train_idx))]
+        n_batches = -(-len(perm) // tc.batch_size)
+        if tc.max_batches_per_epoch:
+            n_batches = min(n_batches, tc.max_batches_per_epoch)
+        model.train()
+        t0, total, seen = time.perf_counter(), 0.0, 0
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch",
+                   disable=None if progress else True, leave=False)
+        for b in bar:
+            idx = perm[b * tc.batch_size:(b + 1) * tc.batch_size]
+            loss = model.loss(data.batch(idx), torch.from_numpy(data.label[idx]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+            if b % 20 == 0:
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{total / seen:.4f}", ex_s=f"{rate:,.0f}")
+        train_s = time.perf_counter() - t0
+        valid = evaluate_ctr(model, data, VALID, tc.eval_batch_size)
+        row = {"epoch": epoch, "loss": total / max(seen, 1), "examples": seen,
+               "train_seconds": round(train_s, 3), "examples_per_s": round(seen / train_s, 1),
+               "valid": valid}
+        history.append(row)
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if valid["auc"] > best:
+            best, best_epoch, bad = valid["auc"], epoch, 0
+            save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, **saved})
+        else:
+            bad += 1
+        log(f"epoch {epoch}: loss {row['loss']:.4f}, {row['examples_per_s']:,.0f} ex/s, "
+            f"valid AUC {valid['auc']:.4f} (best {best:.4f} @ {best_epoch})")
+        save_checkpoint(last, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
+                               "history": history, "torch_rng": torch.get_rng_state(), **saved})
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+    model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    test = evaluate_ctr(model, data, TEST, tc.eval_batch_size)
+    return RankTrainResult(run_dir, model, best_epoch, history[best_epoch]["valid"], test, history, data)
+
+
+def train_ctr_seeds(cfg: RankRunConfig, data: str | Path | Dataset, seeds: list[int], out: str | Path,
+                    resume: bool = False, progress: bool = True,
+                    log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Train once per seed (``out`` itself for one seed, ``out/seed-<s>`` for several) and write
+    ``out/results.json``: test AUC/GAUC/log-loss mean and std over seeds, speed, config."""
+    if not seeds:
+        raise MirecConfigError("--seeds: need at least one seed")
+    ds = data if isinstance(data, Dataset) else load_dataset(data)
+    out = Path(out)
+    t0 = time.perf_counter()
+    per_seed = []
+    for seed in seeds:
+        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed),
+                                ctr=dataclasses.replace(cfg.ctr, seed=seed))
+        run_dir = out if len(seeds) == 1 else out / f"seed-{seed}"
+        log(f"training {cfg.model} seed {seed} -> {run_dir}")
+        r = train_ctr(c, ds, run_dir, resume=resume, progress=progress, log=log)
+        epochs = r.history[: r.best_epoch + 1]
+        per_seed.append({"seed": seed, "test": r.test, "valid": r.best_valid, "best_epoch": r.best_epoch,
+                         "examples_per_s": float(np.median([h["examples_per_s"] for h in r.history])),
+                         "seconds_per_epoch": float(np.median([h["train_seconds"] for h in epochs]))})
+    keys = ("auc", "gauc", "logloss", "examples_per_s", "seconds_per_epoch")
+
+    def col(k: str) -> list[float]:
+        return [s["test"][k] if k in s["test"] else s[k] for s in per_seed]
+
+    doc = {
+        "task": "ctr", "model": cfg.model, "data": str(ds.path), "dataset_checksum": ds.checksum,
+        "mirec_version": __version__,
+        "protocol": {"labels": f"rating >= {cfg.ctr.positive_rating}" if ds.rating is not None
+                     else f"{cfg.ctr.negatives} uniform negative(s) per positive",
+                     "split": f"per user by time: last {cfg.ctr.test_fraction:.0%} test, "
+                              f"{cfg.ctr.valid_fraction:.0%} before it validation"},
+        "seeds": list(seeds),
+        "metrics": {k: float(np.mean(col(k))) for k in keys},
+        "std": {k: float(np.std(col(k))) for k in keys},
+        "test_examples": per_seed[0]["test"]["examples"],
+        "per_seed": per_seed, "config": to_dict(cfg),
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+    }
+    atomic_write_json(out / "results.json", doc)
+    return doc
+
+
+def load_ranker(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The best checkpoint of a ranking run (its first seed when it has several), in eval mode,
+    and the checkpoint dict (config, features, profile codes)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "best.pt"
+    if not path.exists():
+        seeds = sorted(run_dir.glob("seed-*/best.pt"))
+        if not seeds:
+            raise MirecConfigError(f"--ranker: {run_dir} has no best.pt (not a ranking run directory)")
+        path = seeds[0]
+    ck = load_checkpoint(path)
+    if "features" not in ck:
+        raise MirecConfigError(f"--ranker: {path} is not a ranking checkpoint (train one with --task ctr)")
+    cfg = from_dict(RankRunConfig, ck["config"])
+    model = build_ranker(cfg, features_from_dict(ck["features"]))
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return model, ck
