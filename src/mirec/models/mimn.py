@@ -68,6 +68,7 @@ class MIMNConfig:
     util_weight: float = 0.1  # weight of the memory utilisation regulariser
     rebalance: bool = True  # re-balance write weights by slot utilisation (w~ = w P)
     use_miu: bool = True  # Memory Induction Unit on/off (off = UIC only)
+    miu_top_k: int = 0  # MIU updates the k slots written most per step; 0 = all slots
 
     def validate(self) -> None:
         if self.dim < 1:
@@ -198,10 +199,18 @@ class MIMN(nn.Module):
         memory = s.memory * (1 - ww * erase[:, None]) + ww * add[:, None]  # (B, m, E)
         # MIU: each slot's interest state, update gate scaled by the slot's write weight.
         interest = s.interest
-        if sx is not None:
+        k = self.cfg.miu_top_k
+        if sx is not None and (k == 0 or k >= m):
             gi = self.miu_m(memory) + sx[:, None]  # (B, m, 3E)
             u, n = _gru_gates(gi, self.miu_h(interest))
             interest = interest + (ww * u) * (n - interest)  # (B, m, E)
+        elif sx is not None:  # only the k slots written most
+            idx = w_write.topk(k, dim=-1).indices  # (B, k)
+            g = idx[:, :, None].expand(B, k, E)
+            s_k, w_k = interest.gather(1, g), w_write.gather(1, idx)[:, :, None]  # (B, k, E), (B, k, 1)
+            gi = self.miu_m(memory.gather(1, g)) + sx[:, None]  # (B, k, 3E)
+            u, n = _gru_gates(gi, self.miu_h(s_k))
+            interest = interest.scatter(1, g, s_k + (w_k * u) * (n - s_k))  # (B, m, E)
         new = MIMNState(memory=memory, controller=h, read=read, interest=interest,
                         usage=s.usage + w_write, hist_sum=s.hist_sum + x, count=s.count + 1)
         return new if live is None else new.keep(live, s)
@@ -225,9 +234,11 @@ class MIMN(nn.Module):
             return state
         x = self.items(hist[:, cols].masked_fill(~mask[:, cols], 0)).transpose(0, 1)  # (L', B, E)
         gx, sx = self._inputs(x)  # (L', B, 3E) each: one matmul for all steps
+        # unbind, not x[j]: each indexing op's backward would build a zero (L', B, .) gradient.
+        xs, gxs = x.unbind(0), gx.unbind(0)
+        sxs = sx.unbind(0) if sx is not None else [None] * len(cols)
         for j, t in enumerate(cols):
-            state = self._step(state, x[j], gx[j], None if sx is None else sx[j],
-                               None if all_live[t] else mask[:, t])
+            state = self._step(state, xs[j], gxs[j], sxs[j], None if all_live[t] else mask[:, t])
         return state
 
     # -- prediction ---------------------------------------------------------------------------

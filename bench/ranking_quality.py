@@ -1,0 +1,152 @@
+"""Ranking (CTR) quality and training speed on MovieLens-100K: every ranker, mean ± std over seeds.
+
+Quality: for each model, ``mirec train --task ctr`` runs once per seed (each sets the
+initialisation, the batch order and any sampled negatives; the time split is fixed) with early
+stopping on validation AUC; the table shows test AUC, GAUC and log-loss (mean ± std) and the
+median training examples/s and seconds per epoch of those runs. ``results.json`` per model goes
+under ``--out``.
+
+Speed: steady-state training examples/s of each model on ``--speed-batches`` batches after a
+warm-up, in a fresh process per (model, thread count) so that nothing else shares its threads,
+at the peer's setting (d = 32, 50 earlier positives, batch 256).
+
+    python bench/ranking_quality.py                           # all models, seeds 1,2,3
+    python bench/ranking_quality.py --models din,dien --seeds 1
+    python bench/ranking_quality.py --speed-only --threads 1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ["embedding-mlp", "din", "dien", "mimn"]
+# Peer figures measured on this machine under the same protocol (issue 6): torch-rechub 0.9.0,
+# seed 2020, d = 32, profile + target + 50 earlier positives, MLP 200-80, Adam 1e-3.
+PEER = {"din": (0.792, 0.716, 0.554, 10_800), "dien": (0.798, 0.720, 0.551, 2_400)}
+# Per-model settings (defaults otherwise); MIMN reads a longer history.
+SETTINGS: dict[str, list[str]] = {"mimn": ["ctr.max_len=200"]}
+
+
+def speed_child(a: argparse.Namespace) -> None:
+    import torch
+
+    from mirec.config import load
+    from mirec.data.ctr import TRAIN, build_ctr
+    from mirec.data.dataset import load_dataset
+    from mirec.train.ctr import RankRunConfig, build_ranker
+    from mirec.train.loop import keep_freed_memory
+
+    torch.set_num_threads(a.threads)
+    keep_freed_memory()
+    cfg = load(RankRunConfig, None, [f"model={a.model}", *SETTINGS.get(a.model, []), *a.set])
+    data = build_ctr(load_dataset(a.data), cfg.ctr)
+    torch.manual_seed(0)
+    model = build_ranker(cfg, data.features)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    idx = data.indices(TRAIN)
+    perm = idx[np.random.default_rng(0).permutation(len(idx))]
+    B = cfg.train.batch_size
+    model.train()
+
+    def step(b: int) -> None:
+        j = perm[(b * B) % (len(perm) - B):][:B]
+        loss = model.loss(data.batch(j), torch.from_numpy(data.label[j]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for b in range(a.warmup):
+        step(b)
+    t0 = time.perf_counter()
+    for b in range(a.speed_batches):
+        step(a.warmup + b)
+    dt = time.perf_counter() - t0
+    print(json.dumps({"examples_per_s": a.speed_batches * B / dt, "max_len": cfg.ctr.max_len}))
+
+
+def speed(a: argparse.Namespace, models: list[str], console: Console) -> dict[tuple[str, int], float]:
+    out = {}
+    for m in models:
+        for th in [int(t) for t in a.threads.split(",")]:
+            cmd = [sys.executable, __file__, "--speed-child", "--model", m, "--threads", str(th),
+                   "--data", a.data, "--speed-batches", str(a.speed_batches), "--warmup", str(a.warmup)]
+            for s in a.set:
+                cmd += ["--set", s]
+            r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            doc = json.loads(r.stdout.strip().splitlines()[-1])
+            out[(m, th)] = doc["examples_per_s"]
+            console.print(f"  speed {m} ({th} thread{'s' if th > 1 else ''}, history {doc['max_len']}): "
+                          f"{doc['examples_per_s']:,.0f} examples/s")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--data", default=str(ROOT / "data" / "ml-100k"))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "ranking"))
+    ap.add_argument("--set", action="append", default=[],
+                    help="override for every model, e.g. train.lr=0.002")
+    ap.add_argument("--threads", default="1,2", help="thread counts for the speed section")
+    ap.add_argument("--speed-batches", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--speed-only", action="store_true")
+    ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--speed-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.speed_child:
+        a.threads = int(a.threads)
+        return speed_child(a)
+
+    console = Console()
+    models = [m for m in a.models.split(",") if m]
+    seeds = [int(s) for s in a.seeds.split(",")]
+    rates = {} if a.no_speed else speed(a, models, console)
+    docs = {}
+    if not a.speed_only:
+        from mirec.config import load
+        from mirec.data.dataset import load_dataset
+        from mirec.train.ctr import RankRunConfig, train_ctr_seeds
+
+        ds = load_dataset(a.data)
+        for m in models:
+            cfg = load(RankRunConfig, None, [f"model={m}", *SETTINGS.get(m, []), *a.set])
+            t0 = time.perf_counter()
+            docs[m] = train_ctr_seeds(cfg, ds, seeds, Path(a.out) / m, progress=False)
+            mm = docs[m]["metrics"]
+            console.print(f"  {m}: test AUC {mm['auc']:.4f} GAUC {mm['gauc']:.4f} "
+                          f"({time.perf_counter() - t0:.0f} s)")
+
+    t = Table(title=f"ranking on {Path(a.data).name}: test events, "
+                    f"{'mean ± std over seeds ' + a.seeds if docs else 'speed only'}")
+    for h in ("model", "AUC", "GAUC", "log-loss", "epochs", "s/epoch", *[f"ex/s {th} thr" for th in
+                                                                       a.threads.split(",")], "peer"):
+        t.add_column(h, justify="left" if h == "model" else "right")
+    for m in models:
+        cells = ["", "", "", "", ""]
+        if m in docs:
+            d, mm, sd = docs[m], docs[m]["metrics"], docs[m]["std"]
+            cells = [f"{mm[k]:.4f}±{sd[k]:.4f}" for k in ("auc", "gauc", "logloss")]
+            cells += [f"{np.mean([s['best_epoch'] + 1 for s in d['per_seed']]):.1f}",
+                      f"{mm['seconds_per_epoch']:.1f}"]
+        sp = [f"{rates[(m, int(th))]:,.0f}" if (m, int(th)) in rates else "" for th in a.threads.split(",")]
+        peer = PEER.get(m)
+        ps = f"AUC {peer[0]:.3f} GAUC {peer[1]:.3f}, {peer[3]:,} ex/s" if peer else ""
+        t.add_row(m, *cells, *sp, ps)
+    console.print(t)
+
+
+if __name__ == "__main__":
+    main()
