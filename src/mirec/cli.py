@@ -300,10 +300,15 @@ def _index_config(kind: str, hnsw_above: int):
     return cfg
 
 
-def _recommender(bundle: Path, kind: str, hnsw_above: int, store: Path | None):
+def _recommender(bundle: Path, kind: str, hnsw_above: int, store: Path | None, ranker: Path | None = None):
     from mirec.serve.service import open_recommender
 
-    return open_recommender(bundle, kind, hnsw_above, store)
+    return open_recommender(bundle, kind, hnsw_above, store, ranker)
+
+
+RankerRun = Annotated[Optional[Path], typer.Option(
+    help="A ranking run (`mirec train --task ctr`, same data set) for the two-stage pipeline: "
+         "it re-scores the retrieved candidates before the diversity step.")]
 
 
 @app.command("export")
@@ -349,18 +354,21 @@ def recommend_cmd(
     store: Annotated[Optional[Path], typer.Option(help="SQLite event store with recent events.")] = None,
     index: IndexKind = "auto",
     hnsw_above: HnswAbove = 50_000,
+    ranker: RankerRun = None,
 ) -> None:
     """Recommend for a known user or a given history; prints rank, title, interest, because."""
     from mirec.report import served_table
 
     if (user is None) == (history is None):
         raise typer.BadParameter("give exactly one of --user or --history")
-    rec = _recommender(bundle, index, hnsw_above, store)
+    rec = _recommender(bundle, index, hnsw_above, store, ranker)
     hist = [h.strip() for h in history.split(",") if h.strip()] if history is not None else None
-    r = rec.recommend(user_id=user, history=hist, n=n, lam=lam, exclude_history=exclude_history)
+    r = rec.recommend(user_id=user, history=hist, n=n, lam=lam, exclude_history=exclude_history,
+                      rank=ranker is not None)
     b = rec.bundle
     console.print(served_table(r, title=f"top-{n} for " + (f"user {user}" if user else "the history")
-                               + f" (lambda {lam:g})", name=lambda raw: b.item_title[b.item_ids[raw]]))
+                               + f" (lambda {lam:g}" + (f", ranked by {rec.ranker.name})" if ranker else ")"),
+                               name=lambda raw: b.item_title[b.item_ids[raw]]))
 
 
 @app.command("serve")
@@ -374,6 +382,7 @@ def serve_cmd(
     hnsw_above: HnswAbove = 50_000,
     workers: Annotated[int, typer.Option(help="Server processes; each loads the bundle and "
                                               "index (memory x N) and uses one core.")] = 1,
+    ranker: RankerRun = None,
 ) -> None:
     """Serve POST /recommend, POST /events, GET /items/{id}, GET /health over HTTP."""
     import os
@@ -384,7 +393,7 @@ def serve_cmd(
     from mirec.serve.app import create_app
 
     torch.set_num_threads(1)  # one request = one core's work; concurrency comes from requests
-    rec = _recommender(bundle, index, hnsw_above, store)  # also checks everything up front
+    rec = _recommender(bundle, index, hnsw_above, store, ranker)  # also checks everything up front
     console.print(f"serving {bundle} ({rec.bundle.manifest['model']}, {rec.index.kind} index) on "
                   f"http://{host}:{port} with {workers} worker(s) (docs: /docs); events in {store}")
     if workers == 1:
@@ -392,7 +401,7 @@ def serve_cmd(
         return
     del rec
     os.environ.update(MIREC_BUNDLE=str(bundle), MIREC_STORE=str(store), MIREC_INDEX=index,
-                      MIREC_HNSW_ABOVE=str(hnsw_above))
+                      MIREC_HNSW_ABOVE=str(hnsw_above), MIREC_RANKER=str(ranker or ""))
     uvicorn.run("mirec.serve.app:app_from_env", factory=True, workers=workers, host=host,
                 port=port, log_level="warning")
 

@@ -10,8 +10,10 @@ test, the ``valid_fraction`` before them (at least one, when the user has 3 or m
 validation, the rest training. Sampled negatives follow their positive.
 
 Features of each example: the user's dense id and profile codes, the candidate item, and the
-user's earlier *positive* items (the last ``max_len``, left-padded). Earlier means earlier in
+user's earlier *positive* items (the last ``max_len``, left-padded; ``history = "all"`` takes
+every earlier event instead, as a served event log has no ratings). Earlier means earlier in
 the user's time-ordered sequence, so an event never sees itself or anything after it.
+``labels = "implicit"`` ignores ratings: every event is a positive, negatives are sampled.
 
 Everything is flat NumPy: the positives of all users are one array ``pos_item`` and each
 example points at its history window ``pos_item[hist_start:hist_stop]``.
@@ -42,8 +44,14 @@ class CTRConfig:
     test_fraction: float = 0.1
     valid_fraction: float = 0.1
     seed: int = 2020  # negative sampling seed (the split itself is by time, not random)
+    labels: str = "auto"  # auto: ratings when the data has them | rating | implicit
+    history: str = "positives"  # positives: earlier positive items | all: every earlier event
 
     def validate(self) -> None:
+        if self.labels not in ("auto", "rating", "implicit"):
+            raise MirecConfigError(f"ctr.labels: expected auto, rating or implicit, got {self.labels!r}")
+        if self.history not in ("positives", "all"):
+            raise MirecConfigError(f"ctr.history: expected positives or all, got {self.history!r}")
         if self.max_len < 1:
             raise MirecConfigError(f"ctr.max_len: must be >= 1, got {self.max_len}")
         if self.negatives < 1:
@@ -67,6 +75,7 @@ class CTRData:
     pos_item: np.ndarray  # (P,) int32, every user's positives in time order
     profile: np.ndarray  # (U, F) int64 profile codes, 0 = unknown
     profile_names: list[str]
+    user_raw_ids: list[str]  # row u = dense user u
     features: RankFeatures
     max_len: int
     sampled_negatives: int  # 0 when labels came from ratings
@@ -149,6 +158,10 @@ def build_ctr(ds: Dataset, cfg: CTRConfig | None = None, keep: np.ndarray | None
     cfg = cfg or CTRConfig()
     cfg.validate()
     user, item, rating = ds.user.astype(np.int64), ds.item.astype(np.int64), ds.rating
+    if cfg.labels == "rating" and rating is None:
+        raise MirecConfigError(f"ctr.labels: 'rating', but {ds.path} has no ratings")
+    if cfg.labels == "implicit":
+        rating = None  # every event is a positive; negatives are sampled
     if keep is not None:
         user, item = user[keep], item[keep]
         rating = rating[keep] if rating is not None else None
@@ -160,7 +173,7 @@ def build_ctr(ds: Dataset, cfg: CTRConfig | None = None, keep: np.ndarray | None
         label = (rating >= cfg.positive_rating).astype(np.float32)
     else:
         label = np.ones(len(user), dtype=np.float32)
-    pos = label > 0
+    pos = label > 0 if cfg.history == "positives" else np.ones(len(label), dtype=bool)
     pos_before = np.cumsum(pos) - pos  # (E,) positives strictly before each event, globally
     hist_stop = pos_before.astype(np.int64)
     hist_start = np.repeat(np.concatenate([[0], np.cumsum(pos)])[offsets[:-1]], np.diff(offsets))
@@ -184,4 +197,5 @@ def build_ctr(ds: Dataset, cfg: CTRConfig | None = None, keep: np.ndarray | None
                             item_categories=category_table(ds))
     return CTRData(user=user, item=item, label=label, part=part, hist_start=hist_start,
                    hist_stop=hist_stop, pos_item=pos_item, profile=codes, profile_names=names,
+                   user_raw_ids=ds.users["raw_id"].cast(pl.Utf8).to_list(),
                    features=features, max_len=cfg.max_len, sampled_negatives=sampled)

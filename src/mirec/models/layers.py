@@ -233,13 +233,15 @@ class ItemEncoder(nn.Module):
 
 class ProfileEncoder(nn.Module):
     """The user side: one embedding per profile field (code 0 = unknown), and the user id's
-    own embedding when ``use_user_id``: (B,), (B, F) -> (B, (F [+ 1]) D)."""
+    own embedding when ``use_user_id`` (id ``num_users`` = a user not seen in training):
+    (B,), (B, F) -> (B, (F [+ 1]) D)."""
 
     def __init__(self, num_users: int, profile_sizes: Sequence[int], dim: int,
                  use_user_id: bool = True) -> None:
         super().__init__()
         self.fields = nn.ModuleList(nn.Embedding(n, dim) for n in profile_sizes)
-        self.user = nn.Embedding(num_users, dim) if use_user_id else None  # user 0 is real
+        # rows 0..num_users-1 are the users (user 0 is real), row num_users an unknown user
+        self.user = nn.Embedding(num_users + 1, dim) if use_user_id else None
         for e in self.modules():
             if isinstance(e, nn.Embedding):
                 nn.init.normal_(e.weight, std=dim**-0.5)

@@ -121,7 +121,7 @@ def _gru_gates(gi: torch.Tensor, gh: torch.Tensor) -> tuple[torch.Tensor, torch.
     gate order (r, u, n): ``r, u = sigmoid(gi + gh)``, ``n = tanh(gi_n + r * gh_n)``."""
     H = gi.shape[-1] // 3
     ru = torch.sigmoid(gi[..., :2 * H] + gh[..., :2 * H])
-    n = tanh(gi[..., 2 * H:] + ru[..., :H] * gh[..., 2 * H:])
+    n = tanh(torch.addcmul(gi[..., 2 * H:], ru[..., :H], gh[..., 2 * H:]))
     return ru[..., H:], n
 
 
@@ -172,23 +172,22 @@ class MIMN(nn.Module):
         return self.ctrl_x(x), (self.miu_x(x) if self.cfg.use_miu else None)
 
     def _step(self, s: MIMNState, x: torch.Tensor, gx: torch.Tensor, sx: torch.Tensor | None,
-              live: torch.Tensor | None) -> MIMNState:
+              live: torch.Tensor | None, key_n: torch.Tensor) -> MIMNState:
         """One behaviour: encoding x (B, E), its controller projection gx (B, 3E) and MIU
-        projection sx (B, 3E). ``live`` None means every row is live."""
+        projection sx (B, 3E); key_n (m, E) the unit slot keys. ``live`` None: all rows live."""
         B, m, E = x.shape[0], self.m, self.E
         # Controller.
         gi = torch.addmm(gx, s.read, self.ctrl_r.weight.t())  # (B, 3E)
         u, n = _gru_gates(gi, self.ctrl_h(s.controller))
-        h = s.controller + u * (n - s.controller)  # (B, E)
+        h = torch.addcmul(s.controller, u, n - s.controller)  # (B, E) = (1 - u) h + u n
         # Heads and content addressing of both heads at once.
         p = self.heads(h)  # (B, 4E + 2)
         keys = F.normalize(p[:, :2 * E].view(B, 2, E), dim=-1)  # (B, 2, E)
-        beta = 1 + F.softplus(p[:, 2 * E:2 * E + 2])  # (B, 2)
+        half_beta = 0.5 + 0.5 * F.softplus(p[:, 2 * E:2 * E + 2])  # (B, 2); the 0.5 of the mean
         erase, add = torch.sigmoid(p[:, 2 * E + 2:3 * E + 2]), tanh(p[:, 3 * E + 2:])  # (B, E)
         mem_n = F.normalize(s.memory, dim=-1)  # (B, m, E), zero slots stay 0
-        key_n = F.normalize(self.slot_keys, dim=-1)  # (m, E)
-        sim = 0.5 * (torch.bmm(keys, mem_n.transpose(1, 2)) + keys @ key_n.t())  # (B, 2, m)
-        w = torch.softmax(beta[:, :, None] * sim, dim=-1)  # (B, 2, m)
+        sim = torch.baddbmm(keys @ key_n.t(), keys, mem_n.transpose(1, 2))  # (B, 2, m): cos + cos
+        w = torch.softmax(half_beta[:, :, None] * sim, dim=-1)  # (B, 2, m)
         w_read, w_write = w[:, 0], w[:, 1]  # (B, m)
         if self.cfg.rebalance:
             share = s.usage / s.count.clamp(min=1)[:, None]  # (B, m)
@@ -196,21 +195,22 @@ class MIMN(nn.Module):
             w_write = torch.bmm(w_write[:, None], P)[:, 0]  # (B, m), still sums to 1
         read = torch.bmm(w_read[:, None], s.memory)[:, 0]  # (B, E), reads M_{t-1}
         ww = w_write[:, :, None]  # (B, m, 1)
-        memory = s.memory * (1 - ww * erase[:, None]) + ww * add[:, None]  # (B, m, E)
+        # M (1 - w e^T) + w a^T = M + w (a - e M)
+        memory = torch.addcmul(s.memory, ww, add[:, None] - erase[:, None] * s.memory)  # (B, m, E)
         # MIU: each slot's interest state, update gate scaled by the slot's write weight.
         interest = s.interest
         k = self.cfg.miu_top_k
         if sx is not None and (k == 0 or k >= m):
             gi = self.miu_m(memory) + sx[:, None]  # (B, m, 3E)
             u, n = _gru_gates(gi, self.miu_h(interest))
-            interest = interest + (ww * u) * (n - interest)  # (B, m, E)
+            interest = torch.addcmul(interest, ww * u, n - interest)  # (B, m, E)
         elif sx is not None:  # only the k slots written most
             idx = w_write.topk(k, dim=-1).indices  # (B, k)
             g = idx[:, :, None].expand(B, k, E)
             s_k, w_k = interest.gather(1, g), w_write.gather(1, idx)[:, :, None]  # (B, k, E), (B, k, 1)
             gi = self.miu_m(memory.gather(1, g)) + sx[:, None]  # (B, k, 3E)
             u, n = _gru_gates(gi, self.miu_h(s_k))
-            interest = interest.scatter(1, g, s_k + (w_k * u) * (n - s_k))  # (B, m, E)
+            interest = interest.scatter(1, g, torch.addcmul(s_k, w_k * u, n - s_k))  # (B, m, E)
         new = MIMNState(memory=memory, controller=h, read=read, interest=interest,
                         usage=s.usage + w_write, hist_sum=s.hist_sum + x, count=s.count + 1)
         return new if live is None else new.keep(live, s)
@@ -220,7 +220,7 @@ class MIMN(nn.Module):
         False keep their state exactly (their item id is ignored)."""
         x = self.items(item_ids.masked_fill(~live, 0))  # (B, E)
         gx, sx = self._inputs(x)
-        return self._step(state, x, gx, sx, live)
+        return self._step(state, x, gx, sx, live, F.normalize(self.slot_keys, dim=-1))
 
     def state_from_history(self, hist: torch.Tensor, mask: torch.Tensor,
                            state: MIMNState | None = None) -> MIMNState:
@@ -237,8 +237,9 @@ class MIMN(nn.Module):
         # unbind, not x[j]: each indexing op's backward would build a zero (L', B, .) gradient.
         xs, gxs = x.unbind(0), gx.unbind(0)
         sxs = sx.unbind(0) if sx is not None else [None] * len(cols)
+        key_n = F.normalize(self.slot_keys, dim=-1)  # (m, E)
         for j, t in enumerate(cols):
-            state = self._step(state, xs[j], gxs[j], sxs[j], None if all_live[t] else mask[:, t])
+            state = self._step(state, xs[j], gxs[j], sxs[j], None if all_live[t] else mask[:, t], key_n)
         return state
 
     # -- prediction ---------------------------------------------------------------------------

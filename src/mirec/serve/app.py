@@ -4,7 +4,7 @@
 docs at ``/docs``)::
 
     POST /recommend   {"user_id": "..."} or {"history": ["id", ...]}, "n", "lambda",
-                      "exclude_history"  -> items with item_id, title, categories, score,
+                      "exclude_history", "rank" -> items with item_id, title, categories, score,
                       interest, because; ignored_items lists ids not in the catalogue
     POST /events      {"user_id": "...", "events": [{"item_id": "...", "timestamp": 0}]}
     GET  /items/{id}  one item's title and categories (404 if unknown)
@@ -35,6 +35,7 @@ class RecommendRequest(BaseModel):
     n: int = Field(20, ge=1, le=500)
     lambda_: float = Field(0.0, alias="lambda", ge=0.0, le=1000.0)
     exclude_history: bool = True
+    rank: bool = False  # score the candidates with the ranker (server started with --ranker)
 
     model_config = {"populate_by_name": True, "extra": "forbid"}
 
@@ -64,6 +65,7 @@ class RecommendResponse(BaseModel):
     ignored_items: list[str]
     history: list[str]
     interests: int
+    ranked: bool
 
 
 class Event(BaseModel):
@@ -100,7 +102,7 @@ def app_from_env() -> FastAPI:
     env = os.environ
     return create_app(open_recommender(env["MIREC_BUNDLE"], env.get("MIREC_INDEX", "auto"),
                                        int(env.get("MIREC_HNSW_ABOVE", "50000")),
-                                       env.get("MIREC_STORE") or None))
+                                       env.get("MIREC_STORE") or None, env.get("MIREC_RANKER") or None))
 
 
 def create_app(rec: Recommender) -> FastAPI:
@@ -117,11 +119,14 @@ def create_app(rec: Recommender) -> FastAPI:
         if req.n > rec.cfg.max_n:
             raise HTTPException(422, detail=[{"loc": ["body", "n"],
                                               "msg": f"n must be <= {rec.cfg.max_n}"}])
+        if req.rank and rec.ranker is None:
+            raise HTTPException(422, detail=[{"loc": ["body", "rank"],
+                                              "msg": "this server has no ranker (start it with --ranker)"}])
         r = rec.recommend(user_id=req.user_id, history=req.history, n=req.n, lam=req.lambda_,
-                          exclude_history=req.exclude_history)
+                          exclude_history=req.exclude_history, rank=req.rank)
         return JSONResponse({
             "user_id": r.user_id, "known_user": r.known_user, "ignored_items": r.ignored_items,
-            "history": r.history, "interests": r.interests,
+            "history": r.history, "interests": r.interests, "ranked": r.ranked,
             "items": [{"item_id": x.item_id, "title": x.title, "categories": x.categories,
                        "score": x.score, "interest": x.interest, "because": x.because}
                       for x in r.items]})
@@ -146,6 +151,7 @@ def create_app(rec: Recommender) -> FastAPI:
     def health() -> dict:
         return {"status": "ok", "model": rec.bundle.manifest["model"],
                 "items": rec.bundle.num_items - 1, "index": rec.index.kind,
+                "ranker": rec.ranker.name if rec.ranker else None,
                 "events": rec.store.count() if rec.store else None}
 
     return app

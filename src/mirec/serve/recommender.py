@@ -7,6 +7,7 @@ all call :meth:`Recommender.recommend`::
     user tower on the last max_len items       -> K interest vectors, live mask, weights (K, L)
     each live interest searches the index      -> top-M items per interest
     union of the candidates, history removed   -> re-scored by f(u, i) = max_k v_k . e_i
+    [rank=True: a ranker (serve/pipeline.py)    -> re-scores the candidates: P(click)]
     diversify(lambda)                          -> the final n, each with the interest that
                                                   scored it and that interest's 3 heaviest
                                                   history items ("because")
@@ -15,6 +16,7 @@ all call :meth:`Recommender.recommend`::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from mirec.errors import MirecConfigError
 from mirec.serve.aggregate import candidates, category_matrix, diversify, rescore
 from mirec.serve.bundle import Bundle
 from mirec.serve.index import ItemIndex
+from mirec.serve.pipeline import RankStage
 from mirec.serve.store import EventStore
 
 
@@ -46,7 +49,7 @@ class Recommendation:
     item_id: str  # raw id
     title: str
     categories: list[str]
-    score: float  # f(u, i)
+    score: float  # f(u, i); with rank=True the ranker's probability
     interest: int  # which interest retrieved and scored it
     because: list[str]  # raw ids of the history items that weigh most in that interest
 
@@ -59,12 +62,13 @@ class RecommendResult:
     history: list[str] = field(default_factory=list)  # raw ids the tower saw, oldest first
     ignored_items: list[str] = field(default_factory=list)  # raw ids not in the catalogue
     interests: int = 0  # live interests
+    ranked: bool = False  # scores come from the ranking stage
 
 
 class Recommender:
     def __init__(self, bundle: Bundle, index: ItemIndex, store: EventStore | None = None,
-                 cfg: ServeConfig | None = None) -> None:
-        self.bundle, self.index, self.store = bundle, index, store
+                 cfg: ServeConfig | None = None, ranker: RankStage | None = None) -> None:
+        self.bundle, self.index, self.store, self.ranker = bundle, index, store, ranker
         self.cfg = cfg or ServeConfig()
         self.cfg.validate()
 
@@ -104,13 +108,16 @@ class Recommender:
                 window)
 
     def recommend(self, user_id: str | None = None, history: list[str] | None = None,
-                  n: int = 20, lam: float = 0.0, exclude_history: bool = True) -> RecommendResult:
+                  n: int = 20, lam: float = 0.0, exclude_history: bool = True,
+                  rank: bool = False) -> RecommendResult:
         if (user_id is None) == (history is None):
             raise MirecConfigError("give exactly one of user_id or history")
         if not 1 <= n <= self.cfg.max_n:
             raise MirecConfigError(f"n: must be in [1, {self.cfg.max_n}], got {n}")
         if lam < 0:
             raise MirecConfigError(f"lambda: must be >= 0, got {lam}")
+        if rank and self.ranker is None:
+            raise MirecConfigError("rank: this recommender has no ranker (start it with --ranker RUN)")
         if history is not None:
             if len(history) > self.cfg.max_history:
                 raise MirecConfigError(f"history: at most {self.cfg.max_history} items, "
@@ -120,10 +127,14 @@ class Recommender:
         else:
             hist, ignored, known = self.user_history(user_id)
         V, live, W, window = self.interests(hist)
-        items = self.recommend_dense(V, live, W, window, hist if exclude_history else [], n, lam)
+        rescore_fn = None
+        if rank:
+            rescore_fn = lambda cand: self.ranker.score(user_id, hist, cand)  # noqa: E731
+        items = self.recommend_dense(V, live, W, window, hist if exclude_history else [], n, lam,
+                                     rescore_fn)
         return RecommendResult(items, user_id, known, [self.bundle.raw_id(i) for i in
                                                        window[window > 0]], ignored,
-                               int(live.sum()))
+                               int(live.sum()), ranked=rank)
 
     def retrieve(self, V: np.ndarray, live: np.ndarray, exclude: list[int],
                  m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -134,10 +145,14 @@ class Recommender:
         return cand, scores, k
 
     def recommend_dense(self, V: np.ndarray, live: np.ndarray, W: np.ndarray, window: np.ndarray,
-                        exclude: list[int], n: int, lam: float) -> list[Recommendation]:
+                        exclude: list[int], n: int, lam: float,
+                        rank: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Recommendation]:
+        """Retrieve, optionally re-score with ``rank`` (candidate ids -> logits), diversify."""
         b = self.bundle
         m = min(max(self.cfg.candidates_per_interest, n + len(set(exclude))), b.num_items - 1)
         cand, scores, k = self.retrieve(V, live, exclude, m)
+        if rank is not None and len(cand):
+            scores = 0.5 * (1.0 + np.tanh(0.5 * rank(cand)))  # sigmoid of the logits
         if lam > 0:
             cats = category_matrix(b.category_indptr, b.category_ids, cand, len(b.category_names))
         else:  # plain top-n by score: categories are not needed

@@ -32,16 +32,18 @@ def open_index(bundle: Bundle, cfg: IndexConfig) -> ItemIndex:
 
 
 def open_recommender(bundle: str | Path, kind: str = "auto", hnsw_above: int = 50_000,
-                     store: str | Path | None = None):
-    """Bundle + index (saved one if present) + event store -> a Recommender."""
+                     store: str | Path | None = None, ranker: str | Path | None = None):
+    """Bundle + index (saved one if present) + event store [+ ranking run] -> a Recommender."""
     from mirec.serve.bundle import load_bundle
+    from mirec.serve.pipeline import RankStage
     from mirec.serve.recommender import Recommender
     from mirec.serve.store import EventStore
 
     cfg = IndexConfig(kind=kind, hnsw_above=hnsw_above)
     cfg.validate()
     b = load_bundle(bundle)
-    return Recommender(b, open_index(b, cfg), EventStore(store) if store else None)
+    stage = RankStage.from_run(ranker, b) if ranker else None
+    return Recommender(b, open_index(b, cfg), EventStore(store) if store else None, ranker=stage)
 
 
 @torch.no_grad()

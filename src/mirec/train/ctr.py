@@ -161,6 +161,7 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
         (run_dir / "metrics.jsonl").unlink()
     saved = {"config": to_dict(cfg), "features": features_to_dict(data.features),
              "profile": torch.from_numpy(data.profile), "profile_names": data.profile_names,
+             "user_raw_ids": data.user_raw_ids,
              "data": data_path, "dataset_checksum": data_checksum, "mirec_version": __version__}
     for epoch in range(start_epoch, tc.epochs):
         if bad >= tc.patience:
