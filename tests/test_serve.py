@@ -333,3 +333,70 @@ def test_diversity_report_lambda_zero_reproduces_evaluation(run, tmp_path):
     assert r.rows[-1]["diversity@50"] >= r.rows[0]["diversity@50"]
     assert r.png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(r.json_path.read_text())["rows"][1]["lambda"] == 0.5
+
+
+# ---- two-stage pipeline: retrieval -> ranking -> diversity -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def ranker_dir(run):
+    """DIN trained briefly on the same synthetic set (no ratings: implicit labels, sampled
+    negatives; history = every earlier event, as in serving)."""
+    from mirec.config import load
+    from mirec.train.ctr import RankRunConfig, train_ctr
+
+    root, ds = run
+    cfg = load(RankRunConfig, None, ["model=din", "model_args.dim=8", "train.epochs=2",
+                                     "ctr.history=all", "ctr.max_len=10"])
+    train_ctr(cfg, ds, root / "din", progress=False)
+    return root / "din"
+
+
+def test_pipeline_ranks_the_retrieved_candidates(bundle, ranker_dir):
+    from mirec.serve.pipeline import RankStage
+
+    stage = RankStage.from_run(ranker_dir, bundle)
+    rec = Recommender(bundle, exact(bundle), ranker=stage)
+    u = sorted(bundle.user_histories)[3]
+    hist = bundle.user_histories[u].tolist()
+    r = rec.recommend(user_id=u, n=10, rank=True)
+    ids = [x.item for x in r.items]
+    assert r.ranked and len(ids) == 10 and len(set(ids)) == 10
+    assert not set(ids) & set(hist)
+    V, live, _, _ = rec.interests(hist)
+    cand, _, _ = rec.retrieve(V, live, hist, rec.cfg.candidates_per_interest)
+    assert set(ids) <= set(cand.tolist())  # ranking only reorders what retrieval found
+    # lambda 0: the top-10 of the ranker's probabilities over the candidates
+    prob = 1 / (1 + np.exp(-stage.score(u, hist, cand)))
+    want = cand[np.argsort(-prob, kind="stable")[:10]]
+    assert ids == want.tolist()
+    np.testing.assert_allclose([x.score for x in r.items], np.sort(prob)[::-1][:10], rtol=1e-6)
+    assert all(x.because for x in r.items)  # explanations kept
+    plain = rec.recommend(user_id=u, n=10)
+    assert not plain.ranked
+
+
+def test_pipeline_refuses_a_ranker_of_another_data_set(bundle, ranker_dir):
+    import dataclasses
+
+    from mirec.serve.pipeline import RankStage
+
+    other = dataclasses.replace(bundle, manifest={**bundle.manifest, "dataset_checksum": "f" * 64})
+    with pytest.raises(MirecConfigError, match="--ranker: .*another data set"):
+        RankStage.from_run(ranker_dir, other)
+    with pytest.raises(MirecConfigError, match="rank: this recommender has no ranker"):
+        Recommender(bundle, exact(bundle)).recommend(user_id="1", rank=True)
+
+
+def test_http_rank_flag(bundle, ranker_dir, served):
+    from mirec.serve.pipeline import RankStage
+
+    client, _ = served  # a server without a ranker
+    u = sorted(bundle.user_histories)[0]
+    r = client.post("/recommend", json={"user_id": u, "rank": True})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "rank"]
+    rec = Recommender(bundle, exact(bundle), ranker=RankStage.from_run(ranker_dir, bundle))
+    with Server(rec) as c2:
+        body = c2.post("/recommend", json={"user_id": u, "n": 5, "rank": True, "lambda": 0.5}).json()
+        assert body["ranked"] and len(body["items"]) == 5
+        assert c2.get("/health").json()["ranker"] == "din"

@@ -104,6 +104,8 @@ def profile_codes(users: pl.DataFrame) -> tuple[np.ndarray, list[str], list[int]
         if name in ("user", "raw_id"):
             continue
         col = users[name]
+        if col.dtype.is_nested():  # lists (e.g. a synthetic set's planted interests): not a feature
+            continue
         if name == "age":
             age = col.cast(pl.Float64, strict=False).to_numpy()
             code = np.where(np.isnan(age), 0, np.searchsorted(AGE_BUCKETS, age, side="right") + 1)
