@@ -91,6 +91,8 @@ def vectors_key(a: argparse.Namespace) -> str:
 
 
 def index_key(a: argparse.Namespace, kind: str) -> str:
+    if kind == "ivf":
+        return f"{vectors_key(a)}-ivf-nl{a.nlist}"
     return f"{vectors_key(a)}-{kind}-m{a.hnsw_m}-efc{a.ef_construction}"
 
 
@@ -201,7 +203,7 @@ def serve_index_config(a: argparse.Namespace, kind: str | None = None) -> Any:
     from mirec.serve.index import IndexConfig
 
     return IndexConfig(kind=kind or a.index, hnsw_m=a.hnsw_m, ef_construction=a.ef_construction,
-                       ef_search=a.ef_search, threads=1)
+                       ef_search=a.ef_search, ivf_nlist=a.nlist, ivf_nprobe=a.nprobe, threads=1)
 
 
 def open_index(a: argparse.Namespace, bundle: Any, quiet: bool = False) -> tuple[Any, float | None]:
@@ -222,8 +224,10 @@ def open_index(a: argparse.Namespace, bundle: Any, quiet: bool = False) -> tuple
             print(f"index: loaded {kind} from {path} in {time.perf_counter() - t:.1f} s")
         return index, None
     if not quiet:
-        print(f"index: building {kind} over {a.items:,} items (M={a.hnsw_m}, efConstruction="
-              f"{a.ef_construction}, {a.build_threads} thread(s)); this can take minutes", flush=True)
+        what = (f"nlist={cfg.nlist(a.items)}" if kind == "ivf" else
+                f"M={a.hnsw_m}, efConstruction={a.ef_construction}")
+        print(f"index: building {kind} over {a.items:,} items ({what}, {a.build_threads} thread(s)); "
+              f"this can take minutes", flush=True)
     t = time.perf_counter()
     built = ItemIndex.build(bundle.item_vectors, dataclasses.replace(cfg, threads=a.build_threads))
     build_s = time.perf_counter() - t
@@ -563,7 +567,8 @@ def child_args(a: argparse.Namespace) -> list[str]:
             "--users", str(a.users), "--clusters", str(a.clusters), "--noise", str(a.noise),
             "--categories", str(a.categories), "--seed", str(a.seed), "--index", a.index,
             "--hnsw-m", str(a.hnsw_m), "--ef-construction", str(a.ef_construction),
-            "--ef-search", str(a.ef_search), "--cache", str(a.cache)]
+            "--ef-search", str(a.ef_search), "--nlist", str(a.nlist), "--nprobe", str(a.nprobe),
+            "--cache", str(a.cache)]
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -608,7 +613,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concurrency", default="1,8,32", help="comma-separated HTTP client counts")
     ap.add_argument("--lambda", dest="lam", type=float, default=0.3,
                     help="diversity weight (lambda 0 is also measured in process)")
-    ap.add_argument("--index", default="auto", choices=("auto", "exact", "hnsw"))
+    ap.add_argument("--index", default="auto", choices=("auto", "exact", "hnsw", "ivf"))
+    ap.add_argument("--nlist", type=int, default=0, help="IVF lists (0 = about 4 sqrt(items))")
+    ap.add_argument("--nprobe", type=int, default=16, help="IVF lists scanned per query")
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--ef-search", type=int, default=128)
@@ -645,7 +652,8 @@ def main(argv: list[str] | None = None) -> None:
     print(machine_facts())
     print(f"bench: {a.items:,} items, d={a.dim}, K={a.interests}, n={N_REC}, lambda 0 and {a.lam:g}; "
           f"index {a.index} (M={a.hnsw_m}, efConstruction={a.ef_construction}, "
-          f"efSearch={a.ef_search}); 1 torch + 1 search thread per request; HTTP client "
+          f"efSearch={a.ef_search}; IVF nlist={a.nlist or 'auto'}, nprobe={a.nprobe}); "
+          f"1 torch + 1 search thread per request; HTTP client "
           f"{'none' if a.no_http else a.client}; cache {a.cache}")
     from mirec.serve.recommender import Recommender
 

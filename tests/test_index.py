@@ -143,7 +143,7 @@ def test_auto_picks_exact_up_to_threshold_then_hnsw():
     assert ItemIndex.build(rng.standard_normal((102, 4)), cfg).kind == "hnsw"  # 101 real items
 
 
-@pytest.mark.parametrize("field,value", [("kind", "ivf"), ("hnsw_above", -1), ("hnsw_m", 1),
+@pytest.mark.parametrize("field,value", [("kind", "ivfpq"), ("approximate", "exact"), ("hnsw_above", -1), ("hnsw_m", 1),
                                          ("ef_construction", 0), ("ef_search", 0), ("threads", 0)])
 def test_config_validate_names_field(field, value):
     cfg = IndexConfig(**{field: value})

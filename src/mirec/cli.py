@@ -288,7 +288,7 @@ def demo(
 
 
 IndexKind = Annotated[str, typer.Option("--index", help="auto (exact up to --hnsw-above items, "
-                                                        "HNSW above), exact or hnsw.")]
+                                                        "HNSW above), exact, hnsw or ivf.")]
 HnswAbove = Annotated[int, typer.Option(help="auto switches to HNSW above this many items.")]
 
 

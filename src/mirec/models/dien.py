@@ -38,7 +38,7 @@ from torch import nn
 
 from mirec.errors import MirecConfigError
 from mirec.models.base import CTRBatch, RankFeatures
-from mirec.models.layers import AUGRU, ItemEncoder, ProfileEncoder, ctr_mlp, masked_softmax
+from mirec.models.layers import AUGRU, ItemEncoder, ProfileEncoder, ctr_mlp, pack_left_padded
 
 
 @dataclass
@@ -69,35 +69,45 @@ class DIEN(nn.Module):
         self.items = ItemEncoder(features.num_items, features.item_categories, cfg.dim)
         self.profile = ProfileEncoder(features.num_users, features.profile_sizes, cfg.dim, cfg.use_user_id)
         E = self.items.dim
-        self.extractor = AUGRU(E, E)  # driven by the 0/1 mask: a GRU that skips padding
+        self.extractor = AUGRU(E, E)  # run with no attention: a plain GRU
         self.attention = nn.Linear(E, E, bias=False)  # W in h_t W e_target
         self.evolution = AUGRU(E, E)
         self.head = ctr_mlp(self.profile.dim + 3 * E, cfg.hidden, cfg.activation, cfg.dropout)
 
     def scores_and_aux(self, batch: CTRBatch, with_aux: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B,) and the auxiliary loss (a scalar; 0 when ``with_aux`` is False or no row
-        has two consecutive real items). The auxiliary negatives come from torch's global RNG."""
-        mask = batch.mask.t()  # (L, B)
-        x = self.items(batch.hist.t())  # (L, B, E)
-        h = self.extractor(x, mask)  # (L, B, E), exactly 0 before each row's first real item
-        t = self.items(batch.item)  # (B, E)
-        a = masked_softmax(torch.einsum("lbe,be->lb", h, self.attention(t)), mask, dim=0)  # (L, B)
-        final = self.evolution(h, a)[-1]  # (B, E)
+        """Logits (B,) and the auxiliary loss (a scalar; 0 without ``with_aux`` or when no row
+        has two real items). The auxiliary negatives come from torch's global RNG.
+
+        Only the ``T`` real history positions are computed, packed step by step
+        (:func:`pack_left_padded`), and each distinct item is encoded and projected into the
+        extractor's gates once (``U`` items, the candidates and negatives included).
+        """
+        B, L = batch.hist.shape
+        pk = pack_left_padded(batch.mask)
+        T, last = len(pk.row), (pk.sizes[-1] if pk.sizes else 0)
+        n_pairs = T - last  # positions with a next one: all but each row's last
+        ids = [pk.take(batch.hist), batch.item]  # (T,), (B,)
+        if with_aux:
+            nxt = batch.hist.reshape(-1)[pk.src[:n_pairs] + 1]  # the item after each of them
+            ids += [nxt, torch.randint(1, max(self.num_items, 2), (n_pairs,), device=nxt.device)]
+        uniq, inv = torch.unique(torch.cat(ids), return_inverse=True)
+        enc = self.items(uniq)  # (U, E)
+        inv = inv.split([T, B, n_pairs, n_pairs] if with_aux else [T, B])
+        h = self.extractor.scan(self.extractor.project(enc)[inv[0]], None, pk.sizes)  # (T, E)
+        t = enc[inv[1]]  # (B, E)
+        scores = (h * self.attention(t)[pk.row]).sum(-1)  # (T,) h_t W e_target
+        dense = scores.new_full((B * L,), torch.finfo(scores.dtype).min).index_put((pk.src,), scores)
+        a = torch.softmax(dense.view(B, L), dim=1).view(-1)[pk.src]  # (T,), over each row's real steps
+        evolved = self.evolution(h, a, pk.sizes)  # (T, E)
+        final = t.new_zeros(B, t.shape[1]).index_copy(0, pk.row[n_pairs:], evolved[n_pairs:])  # h'_L
         z = torch.cat([self.profile(batch.user, batch.profile), t, final, t * final], dim=-1)
         logits = self.head(z).squeeze(-1)  # (B,)
         aux = logits.new_zeros(())
-        if with_aux and len(mask) > 1:
-            aux = self.aux_loss(h[:-1], x[1:], mask[:-1] & mask[1:])
+        if with_aux and n_pairs:
+            pos = (h[:n_pairs] * enc[inv[2]]).sum(-1)  # (n_pairs,)
+            neg = (h[:n_pairs] * enc[inv[3]]).sum(-1)
+            aux = (F.softplus(-pos) + F.softplus(neg)).mean()  # BCE with labels 1 and 0
         return logits, aux
-
-    def aux_loss(self, h: torch.Tensor, nxt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """``-log sigmoid(h_t . e_{t+1}) - log(1 - sigmoid(h_t . e_neg))`` averaged over the valid
-        steps: h, nxt (L-1, B, E), valid (L-1, B) bool."""
-        neg_ids = torch.randint(1, max(self.num_items, 2), valid.shape, device=h.device)  # (L-1, B)
-        pos = (h * nxt).sum(-1)  # (L-1, B)
-        neg = (h * self.items(neg_ids)).sum(-1)
-        per_step = F.softplus(-pos) + F.softplus(neg)  # BCE with labels 1 and 0
-        return (per_step * valid).sum() / valid.sum().clamp(min=1)
 
     def forward(self, batch: CTRBatch) -> torch.Tensor:
         return self.scores_and_aux(batch, with_aux=False)[0]  # (B,) logits

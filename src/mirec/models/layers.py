@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -256,87 +257,110 @@ class ProfileEncoder(nn.Module):
         return torch.cat(parts, dim=-1)  # (B, F' D)
 
 
-class _AUGRUScan(torch.autograd.Function):
-    """The AUGRU time loop with a hand-written backward.
+class _PackedAUGRU(torch.autograd.Function):
+    """The AUGRU time loop over packed steps, with a hand-written backward.
 
-    Forward, per step (gate order r, u, n as in ``torch.nn.GRU``, with ``u = 1 - z``)::
+    Forward, for the ``n = sizes[t]`` rows live at step t (gate order r, u, n as in
+    ``torch.nn.GRU``, with ``u = 1 - z``)::
 
         g = h W_hh^T + b_hh                          # the only matmul in the loop
         r = sigmoid(x_r + g_r),  u = sigmoid(x_u + g_u)
-        n = tanh(x_n + r * g_n)
+        n = tanh(x_n + r * g_n)                      # as 2 sigmoid(2 y) - 1, see ``tanh``
         h' = h + a u (n - h)                         # = (1 - a u) h + a u n
 
-    ``x`` are the input projections ``x W_ih^T + b_ih``, computed for all steps before the loop.
-    Autograd would record about ten nodes per step; here the loop runs outside autograd and the
-    backward is its own loop of four tensor operations per step, whose per-step factors (which
-    depend only on the forward's gates) are computed for all steps at once beforehand.
+    ``x`` are the input projections ``x W_ih^T + b_ih``, made for all steps before the loop.
+    The loop runs outside autograd (which would record ~10 nodes per step); the backward is a
+    loop of four tensor operations per step, its per-step factors (functions of the forward's
+    gates only) computed for all steps at once beforehand.
     """
 
     @staticmethod
-    def forward(ctx, xp: torch.Tensor, att: torch.Tensor, w_hh: torch.Tensor,
-                b_hh: torch.Tensor) -> torch.Tensor:
-        L, B, H3 = xp.shape  # (L, B, 3H) time-major
+    def forward(ctx, xp: torch.Tensor, att: torch.Tensor | None, w_hh: torch.Tensor,
+                b_hh: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        T, H3 = xp.shape  # (T, 3H) packed
         H = H3 // 3
-        a = att.unsqueeze(-1)  # (L, B, 1)
-        xn2 = 2 * xp[:, :, 2 * H:]  # (L, B, H): tanh(y) = 2 sigmoid(2y) - 1, see ``tanh`` above
-        gh = xp.new_empty(L, B, H3)  # h W_hh^T + b_hh per step
-        ru = xp.new_empty(L, B, 2 * H)  # r, u
-        n = xp.new_empty(L, B, H)
-        out = xp.new_empty(L, B, H)
-        h = xp.new_zeros(B, H)
+        gh = xp.new_empty(T, H3)  # h W_hh^T + b_hh
+        ru = xp.new_empty(T, 2 * H)  # r, u
+        n = xp.new_empty(T, H)  # candidate state
+        diff = xp.new_empty(T, H)  # n - h
+        au = xp.new_empty(T, H) if att is not None else None  # a u
+        out = xp.new_empty(T, H)
+        xn2 = 2 * xp[:, 2 * H:]
+        h = xp.new_zeros(sizes[-1] if sizes else 0, H)  # running state; rows not started yet: 0
         w_t = w_hh.t()
-        for t in range(L):
-            torch.addmm(b_hh, h, w_t, out=gh[t])
-            torch.add(xp[t, :, :2 * H], gh[t, :, :2 * H], out=ru[t]).sigmoid_()
-            torch.addcmul(xn2[t], ru[t, :, :H], gh[t, :, 2 * H:], value=2, out=n[t])
-            n[t].sigmoid_().mul_(2).sub_(1)
-            h = torch.addcmul(h, a[t] * ru[t, :, H:], n[t] - h, out=out[t])
-        ctx.save_for_backward(att, w_hh, gh, ru, n, out)
-        return out  # (L, B, H)
+        off = 0
+        for size in sizes:
+            if size == 0:
+                continue
+            s = slice(off, off + size)
+            hs = h[:size]
+            torch.addmm(b_hh, hs, w_t, out=gh[s])
+            torch.add(xp[s, :2 * H], gh[s, :2 * H], out=ru[s]).sigmoid_()
+            torch.addcmul(xn2[s], ru[s, :H], gh[s, 2 * H:], value=2, out=n[s]).sigmoid_().mul_(2).sub_(1)
+            torch.sub(n[s], hs, out=diff[s])
+            u = ru[s, H:] if au is None else torch.mul(ru[s, H:], att[s, None], out=au[s])
+            hs.addcmul_(u, diff[s])
+            out[s] = hs
+            off += size
+        ctx.sizes = sizes
+        ctx.save_for_backward(att, w_hh, gh, ru, n, diff, au, out)
+        return out  # (T, H)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out: torch.Tensor):
-        att, w_hh, gh, ru, n, out = ctx.saved_tensors
-        L, B, H = out.shape
-        a = att.unsqueeze(-1)  # (L, B, 1)
-        r, u, g_n = ru[:, :, :H], ru[:, :, H:], gh[:, :, 2 * H:]
-        h_prev = torch.cat([out.new_zeros(1, B, H), out[:-1]])  # (L, B, H)
-        au = a * u
-        diff = n - h_prev
-        # d(pre-activation)/dh' for each gate, per step: n's, then r's, u's and W_hh g_n's.
-        k_n = au * (1 - n * n)
-        k = torch.stack([k_n * g_n * r * (1 - r), a * diff * u * (1 - u), k_n * r], dim=2)  # (L, B, 3, H)
+        att, w_hh, gh, ru, n, diff, au, out = ctx.saved_tensors
+        sizes = ctx.sizes
+        T, H = out.shape
+        r, u, g_n = ru[:, :H], ru[:, H:], gh[:, 2 * H:]
+        a = att[:, None] if att is not None else 1.0
+        if au is None:
+            au = u
+        # d(pre-activation)/dh' per step: x_n's; then r's, u's and g_n's (the rows of W_hh's output)
+        k_n = au - au * n * n
+        k = torch.stack([k_n * g_n * (r - r * r), a * diff * (u - u * u), k_n * r], dim=1)  # (T, 3, H)
         keep = 1 - au  # dh'/dh along the direct path
-        grad_h = torch.empty_like(out)  # dLoss/dh'_t, all paths
-        d_gh = torch.empty_like(k)  # dLoss/d(h W_hh^T + b_hh) per step
-        carry = out.new_zeros(B, H)
-        for t in range(L - 1, -1, -1):
-            g = torch.add(d_out[t], carry, out=grad_h[t])
-            torch.mul(k[t], g[:, None], out=d_gh[t])
-            if t:  # h_0 = 0 is a constant, so the carry out of step 0 is not needed
-                carry = torch.addmm(g * keep[t], d_gh[t].view(B, 3 * H), w_hh)
-        d_xp = None
+        grad_h = torch.empty_like(out)  # dLoss/dh' through all paths
+        d_gh = torch.empty_like(k)  # dLoss/d(h W_hh^T + b_hh)
+        d_w = w_hh.new_zeros(w_hh.shape)
+        d_out = d_out.contiguous()
+        carry = out.new_zeros(sizes[-1] if sizes else 0, H)  # dLoss/dh entering the step
+        off = T
+        for t in range(len(sizes) - 1, -1, -1):
+            size = sizes[t]
+            if size == 0:
+                break  # sizes never decrease, so no earlier step has live rows
+            prev = sizes[t - 1] if t else 0  # rows that were live before: the rest start from h = 0
+            off -= size
+            s = slice(off, off + size)
+            g = torch.add(d_out[s], carry, out=grad_h[s])
+            torch.mul(k[s], g[:, None], out=d_gh[s])
+            if prev:
+                dg = d_gh[s][:prev].view(prev, 3 * H)
+                d_w.addmm_(dg.t(), out[off - prev:off])
+                carry = torch.addmm(g[:prev] * keep[s][:prev], dg, w_hh)
+        d_xp = d_att = None
         if ctx.needs_input_grad[0]:
             d_xp = d_gh.clone()
-            d_xp[:, :, 2] = grad_h * k_n  # x_n enters outside r's product
-            d_xp = d_xp.view(L, B, 3 * H)
-        d_att = (grad_h * u * diff).sum(-1) if ctx.needs_input_grad[1] else None  # (L, B)
-        d_flat = d_gh.view(L * B, 3 * H)
-        d_w = d_flat.t() @ h_prev.reshape(L * B, H)  # (3H, H)
-        return d_xp, d_att, d_w, d_flat.sum(0)
+            d_xp[:, 2] = grad_h * k_n  # x_n enters outside r's product
+            d_xp = d_xp.view(T, 3 * H)
+        if ctx.needs_input_grad[1]:
+            d_att = (grad_h * u * diff).sum(-1)  # (T,)
+        return d_xp, d_att, d_w, d_gh.view(T, 3 * H).sum(0), None
 
 
 class AUGRU(nn.Module):
     """GRU with attentional update gate (Zhou et al., "Deep Interest Evolution Network", AAAI 2019).
 
     ``u'_t = a_t u_t``, ``h'_t = (1 - u'_t) h'_{t-1} + u'_t h~_t``: with ``a_t = 0`` the state is
-    carried over exactly, with ``a_t = 1`` this is a GRU step (``torch.nn.GRUCell`` with its
-    update gate negated: ``u = 1 - z``). With ``a`` = a 0/1 mask it is a GRU that skips the
-    masked steps, which is how DIEN's interest extractor ignores left padding.
+    carried over exactly; with ``a_t = 1``, or ``att=None``, this is a GRU step
+    (``torch.nn.GRUCell`` with its update gate negated, ``u = 1 - z``).
 
-    Time-major: ``x`` (L, B, I), ``att`` (L, B) -> states (L, B, H), starting from ``h_0 = 0``.
-    The input projections for all L steps are one matmul; only ``h W_hh`` stays in the loop.
+    It runs on packed sequences (:class:`LeftPacked`, :func:`pack_left_padded`): step t holds the
+    ``sizes[t]`` rows live at t, rows sorted by decreasing length, ``sizes`` non-decreasing
+    (left-padded histories: a row, once started, stays live). Rows start from ``h = 0``.
+    ``x`` (T, I), ``att`` (T,) or None -> states (T, H), T = sum(sizes). The input projections
+    for all steps are one matmul (:meth:`project`); only ``h W_hh`` stays in the loop.
     """
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
@@ -350,6 +374,49 @@ class AUGRU(nn.Module):
             nn.init.uniform_(p, -H**-0.5, H**-0.5)
         self.hidden_size = H
 
-    def forward(self, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-        xp = F.linear(x, self.weight_ih, self.bias_ih)  # (L, B, 3H)
-        return _AUGRUScan.apply(xp, att.to(xp.dtype), self.weight_hh, self.bias_hh)
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Input projections ``x W_ih^T + b_ih``: (..., I) -> (..., 3H)."""
+        return F.linear(x, self.weight_ih, self.bias_ih)
+
+    def scan(self, xp: torch.Tensor, att: torch.Tensor | None, sizes: list[int]) -> torch.Tensor:
+        """The recurrence on projected inputs: (T, 3H), (T,) or None -> (T, H)."""
+        if any(b < a for a, b in itertools.pairwise(sizes)) or sum(sizes) != len(xp):
+            raise ValueError(f"AUGRU: sizes must be non-decreasing and sum to {len(xp)}, got {sizes}")
+        if att is not None:
+            att = att.to(xp.dtype)
+        return _PackedAUGRU.apply(xp, att, self.weight_hh, self.bias_hh, sizes)
+
+    def forward(self, x: torch.Tensor, att: torch.Tensor | None, sizes: list[int]) -> torch.Tensor:
+        return self.scan(self.project(x), att, sizes)
+
+
+@dataclass
+class LeftPacked:
+    """Left-padded rows packed step by step, the layout :class:`AUGRU` runs on.
+
+    Rows are ranked by decreasing length; step t holds the ``sizes[t]`` longest rows (those
+    live at t), so ``sizes`` never decreases and the last ``sizes[-1]`` positions (step L - 1)
+    are the final steps of the non-empty rows. Position p comes from row ``row[p]`` of the
+    (B, L) batch, at flat index ``src[p]`` (= row * L + step) of a (B, L) tensor.
+    """
+
+    sizes: list[int]  # (L,)
+    row: torch.Tensor  # (T,) long
+    src: torch.Tensor  # (T,) long
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """The packed positions of a (B, L, ...) tensor: -> (T, ...)."""
+        return x.reshape(-1, *x.shape[2:])[self.src]
+
+
+def pack_left_padded(mask: torch.Tensor) -> LeftPacked:
+    """Pack a left-padded (B, L) mask. Row b's live positions are taken to be its last
+    ``mask[b].sum()`` ones (the padding is on the left)."""
+    B, L = mask.shape
+    lens = mask.sum(1)  # (B,)
+    order = torch.argsort(lens, descending=True, stable=True)
+    steps = torch.arange(L, device=mask.device)
+    live = steps[:, None] >= L - lens[order][None, :]  # (L, B) ranked rows; a prefix at each step
+    flat = live.reshape(-1).nonzero().squeeze(1)  # (T,) step-major: step * B + rank
+    row = order[flat % B] if B else flat
+    return LeftPacked(live.sum(1).tolist(), row, row * L + flat // max(B, 1))
