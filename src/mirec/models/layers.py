@@ -269,9 +269,10 @@ class _PackedAUGRU(torch.autograd.Function):
         h' = h + a u (n - h)                         # = (1 - a u) h + a u n
 
     ``x`` are the input projections ``x W_ih^T + b_ih``, made for all steps before the loop.
-    The loop runs outside autograd (which would record ~10 nodes per step); the backward is a
-    loop of four tensor operations per step, its per-step factors (functions of the forward's
-    gates only) computed for all steps at once beforehand.
+    The loop runs outside autograd (which would record ~10 nodes per step), on views made
+    once per buffer (``split``) rather than sliced per step. The backward is a loop of five
+    tensor operations per step; its per-step factors depend only on the forward's gates and
+    are computed for all steps at once beforehand, a handful of passes over (T, H) arrays.
     """
 
     @staticmethod
@@ -282,71 +283,66 @@ class _PackedAUGRU(torch.autograd.Function):
         gh = xp.new_empty(T, H3)  # h W_hh^T + b_hh
         ru = xp.new_empty(T, 2 * H)  # r, u
         n = xp.new_empty(T, H)  # candidate state
-        diff = xp.new_empty(T, H)  # n - h
-        au = xp.new_empty(T, H) if att is not None else None  # a u
+        ud = xp.new_empty(T, H)  # u (n - h)
         out = xp.new_empty(T, H)
-        xn2 = 2 * xp[:, 2 * H:]
-        h = xp.new_zeros(sizes[-1] if sizes else 0, H)  # running state; rows not started yet: 0
+        h = xp.new_zeros(max(sizes, default=0), H)  # running state; rows not started yet are 0
+        steps = zip(sizes, *(v.split(sizes) for v in (
+            xp[:, :2 * H], 2 * xp[:, 2 * H:], gh, gh[:, :2 * H], gh[:, 2 * H:], ru, ru[:, :H], ru[:, H:],
+            n, ud, out, att[:, None] if att is not None else xp.new_ones(T, 1))))
         w_t = w_hh.t()
-        off = 0
-        for size in sizes:
+        for size, x_ru, x_n2, g, g_ru, g_n, ru_t, r_t, u_t, n_t, ud_t, out_t, a_t in steps:
             if size == 0:
                 continue
-            s = slice(off, off + size)
             hs = h[:size]
-            torch.addmm(b_hh, hs, w_t, out=gh[s])
-            torch.add(xp[s, :2 * H], gh[s, :2 * H], out=ru[s]).sigmoid_()
-            torch.addcmul(xn2[s], ru[s, :H], gh[s, 2 * H:], value=2, out=n[s]).sigmoid_().mul_(2).sub_(1)
-            torch.sub(n[s], hs, out=diff[s])
-            u = ru[s, H:] if au is None else torch.mul(ru[s, H:], att[s, None], out=au[s])
-            hs.addcmul_(u, diff[s])
-            out[s] = hs
-            off += size
+            torch.addmm(b_hh, hs, w_t, out=g)
+            torch.add(x_ru, g_ru, out=ru_t).sigmoid_()
+            torch.addcmul(x_n2, r_t, g_n, value=2, out=n_t).sigmoid_().mul_(2).sub_(1)
+            torch.sub(n_t, hs, out=ud_t).mul_(u_t)
+            hs.addcmul_(a_t, ud_t)
+            out_t.copy_(hs)
         ctx.sizes = sizes
-        ctx.save_for_backward(att, w_hh, gh, ru, n, diff, au, out)
+        ctx.save_for_backward(att, w_hh, gh, ru, n, ud, out)
         return out  # (T, H)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out: torch.Tensor):
-        att, w_hh, gh, ru, n, diff, au, out = ctx.saved_tensors
+        att, w_hh, gh, ru, n, ud, out = ctx.saved_tensors
         sizes = ctx.sizes
         T, H = out.shape
         r, u, g_n = ru[:, :H], ru[:, H:], gh[:, 2 * H:]
-        a = att[:, None] if att is not None else 1.0
-        if au is None:
-            au = u
-        # d(pre-activation)/dh' per step: x_n's; then r's, u's and g_n's (the rows of W_hh's output)
-        k_n = au - au * n * n
-        k = torch.stack([k_n * g_n * (r - r * r), a * diff * (u - u * u), k_n * r], dim=1)  # (T, 3, H)
-        keep = 1 - au  # dh'/dh along the direct path
+        au = u if att is None else att[:, None] * u  # dh'/d(n - h), per unit
+        a_ud = ud if att is None else att[:, None] * ud
+        # k: d(pre-activation)/dh' for r, u and g_n (the three blocks of h W_hh^T); k_n for x_n
+        k = out.new_empty(T, 3, H)
+        k_n = torch.addcmul(au, au * n, n, value=-1)  # a u (1 - n^2)
+        torch.mul(k_n, r, out=k[:, 2])
+        torch.mul(k[:, 2], g_n, out=k[:, 0]).addcmul_(k[:, 0], r, value=-1)  # ... g_n r (1 - r)
+        torch.addcmul(a_ud, a_ud, u, value=-1, out=k[:, 1])  # a (n - h) u (1 - u)
         grad_h = torch.empty_like(out)  # dLoss/dh' through all paths
         d_gh = torch.empty_like(k)  # dLoss/d(h W_hh^T + b_hh)
-        d_w = w_hh.new_zeros(w_hh.shape)
-        d_out = d_out.contiguous()
-        carry = out.new_zeros(sizes[-1] if sizes else 0, H)  # dLoss/dh entering the step
-        off = T
+        d_w = torch.zeros_like(w_hh)
+        steps = list(zip(sizes, *(v.split(sizes) for v in (d_out.contiguous(), grad_h, k, d_gh, au, out))))
+        carry = out.new_zeros(max(sizes, default=0), H)  # dLoss/dh' from the later steps
         for t in range(len(sizes) - 1, -1, -1):
-            size = sizes[t]
+            size, d_out_t, grad_t, k_t, d_gh_t, au_t, _ = steps[t]
             if size == 0:
-                break  # sizes never decrease, so no earlier step has live rows
-            prev = sizes[t - 1] if t else 0  # rows that were live before: the rest start from h = 0
-            off -= size
-            s = slice(off, off + size)
-            g = torch.add(d_out[s], carry, out=grad_h[s])
-            torch.mul(k[s], g[:, None], out=d_gh[s])
+                break  # sizes never decrease: no earlier step has live rows
+            g = torch.add(d_out_t, carry, out=grad_t)
+            torch.mul(k_t, g[:, None], out=d_gh_t)
+            prev = steps[t - 1][0] if t else 0  # rows live before; the others started from h = 0
             if prev:
-                dg = d_gh[s][:prev].view(prev, 3 * H)
-                d_w.addmm_(dg.t(), out[off - prev:off])
-                carry = torch.addmm(g[:prev] * keep[s][:prev], dg, w_hh)
-        d_xp = d_att = None
+                dg = d_gh_t[:prev].view(prev, 3 * H)
+                d_w.addmm_(dg.t(), steps[t - 1][-1])  # the previous step's states
+                g = g[:prev]
+                carry = torch.addmm(torch.addcmul(g, g, au_t[:prev], value=-1), dg, w_hh)
+        d_b = d_gh.view(T, 3 * H).sum(0)
+        d_att = (grad_h * ud).sum(-1) if ctx.needs_input_grad[1] else None  # (T,)
+        d_xp = None
         if ctx.needs_input_grad[0]:
-            d_xp = d_gh.clone()
-            d_xp[:, 2] = grad_h * k_n  # x_n enters outside r's product
-            d_xp = d_xp.view(T, 3 * H)
-        if ctx.needs_input_grad[1]:
-            d_att = (grad_h * u * diff).sum(-1)  # (T,)
-        return d_xp, d_att, d_w, d_gh.view(T, 3 * H).sum(0), None
+            torch.mul(grad_h, k_n, out=d_gh[:, 2])  # x_n enters outside r's product
+            d_xp = d_gh.view(T, 3 * H)
+        return d_xp, d_att, d_w, d_b, None
 
 
 class AUGRU(nn.Module):

@@ -14,20 +14,24 @@ reads the state and never the raw sequence (the paper's UIC server). Two parts:
   ``a = tanh(.)``.
 * **Memory utilisation regularisation** (section 4.2). The write weights are re-balanced by how
   much each slot has been written so far, ``w~_t = w_t P_t`` with ``P_t = softmax(W_g g_{t-1})``
-  and ``g_t = sum_{c <= t} w~_c``. The paper leaves the shape of ``W_g g`` open; here it is an
-  m x m matrix whose rows are softmaxed, so ``P_t`` moves weight between slots and ``w~_t``
-  still sums to 1. ``g`` enters as shares ``g / n`` (n = behaviours so far) so that ``W_g``
-  sees the same scale at every history length, and ``P_0`` starts close to the identity (a
-  uniform ``P`` would write every behaviour to all slots alike). The loss adds
-  ``util_weight * sum_i (g_T(i)/n - 1/m)^2``, the paper's variance of the accumulated write
-  weights across slots, again on shares: on raw sums the term would grow with n^2 and long
-  histories would outweigh the click loss.
+  and ``g_t = sum_{c <= t} w~_c``. The paper calls ``P_t`` a weight transfer matrix without
+  saying how ``W_g g`` becomes one; here ``W_g`` maps ``g`` to m x m logits softmaxed per row,
+  so ``P_t`` moves weight between slots and ``w~_t`` still sums to 1. ``g`` enters as shares
+  ``g / n`` (n = behaviours so far) so that ``W_g`` sees one scale at every history length, and
+  ``P`` starts close to the identity (a uniform ``P`` would write every behaviour to all slots
+  alike). The loss adds ``util_weight * sum_i (g_T(i)/n - 1/m)^2``, the paper's squared
+  deviation of the accumulated write weights across slots, also on shares: on raw sums it grows
+  with n^2 and long histories would outweigh the click loss. (The authors' code differs: it
+  feeds ``g`` to the heads and sharpens the write weights NTM-style; we follow the paper.)
 * **MIU** (Memory Induction Unit): an interest state ``S(i)`` per slot evolved by one GRU
   shared by all slots from ``[M_t(i), e_t]``. The paper updates only the top-k slots by read
-  weight; here every slot is updated with its update gate scaled by its write weight
-  ``w~_t(i)`` (AUGRU-style, ``h' = h + w~ u (n - h)``): the slot written is the one whose
-  content changed, a slot not written keeps its interest state, the gate is differentiable and
-  needs no top-k, and with near one-hot write weights it approaches the paper's top-1 choice.
+  weight (the authors' code: top 1). Here, by default, every slot is updated with its update
+  gate scaled by its write weight ``w~_t(i)`` (AUGRU-style, ``S' = S + w~ u (n - S)``): the
+  slot written is the one whose content changed, a slot not written keeps its interest state,
+  the gate is differentiable (the addressing learns from the MIU too), and with near one-hot
+  write weights it approaches a top-1 choice. ``miu_top_k = k`` updates only the k slots with
+  the largest write weights (still gated by them): closer to the paper, and the MIU then costs
+  about k/m as much.
 
 Prediction: the candidate attends over the m memory slots and over the m MIU states
 (``softmax_i(q . M(i) / sqrt(E))`` with a learned query per part); the pooled vectors, their
@@ -37,6 +41,10 @@ MLP to one logit.
 
 Padding: a step with ``live`` False leaves the state exactly unchanged, so left padding (and
 whatever ids sit under the mask) cannot reach the logits.
+
+Cost: the behaviours are read one step at a time (the memory is a recurrence), so the input
+projections of all behaviours are computed before the loop with one matmul each and the loop
+does only what depends on the previous state; columns where every row is padding are skipped.
 
 Shapes: ``B`` batch, ``L`` history, ``D`` embedding size, ``E = 2D`` item encoding (item +
 pooled categories; also the memory, controller and MIU width), ``m`` slots, ``P`` profile
@@ -81,6 +89,9 @@ class MIMNConfig:
             raise MirecConfigError(f"model_args.dropout: must be in [0, 1), got {self.dropout}")
         if self.util_weight < 0:
             raise MirecConfigError(f"model_args.util_weight: must be >= 0, got {self.util_weight}")
+        if not 0 <= self.miu_top_k <= self.slots:
+            raise MirecConfigError(f"model_args.miu_top_k: must be in [0, slots = {self.slots}], "
+                                   f"got {self.miu_top_k}")
         if any(h < 1 for h in self.hidden):
             raise MirecConfigError(f"model_args.hidden: sizes must be >= 1, got {self.hidden}")
 
@@ -192,7 +203,7 @@ class MIMN(nn.Module):
         if self.cfg.rebalance:
             share = s.usage / s.count.clamp(min=1)[:, None]  # (B, m)
             P = torch.softmax(self.transfer(share).view(B, m, m), dim=-1)  # (B, m, m), rows sum to 1
-            w_write = torch.bmm(w_write[:, None], P)[:, 0]  # (B, m), still sums to 1
+            pass  # (B, m), still sums to 1
         read = torch.bmm(w_read[:, None], s.memory)[:, 0]  # (B, E), reads M_{t-1}
         ww = w_write[:, :, None]  # (B, m, 1)
         # M (1 - w e^T) + w a^T = M + w (a - e M)
@@ -232,7 +243,7 @@ class MIMN(nn.Module):
         cols = [t for t in range(L) if any_live[t]]  # all-padding columns change nothing
         if not cols:
             return state
-        x = self.items(hist[:, cols].masked_fill(~mask[:, cols], 0)).transpose(0, 1)  # (L', B, E)
+        x = self.items(hist.masked_fill(~mask, 0).t()[cols])  # (L', B, E), time-major
         gx, sx = self._inputs(x)  # (L', B, 3E) each: one matmul for all steps
         # unbind, not x[j]: each indexing op's backward would build a zero (L', B, .) gradient.
         xs, gxs = x.unbind(0), gx.unbind(0)

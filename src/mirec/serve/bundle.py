@@ -113,7 +113,8 @@ def load_run(run_dir: str | Path, data: str | Path | None = None
 def bundle_from_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[Bundle, Dataset]:
     """The bundle a run would export, in memory (for reports), and the run's data set."""
     ckpt_path, ck, cfg, ds, model = load_run(run_dir, data)
-    manifest = {"model": cfg.model, "config": to_dict(cfg), "source_run": str(ckpt_path)}
+    manifest = {"model": cfg.model, "config": to_dict(cfg), "source_run": str(ckpt_path),
+                "dataset_checksum": ds.checksum}
     return assemble(Path(run_dir), manifest, cfg, model, item_vectors(model, cfg.train.cosine),
                      ds.items, _user_histories(ds)), ds
 
