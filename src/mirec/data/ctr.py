@@ -73,6 +73,7 @@ class CTRData:
     hist_start: np.ndarray  # (M,) int64, the user's first positive in pos_item
     hist_stop: np.ndarray  # (M,) int64, one past the last positive before the example
     pos_item: np.ndarray  # (P,) int32, every user's positives in time order
+    pos_offsets: np.ndarray  # (U+1,) int64: user u's positives are pos_item[pos_offsets[u]:pos_offsets[u+1]]
     profile: np.ndarray  # (U, F) int64 profile codes, 0 = unknown
     profile_names: list[str]
     user_raw_ids: list[str]  # row u = dense user u
@@ -180,6 +181,8 @@ def build_ctr(ds: Dataset, cfg: CTRConfig | None = None, keep: np.ndarray | None
     hist_stop = pos_before.astype(np.int64)
     hist_start = np.repeat(np.concatenate([[0], np.cumsum(pos)])[offsets[:-1]], np.diff(offsets))
     pos_item = item[pos].astype(np.int32)
+    pos_offsets = np.zeros(U + 1, dtype=np.int64)
+    np.cumsum(np.bincount(user[pos], minlength=U), out=pos_offsets[1:])
     sampled = 0
     if rating is None:
         sampled = cfg.negatives
@@ -198,6 +201,7 @@ def build_ctr(ds: Dataset, cfg: CTRConfig | None = None, keep: np.ndarray | None
     features = RankFeatures(num_items=ds.num_items, num_users=U, profile_sizes=sizes,
                             item_categories=category_table(ds))
     return CTRData(user=user, item=item, label=label, part=part, hist_start=hist_start,
-                   hist_stop=hist_stop, pos_item=pos_item, profile=codes, profile_names=names,
+                   hist_stop=hist_stop, pos_item=pos_item, pos_offsets=pos_offsets, profile=codes,
+                   profile_names=names,
                    user_raw_ids=ds.users["raw_id"].cast(pl.Utf8).to_list(),
                    features=features, max_len=cfg.max_len, sampled_negatives=sampled)

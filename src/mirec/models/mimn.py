@@ -106,7 +106,7 @@ class MIMNState:
     interest: torch.Tensor  # (B, m, E) MIU interest states S_t
     usage: torch.Tensor  # (B, m) accumulated write weights g_t
     hist_sum: torch.Tensor  # (B, E) sum of the behaviour encodings
-    count: torch.Tensor  # (B,) behaviours so far n
+    count: torch.Tensor  # (B,) float, behaviours so far n
 
     def keep(self, live: torch.Tensor, old: MIMNState) -> MIMNState:
         """Rows where ``live`` (B,) is True from ``self``, the others exactly from ``old``."""
@@ -172,8 +172,7 @@ class MIMN(nn.Module):
 
     def init_state(self, batch_size: int) -> MIMNState:
         """The state of users with no behaviour yet: zero memory, controller and interests."""
-        p = self.slot_keys
-        z = p.new_zeros
+        z = self.slot_keys.new_zeros
         B, m, E = batch_size, self.m, self.E
         return MIMNState(memory=z(B, m, E), controller=z(B, E), read=z(B, E), interest=z(B, m, E),
                          usage=z(B, m), hist_sum=z(B, E), count=z(B))
@@ -203,7 +202,7 @@ class MIMN(nn.Module):
         if self.cfg.rebalance:
             share = s.usage / s.count.clamp(min=1)[:, None]  # (B, m)
             P = torch.softmax(self.transfer(share).view(B, m, m), dim=-1)  # (B, m, m), rows sum to 1
-            pass  # (B, m), still sums to 1
+            w_write = torch.bmm(w_write[:, None], P)[:, 0]  # (B, m), still sums to 1
         read = torch.bmm(w_read[:, None], s.memory)[:, 0]  # (B, E), reads M_{t-1}
         ww = w_write[:, :, None]  # (B, m, 1)
         # M (1 - w e^T) + w a^T = M + w (a - e M)
@@ -271,6 +270,49 @@ class MIMN(nn.Module):
             miu = self._attend(self.query_miu, t, state.interest)  # (B, E)
             parts += [miu, t * miu]
         return self.head(torch.cat(parts, dim=-1)).squeeze(-1)  # (B,) logits
+
+    # -- training on whole user sequences ------------------------------------------------------
+
+    def stream_logits(self, seq: torch.Tensor, seq_mask: torch.Tensor, user: torch.Tensor,
+                      profile: torch.Tensor, ex_row: torch.Tensor, ex_stop: torch.Tensor,
+                      ex_item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score many events of a few users with one pass over each user's sequence.
+
+        ``seq`` (B, T) are B users' behaviours, *right*-padded (``seq_mask`` (B, T)); example x
+        belongs to row ``ex_row[x]``, sees the state after its user's first ``ex_stop[x]``
+        behaviours (0..T) and scores candidate ``ex_item[x]``. This is what the per-user state
+        is for: a user's T behaviours are read once for all of the user's examples, instead of
+        once per example, and the state covers the whole sequence rather than a window.
+        Returns logits (X,) and the utilisation penalty of the final states.
+        """
+        B, T = seq.shape
+        state = self.init_state(B)
+        keep = ("memory", "interest", "hist_sum", "count")
+        trail = {k: [getattr(state, k)] for k in keep}  # state after 0, 1, ..., T behaviours
+        if T:
+            x = self.items(seq.masked_fill(~seq_mask, 0).t())  # (T, B, E), time-major
+            gx, sx = self._inputs(x)
+            xs, gxs = x.unbind(0), gx.unbind(0)
+            sxs = sx.unbind(0) if sx is not None else [None] * T
+            key_n = F.normalize(self.slot_keys, dim=-1)
+            all_live = seq_mask.all(0).tolist()
+            for t in range(T):
+                state = self._step(state, xs[t], gxs[t], sxs[t], None if all_live[t] else seq_mask[:, t],
+                                   key_n)
+                for k in keep:
+                    trail[k].append(getattr(state, k))
+        at = {k: torch.stack(v)[ex_stop, ex_row] for k, v in trail.items()}  # (X, ...) each
+        z = at["hist_sum"].new_zeros
+        picked = MIMNState(memory=at["memory"], controller=z(0), read=z(0), interest=at["interest"],
+                           usage=z(0), hist_sum=at["hist_sum"], count=at["count"])
+        logits = self.score_state(picked, user[ex_row], profile[ex_row], ex_item)
+        return logits, utilisation_penalty(state.usage, state.count)
+
+    def stream_loss(self, seq: torch.Tensor, seq_mask: torch.Tensor, user: torch.Tensor,
+                    profile: torch.Tensor, ex_row: torch.Tensor, ex_stop: torch.Tensor,
+                    ex_item: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        logits, penalty = self.stream_logits(seq, seq_mask, user, profile, ex_row, ex_stop, ex_item)
+        return F.binary_cross_entropy_with_logits(logits, label) + self.cfg.util_weight * penalty
 
     def forward(self, batch: CTRBatch) -> torch.Tensor:
         state = self.state_from_history(batch.hist, batch.mask)

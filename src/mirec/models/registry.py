@@ -13,6 +13,7 @@ from mirec.models.din import DIN, DINConfig
 from mirec.models.embedding_mlp import EmbeddingMLP, EmbeddingMLPConfig
 from mirec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from mirec.models.item_cf import ItemCF, ItemCFConfig
+from mirec.models.mimn import MIMN, MIMNConfig
 from mirec.models.mind import MIND, MINDConfig
 from mirec.models.most_popular import MostPopular, MostPopularConfig
 from mirec.models.youtube_dnn import YouTubeDNN, YouTubeDNNConfig
@@ -33,6 +34,7 @@ NEURAL: dict[str, tuple[type, type]] = {
 RANKERS: dict[str, tuple[type, type]] = {  # click-through models: Model(cfg, RankFeatures)
     "embedding-mlp": (EmbeddingMLPConfig, EmbeddingMLP),
     "din": (DINConfig, DIN),
+    "mimn": (MIMNConfig, MIMN),
 }
 
 MODELS = BASELINES  # models `mirec evaluate --model` fits without training

@@ -47,9 +47,13 @@ class RankTrainConfig:
     seed: int = 2020
     max_batches_per_epoch: int = 0  # 0 = all; for smoke tests and benchmarks
     eval_batch_size: int = 2048
+    # Rankers with a per-user state (MIMN) train and predict on whole user sequences:
+    # each user's behaviours are read once for all of the user's examples.
+    stream: bool = True
+    users_per_batch: int = 32
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "patience", "threads", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "patience", "threads", "eval_batch_size", "users_per_batch"):
             if getattr(self, name) < 1:
                 raise MirecConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -90,19 +94,66 @@ def features_from_dict(d: dict[str, Any]) -> RankFeatures:
                         profile_sizes=list(d["profile_sizes"]), item_categories=d["item_categories"])
 
 
+def streams(model: torch.nn.Module, cfg: RankTrainConfig) -> bool:
+    return cfg.stream and hasattr(model, "stream_logits")
+
+
+def user_groups(data: CTRData, idx: np.ndarray, users_per_batch: int,
+                rng: np.random.Generator | None = None) -> list[np.ndarray]:
+    """The examples ``idx`` grouped by user, ``users_per_batch`` users a group (users in
+    ``rng``'s random order, else by sequence length so that a group's rows are alike)."""
+    idx = idx[np.argsort(data.user[idx], kind="stable")]
+    users, starts = np.unique(data.user[idx], return_index=True)
+    ends = np.r_[starts[1:], len(idx)].astype(np.int64)
+    if rng is not None:
+        order = rng.permutation(len(users))
+    else:
+        order = np.argsort(data.pos_offsets[users + 1] - data.pos_offsets[users], kind="stable")
+    return [np.concatenate([idx[starts[j]:ends[j]] for j in order[i:i + users_per_batch]])
+            for i in range(0, len(order), users_per_batch)]
+
+
+def stream_inputs(data: CTRData, ex: np.ndarray) -> dict[str, torch.Tensor]:
+    """Tensors for ``model.stream_logits``: the users of examples ``ex`` with their behaviours
+    (right-padded, cut after the last one any example needs) and each example's row and stop."""
+    users = np.unique(data.user[ex])
+    starts = data.pos_offsets[users]
+    row = np.searchsorted(users, data.user[ex])  # (X,)
+    stop = data.hist_stop[ex] - data.hist_start[ex]  # (X,) behaviours before the example
+    T = int(stop.max(initial=0))
+    lens = np.minimum(data.pos_offsets[users + 1] - starts, T)
+    cols = np.arange(T)
+    mask = cols[None, :] < lens[:, None]  # (B, T)
+    seq = np.where(mask, data.pos_item[np.minimum(starts[:, None] + cols, max(len(data.pos_item) - 1, 0))], 0)
+    return {"seq": torch.from_numpy(seq.astype(np.int64)), "seq_mask": torch.from_numpy(mask),
+            "user": torch.from_numpy(users.astype(np.int64)),
+            "profile": torch.from_numpy(data.profile[users]), "ex_row": torch.from_numpy(row),
+            "ex_stop": torch.from_numpy(stop.astype(np.int64)), "ex_item": torch.from_numpy(data.item[ex])}
+
+
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: CTRData, idx: np.ndarray, batch_size: int = 2048) -> np.ndarray:
-    """Logits of the examples ``idx`` (eval mode)."""
+def predict(model: torch.nn.Module, data: CTRData, idx: np.ndarray, batch_size: int = 2048,
+            cfg: RankTrainConfig | None = None) -> np.ndarray:
+    """Logits of the examples ``idx`` (eval mode), in the order of ``idx``."""
     model.eval()
+    cfg = cfg or RankTrainConfig()
+    if streams(model, cfg):
+        out = np.zeros(len(idx), dtype=np.float32)
+        where = {int(e): j for j, e in enumerate(idx)}
+        for ex in user_groups(data, idx, cfg.users_per_batch):
+            logits, _ = model.stream_logits(**stream_inputs(data, ex))
+            out[[where[int(e)] for e in ex]] = logits.numpy()
+        return out
     out = [model(data.batch(idx[i:i + batch_size])).numpy() for i in range(0, len(idx), batch_size)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
 def evaluate_ctr(model: torch.nn.Module, data: CTRData, part: int,
-                 batch_size: int = 2048) -> dict[str, float]:
+                 cfg: RankTrainConfig | None = None) -> dict[str, float]:
     """AUC, GAUC and log-loss of one part (TRAIN, VALID or TEST)."""
+    cfg = cfg or RankTrainConfig()
     idx = data.indices(part)
-    logit = predict(model, data, idx, batch_size)
+    logit = predict(model, data, idx, cfg.eval_batch_size, cfg)
     return {**ctr_metrics(data.user[idx], data.label[idx], logit), "examples": int(len(idx))}
 
 
@@ -167,8 +218,13 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
         if bad >= tc.patience:
             break
         torch.manual_seed(tc.seed * 100_003 + epoch)
-        perm = train_idx[np.random.default_rng([tc.seed, epoch]).permutation(len(train_idx))]
-        n_batches = -(-len(perm) // tc.batch_size)
+        rng = np.random.default_rng([tc.seed, epoch])
+        if streams(model, tc):  # one batch = a few users' whole sequences
+            batches = user_groups(data, train_idx, tc.users_per_batch, rng)
+        else:
+            perm = train_idx[rng.permutation(len(train_idx))]
+            batches = [perm[i:i + tc.batch_size] for i in range(0, len(perm), tc.batch_size)]
+        n_batches = len(batches)
         if tc.max_batches_per_epoch:
             n_batches = min(n_batches, tc.max_batches_per_epoch)
         model.train()
@@ -176,8 +232,12 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
         bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch",
                    disable=None if progress else True, leave=False)
         for b in bar:
-            idx = perm[b * tc.batch_size:(b + 1) * tc.batch_size]
-            loss = model.loss(data.batch(idx), torch.from_numpy(data.label[idx]))
+            idx = batches[b]
+            label = torch.from_numpy(data.label[idx])
+            if streams(model, tc):
+                loss = model.stream_loss(**stream_inputs(data, idx), label=label)
+            else:
+                loss = model.loss(data.batch(idx), label)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -187,7 +247,7 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{total / seen:.4f}", ex_s=f"{rate:,.0f}")
         train_s = time.perf_counter() - t0
-        valid = evaluate_ctr(model, data, VALID, tc.eval_batch_size)
+        valid = evaluate_ctr(model, data, VALID, tc)
         row = {"epoch": epoch, "loss": total / max(seen, 1), "examples": seen,
                "train_seconds": round(train_s, 3), "examples_per_s": round(seen / train_s, 1),
                "valid": valid}
@@ -207,7 +267,7 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
-    test = evaluate_ctr(model, data, TEST, tc.eval_batch_size)
+    test = evaluate_ctr(model, data, TEST, tc)
     return RankTrainResult(run_dir, model, best_epoch, history[best_epoch]["valid"], test, history, data)
 
 
