@@ -34,7 +34,9 @@ MODELS = ["embedding-mlp", "din", "dien", "mimn"]
 # seed 2020, d = 32, profile + target + 50 earlier positives, MLP 200-80, Adam 1e-3.
 PEER = {"din": (0.792, 0.716, 0.554, 10_800), "dien": (0.798, 0.720, 0.551, 2_400)}
 # Per-model settings (defaults otherwise); MIMN reads a longer history.
-SETTINGS: dict[str, list[str]] = {"mimn": ["ctr.max_len=200"]}
+# MIMN trains on whole user sequences (train.stream): 8 users a batch gives it enough steps per
+# epoch; its ctr.max_len is only the window used when it scores a request in the pipeline.
+SETTINGS: dict[str, list[str]] = {"mimn": ["ctr.max_len=200", "train.users_per_batch=8", "train.lr=0.003"]}
 
 
 def speed_child(a: argparse.Namespace) -> None:
@@ -43,7 +45,7 @@ def speed_child(a: argparse.Namespace) -> None:
     from mirec.config import load
     from mirec.data.ctr import TRAIN, build_ctr
     from mirec.data.dataset import load_dataset
-    from mirec.train.ctr import RankRunConfig, build_ranker
+    from mirec.train.ctr import RankRunConfig, build_ranker, stream_inputs, streams, user_groups
     from mirec.train.loop import keep_freed_memory
 
     torch.set_num_threads(a.threads)
@@ -54,24 +56,34 @@ def speed_child(a: argparse.Namespace) -> None:
     model = build_ranker(cfg, data.features)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     idx = data.indices(TRAIN)
-    perm = idx[np.random.default_rng(0).permutation(len(idx))]
+    rng = np.random.default_rng(0)
     B = cfg.train.batch_size
+    stream = streams(model, cfg.train)
+    if stream:  # batches of whole user sequences, as the trainer makes them
+        batches = user_groups(data, idx, cfg.train.users_per_batch, rng)
+    else:
+        perm = idx[rng.permutation(len(idx))]
+        batches = [perm[i:i + B] for i in range(0, len(perm) - B + 1, B)]
     model.train()
 
-    def step(b: int) -> None:
-        j = perm[(b * B) % (len(perm) - B):][:B]
-        loss = model.loss(data.batch(j), torch.from_numpy(data.label[j]))
+    def step(b: int) -> int:
+        j = batches[b % len(batches)]
+        label = torch.from_numpy(data.label[j])
+        loss = (model.stream_loss(**stream_inputs(data, j), label=label) if stream
+                else model.loss(data.batch(j), label))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return len(j)
 
     for b in range(a.warmup):
         step(b)
-    t0 = time.perf_counter()
+    t0, seen = time.perf_counter(), 0
     for b in range(a.speed_batches):
-        step(a.warmup + b)
+        seen += step(a.warmup + b)
     dt = time.perf_counter() - t0
-    print(json.dumps({"examples_per_s": a.speed_batches * B / dt, "max_len": cfg.ctr.max_len}))
+    hist = "whole sequences" if stream else cfg.ctr.max_len
+    print(json.dumps({"examples_per_s": seen / dt, "max_len": hist}))
 
 
 def speed(a: argparse.Namespace, models: list[str], console: Console) -> dict[tuple[str, int], float]:
