@@ -18,14 +18,20 @@ product term is the explicit candidate-interest interaction DIN's head also gets
 The seed notes write the AUGRU with ``h_t = z~_t h_{t-1} + (1 - z~_t) h~_t``, so that
 ``a_t = 0`` would *replace* the state; we follow the paper, where ``a_t = 0`` keeps it.
 
-Padding: histories are left-padded. The extractor is the AUGRU with the 0/1 mask as its
-attention, i.e. a GRU whose state stays exactly 0 through the padding, and the evolution
-AUGRU gets attention exactly 0 there, so a row's logit does not depend on how much padding
-it has (nor on the ids written at padded positions).
+Padding: histories are left-padded, and only the T real positions are computed: they are
+packed step by step, rows sorted by length (:func:`mirec.models.layers.pack_left_padded`), so
+each row's recurrences start from 0 at its first real item and padding never enters (nor do
+the ids written at padded positions). A row's logit does not depend on how much padding it
+has. Row b's real items are taken to be its last ``mask[b].sum()`` positions.
 
-Shapes: ``B`` batch, ``L`` history, ``D`` embedding size, ``E = 2D`` item encoding
-(item + pooled categories) and GRU state size, ``P`` profile encoding. The history is
-encoded time-major, (L, B, E), which is the layout the recurrent loops step through.
+Speed: the two recurrences dominate. Besides packing (on MovieLens with 50 positions about 40%
+are padding), each distinct item in the batch is encoded and projected into the extractor's
+gates once, and the AUGRU loops run with a hand-written backward (see
+:class:`mirec.models.layers.AUGRU`).
+
+Shapes: ``B`` batch, ``L`` history, ``T`` real history positions in the batch, ``U`` distinct
+items in the batch, ``D`` embedding size, ``E = 2D`` item encoding (item + pooled categories)
+and GRU state size, ``P`` profile encoding.
 """
 
 from __future__ import annotations
@@ -93,8 +99,8 @@ class DIEN(nn.Module):
         uniq, inv = torch.unique(torch.cat(ids), return_inverse=True)
         enc = self.items(uniq)  # (U, E)
         inv = inv.split([T, B, n_pairs, n_pairs] if with_aux else [T, B])
-        h = self.extractor.scan(self.extractor.project(enc)[inv[0]], None, pk.sizes)  # (T, E)
-        t = enc[inv[1]]  # (B, E)
+        h = self.extractor.scan(F.embedding(inv[0], self.extractor.project(enc)), None, pk.sizes)  # (T, E)
+        t = F.embedding(inv[1], enc)  # (B, E)
         scores = (h * self.attention(t)[pk.row]).sum(-1)  # (T,) h_t W e_target
         dense = scores.new_full((B * L,), torch.finfo(scores.dtype).min).index_put((pk.src,), scores)
         a = torch.softmax(dense.view(B, L), dim=1).view(-1)[pk.src]  # (T,), over each row's real steps
@@ -104,8 +110,8 @@ class DIEN(nn.Module):
         logits = self.head(z).squeeze(-1)  # (B,)
         aux = logits.new_zeros(())
         if with_aux and n_pairs:
-            pos = (h[:n_pairs] * enc[inv[2]]).sum(-1)  # (n_pairs,)
-            neg = (h[:n_pairs] * enc[inv[3]]).sum(-1)
+            pos = (h[:n_pairs] * F.embedding(inv[2], enc)).sum(-1)  # (n_pairs,)
+            neg = (h[:n_pairs] * F.embedding(inv[3], enc)).sum(-1)
             aux = (F.softplus(-pos) + F.softplus(neg)).mean()  # BCE with labels 1 and 0
         return logits, aux
 

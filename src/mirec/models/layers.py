@@ -270,30 +270,37 @@ class _PackedAUGRU(torch.autograd.Function):
 
     ``x`` are the input projections ``x W_ih^T + b_ih``, made for all steps before the loop.
     The loop runs outside autograd (which would record ~10 nodes per step), on views made
-    once per buffer (``split``) rather than sliced per step. The backward is a loop of five
-    tensor operations per step; its per-step factors depend only on the forward's gates and
-    are computed for all steps at once beforehand, a handful of passes over (T, H) arrays.
+    once per buffer (``split``) rather than sliced per step. The backward is a loop of six
+    tensor operations per step, the matmul included. Everything that does not feed the
+    recurrence is done for all steps at once, outside the loops: the per-step factors
+    (functions of the forward's gates), ``dW_hh`` (one matmul), ``db_hh`` and the attention's
+    gradient. The whole-array passes write contiguous (T, H) arrays; strided writes
+    (into a column block of a wider buffer) measured several times slower.
     """
 
     @staticmethod
     def forward(ctx, xp: torch.Tensor, att: torch.Tensor | None, w_hh: torch.Tensor,
-                b_hh: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+                b_hh: torch.Tensor, sizes: list[int], train: bool) -> torch.Tensor:
         T, H3 = xp.shape  # (T, 3H) packed
         H = H3 // 3
         gh = xp.new_empty(T, H3)  # h W_hh^T + b_hh
         ru = xp.new_empty(T, 2 * H)  # r, u
         n = xp.new_empty(T, H)  # candidate state
         ud = xp.new_empty(T, H)  # u (n - h)
+        h_prev = xp.new_empty(T, H) if train else None  # the state each step started from
         out = xp.new_empty(T, H)
         h = xp.new_zeros(max(sizes, default=0), H)  # running state; rows not started yet are 0
-        steps = zip(sizes, *(v.split(sizes) for v in (
-            xp[:, :2 * H], 2 * xp[:, 2 * H:], gh, gh[:, :2 * H], gh[:, 2 * H:], ru, ru[:, :H], ru[:, H:],
-            n, ud, out, att[:, None] if att is not None else xp.new_ones(T, 1))))
+        views = [xp[:, :2 * H], 2 * xp[:, 2 * H:], gh, gh[:, :2 * H], gh[:, 2 * H:], ru, ru[:, :H],
+                 ru[:, H:], n, ud, out, att[:, None] if att is not None else xp.new_ones(T, 1)]
+        views += [h_prev] if train else []
         w_t = w_hh.t()
-        for size, x_ru, x_n2, g, g_ru, g_n, ru_t, r_t, u_t, n_t, ud_t, out_t, a_t in steps:
+        for size, x_ru, x_n2, g, g_ru, g_n, ru_t, r_t, u_t, n_t, ud_t, out_t, a_t, *hp_t in zip(
+                sizes, *(v.split(sizes) for v in views)):
             if size == 0:
                 continue
             hs = h[:size]
+            if hp_t:
+                hp_t[0].copy_(hs)
             torch.addmm(b_hh, hs, w_t, out=g)
             torch.add(x_ru, g_ru, out=ru_t).sigmoid_()
             torch.addcmul(x_n2, r_t, g_n, value=2, out=n_t).sigmoid_().mul_(2).sub_(1)
@@ -301,48 +308,51 @@ class _PackedAUGRU(torch.autograd.Function):
             hs.addcmul_(a_t, ud_t)
             out_t.copy_(hs)
         ctx.sizes = sizes
-        ctx.save_for_backward(att, w_hh, gh, ru, n, ud, out)
+        ctx.save_for_backward(att, w_hh, gh, ru, n, ud, h_prev)
         return out  # (T, H)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out: torch.Tensor):
-        att, w_hh, gh, ru, n, ud, out = ctx.saved_tensors
+        att, w_hh, gh, ru, n, ud, h_prev = ctx.saved_tensors
         sizes = ctx.sizes
-        T, H = out.shape
+        T, H = n.shape
         r, u, g_n = ru[:, :H], ru[:, H:], gh[:, 2 * H:]
-        au = u if att is None else att[:, None] * u  # dh'/d(n - h), per unit
-        a_ud = ud if att is None else att[:, None] * ud
-        # k: d(pre-activation)/dh' for r, u and g_n (the three blocks of h W_hh^T); k_n for x_n
-        k = out.new_empty(T, 3, H)
+        # d(pre-activation)/dh', per unit: k_n for x_n; k_r, k_u, k_h for r, u and g_n (the
+        # three blocks of h W_hh^T)
+        au = u.contiguous() if att is None else att[:, None] * u  # dh'/d(n - h)
         k_n = torch.addcmul(au, au * n, n, value=-1)  # a u (1 - n^2)
-        torch.mul(k_n, r, out=k[:, 2])
-        torch.mul(k[:, 2], g_n, out=k[:, 0]).addcmul_(k[:, 0], r, value=-1)  # ... g_n r (1 - r)
-        torch.addcmul(a_ud, a_ud, u, value=-1, out=k[:, 1])  # a (n - h) u (1 - u)
-        grad_h = torch.empty_like(out)  # dLoss/dh' through all paths
-        d_gh = torch.empty_like(k)  # dLoss/d(h W_hh^T + b_hh)
-        d_w = torch.zeros_like(w_hh)
-        steps = list(zip(sizes, *(v.split(sizes) for v in (d_out.contiguous(), grad_h, k, d_gh, au, out))))
-        carry = out.new_zeros(max(sizes, default=0), H)  # dLoss/dh' from the later steps
+        k_h = k_n * r
+        k_r = k_h * g_n
+        k_r.addcmul_(k_r, r, value=-1)  # ... g_n r (1 - r)
+        k_u = ud.clone() if att is None else att[:, None] * ud
+        k_u.addcmul_(k_u, u, value=-1)  # a (n - h) u (1 - u)
+        grad_h = torch.empty_like(n)  # dLoss/dh' through all paths
+        d_gh = n.new_empty(T, 3 * H)  # dLoss/d(h W_hh^T + b_hh)
+        views = (d_out.contiguous(), grad_h, k_r, k_u, k_h, au,
+                 d_gh, d_gh[:, :H], d_gh[:, H:2 * H], d_gh[:, 2 * H:])
+        steps = list(zip(sizes, *(v.split(sizes) for v in views)))
+        carry = n.new_zeros(max(sizes, default=0), H)  # dLoss/dh' from the later steps
         for t in range(len(sizes) - 1, -1, -1):
-            size, d_out_t, grad_t, k_t, d_gh_t, au_t, _ = steps[t]
+            size, d_out_t, grad_t, kr_t, ku_t, kh_t, au_t, d_gh_t, d_r, d_u, d_h = steps[t]
             if size == 0:
                 break  # sizes never decrease: no earlier step has live rows
             g = torch.add(d_out_t, carry, out=grad_t)
-            torch.mul(k_t, g[:, None], out=d_gh_t)
+            torch.mul(kr_t, g, out=d_r)
+            torch.mul(ku_t, g, out=d_u)
+            torch.mul(kh_t, g, out=d_h)
             prev = steps[t - 1][0] if t else 0  # rows live before; the others started from h = 0
             if prev:
-                dg = d_gh_t[:prev].view(prev, 3 * H)
-                d_w.addmm_(dg.t(), steps[t - 1][-1])  # the previous step's states
                 g = g[:prev]
-                carry = torch.addmm(torch.addcmul(g, g, au_t[:prev], value=-1), dg, w_hh)
-        d_b = d_gh.view(T, 3 * H).sum(0)
+                carry = torch.addmm(torch.addcmul(g, g, au_t[:prev], value=-1), d_gh_t[:prev], w_hh)
+        d_w = d_gh.t() @ h_prev  # (3H, H); rows at their first step have h_prev = 0
+        d_b = d_gh.sum(0)
         d_att = (grad_h * ud).sum(-1) if ctx.needs_input_grad[1] else None  # (T,)
         d_xp = None
         if ctx.needs_input_grad[0]:
-            torch.mul(grad_h, k_n, out=d_gh[:, 2])  # x_n enters outside r's product
-            d_xp = d_gh.view(T, 3 * H)
-        return d_xp, d_att, d_w, d_b, None
+            torch.mul(grad_h, k_n, out=d_gh[:, 2 * H:])  # x_n enters outside r's product
+            d_xp = d_gh
+        return d_xp, d_att, d_w, d_b, None, None
 
 
 class AUGRU(nn.Module):
@@ -380,7 +390,9 @@ class AUGRU(nn.Module):
             raise ValueError(f"AUGRU: sizes must be non-decreasing and sum to {len(xp)}, got {sizes}")
         if att is not None:
             att = att.to(xp.dtype)
-        return _PackedAUGRU.apply(xp, att, self.weight_hh, self.bias_hh, sizes)
+        args = (xp, att, self.weight_hh, self.bias_hh)
+        train = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in args)
+        return _PackedAUGRU.apply(*args, sizes, train)
 
     def forward(self, x: torch.Tensor, att: torch.Tensor | None, sizes: list[int]) -> torch.Tensor:
         return self.scan(self.project(x), att, sizes)

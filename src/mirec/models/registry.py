@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mirec.models.comirec_dr import ComiRecDR, ComiRecDRConfig
 from mirec.models.comirec_sa import ComiRecSA, ComiRecSAConfig
+from mirec.models.dien import DIEN, DIENConfig
 from mirec.models.din import DIN, DINConfig
 from mirec.models.embedding_mlp import EmbeddingMLP, EmbeddingMLPConfig
 from mirec.models.gru4rec import GRU4Rec, GRU4RecConfig
@@ -34,6 +35,7 @@ NEURAL: dict[str, tuple[type, type]] = {
 RANKERS: dict[str, tuple[type, type]] = {  # click-through models: Model(cfg, RankFeatures)
     "embedding-mlp": (EmbeddingMLPConfig, EmbeddingMLP),
     "din": (DINConfig, DIN),
+    "dien": (DIENConfig, DIEN),
     "mimn": (MIMNConfig, MIMN),
 }
 
