@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from mirec.data.dataset import load_dataset
 from mirec.data.prepare import PrepareConfig, RawLog, build_dataset
@@ -53,3 +54,14 @@ def sequences(ds):
             for i, t, r in zip(ds.item[lo:hi], ds.ts[lo:hi], ds.rating[lo:hi])
         ]
     return out
+
+
+def left_pad(rows, length, fill=0):
+    """Left-padded (hist, mask) tensors; ``fill`` is the id written at masked positions."""
+    hist = torch.full((len(rows), length), fill, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        if r:
+            hist[b, -len(r):] = torch.tensor(r)
+            mask[b, -len(r):] = True
+    return hist, mask

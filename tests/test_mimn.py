@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from mirec.errors import MirecConfigError
 from mirec.models.base import CTRBatch, RankFeatures
 from mirec.models.mimn import MIMN, MIMNConfig, utilisation_penalty
+from tests.conftest import left_pad
 
 torch.set_num_threads(1)
 
@@ -31,17 +32,6 @@ def features() -> RankFeatures:
 def make(name: str, seed: int = 0, **kw) -> MIMN:
     torch.manual_seed(seed)
     return MIMN(MIMNConfig(**{**CONFIGS[name], **kw}), features())
-
-
-def left_pad(rows, length, fill=0):
-    """Left-padded (hist, mask); ``fill`` is the id written under the mask."""
-    hist = torch.full((len(rows), length), fill, dtype=torch.long)
-    mask = torch.zeros(len(rows), length, dtype=torch.bool)
-    for b, r in enumerate(rows):
-        if r:
-            hist[b, -len(r):] = torch.tensor(r)
-            mask[b, -len(r):] = True
-    return hist, mask
 
 
 def batch_of(rows, length, fill=0) -> CTRBatch:

@@ -12,7 +12,7 @@ from mirec.errors import MirecConfigError
 from mirec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from mirec.models.item_cf import ItemCF, ItemCFConfig, _all_pairs
 from mirec.models.youtube_dnn import YouTubeDNN, YouTubeDNNConfig, masked_mean
-from tests.conftest import make_dataset
+from tests.conftest import left_pad, make_dataset
 
 torch.set_num_threads(1)
 
@@ -20,17 +20,6 @@ NEURAL = {
     "youtube": lambda n: YouTubeDNN(YouTubeDNNConfig(dim=8, hidden=(16,)), n),
     "gru4rec": lambda n: GRU4Rec(GRU4RecConfig(dim=8, num_layers=2), n),
 }
-
-
-def left_pad(rows, length, fill=0):
-    """Left-padded (hist, mask) tensors; ``fill`` is the id written at masked positions."""
-    hist = torch.full((len(rows), length), fill, dtype=torch.long)
-    mask = torch.zeros(len(rows), length, dtype=torch.bool)
-    for b, r in enumerate(rows):
-        if r:
-            hist[b, -len(r):] = torch.tensor(r)
-            mask[b, -len(r):] = True
-    return hist, mask
 
 
 @pytest.mark.parametrize("name", NEURAL)

@@ -34,7 +34,7 @@ from mirec.config import from_dict, to_dict
 from mirec.data.dataset import Dataset, category_csr, load_dataset
 from mirec.errors import MirecDataError
 from mirec.io import atomic_dir, sha256_file
-from mirec.train.checkpoint import load_checkpoint
+from mirec.train.checkpoint import best_checkpoint, load_checkpoint
 from mirec.train.loop import RunConfig, build_model
 
 FORMAT, FORMAT_VERSION = "mirec.bundle", 1
@@ -92,13 +92,9 @@ def load_run(run_dir: str | Path, data: str | Path | None = None
              ) -> tuple[Path, dict[str, Any], RunConfig, Dataset, torch.nn.Module]:
     """A finished run's best checkpoint (the first seed's of a multi-seed run), its config,
     its data set (checksum verified) and the model in eval mode."""
-    run_dir = Path(run_dir)
-    ckpt_path = run_dir / "best.pt"
-    if not ckpt_path.exists():
-        seeds = sorted(run_dir.glob("seed-*/best.pt"))
-        if not seeds:
-            raise MirecDataError(f"{run_dir}: no best.pt (is this a finished `mirec train` run?)")
-        ckpt_path = seeds[0]
+    ckpt_path = best_checkpoint(run_dir)
+    if ckpt_path is None:
+        raise MirecDataError(f"{run_dir}: no best.pt (is this a finished `mirec train` run?)")
     ck = load_checkpoint(ckpt_path)
     cfg = from_dict(RunConfig, ck["config"])
     ds = load_dataset(data or ck["data"])

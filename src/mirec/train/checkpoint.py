@@ -26,3 +26,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise MirecDataError(f"{path}: no checkpoint") from None
     except Exception as e:  # a truncated or foreign file
         raise MirecDataError(f"{path}: not a readable mirec checkpoint ({e})") from None
+
+
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    """``run_dir/best.pt``, or the first seed's of a multi-seed run (``seed-*/best.pt``); None
+    when there is neither."""
+    run_dir = Path(run_dir)
+    if (run_dir / "best.pt").exists():
+        return run_dir / "best.pt"
+    seeds = sorted(run_dir.glob("seed-*/best.pt"))
+    return seeds[0] if seeds else None

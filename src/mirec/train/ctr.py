@@ -31,7 +31,7 @@ from mirec.errors import MirecConfigError
 from mirec.eval.ctr_metrics import ctr_metrics
 from mirec.io import atomic_write_json
 from mirec.models.base import RankFeatures
-from mirec.train.checkpoint import load_checkpoint, save_checkpoint
+from mirec.train.checkpoint import best_checkpoint, load_checkpoint, save_checkpoint
 from mirec.train.loop import keep_freed_memory
 
 
@@ -318,13 +318,9 @@ def train_ctr_seeds(cfg: RankRunConfig, data: str | Path | Dataset, seeds: list[
 def load_ranker(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The best checkpoint of a ranking run (its first seed when it has several), in eval mode,
     and the checkpoint dict (config, features, profile codes)."""
-    run_dir = Path(run_dir)
-    path = run_dir / "best.pt"
-    if not path.exists():
-        seeds = sorted(run_dir.glob("seed-*/best.pt"))
-        if not seeds:
-            raise MirecConfigError(f"--ranker: {run_dir} has no best.pt (not a ranking run directory)")
-        path = seeds[0]
+    path = best_checkpoint(run_dir)
+    if path is None:
+        raise MirecConfigError(f"--ranker: {run_dir} has no best.pt (not a ranking run directory)")
     ck = load_checkpoint(path)
     if "features" not in ck:
         raise MirecConfigError(f"--ranker: {path} is not a ranking checkpoint (train one with --task ctr)")
