@@ -45,7 +45,14 @@ def speed_child(a: argparse.Namespace) -> None:
     from mirec.config import load
     from mirec.data.ctr import TRAIN, build_ctr
     from mirec.data.dataset import load_dataset
-    from mirec.train.ctr import RankRunConfig, build_ranker, stream_inputs, streams, user_groups
+    from mirec.train.ctr import (
+        RankRunConfig,
+        build_ranker,
+        make_optimizer,
+        stream_inputs,
+        streams,
+        user_groups,
+    )
     from mirec.train.loop import keep_freed_memory
 
     torch.set_num_threads(a.threads)
@@ -54,7 +61,7 @@ def speed_child(a: argparse.Namespace) -> None:
     data = build_ctr(load_dataset(a.data), cfg.ctr)
     torch.manual_seed(0)
     model = build_ranker(cfg, data.features)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    opt = make_optimizer(model, cfg.train)
     idx = data.indices(TRAIN)
     rng = np.random.default_rng(0)
     B = cfg.train.batch_size

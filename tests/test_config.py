@@ -30,6 +30,11 @@ def test_precedence_file_then_overrides(tmp_path):
     assert cfg.name == "x"
 
 
+def test_list_overrides_take_commas_or_brackets():
+    for text in ("10,20", "[10, 20]", " [10,20] "):
+        assert load(Outer, None, [f"inner.ns={text}"]).inner.ns == (10, 20)
+
+
 def test_errors_name_the_field(tmp_path):
     with pytest.raises(MirecConfigError, match=r"inner\.lr: expected float, got 'abc'"):
         load(Outer, None, ["inner.lr=abc"])

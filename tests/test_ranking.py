@@ -176,10 +176,35 @@ def test_din_activation_weights_are_not_softmaxed():
     torch.manual_seed(0)
     m = DIN(DINConfig(dim=8), features()).eval()
     b = random_batch(B=16, seed=2)
-    _, a = m.interest(b, m.items(b.item))
+    a = m.weights(b)
     assert (a[~b.mask] == 0).all()
     sums = a.sum(1)[b.mask.any(1)]
     assert not torch.allclose(sums, torch.ones_like(sums), atol=1e-3)
+
+
+def test_item_table_rows_equal_item_encodings():
+    """ItemEncoder.table() (all items at once) equals encoding ids one by one, padding 0 -> 0,
+    and an item without categories gets a zero category half."""
+    from mirec.models.layers import ItemEncoder
+    torch.manual_seed(0)
+    cats = torch.tensor([[0, 0], [1, 2], [3, 0], [0, 0], [2, 2]])  # item 3 has none
+    enc = ItemEncoder(5, cats, 4)
+    ids = torch.arange(5)
+    torch.testing.assert_close(enc.table(), enc(ids))
+    assert (enc(ids)[0] == 0).all() and (enc(ids)[3, 4:] == 0).all()
+    want = torch.cat([enc.item.weight[1], (enc.category.weight[1] + enc.category.weight[2]) / 2])
+    torch.testing.assert_close(enc(torch.tensor(1)), want)
+
+
+def test_din_table_path_equals_direct_activation_unit():
+    """DIN scores history positions through the item table (the h part once per item); the
+    weights equal the activation unit applied to each position's encoding."""
+    torch.manual_seed(0)
+    m = DIN(DINConfig(dim=4), features()).eval()
+    b = random_batch(B=5, seed=3)
+    t = m.items(b.item)  # (B, E)
+    direct = m.attention(m.items(b.hist), t[:, None].expand(-1, b.hist.shape[1], -1))  # (B, L)
+    torch.testing.assert_close(m.weights(b), torch.where(b.mask, direct, 0.0), rtol=1e-5, atol=1e-6)
 
 
 def test_din_activation_unit_equals_concat_form():

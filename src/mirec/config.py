@@ -42,8 +42,8 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
             raise MirecConfigError(f"{field}: expected one of {list(args)}, got {value!r}")
         return value
     if origin in (tuple, list):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
+        if isinstance(value, str):  # "80,40" or "[80, 40]"
+            value = [v.strip() for v in value.strip().strip("[]").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise MirecConfigError(f"{field}: expected a list, got {value!r}")
         elem = args[0] if args else Any

@@ -26,7 +26,7 @@ from mirec.models.layers import ItemEncoder, ProfileEncoder, activation, ctr_mlp
 @dataclass
 class DINConfig:
     dim: int = 32
-    attention_hidden: list[int] = field(default_factory=lambda: [80, 40])
+    attention_hidden: list[int] = field(default_factory=lambda: [36])  # the peer's; the paper used 80-40
     hidden: list[int] = field(default_factory=lambda: [200, 80])
     activation: str = "prelu"  # prelu | dice (head and activation unit)
     dropout: float = 0.0
@@ -53,12 +53,30 @@ class ActivationUnit(nn.Module):
         self.rest = nn.Sequential(activation(act, hidden[0]), ctr_mlp(hidden[0], hidden[1:], act))
         self.dim = dim
 
-    def forward(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """(..., E) history items and their rows' candidates -> (...) weights."""
+    def parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first layer's weights on ``h``, ``t`` and ``h * t``, each (H, E)."""
         E = self.dim
         W = self.first.weight  # (H, 4E) over [h, t, h - t, h * t]
         w_h, w_t, w_d, w_p = W[:, :E], W[:, E:2 * E], W[:, 2 * E:3 * E], W[:, 3 * E:]
-        z = F.linear(h, w_h + w_d) + F.linear(t, w_t - w_d, self.first.bias) + F.linear(h * t, w_p)
+        return w_h + w_d, w_t - w_d, w_p
+
+    def forward(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(..., E) history items and their rows' candidates -> (...) weights."""
+        w_h, w_t, w_p = self.parts()
+        z = F.linear(h, w_h) + F.linear(t, w_t, self.first.bias) + F.linear(h * t, w_p)
+        return self.rest(z).squeeze(-1)
+
+    def from_table(self, table: torch.Tensor, h: torch.Tensor, hist: torch.Tensor, t: torch.Tensor,
+                   row: torch.Tensor) -> torch.Tensor:
+        """The same weights with the ``h`` part computed once per item of ``table`` (N, E), the
+        encodings of all items, instead of once per history position.
+        h (P, E) = table[hist], hist (P,) item ids, t (B, E) candidates, row (P,) each position's
+        batch row -> (P,). (``index_select`` rather than ``[]``: its backward is a fast
+        ``index_add_``, not an accumulating ``index_put_``.)"""
+        w_h, w_t, w_p = self.parts()
+        z = (F.linear(table, w_h).index_select(0, hist)
+             + F.linear(t, w_t, self.first.bias).index_select(0, row)
+             + F.linear(h * t.index_select(0, row), w_p))  # (P, H)
         return self.rest(z).squeeze(-1)
 
 
@@ -72,22 +90,32 @@ class DIN(nn.Module):
         self.attention = ActivationUnit(E, cfg.attention_hidden, cfg.activation)
         self.head = ctr_mlp(self.profile.dim + 3 * E, cfg.hidden, cfg.activation, cfg.dropout)
 
-    def interest(self, batch: CTRBatch, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pooled interest (B, E) and the activation weights (B, L), 0 on padding.
+    def interest(self, batch: CTRBatch, table: torch.Tensor,
+                 t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The pooled interest (B, E), the activation weights (P,) of the live history
+        positions, and those positions' batch rows (P,).
 
-        Only the live history positions are encoded and scored (``P`` of them): on MovieLens
-        with 50 positions about 40% are padding, and the activation unit is most of the cost.
+        Only live positions are scored (``P`` of them): on MovieLens with 50 positions about
+        40% are padding, and the activation unit is most of the cost. ``table`` (N, E) holds
+        every item's encoding, so a position costs a row lookup, not an encoding.
         """
         row, col = batch.mask.nonzero(as_tuple=True)  # (P,) each
-        h = self.items(batch.hist[row, col])  # (P, E)
-        a = self.attention(h, t[row])  # (P,), no softmax
+        hist = batch.hist[row, col]  # (P,)
+        h = table.index_select(0, hist)  # (P, E)
+        a = self.attention.from_table(table, h, hist, t, row)  # (P,), no softmax
         pooled = t.new_zeros(t.shape).index_add_(0, row, a[:, None] * h)  # (B, E)
-        weights = t.new_zeros(batch.mask.shape).index_put_((row, col), a)  # (B, L)
-        return pooled, weights
+        return pooled, a, row
+
+    def weights(self, batch: CTRBatch) -> torch.Tensor:
+        """The activation weights (B, L) over history positions, 0 on padding."""
+        table = self.items.table()
+        _, a, _ = self.interest(batch, table, table[batch.item])
+        return a.new_zeros(batch.mask.shape).masked_scatter_(batch.mask, a)  # (B, L)
 
     def forward(self, batch: CTRBatch) -> torch.Tensor:
-        t = self.items(batch.item)  # (B, E)
-        pooled, _ = self.interest(batch, t)
+        table = self.items.table()  # (N, E)
+        t = table.index_select(0, batch.item)  # (B, E)
+        pooled, _, _ = self.interest(batch, table, t)
         x = torch.cat([self.profile(batch.user, batch.profile), t, pooled, t * pooled], dim=-1)
         return self.head(x).squeeze(-1)  # (B,) logits
 

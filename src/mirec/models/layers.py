@@ -222,14 +222,24 @@ class ItemEncoder(nn.Module):
         n_cat = int(item_categories.max()) + 1 if item_categories.numel() else 1
         self.category = item_embedding(n_cat, dim)
         self.register_buffer("item_categories", item_categories.long(), persistent=False)
-        count = (item_categories > 0).sum(1, keepdim=True).clamp(min=1).float()  # (N, 1)
-        self.register_buffer("inv_count", 1.0 / count, persistent=False)
         self.dim = 2 * dim
 
+    def pooled_categories(self, ids: torch.Tensor) -> torch.Tensor:
+        """The mean of each item's category embeddings (padding 0 left out): (...) -> (..., D)."""
+        cats = self.item_categories[ids.reshape(-1)]  # (M, C)
+        w = self.category.weight
+        pooled = F.embedding_bag(cats, w, mode="mean", padding_idx=0)  # (M, D), 0 for no category
+        return pooled.reshape(*ids.shape, w.shape[1])
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        cats = self.category(self.item_categories[ids])  # (..., C, D)
-        pooled = cats.sum(-2) * self.inv_count[ids]  # (..., D)
-        return torch.cat([self.item(ids), pooled], dim=-1)  # (..., 2D)
+        return torch.cat([self.item(ids), self.pooled_categories(ids)], dim=-1)  # (..., 2D)
+
+    def table(self) -> torch.Tensor:
+        """Every item's encoding at once, (N, 2D): row ``i`` equals ``self(i)``. Cheaper than
+        encoding a batch's history positions one by one when they outnumber the catalogue."""
+        w = self.category.weight
+        pooled = F.embedding_bag(self.item_categories, w, mode="mean", padding_idx=0)  # (N, D)
+        return torch.cat([self.item.weight, pooled], dim=-1)  # (N, 2D)
 
 
 class ProfileEncoder(nn.Module):
