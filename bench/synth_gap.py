@@ -28,11 +28,21 @@ from mirec.experiment import train_seeds  # noqa: E402
 from mirec.train.loop import RunConfig  # noqa: E402
 
 
-def synth_config(kmax: int) -> SynthConfig:
-    """2,000 users, 50 categories x 100 items, weakly sticky walks (targets span interests)."""
-    return SynthConfig(num_users=2000, num_categories=50, items_per_category=100, zipf_a=1.1,
-                       max_interests=kmax, stickiness=0.5, noise=0.05, min_len=10, mean_len=40,
-                       seed=kmax)
+def synth_config(kmax: int, a: argparse.Namespace) -> SynthConfig:
+    """Defaults: 2,000 users, 50 categories x 100 items, weakly sticky walks (targets span
+    interests); the flags change the generator (the data directory's name says which)."""
+    return SynthConfig(num_users=a.users, num_categories=a.categories,
+                       items_per_category=a.items_per_category, zipf_a=a.zipf, max_interests=kmax,
+                       stickiness=a.stickiness, noise=a.noise, min_len=10, mean_len=a.mean_len, seed=kmax)
+
+
+def data_name(kmax: int, a: argparse.Namespace) -> str:
+    default = (a.users, a.categories, a.items_per_category, a.zipf, a.stickiness, a.noise, a.mean_len) == (
+        2000, 50, 100, 1.1, 0.5, 0.05, 40)
+    if default:
+        return f"synth-gap-k{kmax}"
+    return (f"synth-gap-k{kmax}-u{a.users}-c{a.categories}x{a.items_per_category}-z{a.zipf}"
+            f"-s{a.stickiness}-n{a.noise}-l{a.mean_len}")
 
 
 def main() -> None:
@@ -40,6 +50,14 @@ def main() -> None:
     p.add_argument("--kmax", default="1,2,4,8")
     p.add_argument("--models", default="youtube-dnn,comirec-sa,mind,comirec-dr")
     p.add_argument("--seeds", default="1")
+    g = p.add_argument_group("generator (mirec.data.synth.SynthConfig)")
+    g.add_argument("--users", type=int, default=2000)
+    g.add_argument("--categories", type=int, default=50)
+    g.add_argument("--items-per-category", type=int, default=100)
+    g.add_argument("--zipf", type=float, default=1.1)
+    g.add_argument("--stickiness", type=float, default=0.5)
+    g.add_argument("--noise", type=float, default=0.05)
+    g.add_argument("--mean-len", type=float, default=40)
     p.add_argument("--out", default="runs/synth-gap")
     p.add_argument("--set", action="append", default=["train.epochs=20", "train.lr=0.003",
                                                       "train.temperature=0.1"],
@@ -49,15 +67,15 @@ def main() -> None:
     models = a.models.split(",")
     rows = []
     for kmax in (int(k) for k in a.kmax.split(",")):
-        path = ROOT / "data" / f"synth-gap-k{kmax}"
+        path = ROOT / "data" / data_name(kmax, a)
         if not (path / "meta.json").exists():
-            synth_dataset(synth_config(kmax), path, progress=False)
+            synth_dataset(synth_config(kmax, a), path, progress=False)
         ds = load_dataset(path)
         r50 = {}
         for m in models:
             t = time.perf_counter()
             cfg = load(RunConfig, None, [f"model={m}", *a.set])
-            run = train_seeds(cfg, ds, seeds, out / f"k{kmax}" / m, progress=False)
+            run = train_seeds(cfg, ds, seeds, out / data_name(kmax, a) / m, progress=False)
             r50[m] = (run.mean["recall@50"], run.std["recall@50"])
             print(f"Kmax {kmax} {m:12} R@50 {r50[m][0]:.4f} ± {r50[m][1]:.4f} "
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
