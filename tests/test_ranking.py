@@ -191,6 +191,12 @@ def test_item_table_rows_equal_item_encodings():
     enc = ItemEncoder(5, cats, 4)
     ids = torch.arange(5)
     torch.testing.assert_close(enc.table(), enc(ids))
+    # lookup: the whole table for many ids, only the distinct ones for few; same encodings
+    many, few = torch.tensor([[1, 4, 4], [0, 2, 1]]), torch.tensor([4, 2])
+    for x in (many, few):
+        table, (rows,) = enc.lookup(x)
+        torch.testing.assert_close(table[rows], enc(x))
+    assert len(enc.lookup(few)[0]) == 2 and len(enc.lookup(many)[0]) == 5
     assert (enc(ids)[0] == 0).all() and (enc(ids)[3, 4:] == 0).all()
     want = torch.cat([enc.item.weight[1], (enc.category.weight[1] + enc.category.weight[2]) / 2])
     torch.testing.assert_close(enc(torch.tensor(1)), want)

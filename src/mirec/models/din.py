@@ -90,32 +90,36 @@ class DIN(nn.Module):
         self.attention = ActivationUnit(E, cfg.attention_hidden, cfg.activation)
         self.head = ctr_mlp(self.profile.dim + 3 * E, cfg.hidden, cfg.activation, cfg.dropout)
 
-    def interest(self, batch: CTRBatch, table: torch.Tensor,
-                 t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The pooled interest (B, E), the activation weights (P,) of the live history
-        positions, and those positions' batch rows (P,).
+    def interest(self, table: torch.Tensor, hist: torch.Tensor, row: torch.Tensor,
+                 t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled interest (B, E) and the activation weights (P,) of the ``P`` live history
+        positions, given as rows ``hist`` (P,) of ``table`` (U, E) and their batch rows ``row``.
 
-        Only live positions are scored (``P`` of them): on MovieLens with 50 positions about
-        40% are padding, and the activation unit is most of the cost. ``table`` (N, E) holds
-        every item's encoding, so a position costs a row lookup, not an encoding.
+        Only live positions are scored: on MovieLens with 50 positions about 40% are padding,
+        and the activation unit is most of the cost. Through ``table`` a position costs a row
+        lookup, not an encoding, and the ``h`` part of the first layer is per item.
         """
-        row, col = batch.mask.nonzero(as_tuple=True)  # (P,) each
-        hist = batch.hist[row, col]  # (P,)
         h = table.index_select(0, hist)  # (P, E)
         a = self.attention.from_table(table, h, hist, t, row)  # (P,), no softmax
         pooled = t.new_zeros(t.shape).index_add_(0, row, a[:, None] * h)  # (B, E)
-        return pooled, a, row
+        return pooled, a
+
+    def encode(self, batch: CTRBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Item table (U, E), candidates (B, E), live history rows into the table (P,) and their
+        batch rows (P,)."""
+        row, col = batch.mask.nonzero(as_tuple=True)  # (P,) each
+        table, (hist, item) = self.items.lookup(batch.hist[row, col], batch.item)
+        return table, table.index_select(0, item), hist, row
 
     def weights(self, batch: CTRBatch) -> torch.Tensor:
         """The activation weights (B, L) over history positions, 0 on padding."""
-        table = self.items.table()
-        _, a, _ = self.interest(batch, table, table[batch.item])
+        table, t, hist, row = self.encode(batch)
+        _, a = self.interest(table, hist, row, t)
         return a.new_zeros(batch.mask.shape).masked_scatter_(batch.mask, a)  # (B, L)
 
     def forward(self, batch: CTRBatch) -> torch.Tensor:
-        table = self.items.table()  # (N, E)
-        t = table.index_select(0, batch.item)  # (B, E)
-        pooled, _, _ = self.interest(batch, table, t)
+        table, t, hist, row = self.encode(batch)  # (U, E), (B, E), (P,), (P,)
+        pooled, _ = self.interest(table, hist, row, t)
         x = torch.cat([self.profile(batch.user, batch.profile), t, pooled, t * pooled], dim=-1)
         return self.head(x).squeeze(-1)  # (B,) logits
 

@@ -241,6 +241,16 @@ class ItemEncoder(nn.Module):
         pooled = F.embedding_bag(self.item_categories, w, mode="mean", padding_idx=0)  # (N, D)
         return torch.cat([self.item.weight, pooled], dim=-1)  # (N, 2D)
 
+    def lookup(self, *ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """A table of encodings and ``ids`` as row numbers into it: all items (:meth:`table`)
+        when the catalogue is no larger than the ids given, else only the distinct ids among
+        them, so a batch never encodes a catalogue of millions. -> (U, 2D), ids' shapes."""
+        if self.item.num_embeddings <= sum(x.numel() for x in ids):
+            return self.table(), list(ids)
+        uniq, inv = torch.unique(torch.cat([x.reshape(-1) for x in ids]), return_inverse=True)
+        rows = [r.reshape(x.shape) for r, x in zip(inv.split([x.numel() for x in ids]), ids)]
+        return self(uniq), rows
+
 
 class ProfileEncoder(nn.Module):
     """The user side: one embedding per profile field (code 0 = unknown), and the user id's
