@@ -23,7 +23,6 @@ looked at); finished search runs are reused.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import subprocess
@@ -48,10 +47,11 @@ SETTINGS: dict[str, list[str]] = {"mimn": ["ctr.max_len=200", "train.users_per_b
 TUNE_GRID = {"model_args.activation": ["prelu", "dice"], "model_args.dropout": ["0.0", "0.3"]}
 
 
-def tune(model: str, ds, out: Path, console: Console) -> list[str]:
-    """The grid setting with the best validation GAUC on seed 1 (one run each)."""
+def tune(model: str, ds, out: Path, console: Console, extra: list[str]) -> list[str]:
+    """The grid setting with the best validation GAUC on seed 1 (one run each); ``extra``
+    overrides (``--set``) apply to every run."""
     from mirec.config import load
-    from mirec.train.ctr import RankRunConfig, train_ctr
+    from mirec.train.ctr import RankRunConfig, train_ctr_seeds
 
     best, best_sets = -1.0, []
     for values in itertools.product(*TUNE_GRID.values()):
@@ -61,12 +61,12 @@ def tune(model: str, ds, out: Path, console: Console) -> list[str]:
         if done.exists():
             score = json.loads(done.read_text())["valid_gauc"]
         else:
-            cfg = load(RankRunConfig, None, [f"model={model}", *SETTINGS.get(model, []), *sets])
-            r = train_ctr(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=1)), ds,
-                          run_dir, progress=False)
-            score = r.best_valid["gauc"]
+            cfg = load(RankRunConfig, None, [f"model={model}", *SETTINGS.get(model, []), *sets, *extra])
+            # seeded exactly as the table's seed-1 run
+            run = train_ctr_seeds(cfg, ds, [1], run_dir, progress=False)["per_seed"][0]
+            score = run["valid"]["gauc"]
             done.write_text(json.dumps({"settings": sets, "valid_gauc": score,
-                                        "valid_auc": r.best_valid["auc"], "best_epoch": r.best_epoch}))
+                                        "valid_auc": run["valid"]["auc"], "best_epoch": run["best_epoch"]}))
         console.print(f"  tune {model} {' '.join(sets)}: valid GAUC {score:.4f}")
         if score > best:
             best, best_sets = score, sets
@@ -81,11 +81,11 @@ def speed_child(a: argparse.Namespace) -> None:
     from mirec.data.dataset import load_dataset
     from mirec.train.ctr import (
         RankRunConfig,
+        batch_loss,
         build_ranker,
+        epoch_batches,
         make_optimizer,
-        stream_inputs,
         streams,
-        user_groups,
     )
     from mirec.train.loop import keep_freed_memory
 
@@ -96,22 +96,13 @@ def speed_child(a: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model = build_ranker(cfg, data.features)
     opt = make_optimizer(model, cfg.train)
-    idx = data.indices(TRAIN)
-    rng = np.random.default_rng(0)
-    B = cfg.train.batch_size
     stream = streams(model, cfg.train)
-    if stream:  # batches of whole user sequences, as the trainer makes them
-        batches = user_groups(data, idx, cfg.train.users_per_batch, rng)
-    else:
-        perm = idx[rng.permutation(len(idx))]
-        batches = [perm[i:i + B] for i in range(0, len(perm) - B + 1, B)]
+    batches = epoch_batches(model, data, data.indices(TRAIN), cfg.train, np.random.default_rng(0))
     model.train()
 
-    def step(b: int) -> int:
+    def step(b: int) -> int:  # one training step, as the trainer takes it
         j = batches[b % len(batches)]
-        label = torch.from_numpy(data.label[j])
-        loss = (model.stream_loss(**stream_inputs(data, j), label=label) if stream
-                else model.loss(data.batch(j), label))
+        loss = batch_loss(model, data, j, cfg.train)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -176,7 +167,7 @@ def main() -> None:
 
         ds = load_dataset(a.data)
         for m in models:
-            chosen = tune(m, ds, Path(a.out), console) if a.tune else []
+            chosen = tune(m, ds, Path(a.out), console, a.set) if a.tune else []
             cfg = load(RankRunConfig, None, [f"model={m}", *SETTINGS.get(m, []), *chosen, *a.set])
             t0 = time.perf_counter()
             docs[m] = train_ctr_seeds(cfg, ds, seeds, Path(a.out) / m, progress=False)

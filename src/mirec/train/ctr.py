@@ -168,6 +168,24 @@ class RankTrainResult:
     data: CTRData
 
 
+def epoch_batches(model: torch.nn.Module, data: CTRData, idx: np.ndarray, tc: RankTrainConfig,
+                  rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch's batches of the examples ``idx`` in ``rng``'s order: ``batch_size`` examples
+    each, or, for a streaming ranker, ``users_per_batch`` users' whole sequences."""
+    if streams(model, tc):
+        return user_groups(data, idx, tc.users_per_batch, rng)
+    perm = idx[rng.permutation(len(idx))]
+    return [perm[i:i + tc.batch_size] for i in range(0, len(perm), tc.batch_size)]
+
+
+def batch_loss(model: torch.nn.Module, data: CTRData, idx: np.ndarray, tc: RankTrainConfig) -> torch.Tensor:
+    """The training loss of the examples ``idx`` (one of :func:`epoch_batches`)."""
+    label = torch.from_numpy(data.label[idx])
+    if streams(model, tc):
+        return model.stream_loss(**stream_inputs(data, idx), label=label)
+    return model.loss(data.batch(idx), label)
+
+
 def make_optimizer(model: torch.nn.Module, tc: RankTrainConfig) -> torch.optim.Optimizer:
     """Adam with the fused kernel (one pass over each parameter, ~3x faster than the per-op
     form on CPU for these small models)."""
@@ -224,12 +242,7 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
         if bad >= tc.patience:
             break
         torch.manual_seed(tc.seed * 100_003 + epoch)
-        rng = np.random.default_rng([tc.seed, epoch])
-        if streams(model, tc):  # one batch = a few users' whole sequences
-            batches = user_groups(data, train_idx, tc.users_per_batch, rng)
-        else:
-            perm = train_idx[rng.permutation(len(train_idx))]
-            batches = [perm[i:i + tc.batch_size] for i in range(0, len(perm), tc.batch_size)]
+        batches = epoch_batches(model, data, train_idx, tc, np.random.default_rng([tc.seed, epoch]))
         n_batches = len(batches)
         if tc.max_batches_per_epoch:
             n_batches = min(n_batches, tc.max_batches_per_epoch)
@@ -239,11 +252,7 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
                    disable=None if progress else True, leave=False)
         for b in bar:
             idx = batches[b]
-            label = torch.from_numpy(data.label[idx])
-            if streams(model, tc):
-                loss = model.stream_loss(**stream_inputs(data, idx), label=label)
-            else:
-                loss = model.loss(data.batch(idx), label)
+            loss = batch_loss(model, data, idx, tc)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
