@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mirec.models.base import max_over_interests
 from mirec.models.comirec_dr import ComiRecDR, ComiRecDRConfig
 from mirec.models.comirec_sa import ComiRecSA, ComiRecSAConfig
-from mirec.models.layers import label_aware_attention, masked_softmax, mlp, squash, tanh
+from mirec.models.layers import label_aware_attention, masked_softmax, mlp, squash
 from mirec.models.mind import MIND, MINDConfig
 
 torch.set_num_threads(1)
@@ -48,18 +48,6 @@ SEQS = [[3, 7, 7, 12, 5, 9], [4, 20], [1, 2, 3, 4, 5, 6, 7, 8]]
 # ---- layers ----------------------------------------------------------------------------------
 
 
-def test_fast_tanh_matches_torch_values_and_gradients():
-    x = (torch.randn(4, 5, 6, dtype=torch.float64) * 4).requires_grad_()
-    x_ref = x.detach().clone().requires_grad_()
-    g = torch.randn(4, 5, 6, dtype=torch.float64)
-    y, y_ref = tanh(x), torch.tanh(x_ref)
-    assert torch.allclose(y, y_ref, atol=1e-12)
-    y.backward(g), y_ref.backward(g)
-    assert torch.allclose(x.grad, x_ref.grad, atol=1e-12)
-    x32 = torch.linspace(-20, 20, 10_001)
-    assert (tanh(x32) - torch.tanh(x32)).abs().max() < 1e-6
-
-
 def test_sa_projects_the_item_table_or_the_batch_alike():
     """The two ways of computing W1 (H + P) (table projection when N < B L) agree, also in
     their gradients, so the choice is only about speed."""
@@ -76,6 +64,26 @@ def test_sa_projects_the_item_table_or_the_batch_alike():
     assert torch.allclose(a.weights, b.weights, atol=1e-6)
     a.vectors.sum().backward(), b.vectors.sum().backward()
     assert torch.allclose(big.W1.weight.grad, small.W1.weight.grad, atol=1e-5)
+    assert torch.allclose(big.item_emb.weight.grad[:21], small.item_emb.weight.grad, atol=1e-5)
+
+
+def test_mind_maps_the_item_table_or_the_batch_alike():
+    """MIND's u_i = S e_i from the mapped item table (when N < B L) equals S applied to the
+    batch's embeddings, in the interests, the routing weights and the gradients."""
+    hist, mask = left_pad(SEQS, 8)
+    big = MIND(MINDConfig(dim=D, num_interests=K, max_len=MAX_LEN), 1000).eval()  # N > B L
+    small = MIND(MINDConfig(dim=D, num_interests=K, max_len=MAX_LEN), 21).eval()  # N < B L
+    with torch.no_grad():
+        small.item_emb.weight.copy_(big.item_emb.weight[:21])
+        for name, p in big.named_parameters():
+            if name != "item_emb.weight":
+                small.get_parameter(name).copy_(p)
+    hist = hist.clamp(max=20)
+    a, b = big.interests(hist, mask), small.interests(hist, mask)
+    assert torch.allclose(a.vectors, b.vectors, atol=1e-6)
+    assert torch.allclose(a.weights, b.weights, atol=1e-6)
+    a.vectors.sum().backward(), b.vectors.sum().backward()
+    assert torch.allclose(big.S.weight.grad, small.S.weight.grad, atol=1e-5)
     assert torch.allclose(big.item_emb.weight.grad[:21], small.item_emb.weight.grad, atol=1e-5)
 
 

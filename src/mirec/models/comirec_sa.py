@@ -19,11 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mirec.errors import MirecConfigError
 from mirec.models.base import Interests, argmax_readout
-from mirec.models.layers import item_embedding, masked_softmax, tanh
+from mirec.models.layers import item_embedding, masked_softmax
 
 
 @dataclass
@@ -63,10 +64,10 @@ class ComiRecSA(nn.Module):
         # positions, projecting the whole item table once and gathering its rows is the same
         # product for fewer multiply-adds (N x D x 4D instead of B x L x D x 4D).
         if self.item_emb.num_embeddings < B * L:
-            pre = self.W1(self.item_emb.weight)[hist] + self.W1(P)  # (B, L, 4D)
+            pre = F.embedding(hist, self.W1(self.item_emb.weight)) + self.W1(P)  # (B, L, 4D)
         else:
             pre = self.W1(H + P)  # (B, L, 4D)
-        hidden = self.drop(tanh(pre))  # (B, L, 4D)
+        hidden = self.drop(torch.tanh(pre))  # (B, L, 4D)
         logits = self.W2(hidden).transpose(1, 2)  # (B, K, L)
         A = masked_softmax(logits, mask[:, None, :], dim=-1)  # (B, K, L), sums to 1 over L
         V = torch.einsum("bkl,bld->bkd", A, H)  # (B, K, D)

@@ -62,7 +62,7 @@ from torch import nn
 
 from mirec.errors import MirecConfigError
 from mirec.models.base import CTRBatch, RankFeatures
-from mirec.models.layers import ItemEncoder, ProfileEncoder, ctr_mlp, tanh
+from mirec.models.layers import ItemEncoder, ProfileEncoder, ctr_mlp
 
 
 @dataclass
@@ -132,7 +132,7 @@ def _gru_gates(gi: torch.Tensor, gh: torch.Tensor) -> tuple[torch.Tensor, torch.
     gate order (r, u, n): ``r, u = sigmoid(gi + gh)``, ``n = tanh(gi_n + r * gh_n)``."""
     H = gi.shape[-1] // 3
     ru = torch.sigmoid(gi[..., :2 * H] + gh[..., :2 * H])
-    n = tanh(torch.addcmul(gi[..., 2 * H:], ru[..., :H], gh[..., 2 * H:]))
+    n = torch.tanh(torch.addcmul(gi[..., 2 * H:], ru[..., :H], gh[..., 2 * H:]))
     return ru[..., H:], n
 
 
@@ -194,7 +194,7 @@ class MIMN(nn.Module):
         p = self.heads(h)  # (B, 4E + 2)
         keys = F.normalize(p[:, :2 * E].view(B, 2, E), dim=-1)  # (B, 2, E)
         half_beta = 0.5 + 0.5 * F.softplus(p[:, 2 * E:2 * E + 2])  # (B, 2); the 0.5 of the mean
-        erase, add = torch.sigmoid(p[:, 2 * E + 2:3 * E + 2]), tanh(p[:, 3 * E + 2:])  # (B, E)
+        erase, add = torch.sigmoid(p[:, 2 * E + 2:3 * E + 2]), torch.tanh(p[:, 3 * E + 2:])  # (B, E)
         mem_n = F.normalize(s.memory, dim=-1)  # (B, m, E), zero slots stay 0
         sim = torch.baddbmm(keys @ key_n.t(), keys, mem_n.transpose(1, 2))  # (B, 2, m): cos + cos
         w = torch.softmax(half_beta[:, :, None] * sim, dim=-1)  # (B, 2, m)

@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mirec.errors import MirecConfigError
@@ -94,11 +95,18 @@ class MIND(nn.Module):
         """(B, L) item ids and (B, L) bool mask -> K capsules, the first K_u of them live."""
         B, L = hist.shape
         K = self.cfg.num_interests
-        H = self.item_emb(hist) * mask[..., None]  # (B, L, D), zero on padding
-        u = self.S(H)[:, None]  # (B, 1, L, D): one u_i shared by every interest j
+        hist = hist.masked_fill(~mask, 0)  # padding -> item 0, whose embedding row is zero
+        # u_i = S e_i. S is linear, so when the catalogue has fewer rows than the batch has
+        # positions, mapping the item table once and gathering its rows is the same product
+        # for fewer multiply-adds.
+        if self.item_emb.num_embeddings < B * L:
+            u = F.embedding(hist, self.S(self.item_emb.weight))  # (B, L, D)
+        else:
+            u = self.S(self.item_emb(hist))  # (B, L, D)
+        u = u[:, None]  # (B, 1, L, D): one u_i shared by every interest j
         live = torch.arange(K, device=hist.device) < self.num_live(mask)[:, None]  # (B, K)
         link = live[:, :, None] & mask[:, None, :]  # (B, K, L)
-        b = self.routing_logits(B, L, hist.device).to(H.dtype)
+        b = self.routing_logits(B, L, hist.device).to(u.dtype)
         caps, w = dynamic_routing(u, b, link, self.cfg.routing_iters)  # (B, K, D), (B, K, L)
         V = self.mlp(caps) * live[..., None]  # (B, K, D), dead capsules zeroed
         return Interests(vectors=V, mask=live, weights=w)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mirec.errors import MirecConfigError
@@ -38,15 +39,17 @@ class YouTubeDNNConfig:
             raise MirecConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
 
 
-def masked_mean(emb: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean of ``emb`` (B, L, D) over the real positions of ``mask`` (B, L).
+def masked_mean(table: torch.Tensor, hist: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of the rows ``table[hist]`` over the real positions of ``mask`` (both (B, L)).
 
     Returns ``(mean (B, D), weights (B, L))`` with weights 1/n on the n real items and 0 on
-    padding. An empty history gives a zero mean (n is clamped to 1), never NaN.
+    padding. An empty history gives a zero mean (n is clamped to 1), never NaN. One
+    ``embedding_bag`` does the gather and the weighted sum without a (B, L, D) intermediate.
     """
-    m = mask.to(emb.dtype)  # (B, L)
+    m = mask.to(table.dtype)  # (B, L)
     w = m / m.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, L)
-    return torch.einsum("bl,bld->bd", w, emb), w
+    return F.embedding_bag(hist, table, per_sample_weights=w, mode="sum"), w
 
 
 class YouTubeDNN(nn.Module):
@@ -63,7 +66,7 @@ class YouTubeDNN(nn.Module):
         The interest is always live, also for an empty history (it is then ``mlp(0)``).
         """
         hist = hist.masked_fill(~mask, 0)  # ids at masked positions never matter
-        mean, w = masked_mean(self.emb(hist), mask)  # (B, D), (B, L)
+        mean, w = masked_mean(self.emb.weight, hist, mask)  # (B, D), (B, L)
         v = self.mlp(mean)  # (B, D)
         return Interests(v[:, None], torch.ones_like(mask[:, :1]), w[:, None])  # K = 1
 

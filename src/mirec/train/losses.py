@@ -26,9 +26,10 @@ import torch.nn.functional as F
 def full_softmax_loss(user: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
                       temperature: float = 1.0) -> torch.Tensor:
     """Cross-entropy of ``target`` over all items. user (B, D), items (N, D), target (B,)."""
-    logits = user @ items.T / temperature  # (B, N)
-    logits[:, 0] = float("-inf")
-    return F.cross_entropy(logits, target)
+    # Scale the (B, D) user side, not the (B, N) logits; leave padding column 0 out instead of
+    # writing -inf into it (an in-place write copies the whole logit gradient in backward).
+    logits = (user / temperature) @ items[1:].T  # (B, N - 1), column j is item j + 1
+    return F.cross_entropy(logits, target - 1)
 
 
 class NegativeSampler:
@@ -80,8 +81,9 @@ def sampled_softmax_loss(user: torch.Tensor, pos_emb: torch.Tensor, neg_emb: tor
     """
     s = negatives.shape[0]
     log_s = math.log(s)
-    pos = (user * pos_emb).sum(-1) / temperature  # (B,), uncorrected: present exactly once
-    neg = user @ neg_emb.T / temperature  # (B, S)
+    user = user / temperature  # (B, D): cheaper than dividing the (B, 1 + S) logits
+    pos = (user * pos_emb).sum(-1)  # (B,), uncorrected: present exactly once
+    neg = user @ neg_emb.T  # (B, S)
     neg = neg - (log_s + log_q[negatives])[None, :]
     neg = neg.masked_fill(negatives[None, :] == target[:, None], float("-inf"))
     logits = torch.cat([pos[:, None], neg], dim=1)  # (B, 1 + S)
