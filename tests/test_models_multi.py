@@ -48,31 +48,13 @@ SEQS = [[3, 7, 7, 12, 5, 9], [4, 20], [1, 2, 3, 4, 5, 6, 7, 8]]
 # ---- layers ----------------------------------------------------------------------------------
 
 
-def test_sa_projects_the_item_table_or_the_batch_alike():
-    """The two ways of computing W1 (H + P) (table projection when N < B L) agree, also in
-    their gradients, so the choice is only about speed."""
+def assert_table_path_matches(make, mapped: str) -> None:
+    """``make(num_items)`` builds a model twice: with 1000 items (N > B L: the map is applied
+    to the batch's embeddings) and with 21 (N < B L: the item table is mapped once and its rows
+    gathered). With the same weights both give the same interests, weights and gradients (of
+    the item table and of the parameter ``mapped``), so the choice is only about speed."""
     hist, mask = left_pad(SEQS, 8)
-    big = ComiRecSA(ComiRecSAConfig(dim=D, num_interests=K, max_len=MAX_LEN), 1000)  # N > B L
-    small = ComiRecSA(ComiRecSAConfig(dim=D, num_interests=K, max_len=MAX_LEN), 21)  # N < B L
-    with torch.no_grad():
-        small.item_emb.weight.copy_(big.item_emb.weight[:21])
-        for name in ("pos_emb", "W1.weight", "W2.weight"):
-            small.get_parameter(name).copy_(big.get_parameter(name))
-    hist = hist.clamp(max=20)
-    a, b = big.interests(hist, mask), small.interests(hist, mask)
-    assert torch.allclose(a.vectors, b.vectors, atol=1e-6)
-    assert torch.allclose(a.weights, b.weights, atol=1e-6)
-    a.vectors.sum().backward(), b.vectors.sum().backward()
-    assert torch.allclose(big.W1.weight.grad, small.W1.weight.grad, atol=1e-5)
-    assert torch.allclose(big.item_emb.weight.grad[:21], small.item_emb.weight.grad, atol=1e-5)
-
-
-def test_mind_maps_the_item_table_or_the_batch_alike():
-    """MIND's u_i = S e_i from the mapped item table (when N < B L) equals S applied to the
-    batch's embeddings, in the interests, the routing weights and the gradients."""
-    hist, mask = left_pad(SEQS, 8)
-    big = MIND(MINDConfig(dim=D, num_interests=K, max_len=MAX_LEN), 1000).eval()  # N > B L
-    small = MIND(MINDConfig(dim=D, num_interests=K, max_len=MAX_LEN), 21).eval()  # N < B L
+    big, small = make(1000).eval(), make(21).eval()
     with torch.no_grad():
         small.item_emb.weight.copy_(big.item_emb.weight[:21])
         for name, p in big.named_parameters():
@@ -83,8 +65,21 @@ def test_mind_maps_the_item_table_or_the_batch_alike():
     assert torch.allclose(a.vectors, b.vectors, atol=1e-6)
     assert torch.allclose(a.weights, b.weights, atol=1e-6)
     a.vectors.sum().backward(), b.vectors.sum().backward()
-    assert torch.allclose(big.S.weight.grad, small.S.weight.grad, atol=1e-5)
+    grad = big.get_parameter(mapped).grad
+    assert grad is not None and torch.allclose(grad, small.get_parameter(mapped).grad, atol=1e-5)
     assert torch.allclose(big.item_emb.weight.grad[:21], small.item_emb.weight.grad, atol=1e-5)
+
+
+def test_sa_projects_the_item_table_or_the_batch_alike():
+    """W1 (H + P) from the projected item table (when N < B L) or from the batch."""
+    assert_table_path_matches(
+        lambda n: ComiRecSA(ComiRecSAConfig(dim=D, num_interests=K, max_len=MAX_LEN), n), "W1.weight")
+
+
+def test_mind_maps_the_item_table_or_the_batch_alike():
+    """MIND's u_i = S e_i from the mapped item table (when N < B L) or from the batch."""
+    assert_table_path_matches(lambda n: MIND(MINDConfig(dim=D, num_interests=K, max_len=MAX_LEN), n),
+                              "S.weight")
 
 
 def test_squash_length_and_zero():
