@@ -68,6 +68,7 @@ if (ROOT / "src").is_dir() and str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 import numpy as np  # noqa: E402
+from machine import machine_line  # noqa: E402  (bench/machine.py, beside this script)
 
 N_REC, RECALL_M, RECALL_USERS = 20, 50, 200
 TARGET_P99_MS, TARGET_RECALL, TARGET_RPS, TARGET_C = 5.0, 0.95, 300.0, 8
@@ -578,17 +579,7 @@ def machine_facts() -> str:
     import faiss
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = "/".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return (f"{cpu}; {os.cpu_count()} cores ({usable} usable), load average {load}\n"
+    return (f"{machine_line()}\n"
             f"python {platform.python_version()}, torch {torch.__version__}, faiss {faiss.__version__}, "
             f"numpy {np.__version__}")
 
