@@ -158,11 +158,12 @@ def main() -> None:
     console = Console()
     models = [m for m in a.models.split(",") if m]
     seeds = [int(s) for s in a.seeds.split(",")]
+    rates = {}
     if not a.no_speed:
         from machine import machine_line  # bench/machine.py, beside this script
 
         console.print(machine_line())
-    rates = {} if a.no_speed else speed(a, models, console)
+        rates = speed(a, models, console)
     docs = {}
     if not a.speed_only:
         from mirec.config import load

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from machine import machine_line  # bench/machine.py, beside this script
     print(machine_line())
-    print(f"torch {torch.__version__}, {os.cpu_count()} cores; d={DIM}, K={K}, "
+    print(f"torch {torch.__version__}; d={DIM}, K={K}, "
           f"max_len={MAX_LEN}, batch={BATCH}; loss={a.loss}, negatives="
           f"{a.negatives or 'default'}; {a.warmup} warm-up + {a.batches} timed batches")
     rows = []
