@@ -166,7 +166,7 @@ def train_cmd(
     data: Annotated[Path, typer.Option(help="Prepared data set directory.")] = Path("data/ml-100k"),
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default ./runs/<model>).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file with RunConfig fields "
-                                                        "([train], [split], [model_args]).")] = None,
+                                                        "(\\[train], \\[split], \\[model_args]).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Override a setting, e.g. train.lr=0.003 or model_args.dim=32.")] = None,
     seed: Annotated[int, typer.Option(help="Split and initialisation seed.")] = 2020,
