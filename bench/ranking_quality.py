@@ -81,9 +81,9 @@ def speed_child(a: argparse.Namespace) -> None:
     from mirec.data.dataset import load_dataset
     from mirec.train.ctr import (
         RankRunConfig,
-        batch_loss,
         build_ranker,
         epoch_batches,
+        make_loss,
         make_optimizer,
         streams,
     )
@@ -96,26 +96,29 @@ def speed_child(a: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model = build_ranker(cfg, data.features)
     opt = make_optimizer(model, cfg.train)
+    batch_loss = make_loss(model, cfg.train)
     stream = streams(model, cfg.train)
     batches = epoch_batches(model, data, data.indices(TRAIN), cfg.train, np.random.default_rng(0))
     model.train()
 
     def step(b: int) -> int:  # one training step, as the trainer takes it
         j = batches[b % len(batches)]
-        loss = batch_loss(model, data, j, cfg.train)
+        loss = batch_loss(data, j)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return len(j)
 
+    t0 = time.perf_counter()
     for b in range(a.warmup):
         step(b)
+    warmup_s = time.perf_counter() - t0  # includes compiling with train.compile=true
     t0, seen = time.perf_counter(), 0
     for b in range(a.speed_batches):
         seen += step(a.warmup + b)
     dt = time.perf_counter() - t0
     hist = "whole sequences" if stream else cfg.ctr.max_len
-    print(json.dumps({"examples_per_s": seen / dt, "max_len": hist}))
+    print(json.dumps({"examples_per_s": seen / dt, "max_len": hist, "warmup_s": warmup_s}))
 
 
 def speed(a: argparse.Namespace, models: list[str], console: Console) -> dict[tuple[str, int], float]:
@@ -130,7 +133,7 @@ def speed(a: argparse.Namespace, models: list[str], console: Console) -> dict[tu
             doc = json.loads(r.stdout.strip().splitlines()[-1])
             out[(m, th)] = doc["examples_per_s"]
             console.print(f"  speed {m} ({th} thread{'s' if th > 1 else ''}, history {doc['max_len']}): "
-                          f"{doc['examples_per_s']:,.0f} examples/s")
+                          f"{doc['examples_per_s']:,.0f} examples/s (warm-up {doc['warmup_s']:.1f} s)")
     return out
 
 

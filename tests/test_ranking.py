@@ -19,7 +19,15 @@ from mirec.eval.ctr_metrics import auc, ctr_metrics, gauc, log_loss
 from mirec.models.base import CTRBatch, RankFeatures
 from mirec.models.din import DIN, DINConfig
 from mirec.models.embedding_mlp import EmbeddingMLP, EmbeddingMLPConfig
-from mirec.train.ctr import RankRunConfig, load_ranker, predict, train_ctr
+from mirec.train.ctr import (
+    RankRunConfig,
+    RankTrainConfig,
+    cxx_compiler,
+    load_ranker,
+    make_loss,
+    predict,
+    train_ctr,
+)
 
 torch.set_num_threads(1)
 
@@ -277,3 +285,31 @@ def test_mimn_streaming_equals_per_example_windows(tmp_path):
     loss = m.stream_loss(**inp, label=label)
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in m.head.parameters())
+
+
+@pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_loss_equals_plain_loss_and_gradients(tmp_path):
+    """train.compile changes how the loss is computed, not what: same loss and gradients on
+    batches of different sizes and history lengths (one compiled graph with dynamic shapes)."""
+    data = build_ctr(toy_dataset(tmp_path), CTRConfig(max_len=8))
+    tc = load(RankRunConfig, None, ["train.compile=true"]).train
+    torch.manual_seed(0)
+    model = DIN(DINConfig(dim=8), data.features)
+    plain, compiled = make_loss(model, RankTrainConfig()), make_loss(model, tc)
+    idx = data.indices(TRAIN)
+    for batch in (idx[:64], idx[64:101], idx[200:203]):
+        grads = []
+        for fn in (plain, compiled):
+            model.zero_grad(set_to_none=True)
+            loss = fn(data, batch)
+            loss.backward()
+            grads.append([loss.detach()] + [p.grad.clone() for p in model.parameters()])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_without_a_compiler_names_the_setting(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-mirec")
+    model = EmbeddingMLP(EmbeddingMLPConfig(dim=8), features())
+    with pytest.raises(MirecConfigError, match="train.compile"):
+        make_loss(model, RankTrainConfig(compile=True))

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,11 @@ class RankTrainConfig:
     # each user's behaviours are read once for all of the user's examples.
     stream: bool = True
     users_per_batch: int = 32
+    # torch.compile the training loss (inductor fuses the elementwise work between the matmuls).
+    # Needs a C++ compiler; compiling takes ~35 s once per process. Pays off for DIN and
+    # Embedding + MLP on long runs; DIEN and MIMN spend their time in recurrences it does not
+    # speed up (bench/ranking_quality.py --speed-only --set train.compile=true).
+    compile: bool = False
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "patience", "threads", "eval_batch_size", "users_per_batch"):
@@ -178,12 +185,34 @@ def epoch_batches(model: torch.nn.Module, data: CTRData, idx: np.ndarray, tc: Ra
     return [perm[i:i + tc.batch_size] for i in range(0, len(perm), tc.batch_size)]
 
 
-def batch_loss(model: torch.nn.Module, data: CTRData, idx: np.ndarray, tc: RankTrainConfig) -> torch.Tensor:
-    """The training loss of the examples ``idx`` (one of :func:`epoch_batches`)."""
-    label = torch.from_numpy(data.label[idx])
-    if streams(model, tc):
-        return model.stream_loss(**stream_inputs(data, idx), label=label)
-    return model.loss(data.batch(idx), label)
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend would use (``$CXX``, else g++, c++, clang++
+    on ``PATH``), or None."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return next((p for p in map(shutil.which, names) if p), None)
+
+
+def make_loss(model: torch.nn.Module, tc: RankTrainConfig) -> Callable[[CTRData, np.ndarray], torch.Tensor]:
+    """``loss(data, idx)``: the training loss of the examples ``idx`` (one of
+    :func:`epoch_batches`). With ``tc.compile`` the model's loss goes through ``torch.compile``
+    with dynamic shapes, so batches of any size and history length share one compiled graph;
+    it computes the same loss and gradients as the plain model."""
+    stream = streams(model, tc)
+    fn = model.stream_loss if stream else model.loss
+    if tc.compile:
+        if cxx_compiler() is None:
+            raise MirecConfigError("train.compile: torch.compile on CPU needs a C++ compiler and none "
+                                   "was found ($CXX, g++, c++, clang++); install one or set "
+                                   "train.compile=false")
+        fn = torch.compile(fn, dynamic=True)
+
+    def loss(data: CTRData, idx: np.ndarray) -> torch.Tensor:
+        label = torch.from_numpy(data.label[idx])
+        if stream:
+            return fn(**stream_inputs(data, idx), label=label)
+        return fn(data.batch(idx), label)
+
+    return loss
 
 
 def make_optimizer(model: torch.nn.Module, tc: RankTrainConfig) -> torch.optim.Optimizer:
@@ -217,6 +246,7 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
     torch.manual_seed(tc.seed)
     model = build_ranker(cfg, data.features)
     opt = make_optimizer(model, tc)
+    batch_loss = make_loss(model, tc)
     train_idx = data.indices(TRAIN)
     if len(train_idx) == 0 or len(data.indices(VALID)) == 0:
         raise MirecConfigError(f"{data_path or 'data'}: no training or validation examples "
@@ -252,7 +282,7 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
                    disable=None if progress else True, leave=False)
         for b in bar:
             idx = batches[b]
-            loss = batch_loss(model, data, idx, tc)
+            loss = batch_loss(data, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
