@@ -313,3 +313,10 @@ def test_compile_without_a_compiler_names_the_setting(monkeypatch):
     model = EmbeddingMLP(EmbeddingMLPConfig(dim=8), features())
     with pytest.raises(MirecConfigError, match="train.compile"):
         make_loss(model, RankTrainConfig(compile=True))
+
+
+def test_compile_refused_for_recurrent_rankers():
+    from mirec.models.dien import DIEN, DIENConfig
+
+    with pytest.raises(MirecConfigError, match="train.compile: not supported for DIEN"):
+        make_loss(DIEN(DIENConfig(dim=8), features()), RankTrainConfig(compile=True))

@@ -68,6 +68,10 @@ class DIENConfig:
 
 
 class DIEN(nn.Module):
+    # train.compile: torch.compile would unroll the Python-level time loops (minutes of
+    # compiling for no measured gain), so the trainer refuses it for this model.
+    compilable = False
+
     def __init__(self, cfg: DIENConfig, features: RankFeatures) -> None:
         super().__init__()
         self.cfg = cfg

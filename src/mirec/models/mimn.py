@@ -137,6 +137,10 @@ def _gru_gates(gi: torch.Tensor, gh: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 class MIMN(nn.Module):
+    # train.compile: torch.compile would unroll the Python-level time loops (minutes of
+    # compiling for no measured gain), so the trainer refuses it for this model.
+    compilable = False
+
     def __init__(self, cfg: MIMNConfig, features: RankFeatures) -> None:
         super().__init__()
         cfg.validate()

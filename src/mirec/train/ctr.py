@@ -54,9 +54,10 @@ class RankTrainConfig:
     stream: bool = True
     users_per_batch: int = 32
     # torch.compile the training loss (inductor fuses the elementwise work between the matmuls).
-    # Needs a C++ compiler; compiling takes ~35 s once per process. Pays off for DIN and
-    # Embedding + MLP on long runs; DIEN and MIMN spend their time in recurrences it does not
-    # speed up (bench/ranking_quality.py --speed-only --set train.compile=true).
+    # Needs a C++ compiler; compiling takes ~35 s once per process (less from the on-disk
+    # cache). Pays off for DIN and Embedding + MLP on long runs; refused for DIEN and MIMN,
+    # whose time is in Python-level recurrences (bench/ranking_quality.py --speed-only
+    # --set train.compile=true).
     compile: bool = False
 
     def validate(self) -> None:
@@ -200,6 +201,10 @@ def make_loss(model: torch.nn.Module, tc: RankTrainConfig) -> Callable[[CTRData,
     stream = streams(model, tc)
     fn = model.stream_loss if stream else model.loss
     if tc.compile:
+        if not getattr(model, "compilable", True):
+            raise MirecConfigError(f"train.compile: not supported for {type(model).__name__}, whose time "
+                                   "is spent in Python-level recurrences that torch.compile would unroll; "
+                                   "set train.compile=false")
         if cxx_compiler() is None:
             raise MirecConfigError("train.compile: torch.compile on CPU needs a C++ compiler and none "
                                    "was found ($CXX, g++, c++, clang++); install one or set "
