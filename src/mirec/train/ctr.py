@@ -55,7 +55,8 @@ class RankTrainConfig:
     users_per_batch: int = 32
     # torch.compile the training loss (inductor fuses the elementwise work between the matmuls).
     # Needs a C++ compiler; compiling takes ~35 s once per process (less from the on-disk
-    # cache). Pays off for DIN and Embedding + MLP on long runs; refused for DIEN and MIMN,
+    # cache). Pays off for DIN on one thread on long runs (1.2-1.4x measured; with two threads it
+    # was slower, and Embedding + MLP gained ~3%); refused for DIEN and MIMN,
     # whose time is in Python-level recurrences (bench/ranking_quality.py --speed-only
     # --set train.compile=true).
     compile: bool = False
