@@ -253,6 +253,8 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
     model = build_ranker(cfg, data.features)
     opt = make_optimizer(model, tc)
     batch_loss = make_loss(model, tc)
+    if tc.compile:
+        log("train.compile: the first batches compile the loss (~35 s, less from the on-disk cache)")
     train_idx = data.indices(TRAIN)
     if len(train_idx) == 0 or len(data.indices(VALID)) == 0:
         raise MirecConfigError(f"{data_path or 'data'}: no training or validation examples "
