@@ -290,7 +290,7 @@ def test_mimn_streaming_equals_per_example_windows(tmp_path):
 @pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_loss_equals_plain_loss_and_gradients(tmp_path):
     """train.compile changes how the loss is computed, not what: same loss and gradients on
-    batches of different sizes and history lengths (one compiled graph with dynamic shapes)."""
+    batches of different sizes and history lengths (compiled with dynamic shapes)."""
     data = build_ctr(toy_dataset(tmp_path), CTRConfig(max_len=8))
     tc = load(RankRunConfig, None, ["train.compile=true"]).train
     torch.manual_seed(0)

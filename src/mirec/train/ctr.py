@@ -197,8 +197,8 @@ def cxx_compiler() -> str | None:
 def make_loss(model: torch.nn.Module, tc: RankTrainConfig) -> Callable[[CTRData, np.ndarray], torch.Tensor]:
     """``loss(data, idx)``: the training loss of the examples ``idx`` (one of
     :func:`epoch_batches`). With ``tc.compile`` the model's loss goes through ``torch.compile``
-    with dynamic shapes, so batches of any size and history length share one compiled graph;
-    it computes the same loss and gradients as the plain model."""
+    with dynamic shapes, so batches of any size and history length reuse the compiled code
+    instead of recompiling; it computes the same loss and gradients as the plain model."""
     stream = streams(model, tc)
     fn = model.stream_loss if stream else model.loss
     if tc.compile:
