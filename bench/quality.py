@@ -3,8 +3,10 @@
 Prints one row per model with test Recall@20/50, NDCG@50, HitRate@50 (mean ± std over the
 seeds; each seed sets the split and the initialisation) and writes the per-model
 ``results.json`` under ``--out``. Hyper-parameters come from ``--set`` overrides or the
-per-model table below, which was chosen on validation users only (``--tune`` reruns that
-search: a small grid per model on seed 2020's validation users, same budget for every model).
+per-model table below, or with ``--tune`` from a small grid searched on validation users only:
+every grid setting is trained on every seed and the one with the best validation Recall@50,
+averaged over the seeds, gives the row (the same budget for every model; each seed's split holds
+its test users out of training and of the choice).
 
     python bench/quality.py                          # all models, seeds 1,2,3
     python bench/quality.py --models comirec-sa,mind --seeds 1,2,3
@@ -25,7 +27,7 @@ from rich.table import Table
 from mirec.config import load
 from mirec.data.dataset import load_dataset
 from mirec.experiment import evaluate_baseline, train_seeds
-from mirec.train.loop import RunConfig, train
+from mirec.train.loop import RunConfig
 
 BASELINES = ["most-popular", "item-cf"]
 NEURAL = ["youtube-dnn", "gru4rec", "mind", "comirec-dr", "comirec-sa"]
@@ -36,24 +38,28 @@ CHOSEN: dict[str, list[str]] = {name: [] for name in NEURAL}
 GRID = {"train.temperature": ["0.05", "0.1", "0.2"], "train.lr": ["0.001", "0.003"]}
 
 
-def tune(model: str, ds, out: Path, console: Console) -> list[str]:
-    best, best_set = -1.0, []
+def tune(model: str, ds, seeds: list[int], out: Path, console: Console,
+         extra: list[str]) -> tuple[list[str], dict]:
+    """Train every grid setting on every seed; keep the setting with the best validation
+    Recall@50 averaged over the seeds (validation users only: each seed's split holds its test
+    users out); ``extra`` (``--set``) applies to every run. Returns the setting and its runs'
+    ``results.json``, whose test figures are the table's row. Finished settings are not rerun."""
+    best, best_set, best_doc = -1.0, [], {}
     for values in itertools.product(*GRID.values()):
         sets = [f"{k}={v}" for k, v in zip(GRID, values)]
         run_dir = out / "tune" / model / "_".join(values)
-        done = run_dir / "tune.json"  # a finished search run is not repeated
-        if done.exists():
-            score = json.loads(done.read_text())["valid_recall@50"]
-        else:
-            cfg = load(RunConfig, None, [f"model={model}", *sets])
-            r = train(cfg, ds, run_dir, progress=False)
-            score = r.best_valid["recall@50"]
-            done.write_text(json.dumps({"settings": sets, "valid_recall@50": score,
-                                        "best_epoch": r.best_epoch}))
-        console.print(f"  {model} {' '.join(sets)}: valid recall@50 {score:.4f}")
+        done = run_dir / "results.json"
+        if not done.exists() or json.loads(done.read_text())["seeds"] != seeds:
+            cfg = load(RunConfig, None, [f"model={model}", *sets, *extra])
+            train_seeds(cfg, ds, seeds, run_dir, progress=False)
+        doc = json.loads(done.read_text())
+        valid = [s["valid"]["recall@50"] for s in doc["per_seed"]]
+        score = sum(valid) / len(valid)
+        console.print(f"  {model} {' '.join(sets)}: valid recall@50 {score:.4f} "
+                      f"({' / '.join(f'{v:.4f}' for v in valid)})")
         if score > best:
-            best, best_set = score, sets
-    return best_set
+            best, best_set, best_doc = score, sets, doc
+    return best_set, best_doc
 
 
 def main() -> None:
@@ -76,12 +82,17 @@ def main() -> None:
         t0 = time.perf_counter()
         if model in BASELINES:
             run, sets, epochs = evaluate_baseline(model, ds, seeds, out=out / model), [], "-"
+            mean, std = run.mean, run.std
+        elif args.tune:
+            sets, doc = tune(model, ds, seeds, out, console, args.set)
+            mean, std, epochs = doc["metrics"], doc["std"], ",".join(map(str, doc["best_epochs"]))
         else:
-            sets = (tune(model, ds, out, console) if args.tune else CHOSEN.get(model, [])) + args.set
+            sets = CHOSEN.get(model, []) + args.set
             cfg = load(RunConfig, None, [f"model={model}", *sets])
             run = train_seeds(cfg, ds, seeds, out / model, progress=False)
+            mean, std = run.mean, run.std
             epochs = ",".join(str(s.best_epoch) for s in run.seeds)
-        cells = [f"{run.mean[k]:.3f} ± {run.std[k]:.3f}"
+        cells = [f"{mean[k]:.3f} ± {std[k]:.3f}"
                  for k in ("recall@20", "recall@50", "ndcg@50", "hit_rate@50")]
         table.add_row(model, " ".join(sets) or "defaults", *cells, epochs,
                       f"{time.perf_counter() - t0:.0f} s")
