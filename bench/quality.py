@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from mirec.config import load
+from mirec.config import load, to_dict
 from mirec.data.dataset import load_dataset
 from mirec.experiment import evaluate_baseline, train_seeds
 from mirec.train.loop import RunConfig
@@ -50,16 +50,18 @@ def tune(model: str, ds, seeds: list[int], out: Path, console: Console,
     """Train every grid setting on every seed; keep the setting with the best validation
     Recall@50 averaged over the seeds (validation users only: each seed's split holds its test
     users out); ``extra`` (``--set``) applies to every run. Returns the setting and its runs'
-    ``results.json``, whose test figures are the table's row. Finished settings are not rerun."""
+    ``results.json``, whose test figures are the table's row. A setting whose runs finished with
+    the same config and seeds is not rerun."""
     best, best_set, best_doc = -1.0, [], {}
     for values in itertools.product(*GRID.values()):
         sets = [f"{k}={v}" for k, v in zip(GRID, values)]
         run_dir = out / "tune" / model / "_".join(values)
+        cfg = load(RunConfig, None, [f"model={model}", *sets, *extra])
         done = run_dir / "results.json"
-        if not done.exists() or json.loads(done.read_text())["seeds"] != seeds:
-            cfg = load(RunConfig, None, [f"model={model}", *sets, *extra])
-            train_seeds(cfg, ds, seeds, run_dir, progress=False)
-        doc = json.loads(done.read_text())
+        doc = json.loads(done.read_text()) if done.exists() else {}
+        if doc.get("config") != to_dict(cfg) or doc.get("seeds") != seeds:  # not this run's
+            train_seeds(cfg, ds, seeds, run_dir, progress=False)  # writes results.json
+            doc = json.loads(done.read_text())
         valid = [s["valid"]["recall@50"] for s in doc["per_seed"]]
         score = sum(valid) / len(valid)
         console.print(f"  {model} {' '.join(sets)}: valid recall@50 {score:.4f} "
