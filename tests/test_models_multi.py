@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mirec.models.base import max_over_interests
 from mirec.models.comirec_dr import ComiRecDR, ComiRecDRConfig
 from mirec.models.comirec_sa import ComiRecSA, ComiRecSAConfig
-from mirec.models.layers import label_aware_attention, masked_softmax, mlp, squash
+from mirec.models.layers import label_aware_attention, masked_softmax, mlp, squash, tanh
 from mirec.models.mind import MIND, MINDConfig
 
 torch.set_num_threads(1)
@@ -90,6 +90,20 @@ def test_squash_length_and_zero():
     assert torch.equal(v[1], torch.zeros(2))
     v.sum().backward()
     assert torch.isfinite(s.grad).all()
+
+
+def test_tanh_matches_torch_in_value_and_gradient():
+    """layers.tanh (through sigmoid) against torch.tanh, saturated and tiny inputs included."""
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(4000) * 4, torch.tensor([0.0, 1e-8, -1e-8, 9.0, -9.0, 60.0, -60.0,
+                                                        1e30, -1e30])]).requires_grad_()
+    y, ref = tanh(x), torch.tanh(x)
+    assert (y - ref).abs().max() < 5e-7
+    assert y[-4:].tolist() == [1.0, -1.0, 1.0, -1.0]  # exactly saturated, no NaN from the clamp
+    g = torch.randn_like(x)
+    (gx,), (gref,) = torch.autograd.grad(y, x, g), torch.autograd.grad(ref, x, g)
+    assert (gx - gref).abs().max() < 5e-6
+    assert torch.autograd.gradcheck(tanh, torch.randn(30, dtype=torch.float64, requires_grad=True))
 
 
 def test_masked_softmax_zero_on_padding_and_empty_rows():

@@ -24,7 +24,7 @@ from torch import nn
 
 from mirec.errors import MirecConfigError
 from mirec.models.base import Interests, argmax_readout
-from mirec.models.layers import item_embedding, masked_softmax
+from mirec.models.layers import item_embedding, masked_softmax, tanh
 
 
 @dataclass
@@ -67,7 +67,7 @@ class ComiRecSA(nn.Module):
             pre = F.embedding(hist, self.W1(self.item_emb.weight)) + self.W1(P)  # (B, L, 4D)
         else:
             pre = self.W1(H + P)  # (B, L, 4D)
-        hidden = self.drop(torch.tanh(pre))  # (B, L, 4D)
+        hidden = self.drop(tanh(pre))  # (B, L, 4D)
         logits = self.W2(hidden).transpose(1, 2)  # (B, K, L)
         A = masked_softmax(logits, mask[:, None, :], dim=-1)  # (B, K, L), sums to 1 over L
         V = torch.einsum("bkl,bld->bkd", A, H)  # (B, K, D)
