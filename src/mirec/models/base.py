@@ -49,7 +49,7 @@ def max_over_interests(out: Interests, items: torch.Tensor) -> torch.Tensor:
 
 def argmax_readout(out: Interests, target_emb: torch.Tensor) -> torch.Tensor:
     """ComiRec's readout: the live interest with the highest inner product with the target."""
-    sim = torch.einsum("bkd,bd->bk", out.vectors, target_emb)  # (B, K)
+    sim = (out.vectors * target_emb[:, None]).sum(-1)  # (B, K); cheaper than einsum's bmm
     sim = sim.masked_fill(~out.mask, float("-inf"))
     k = sim.argmax(dim=1)  # (B,)
     return out.vectors[torch.arange(len(k), device=k.device), k]  # (B, D)

@@ -131,13 +131,15 @@ def label_aware_attention(
     interests, gives uniform attention at p = 0 and hard attention (argmax) as p -> infinity,
     which is what the paper uses p for. ``p = math.inf`` selects the argmax exactly.
     """
-    sim = torch.einsum("bkd,bd->bk", V, target_emb)  # (B, K)
+    # Broadcast products and sums, not einsum: einsum's batched matmuls with an inner size of
+    # 1 or K cost 3x as much here, forward and backward (0.9 ms against 0.3 ms at B = 256).
+    sim = (V * target_emb[:, None]).sum(-1)  # (B, K)
     if math.isinf(p):
         k = sim.masked_fill(~mask_k, float("-inf")).argmax(dim=1)  # (B,)
         att = F.one_hot(k, V.shape[1]).to(V.dtype)  # (B, K)
     else:
         att = masked_softmax(p * sim, mask_k, dim=1)  # (B, K)
-    return torch.einsum("bk,bkd->bd", att, V)
+    return (att[..., None] * V).sum(1)  # (B, D)
 
 
 def mlp(
