@@ -36,7 +36,7 @@ NEURAL = ["youtube-dnn", "gru4rec", "mind", "comirec-dr", "comirec-sa"]
 CHOSEN: dict[str, list[str]] = {
     "youtube-dnn": ["train.temperature=0.2", "train.lr=0.003"],
     "gru4rec": ["train.temperature=0.2", "train.lr=0.003"],
-    "mind": ["train.temperature=0.05", "train.lr=0.001"],
+    "mind": ["train.temperature=0.1", "train.lr=0.001"],
     "comirec-dr": ["train.temperature=0.2", "train.lr=0.003"],
     "comirec-sa": ["train.temperature=0.1", "train.lr=0.001"],
 }
