@@ -52,7 +52,7 @@ class _Tanh(torch.autograd.Function):
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
     """``torch.tanh`` for big activations: the same values (to ~1e-7) and gradient, computed
-    through ``sigmoid``, which is ~3x faster on some CPUs (AMD Zen 4: 0.9 ms against 3.4 ms on
+    through ``sigmoid``, which is ~3.7x faster on some CPUs (AMD Zen 4: 0.9 ms against 3.4 ms on
     a (256, 20, 256) tensor, one thread)."""
     return _Tanh.apply(x)
 
