@@ -175,7 +175,11 @@ def train_cmd(
                                                         "threads beside other work stall).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a stopped run from its last checkpoint.")] = False,
 ) -> None:
-    """Train a model with early stopping (validation Recall@50, or AUC for --task ctr); test the best."""
+    """Train a model with early stopping (validation Recall@50, or AUC for --task ctr); test the best.
+
+    Retrieval models train data-parallel over several processes or machines when launched
+    with torchrun: torchrun --standalone --nproc-per-node 2 -m mirec.cli train ...
+    """
     from mirec.config import load
     from mirec.experiment import train_seeds
     from mirec.report import ctr_table, results_table
@@ -199,6 +203,9 @@ def train_cmd(
         return
     cfg = load(RunConfig, config, overrides)
     out = out or Path("runs") / model
+    from mirec.train.distributed import world
+
+    console.quiet = not world().main  # under torchrun, process 0 reports
     run = train_seeds(cfg, data, _seeds(seed, seeds), out, resume=resume, log=console.print)
     console.print(results_table({model: run}))
     console.print(f"wrote [bold]{out / 'results.json'}[/bold]")

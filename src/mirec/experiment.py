@@ -25,6 +25,7 @@ from mirec.eval.evaluate import EvalConfig, evaluate
 from mirec.io import atomic_write_json
 from mirec.models.registry import MODELS, model_names
 from mirec.train.checkpoint import load_checkpoint
+from mirec.train.distributed import world
 from mirec.train.loop import RunConfig, VectorScorer, build_model, train
 
 
@@ -142,7 +143,8 @@ def train_seeds(cfg: RunConfig, data: str | Path | Dataset, seeds: list[int], ou
     doc = run.to_json()
     doc["config"] = to_dict(cfg)
     doc["best_epochs"] = [s.best_epoch for s in results]
-    atomic_write_json(out / "results.json", doc)
+    if world().main:  # under torchrun, process 0 writes
+        atomic_write_json(out / "results.json", doc)
     return run
 
 

@@ -32,6 +32,7 @@ from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import EvalConfig, evaluate
 from mirec.models.base import Interests, max_over_interests
 from mirec.train.checkpoint import load_checkpoint, save_checkpoint
+from mirec.train.distributed import World, all_sum, barrier, from_main, shard, world
 from mirec.train.losses import NegativeSampler, full_softmax_loss, sampled_softmax_loss
 
 
@@ -184,16 +185,41 @@ def setup(cfg: RunConfig, ds: Dataset) -> tuple[Split, torch.nn.Module, torch.op
     return split, model, opt, sampler
 
 
+class LossModule(torch.nn.Module):
+    """The training loss as a module's ``forward``: what ``DistributedDataParallel`` wraps (it
+    hooks ``forward``, while the models expose ``interests``/``readout``)."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, sampler: NegativeSampler | None,
+                 num_items: int) -> None:
+        super().__init__()
+        self.model, self.cfg, self.sampler, self.num_items = model, cfg, sampler, num_items
+
+    def forward(self, hist: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return batch_loss(self.model, hist, mask, target, self.cfg, self.sampler, self.num_items)
+
+
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ds: Dataset, split: Split,
-               idx: np.ndarray, cfg: RunConfig, sampler: NegativeSampler | None) -> float:
-    """One Adam step on the training examples ``idx``; returns the batch's mean loss."""
+               idx: np.ndarray, cfg: RunConfig, sampler: NegativeSampler | None,
+               ddp: torch.nn.Module | None = None, w: World = World()) -> float:
+    """One Adam step on the training examples ``idx``; returns the batch's mean loss.
+
+    Under ``torchrun`` (``ddp``: the :class:`LossModule` in ``DistributedDataParallel``) this
+    process computes its slice of ``idx`` only, and the returned loss is its slice's."""
+    weight = 1.0
+    if w.size > 1:
+        idx, weight = shard(idx, w)
     hist, mask = windows(ds.item, split.example_start[idx], split.example_pos[idx],
                          cfg.split.max_len)  # (B, L) each
     target = torch.from_numpy(ds.item[split.example_pos[idx]].astype(np.int64))  # (B,)
-    loss = batch_loss(model, torch.from_numpy(hist), torch.from_numpy(mask), target, cfg.train,
-                      sampler, ds.num_items)
+    hist_t, mask_t = torch.from_numpy(hist), torch.from_numpy(mask)
+    if ddp is None:
+        loss = batch_loss(model, hist_t, mask_t, target, cfg.train, sampler, ds.num_items)
+        scaled = loss
+    else:
+        loss = ddp(hist_t, mask_t, target)
+        scaled = loss * weight  # the ranks' averaged gradient is the whole batch's
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    scaled.backward()
     opt.step()
     return loss.item()
 
@@ -216,11 +242,15 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
     """Train ``cfg.model`` on ``ds`` into ``run_dir`` (checkpoints, metrics.jsonl, results.json).
 
     ``resume`` continues from ``run_dir/last.pt``. ``stop_after_epoch`` ends the run after
-    that epoch as if killed (tests of resuming use it).
+    that epoch as if killed (tests of resuming use it). Launched by ``torchrun``, the processes
+    train data-parallel (:mod:`mirec.train.distributed`) and process 0 writes the files.
     """
     cfg.validate()
     tc = cfg.train
     tc.validate()
+    w = world()
+    if not w.main:
+        log = lambda s: None  # noqa: E731 (process 0 reports)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     split, model, opt, sampler = setup(cfg, ds)
@@ -235,8 +265,12 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
         start_epoch, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
         history = st["history"]
         log(f"resumed from {last} after epoch {st['epoch']}")
-    elif (run_dir / "metrics.jsonl").exists():
+    elif w.main and (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
+    ddp = None
+    if w.size > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(LossModule(model, tc, sampler, ds.num_items))
+        log(f"data-parallel over {w.size} processes (torch.distributed, gloo)")
     L = cfg.split.max_len
     n_ex = split.num_examples
     for epoch in range(start_epoch, tc.epochs):
@@ -249,40 +283,52 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
             n_batches = min(n_batches, tc.max_batches_per_epoch)
         model.train()
         t0, total, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", disable=None if progress else True,
-                   leave=False)
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch",
+                   disable=None if progress and w.main else True, leave=False)
         for b in bar:
             idx = perm[b * tc.batch_size:(b + 1) * tc.batch_size]
-            total += train_step(model, opt, ds, split, idx, cfg, sampler) * len(idx)
-            seen += len(idx)
+            n = len(idx) if w.size == 1 else round(len(idx) * shard(idx, w)[1] / w.size)  # this slice
+            total += train_step(model, opt, ds, split, idx, cfg, sampler, ddp, w) * n
+            seen += n
             if b % 20 == 0:
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                rate = seen * w.size / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{total / seen:.4f}", ex_s=f"{rate:,.0f}")
         train_s = time.perf_counter() - t0
+        total, seen = all_sum([total, seen], w)  # every process's examples and loss
+        seen = int(seen)
+        # Every process holds the same parameters and evaluates the same users; process 0's
+        # score decides, so all of them stop together.
         valid = evaluate(VectorScorer(model, tc.cosine), ds, split.valid, L, cfg.eval).metrics
         row = {"epoch": epoch, "loss": total / max(seen, 1), "examples": seen,
                "train_seconds": round(train_s, 3), "examples_per_s": round(seen / train_s, 1),
                "valid": valid}
+        if w.size > 1:
+            row["processes"] = w.size
         history.append(row)
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if w.main:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
         score = valid["recall@50"] if "recall@50" in valid else next(iter(valid.values()))
+        score = from_main(score, w)
         if score > best:
             best, best_epoch, bad = score, epoch, 0
-            save_checkpoint(run_dir / "best.pt", {
-                "model": model.state_dict(), "epoch": epoch, "config": to_dict(cfg),
-                "data": str(ds.path), "dataset_checksum": ds.checksum})
+            if w.main:
+                save_checkpoint(run_dir / "best.pt", {
+                    "model": model.state_dict(), "epoch": epoch, "config": to_dict(cfg),
+                    "data": str(ds.path), "dataset_checksum": ds.checksum})
         else:
             bad += 1
         log(f"epoch {epoch}: loss {row['loss']:.4f}, {row['examples_per_s']:,.0f} ex/s, "
             f"valid recall@50 {score:.4f} (best {best:.4f} @ {best_epoch})")
-        save_checkpoint(last, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-            "best": best, "best_epoch": best_epoch, "bad": bad, "history": history,
-            "config": to_dict(cfg), "torch_rng": torch.get_rng_state(),
-        })
+        if w.main:
+            save_checkpoint(last, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                "best": best, "best_epoch": best_epoch, "bad": bad, "history": history,
+                "config": to_dict(cfg), "torch_rng": torch.get_rng_state(),
+            })
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
+    barrier(w)  # process 0 has written best.pt
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
     scorer = VectorScorer(model, tc.cosine)
     test = evaluate(scorer, ds, split.test, L, cfg.eval)

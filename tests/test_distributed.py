@@ -1,0 +1,69 @@
+"""Data-parallel training under torchrun: two processes take the steps one process takes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mirec.config import from_dict
+from mirec.data.dataset import load_dataset
+from mirec.data.synth import SynthConfig, synth_dataset
+from mirec.train.distributed import World, shard
+from mirec.train.loop import RunConfig, setup
+
+
+@pytest.mark.parametrize("n,size", [(256, 2), (255, 2), (7, 3), (1, 2), (2, 4)])
+def test_shard_weights_give_the_whole_batch_mean(n, size):
+    """Averaging the processes' weighted slice means gives the mean over the whole batch, also
+    with unequal slices and with processes that get no example."""
+    loss = np.random.default_rng(n).normal(size=1000)
+    idx = np.arange(100, 100 + n)
+    parts = [shard(idx, World(r, size)) for r in range(size)]
+    covered = np.concatenate([p for p, wt in parts if wt > 0])
+    assert np.array_equal(np.sort(covered), idx)  # every example once
+    averaged = sum(wt * loss[p].mean() for p, wt in parts) / size
+    assert averaged == pytest.approx(loss[idx].mean(), rel=1e-12)
+
+
+def train_cli(data, out, launcher):
+    args = ["-m", "mirec.cli", "train", "--model", "comirec-sa", "--data", str(data), "--out", str(out),
+            "--set", "train.epochs=2", "--set", "train.batch_size=50", "--set", "train.patience=5",
+            "--set", "train.loss=sampled", "--set", "train.num_negatives=20",
+            "--set", "model_args.dim=16", "--set", "model_args.num_interests=2"]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1", "COLUMNS": "150"}
+    p = subprocess.run([sys.executable, *launcher, *args], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+def test_two_processes_under_torchrun_match_one_process(tmp_path):
+    """Two processes (gloo over loopback) split each batch, average the gradients and end with
+    the parameters of a single-process run (up to float order); process 0 alone writes."""
+    data = tmp_path / "ds"
+    synth_dataset(SynthConfig(num_users=150, num_categories=6, items_per_category=10,
+                              max_interests=2, min_len=8, mean_len=15, seed=5), data, progress=False)
+    train_cli(data, tmp_path / "one", [])
+    two = train_cli(data, tmp_path / "two", ["-m", "torch.distributed.run", "--standalone",
+                                             "--nproc-per-node", "2"])
+    assert "data-parallel over 2 processes" in two.stdout
+    assert two.stdout.count("wrote") == 1  # process 1 prints nothing
+    a = torch.load(tmp_path / "one" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "two" / "last.pt", weights_only=False)
+    rows_a = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows_b] == [0, 1]  # one line per epoch, not one per process
+    assert [r["examples"] for r in rows_b] == [r["examples"] for r in rows_a]
+    assert rows_b[0]["processes"] == 2
+    assert rows_b[1]["loss"] == pytest.approx(rows_a[1]["loss"], rel=1e-5)
+    for name, pa in a["model"].items():
+        torch.testing.assert_close(b["model"][name], pa, atol=2e-5, rtol=1e-4, msg=name)
+    assert rows_a[0]["examples"] % 50 != 0  # the last, smaller batch is split too
+    # the parameters moved far more than the tolerance from where both runs started
+    start = setup(from_dict(RunConfig, a["config"]), load_dataset(data))[1].state_dict()
+    assert (a["model"]["item_emb.weight"] - start["item_emb.weight"]).abs().max() > 1e-2
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["seeds"] == [2020]
