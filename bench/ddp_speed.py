@@ -34,8 +34,8 @@ def run(label: str, launcher: list[str], threads: int, a: argparse.Namespace, tm
         sys.exit(f"{label}: failed\n{p.stdout}\n{p.stderr}")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["examples_per_s"] for r in rows]
-    print(f"{label:<28} {' '.join(f'{r:>9,.0f}' for r in rates)}   mean {sum(rates) / len(rates):>9,.0f} ex/s",
-          flush=True)
+    mean = sum(rates) / len(rates)
+    print(f"{label:<28} {' '.join(f'{r:>9,.0f}' for r in rates)}   mean {mean:>9,.0f} ex/s", flush=True)
 
 
 def main() -> None:

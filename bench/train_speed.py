@@ -22,6 +22,7 @@ Usage::
     python bench/train_speed.py                                  # all models, 1 and 2 threads
     python bench/train_speed.py --loss sampled --negatives 10    # like for like with the peer
     python bench/train_speed.py --models youtube-dnn,comirec-sa --datasets ml-100k --batches 20
+    python bench/train_speed.py --compile --datasets ml-100k --threads 1   # train.compile=true
 """
 
 from __future__ import annotations
@@ -104,14 +105,14 @@ def child(a: argparse.Namespace) -> None:
     from mirec.data.dataset import load_dataset
     from mirec.data.split import SplitConfig
     from mirec.models.registry import NEURAL
-    from mirec.train.loop import RunConfig, TrainConfig, setup, train_step
+    from mirec.train.loop import LossModule, RunConfig, TrainConfig, compiled, setup, train_step
 
     torch.set_num_threads(a.threads)
     peak = matmul_peak()
     ds = load_dataset(DATASETS[a.datasets], verify=False)  # checksums: not what is timed
     fields = {f.name for f in dataclasses.fields(NEURAL[a.models][0])}
     margs = {k: v for k, v in {"dim": DIM, "num_interests": K}.items() if k in fields}
-    tc = TrainConfig(batch_size=BATCH, loss=a.loss, threads=a.threads,
+    tc = TrainConfig(batch_size=BATCH, loss=a.loss, threads=a.threads, compile=a.compile,
                      **({"num_negatives": a.negatives} if a.negatives else {}))
     cfg = RunConfig(model=a.models, model_args=margs, train=tc, split=SplitConfig(max_len=MAX_LEN))
     cfg.validate(), tc.validate()
@@ -120,10 +121,12 @@ def child(a: argparse.Namespace) -> None:
     perm = np.random.default_rng(tc.seed).permutation(n_ex)
     full_batches = max(1, n_ex // BATCH)
     model.train()
+    # as train() does with train.compile: the loss module compiled (the warm-up compiles it)
+    loss_fn = compiled(LossModule(model, tc, sampler, ds.num_items), dynamic=False) if a.compile else None
 
     def step(b: int) -> None:
         idx = perm[(b % full_batches) * BATCH:(b % full_batches + 1) * BATCH]
-        train_step(model, opt, ds, split, idx, cfg, sampler)
+        train_step(model, opt, ds, split, idx, cfg, sampler, loss_fn)
 
     for b in range(a.warmup):
         step(b)
@@ -178,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--loss", default="auto", choices=("auto", "full", "sampled"))
     ap.add_argument("--negatives", type=int, default=None,
                     help="sampled-softmax negatives per batch (default: TrainConfig's 1000)")
+    ap.add_argument("--compile", action="store_true", help="train.compile=true (torch.compile the loss)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:  # --models, --datasets and --threads hold one value each here
@@ -193,13 +197,15 @@ def main(argv: list[str] | None = None) -> None:
     print(machine_line())
     print(f"torch {torch.__version__}; d={DIM}, K={K}, "
           f"max_len={MAX_LEN}, batch={BATCH}; loss={a.loss}, negatives="
-          f"{a.negatives or 'default'}; {a.warmup} warm-up + {a.batches} timed batches")
+          f"{a.negatives or 'default'}; {a.warmup} warm-up + {a.batches} timed batches"
+          + ("; train.compile" if a.compile else ""))
     rows = []
     for ds in [d for d in datasets if ensure_dataset(d)]:
         for m, t in itertools.product(models, threads):
             cmd = [sys.executable, __file__, "--child", "--models", m, "--datasets", ds,
                    "--threads", str(t), "--batches", str(a.batches), "--warmup", str(a.warmup),
-                   "--loss", a.loss] + (["--negatives", str(a.negatives)] if a.negatives else [])
+                   "--loss", a.loss] + (["--negatives", str(a.negatives)] if a.negatives else []) \
+                + (["--compile"] if a.compile else [])
             env = dict(os.environ, OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
             p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if p.returncode != 0:

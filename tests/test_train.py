@@ -9,10 +9,11 @@ import torch
 
 from mirec.data.dataset import load_dataset
 from mirec.data.synth import SynthConfig, synth_dataset
-from mirec.errors import MirecDataError
+from mirec.data.split import windows
+from mirec.errors import MirecConfigError, MirecDataError
 from mirec.experiment import evaluate_baseline, evaluate_run, train_seeds
 from mirec.train.checkpoint import load_checkpoint
-from mirec.train.loop import RunConfig, TrainConfig, train
+from mirec.train.loop import LossModule, RunConfig, TrainConfig, compiled, cxx_compiler, setup, train
 
 torch.set_num_threads(1)
 
@@ -91,3 +92,30 @@ def test_cli_train_and_evaluate_run(synth, tmp_path):
     assert p.returncode == 0 and "comirec-sa" in p.stdout
     bad = subprocess.run(cmd[:-1] + ["train.lr=fast"], capture_output=True, text=True)
     assert bad.returncode == 2 and "train.lr: expected float" in bad.stdout
+
+
+@pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_training_loss_equals_plain_loss_and_gradients(synth):
+    """train.compile changes how the loss is computed, not what (ComiRec-SA, full softmax)."""
+    cfg = small("comirec-sa")
+    split, model, _, _ = setup(cfg, synth)
+    plain = LossModule(model, cfg.train, None, synth.num_items)
+    fast = compiled(plain, dynamic=False)
+    hist, mask = windows(synth.item, split.example_start[:96], split.example_pos[:96], cfg.split.max_len)
+    target = torch.from_numpy(synth.item[split.example_pos[:96]].astype("int64"))
+    out = []
+    for fn in (plain, fast):
+        model.zero_grad()
+        loss = fn(torch.from_numpy(hist), torch.from_numpy(mask), target)
+        loss.backward()
+        out.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-5, atol=1e-6)
+    for name, g in out[0][1].items():
+        assert g.abs().max() > 0, name  # every parameter gets a gradient to compare
+        torch.testing.assert_close(out[1][1][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compile_without_a_compiler_names_the_setting(synth, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-mirec")
+    with pytest.raises(MirecConfigError, match="train.compile"):
+        train(small(compile=True), synth, tmp_path / "c", progress=False)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +32,7 @@ from mirec.eval.ctr_metrics import ctr_metrics
 from mirec.io import atomic_write_json
 from mirec.models.base import RankFeatures
 from mirec.train.checkpoint import best_checkpoint, load_checkpoint, save_checkpoint
-from mirec.train.loop import keep_freed_memory
+from mirec.train.loop import compiled, cxx_compiler, keep_freed_memory  # noqa: F401 (re-export)
 
 
 @dataclass
@@ -187,13 +185,6 @@ def epoch_batches(model: torch.nn.Module, data: CTRData, idx: np.ndarray, tc: Ra
     return [perm[i:i + tc.batch_size] for i in range(0, len(perm), tc.batch_size)]
 
 
-def cxx_compiler() -> str | None:
-    """The C++ compiler torch.compile's CPU backend would use (``$CXX``, else g++, c++, clang++
-    on ``PATH``), or None."""
-    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
-    return next((p for p in map(shutil.which, names) if p), None)
-
-
 def make_loss(model: torch.nn.Module, tc: RankTrainConfig) -> Callable[[CTRData, np.ndarray], torch.Tensor]:
     """``loss(data, idx)``: the training loss of the examples ``idx`` (one of
     :func:`epoch_batches`). With ``tc.compile`` the model's loss goes through ``torch.compile``
@@ -206,11 +197,7 @@ def make_loss(model: torch.nn.Module, tc: RankTrainConfig) -> Callable[[CTRData,
             raise MirecConfigError(f"train.compile: not supported for {type(model).__name__}, whose time "
                                    "is spent in Python-level recurrences that torch.compile would unroll; "
                                    "set train.compile=false")
-        if cxx_compiler() is None:
-            raise MirecConfigError("train.compile: torch.compile on CPU needs a C++ compiler and none "
-                                   "was found ($CXX, g++, c++, clang++); install one or set "
-                                   "train.compile=false")
-        fn = torch.compile(fn, dynamic=True)
+        fn = compiled(fn, dynamic=True)
 
     def loss(data: CTRData, idx: np.ndarray) -> torch.Tensor:
         label = torch.from_numpy(data.label[idx])

@@ -15,6 +15,8 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,12 @@ class TrainConfig:
     patience: int = 3
     threads: int = 1  # torch threads; 2 on a 2-core box stalls when anything else runs
     keep_freed_memory: bool = True  # see keep_freed_memory(): 20-40% faster steps on CPU
+    # torch.compile the training loss (inductor fuses the element-wise work between the
+    # matmuls) for full batches; an epoch's last, smaller batch runs uncompiled, so nothing
+    # recompiles. Needs a C++ compiler; compiling takes ~20 s once per process. One thread,
+    # MovieLens-100K (bench/train_speed.py --compile): ComiRec-SA ~1.3x, YouTube DNN about
+    # level, MIND slower (its routing loop is unrolled).
+    compile: bool = False
     seed: int = 2020
     max_batches_per_epoch: int = 0  # 0 = all; for smoke tests and benchmarks
 
@@ -198,12 +206,29 @@ class LossModule(torch.nn.Module):
         return batch_loss(self.model, hist, mask, target, self.cfg, self.sampler, self.num_items)
 
 
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend would use (``$CXX``, else g++, c++, clang++
+    on ``PATH``), or None."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return next((p for p in map(shutil.which, names) if p), None)
+
+
+def compiled(fn: Callable, dynamic: bool) -> Callable:
+    """``torch.compile(fn)``, or a clear error naming ``train.compile`` without a compiler."""
+    if cxx_compiler() is None:
+        raise MirecConfigError("train.compile: torch.compile on CPU needs a C++ compiler and none "
+                               "was found ($CXX, g++, c++, clang++); install one or set "
+                               "train.compile=false")
+    return torch.compile(fn, dynamic=dynamic)
+
+
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ds: Dataset, split: Split,
                idx: np.ndarray, cfg: RunConfig, sampler: NegativeSampler | None,
-               ddp: torch.nn.Module | None = None, w: World = World()) -> float:
+               loss_fn: Callable | None = None, w: World = World()) -> float:
     """One Adam step on the training examples ``idx``; returns the batch's mean loss.
 
-    Under ``torchrun`` (``ddp``: the :class:`LossModule` in ``DistributedDataParallel``) this
+    ``loss_fn(hist, mask, target)`` replaces the plain :func:`batch_loss`: the
+    :class:`LossModule`, compiled or in ``DistributedDataParallel``. Under ``torchrun`` this
     process computes its slice of ``idx`` only, and the returned loss is its slice's."""
     weight = 1.0
     if w.size > 1:
@@ -212,12 +237,11 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ds: Dataset, 
                          cfg.split.max_len)  # (B, L) each
     target = torch.from_numpy(ds.item[split.example_pos[idx]].astype(np.int64))  # (B,)
     hist_t, mask_t = torch.from_numpy(hist), torch.from_numpy(mask)
-    if ddp is None:
+    if loss_fn is None:
         loss = batch_loss(model, hist_t, mask_t, target, cfg.train, sampler, ds.num_items)
-        scaled = loss
     else:
-        loss = ddp(hist_t, mask_t, target)
-        scaled = loss * weight  # the ranks' averaged gradient is the whole batch's
+        loss = loss_fn(hist_t, mask_t, target)
+    scaled = loss * weight if w.size > 1 else loss  # the ranks' averaged gradient is the batch's
     opt.zero_grad(set_to_none=True)
     scaled.backward()
     opt.step()
@@ -267,10 +291,14 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
         log(f"resumed from {last} after epoch {st['epoch']}")
     elif w.main and (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
-    ddp = None
+    loss_fn = LossModule(model, tc, sampler, ds.num_items)
     if w.size > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(LossModule(model, tc, sampler, ds.num_items))
+        loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn)
         log(f"data-parallel over {w.size} processes (torch.distributed, gloo)")
+    full_fn = loss_fn  # for full batches
+    if tc.compile:
+        full_fn = compiled(loss_fn, dynamic=False)
+        log("train.compile: the first batch compiles the loss (~20 s)")
     L = cfg.split.max_len
     n_ex = split.num_examples
     for epoch in range(start_epoch, tc.epochs):
@@ -288,7 +316,8 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
         for b in bar:
             idx = perm[b * tc.batch_size:(b + 1) * tc.batch_size]
             n = len(idx) if w.size == 1 else round(len(idx) * shard(idx, w)[1] / w.size)  # this slice
-            total += train_step(model, opt, ds, split, idx, cfg, sampler, ddp, w) * n
+            fn = full_fn if len(idx) == tc.batch_size else loss_fn
+            total += train_step(model, opt, ds, split, idx, cfg, sampler, fn, w) * n
             seen += n
             if b % 20 == 0:
                 rate = seen * w.size / max(time.perf_counter() - t0, 1e-9)
