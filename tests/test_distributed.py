@@ -67,3 +67,13 @@ def test_two_processes_under_torchrun_match_one_process(tmp_path):
     start = setup(from_dict(RunConfig, a["config"]), load_dataset(data))[1].state_dict()
     assert (a["model"]["item_emb.weight"] - start["item_emb.weight"]).abs().max() > 1e-2
     assert json.loads((tmp_path / "two" / "results.json").read_text())["seeds"] == [2020]
+
+
+def test_rankers_refuse_torchrun(tmp_path):
+    """Under torchrun every process would train the same ranker into the same files: refused."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "WORLD_SIZE": "2", "COLUMNS": "200"}
+    p = subprocess.run([sys.executable, "-m", "mirec.cli", "train", "--task", "ctr", "--model", "din",
+                        "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2 and "--task ctr: rankers train in one process" in p.stdout
+    assert not (tmp_path / "r").exists()

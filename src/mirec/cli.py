@@ -6,6 +6,7 @@ raises on purpose (bad data, bad config) are printed as one clear line and exit 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -194,6 +195,10 @@ def train_cmd(
         raise MirecConfigError(f"--task: expected retrieval or ctr, got {task!r}")
     if task == "ctr":
         from mirec.train.ctr import RankRunConfig, train_ctr_seeds
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise MirecConfigError("--task ctr: rankers train in one process; run it without torchrun "
+                                   "(data-parallel training is for retrieval models)")
 
         cfg = load(RankRunConfig, config, overrides)
         out = out or Path("runs") / model
