@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mirec.data.dataset import load_dataset
-from mirec.data.synth import SynthConfig, synth_dataset
 from mirec.data.split import windows
+from mirec.data.synth import SynthConfig, synth_dataset
 from mirec.errors import MirecConfigError, MirecDataError
 from mirec.experiment import evaluate_baseline, evaluate_run, train_seeds
 from mirec.train.checkpoint import load_checkpoint
