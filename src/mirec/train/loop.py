@@ -58,8 +58,8 @@ class TrainConfig:
     # torch.compile the training loss (inductor fuses the element-wise work between the
     # matmuls) for full batches; an epoch's last, smaller batch runs uncompiled, so nothing
     # recompiles. Needs a C++ compiler; compiling takes ~20 s once per process. One thread,
-    # MovieLens-100K (bench/train_speed.py --compile): ComiRec-SA ~1.3x, YouTube DNN about
-    # level, MIND slower (its routing loop is unrolled).
+    # MovieLens-100K (bench/train_speed.py --compile): ComiRec-SA ~1.3x, YouTube DNN ~1.1x,
+    # MIND ~0.9x (its routing loop is unrolled).
     compile: bool = False
     seed: int = 2020
     max_batches_per_epoch: int = 0  # 0 = all; for smoke tests and benchmarks
