@@ -315,7 +315,7 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
                    disable=None if progress and w.main else True, leave=False)
         for b in bar:
             idx = perm[b * tc.batch_size:(b + 1) * tc.batch_size]
-            n = len(idx) if w.size == 1 else round(len(idx) * shard(idx, w)[1] / w.size)  # this slice
+            n = len(np.array_split(idx, w.size)[w.rank])  # this process's examples (slice)
             fn = full_fn if len(idx) == tc.batch_size else loss_fn
             total += train_step(model, opt, ds, split, idx, cfg, sampler, fn, w) * n
             seen += n
