@@ -22,12 +22,12 @@ from mirec.models.embedding_mlp import EmbeddingMLP, EmbeddingMLPConfig
 from mirec.train.ctr import (
     RankRunConfig,
     RankTrainConfig,
-    cxx_compiler,
     load_ranker,
     make_loss,
     predict,
     train_ctr,
 )
+from mirec.train.loop import cxx_compiler
 
 torch.set_num_threads(1)
 

@@ -32,7 +32,7 @@ from mirec.eval.ctr_metrics import ctr_metrics
 from mirec.io import atomic_write_json
 from mirec.models.base import RankFeatures
 from mirec.train.checkpoint import best_checkpoint, load_checkpoint, save_checkpoint
-from mirec.train.loop import compiled, cxx_compiler, keep_freed_memory  # noqa: F401 (re-export)
+from mirec.train.loop import compiled, keep_freed_memory
 
 
 @dataclass

@@ -34,7 +34,7 @@ from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import EvalConfig, evaluate
 from mirec.models.base import Interests, max_over_interests
 from mirec.train.checkpoint import load_checkpoint, save_checkpoint
-from mirec.train.distributed import World, all_sum, barrier, from_main, shard, world
+from mirec.train.distributed import all_sum, barrier, from_main, shard, world
 from mirec.train.losses import NegativeSampler, full_softmax_loss, sampled_softmax_loss
 
 
@@ -224,15 +224,13 @@ def compiled(fn: Callable, dynamic: bool) -> Callable:
 
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ds: Dataset, split: Split,
                idx: np.ndarray, cfg: RunConfig, sampler: NegativeSampler | None,
-               loss_fn: Callable | None = None, w: World = World()) -> float:
-    """One Adam step on the training examples ``idx``; returns the batch's mean loss.
+               loss_fn: Callable | None = None, weight: float | None = None) -> float:
+    """One Adam step on the training examples ``idx``; returns their mean loss.
 
     ``loss_fn(hist, mask, target)`` replaces the plain :func:`batch_loss`: the
-    :class:`LossModule`, compiled or in ``DistributedDataParallel``. Under ``torchrun`` this
-    process computes its slice of ``idx`` only, and the returned loss is its slice's."""
-    weight = 1.0
-    if w.size > 1:
-        idx, weight = shard(idx, w)
+    :class:`LossModule`, compiled or in ``DistributedDataParallel``. Under ``torchrun``
+    ``idx`` is this process's slice of the batch and ``weight`` scales its loss (see
+    :func:`mirec.train.distributed.shard`)."""
     hist, mask = windows(ds.item, split.example_start[idx], split.example_pos[idx],
                          cfg.split.max_len)  # (B, L) each
     target = torch.from_numpy(ds.item[split.example_pos[idx]].astype(np.int64))  # (B,)
@@ -241,7 +239,7 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ds: Dataset, 
         loss = batch_loss(model, hist_t, mask_t, target, cfg.train, sampler, ds.num_items)
     else:
         loss = loss_fn(hist_t, mask_t, target)
-    scaled = loss * weight if w.size > 1 else loss  # the ranks' averaged gradient is the batch's
+    scaled = loss if weight is None else loss * weight  # the averaged gradient is the batch's
     opt.zero_grad(set_to_none=True)
     scaled.backward()
     opt.step()
@@ -315,9 +313,12 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
                    disable=None if progress and w.main else True, leave=False)
         for b in bar:
             idx = perm[b * tc.batch_size:(b + 1) * tc.batch_size]
-            n = len(np.array_split(idx, w.size)[w.rank])  # this process's examples (slice)
             fn = full_fn if len(idx) == tc.batch_size else loss_fn
-            total += train_step(model, opt, ds, split, idx, cfg, sampler, fn, w) * n
+            weight, n = None, len(idx)
+            if w.size > 1:
+                idx, weight = shard(idx, w)  # this process's slice
+                n = len(idx) if weight else 0  # a weight-0 stand-in example counts for nothing
+            total += train_step(model, opt, ds, split, idx, cfg, sampler, fn, weight) * n
             seen += n
             if b % 20 == 0:
                 rate = seen * w.size / max(time.perf_counter() - t0, 1e-9)
