@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
-from mirec.models.base import Interests
+from mirec.models.base import Interests, argmax_readout
 from mirec.train.loop import TrainConfig, batch_loss
 from mirec.train.losses import NegativeSampler, full_softmax_loss, sampled_softmax_loss
 
@@ -408,3 +408,44 @@ def test_batch_loss_sampled_path_matches_full_path(cosine):
 
     torch.testing.assert_close(samp, full, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_samp, g_full, rtol=1e-4, atol=1e-6)
+
+
+class _TwoInterests(torch.nn.Module):
+    """Two fixed interests: a long one pointing one way and a unit one pointing another."""
+
+    def __init__(self, items: torch.Tensor, long: torch.Tensor, unit: torch.Tensor):
+        super().__init__()
+        self.items = torch.nn.Parameter(items)
+        self.vectors = torch.stack([long, unit])[None]  # (1, 2, D)
+
+    def interests(self, hist, mask):
+        B = len(hist)
+        return Interests(self.vectors.expand(B, -1, -1), torch.ones(B, 2, dtype=torch.bool),
+                         torch.ones(B, 2, hist.shape[1]) / hist.shape[1])
+
+    def item_embeddings(self):
+        return self.items
+
+    def readout(self, out, target_emb):
+        return argmax_readout(out, target_emb)
+
+
+@pytest.mark.parametrize("cosine", [True, False])
+def test_readout_compares_the_vectors_that_are_scored(cosine):
+    """With cosine scores the argmax readout picks the interest of highest cosine with the
+    target (the one serving would retrieve it with), not the longest; with raw inner products
+    it keeps the highest inner product."""
+    items = torch.tensor([[0.0, 0.0], [0.6, 0.8], [1.0, 0.0], [0.0, 1.0]])
+    long, unit = 10 * torch.tensor([0.8, 0.6]), torch.tensor([0.6, 0.8])
+    target = torch.tensor([1])  # item 1 = (0.6, 0.8): inner products 9.6 and 1.0, cosines 0.96 and 1
+    model = _TwoInterests(items, long, unit)
+    hist, mask = torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool)
+    cfg = TrainConfig(cosine=cosine, temperature=0.5)
+    got = batch_loss(model, hist, mask, target, cfg, None, len(items))
+    chosen = unit if cosine else long
+    table = F.normalize(items, dim=-1) if cosine else items
+    user = F.normalize(chosen, dim=-1) if cosine else chosen
+    torch.testing.assert_close(got, full_softmax_loss(user[None], table, target, 0.5))
+    other = long if cosine else unit
+    user = F.normalize(other, dim=-1) if cosine else other
+    assert not torch.isclose(got, full_softmax_loss(user[None], table, target, 0.5))

@@ -142,6 +142,10 @@ def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
     # One gather for the targets and the negatives: the backward of every gather zero-fills a
     # whole (N, D) gradient table, which dominates a step on a large catalogue.
     rows = items[target if neg is None else torch.cat([target, neg])]  # (B [+ S], D)
+    if cfg.cosine and out.vectors.shape[1] > 1:  # one interest: the readout is the vector
+        # Serving ranks items by each interest's cosine: the readout must compare the same unit
+        # vectors to pick the interest that answers for the target, or it favours long ones.
+        out = Interests(F.normalize(out.vectors, dim=-1), out.mask, out.weights)
     user = model.readout(out, rows[:B])  # (B, D)
     if cfg.cosine:
         user = F.normalize(user, dim=-1)
