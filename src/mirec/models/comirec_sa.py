@@ -24,7 +24,7 @@ from torch import nn
 
 from mirec.errors import MirecConfigError
 from mirec.models.base import Interests, argmax_readout
-from mirec.models.layers import item_embedding, masked_softmax, sigmoid
+from mirec.models.layers import item_embedding, masked_softmax, tanh
 
 
 @dataclass
@@ -33,7 +33,7 @@ class ComiRecSAConfig:
     num_interests: int = 4
     max_len: int = 20
     hidden_factor: int = 4  # W1 is (hidden_factor * D) x D
-    dropout: float = 0.0  # on the attention's hidden layer (its sigmoid(2z) units, see below)
+    dropout: float = 0.0  # on the attention's hidden layer
 
     def validate(self) -> None:
         for name in ("dim", "num_interests", "max_len", "hidden_factor"):
@@ -58,25 +58,17 @@ class ComiRecSA(nn.Module):
         """(B, L) item ids and (B, L) bool mask -> K interests (all live)."""
         B, L = hist.shape
         hist = hist.masked_fill(~mask, 0)  # padding -> item 0, whose embedding row is zero
-        flat = hist.reshape(-1)  # (B L,)
-        # index_select rather than an embedding lookup: its backward is one index_add_.
-        H = self.item_emb.weight.index_select(0, flat).view(B, L, -1)  # (B, L, D), 0 on padding
+        H = self.item_emb(hist)  # (B, L, D), zero on padding
         P = self.pos_emb[-L:]  # (L, D), aligned to the most recent item
-        # tanh(z) = 2 sigmoid(2z) - 1, so W2 tanh(z) = 2 W2 sigmoid(2z) - W2 1. The constant
-        # -W2 1 is the same at every position of an interest and cancels in the softmax over
-        # positions: the logits below give exactly the paper's A, with three fewer passes over
-        # the (B, L, 4D) activations than tanh.
-        W1x2 = 2 * self.W1.weight  # (4D, D)
         # W1 (H + P) = W1 H + W1 P. When the catalogue has fewer rows than the batch has
         # positions, projecting the whole item table once and gathering its rows is the same
         # product for fewer multiply-adds (N x D x 4D instead of B x L x D x 4D).
         if self.item_emb.num_embeddings < B * L:
-            table = F.linear(self.item_emb.weight, W1x2)  # (N, 4D)
-            pre = table.index_select(0, flat).view(B, L, -1) + F.linear(P, W1x2)  # (B, L, 4D)
+            pre = F.embedding(hist, self.W1(self.item_emb.weight)) + self.W1(P)  # (B, L, 4D)
         else:
-            pre = F.linear(H + P, W1x2)  # (B, L, 4D)
-        hidden = self.drop(sigmoid(pre))  # (B, L, 4D), = (1 + tanh(W1 (H + P))) / 2
-        logits = (2 * self.W2(hidden)).transpose(1, 2)  # (B, K, L)
+            pre = self.W1(H + P)  # (B, L, 4D)
+        hidden = self.drop(tanh(pre))  # (B, L, 4D)
+        logits = self.W2(hidden).transpose(1, 2)  # (B, K, L)
         A = masked_softmax(logits, mask[:, None, :], dim=-1)  # (B, K, L), sums to 1 over L
         V = torch.einsum("bkl,bld->bkd", A, H)  # (B, K, D)
         live = torch.ones(B, self.cfg.num_interests, dtype=torch.bool, device=hist.device)
