@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -38,6 +39,11 @@ class Retriever(Protocol):
     def item_embeddings(self) -> torch.Tensor: ...
 
     def readout(self, out: Interests, target_emb: torch.Tensor) -> torch.Tensor: ...
+
+
+def unit_interests(out: Interests) -> Interests:
+    """The same interests scaled to length 1: what cosine scores compare."""
+    return Interests(F.normalize(out.vectors, dim=-1), out.mask, out.weights)
 
 
 def max_over_interests(out: Interests, items: torch.Tensor) -> torch.Tensor:

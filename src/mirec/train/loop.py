@@ -32,7 +32,7 @@ from mirec.data.dataset import Dataset
 from mirec.data.split import Split, SplitConfig, split_users, windows
 from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import EvalConfig, evaluate
-from mirec.models.base import Interests, max_over_interests
+from mirec.models.base import Interests, max_over_interests, unit_interests
 from mirec.train.checkpoint import load_checkpoint, save_checkpoint
 from mirec.train.distributed import all_sum, barrier, from_main, shard, world
 from mirec.train.losses import NegativeSampler, full_softmax_loss, sampled_softmax_loss
@@ -123,7 +123,7 @@ class VectorScorer:
         self.model.eval()
         out = self.model.interests(torch.from_numpy(hist), torch.from_numpy(mask))
         if self.cosine:
-            out = Interests(F.normalize(out.vectors, dim=-1), out.mask, out.weights)
+            out = unit_interests(out)
         return out
 
     @torch.no_grad()
@@ -145,7 +145,7 @@ def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
     if cfg.cosine and out.vectors.shape[1] > 1:  # one interest: the readout is the vector
         # Serving ranks items by each interest's cosine: the readout must compare the same unit
         # vectors to pick the interest that answers for the target, or it favours long ones.
-        out = Interests(F.normalize(out.vectors, dim=-1), out.mask, out.weights)
+        out = unit_interests(out)
     user = model.readout(out, rows[:B])  # (B, D)
     if cfg.cosine:
         user = F.normalize(user, dim=-1)
