@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.func import grad, vmap
 
 from mirec.models.base import Interests, argmax_readout
+from mirec.models.layers import label_aware_attention
 from mirec.train.loop import TrainConfig, batch_loss
 from mirec.train.losses import NegativeSampler, full_softmax_loss, sampled_softmax_loss
 
@@ -449,3 +450,36 @@ def test_readout_compares_the_vectors_that_are_scored(cosine):
     other = long if cosine else unit
     user = F.normalize(other, dim=-1) if cosine else other
     assert not torch.isclose(got, full_softmax_loss(user[None], table, target, 0.5))
+
+
+class _TwoInterestsMIND(_TwoInterests):
+    """The same two interests read out by MIND's label-aware attention (p = 2)."""
+
+    def readout(self, out, target_emb):
+        return label_aware_attention(out.vectors, out.mask, target_emb, 2.0)
+
+
+@pytest.mark.parametrize("cosine", [True, False])
+def test_label_aware_attention_weighs_the_vectors_that_are_scored(cosine):
+    """MIND's label-aware readout gets the interests at unit length under cosine scores:
+    its weights softmax(p v_k . e_t) then follow the cosines and its output is a mix of unit
+    vectors, so a long interest cannot take all the weight by its length alone."""
+    items = torch.tensor([[0.0, 0.0], [0.6, 0.8], [1.0, 0.0], [0.0, 1.0]])
+    long, unit = 10 * torch.tensor([0.8, 0.6]), torch.tensor([0.6, 0.8])
+    target = torch.tensor([1])
+    model = _TwoInterestsMIND(items, long, unit)
+    hist, mask = torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool)
+    got = batch_loss(model, hist, mask, target, TrainConfig(cosine=cosine, temperature=0.5), None, len(items))
+
+    e = items[1]
+    V = torch.stack([long / long.norm(), unit]) if cosine else torch.stack([long, unit])  # (2, D)
+    sim = V @ e  # cosine: 0.96 and 1.0; raw: 9.6 and 1.0
+    w = torch.exp(2.0 * sim) / torch.exp(2.0 * sim).sum()
+    if cosine:  # nearly even weights, the unit interest ahead
+        assert 0.5 < w[1] < 0.6
+    else:  # the long interest takes the weight
+        assert w[0] > 0.99
+    user = w @ V
+    table = F.normalize(items, dim=-1) if cosine else items
+    user = F.normalize(user, dim=-1) if cosine else user
+    torch.testing.assert_close(got, full_softmax_loss(user[None], table, target, 0.5))
