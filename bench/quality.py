@@ -46,15 +46,16 @@ GRID = {"train.temperature": ["0.05", "0.1", "0.2"], "train.lr": ["0.001", "0.00
 
 
 def tune(model: str, ds, seeds: list[int], out: Path, console: Console,
-         extra: list[str]) -> tuple[list[str], dict]:
+         extra: list[str], grid: dict[str, list[str]] = GRID) -> tuple[list[str], dict]:
     """Train every grid setting on every seed; keep the setting with the best validation
     Recall@50 averaged over the seeds (validation users only: each seed's split holds its test
     users out); ``extra`` (``--set``) applies to every run. Returns the setting and its runs'
-    ``results.json``, whose test figures are the table's row. A setting whose runs finished with
+    ``results.json``, whose test figures are the table's row. ``grid`` maps settings to the
+    values tried (:data:`GRID` by default). A setting whose runs finished with
     the same config and seeds is not rerun."""
     best, best_set, best_doc = -1.0, [], {}
-    for values in itertools.product(*GRID.values()):
-        sets = [f"{k}={v}" for k, v in zip(GRID, values)]
+    for values in itertools.product(*grid.values()):
+        sets = [f"{k}={v}" for k, v in zip(grid, values)]
         run_dir = out / "tune" / model / "_".join(values)
         cfg = load(RunConfig, None, [f"model={model}", *sets, *extra])
         done = run_dir / "results.json"
