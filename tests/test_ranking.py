@@ -167,6 +167,7 @@ def pad_left(b: CTRBatch, extra: int) -> CTRBatch:
 
 @pytest.mark.parametrize("make", [lambda f: DIN(DINConfig(dim=8, activation="dice"), f),
                                   lambda f: DIN(DINConfig(dim=8), f),
+                                  lambda f: DIN(DINConfig(dim=8, product=False), f),
                                   lambda f: EmbeddingMLP(EmbeddingMLPConfig(dim=8), f)])
 def test_rankers_padding_invariant(make):
     torch.manual_seed(0)

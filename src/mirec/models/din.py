@@ -4,7 +4,8 @@ For a candidate t and the user's earlier positives h_1..h_L, DIN's activation un
 history item, ``a_i = MLP([h_i, t, h_i - t, h_i * t])``, and pools ``sum_i a_i h_i``. There is
 no softmax over i: the weights need not sum to 1, so the pooled vector's size keeps how
 strongly the history speaks for this candidate. Padding positions get weight exactly 0.
-The pooled interest, the candidate and the user's profile go through an MLP to one logit.
+The pooled interest, the candidate, their product (``product``; the paper's head has none) and
+the user's profile go through an MLP to one logit.
 
 Shapes: ``B`` batch, ``L`` history, ``D`` embedding size, ``E = 2D`` item encoding
 (item + pooled categories), ``P`` profile encoding.
@@ -31,6 +32,7 @@ class DINConfig:
     activation: str = "prelu"  # prelu | dice (head and activation unit)
     dropout: float = 0.0
     use_user_id: bool = True
+    product: bool = True  # the head also gets candidate * pooled interest (the paper's has not)
 
     def validate(self) -> None:
         if self.dim < 1:
@@ -88,7 +90,8 @@ class DIN(nn.Module):
         self.profile = ProfileEncoder(features.num_users, features.profile_sizes, cfg.dim, cfg.use_user_id)
         E = self.items.dim
         self.attention = ActivationUnit(E, cfg.attention_hidden, cfg.activation)
-        self.head = ctr_mlp(self.profile.dim + 3 * E, cfg.hidden, cfg.activation, cfg.dropout)
+        self.head = ctr_mlp(self.profile.dim + (3 if cfg.product else 2) * E, cfg.hidden, cfg.activation,
+                            cfg.dropout)
 
     def interest(self, table: torch.Tensor, hist: torch.Tensor, row: torch.Tensor,
                  t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +123,8 @@ class DIN(nn.Module):
     def forward(self, batch: CTRBatch) -> torch.Tensor:
         table, t, hist, row = self.encode(batch)  # (U, E), (B, E), (P,), (P,)
         pooled, _ = self.interest(table, hist, row, t)
-        x = torch.cat([self.profile(batch.user, batch.profile), t, pooled, t * pooled], dim=-1)
+        parts = [self.profile(batch.user, batch.profile), t, pooled]
+        x = torch.cat(parts + [t * pooled] if self.cfg.product else parts, dim=-1)
         return self.head(x).squeeze(-1)  # (B,) logits
 
     def loss(self, batch: CTRBatch, label: torch.Tensor) -> torch.Tensor:
