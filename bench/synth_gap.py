@@ -75,7 +75,7 @@ def main() -> None:
     p.add_argument("--tune", action="store_true",
                    help="pick each model's temperature on validation users first (0.05, 0.1, 0.2)")
     a = p.parse_args()
-    base = [s for s in SETTINGS if not (a.tune and s.split("=")[0] in TUNE_GRID)] + a.set
+    settings = [s for s in SETTINGS if not (a.tune and s.split("=")[0] in TUNE_GRID)] + a.set
     out, seeds = Path(a.out), [int(s) for s in a.seeds.split(",")]
     models = a.models.split(",")
     rows = []
@@ -89,10 +89,10 @@ def main() -> None:
             t = time.perf_counter()
             chosen = []
             if a.tune:
-                chosen, doc = tune(m, ds, seeds, out / data_name(kmax, a), Console(), base, TUNE_GRID)
+                chosen, doc = tune(m, ds, seeds, out / data_name(kmax, a), Console(), settings, TUNE_GRID)
                 r50[m] = (doc["metrics"]["recall@50"], doc["std"]["recall@50"])
             else:
-                cfg = load(RunConfig, None, [f"model={m}", *base])
+                cfg = load(RunConfig, None, [f"model={m}", *settings])
                 run = train_seeds(cfg, ds, seeds, out / data_name(kmax, a) / m, progress=False)
                 r50[m] = (run.mean["recall@50"], run.std["recall@50"])
             print(f"Kmax {kmax} {m:12} {' '.join(chosen)} R@50 {r50[m][0]:.4f} ± {r50[m][1]:.4f} "
