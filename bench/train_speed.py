@@ -121,12 +121,14 @@ def child(a: argparse.Namespace) -> None:
     perm = np.random.default_rng(tc.seed).permutation(n_ex)
     full_batches = max(1, n_ex // BATCH)
     model.train()
-    # as train() does with train.compile: the loss module compiled (the warm-up compiles it)
-    loss_fn = compiled(LossModule(model, tc, sampler, ds.num_items), dynamic=False) if a.compile else None
+    # as train() does: the loss module, compiled with train.compile (the warm-up compiles it)
+    loss_fn = LossModule(model, tc, sampler, ds.num_items)
+    if a.compile:
+        loss_fn = compiled(loss_fn, dynamic=False)
 
     def step(b: int) -> None:
         idx = perm[(b % full_batches) * BATCH:(b % full_batches + 1) * BATCH]
-        train_step(model, opt, ds, split, idx, cfg, sampler, loss_fn)
+        train_step(opt, ds, split, idx, cfg, loss_fn)
 
     for b in range(a.warmup):
         step(b)

@@ -6,7 +6,6 @@ raises on purpose (bad data, bad config) are printed as one clear line and exit 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -195,8 +194,9 @@ def train_cmd(
         raise MirecConfigError(f"--task: expected retrieval or ctr, got {task!r}")
     if task == "ctr":
         from mirec.train.ctr import RankRunConfig, train_ctr_seeds
+        from mirec.train.distributed import launched
 
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if launched():
             raise MirecConfigError("--task ctr: rankers train in one process; run it without torchrun "
                                    "(data-parallel training is for retrieval models)")
 

@@ -39,10 +39,15 @@ class World:
         return self.rank == 0
 
 
+def launched() -> bool:
+    """Whether ``torchrun`` started this process as one of several (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def world() -> World:
     """This process's place in a ``torchrun`` launch, joining the process group on first use;
     ``World(0, 1)`` when not launched by ``torchrun``."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not launched():
         return World()
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")

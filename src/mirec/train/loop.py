@@ -226,23 +226,17 @@ def compiled(fn: Callable, dynamic: bool) -> Callable:
     return torch.compile(fn, dynamic=dynamic)
 
 
-def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ds: Dataset, split: Split,
-               idx: np.ndarray, cfg: RunConfig, sampler: NegativeSampler | None,
-               loss_fn: Callable | None = None, weight: float | None = None) -> float:
+def train_step(opt: torch.optim.Optimizer, ds: Dataset, split: Split, idx: np.ndarray, cfg: RunConfig,
+               loss_fn: Callable, weight: float | None = None) -> float:
     """One Adam step on the training examples ``idx``; returns their mean loss.
 
-    ``loss_fn(hist, mask, target)`` replaces the plain :func:`batch_loss`: the
-    :class:`LossModule`, compiled or in ``DistributedDataParallel``. Under ``torchrun``
-    ``idx`` is this process's slice of the batch and ``weight`` scales its loss (see
-    :func:`mirec.train.distributed.shard`)."""
+    ``loss_fn(hist, mask, target)`` is the :class:`LossModule`, maybe compiled or in
+    ``DistributedDataParallel``. Under ``torchrun`` ``idx`` is this process's slice of the
+    batch and ``weight`` scales its loss (see :func:`mirec.train.distributed.shard`)."""
     hist, mask = windows(ds.item, split.example_start[idx], split.example_pos[idx],
                          cfg.split.max_len)  # (B, L) each
     target = torch.from_numpy(ds.item[split.example_pos[idx]].astype(np.int64))  # (B,)
-    hist_t, mask_t = torch.from_numpy(hist), torch.from_numpy(mask)
-    if loss_fn is None:
-        loss = batch_loss(model, hist_t, mask_t, target, cfg.train, sampler, ds.num_items)
-    else:
-        loss = loss_fn(hist_t, mask_t, target)
+    loss = loss_fn(torch.from_numpy(hist), torch.from_numpy(mask), target)
     scaled = loss if weight is None else loss * weight  # the averaged gradient is the batch's
     opt.zero_grad(set_to_none=True)
     scaled.backward()
@@ -322,7 +316,7 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
             if w.size > 1:
                 idx, weight = shard(idx, w)  # this process's slice
                 n = len(idx) if weight else 0  # a weight-0 stand-in example counts for nothing
-            total += train_step(model, opt, ds, split, idx, cfg, sampler, fn, weight) * n
+            total += train_step(opt, ds, split, idx, cfg, fn, weight) * n
             seen += n
             if b % 20 == 0:
                 rate = seen * w.size / max(time.perf_counter() - t0, 1e-9)
