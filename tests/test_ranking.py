@@ -20,8 +20,10 @@ from mirec.models.base import CTRBatch, RankFeatures
 from mirec.models.din import DIN, DINConfig
 from mirec.models.embedding_mlp import EmbeddingMLP, EmbeddingMLPConfig
 from mirec.train.ctr import (
+    IdCounts,
     RankRunConfig,
     RankTrainConfig,
+    embedding_penalty,
     load_ranker,
     make_loss,
     predict,
@@ -321,3 +323,72 @@ def test_compile_refused_for_recurrent_rankers():
 
     with pytest.raises(MirecConfigError, match="train.compile: not supported for DIEN"):
         make_loss(DIEN(DIENConfig(dim=8), features()), RankTrainConfig(compile=True))
+
+
+# ------------------------------------------------------------- mini-batch aware regularisation
+
+
+def test_id_counts_are_training_examples_per_id_plus_one(tmp_path):
+    data = build_ctr(toy_dataset(tmp_path), CTRConfig(max_len=8))
+    c = IdCounts.of(data)
+    tr = data.indices(TRAIN)
+    item, user = data.item[tr], data.user[tr]
+    for j in (0, 1, 7, int(item[0])):
+        assert c.item[j] == (item == j).sum() + 1
+    for u in (0, 3, data.features.num_users):  # the last row: the unknown user, never trained on
+        assert c.user[u] == (user == u).sum() + 1
+    assert c.item[0] == 1  # padding is never a candidate
+
+
+def test_embedding_penalty_is_the_weighted_l2_of_distinct_rows_read():
+    """sum_j ||e_j||^2 / n_j over the distinct ids a batch reads: a repeated id counts once, and
+    the gradient reaches exactly the rows read, 2 e_j / n_j each."""
+    f = features()
+    torch.manual_seed(0)
+    model = DIN(DINConfig(dim=4), f)
+    counts = IdCounts(item=torch.arange(1, f.num_items + 1).float(), user=torch.full((f.num_users + 1,), 2.0))
+    items, users = torch.tensor([[3, 5], [5, 0]]), torch.tensor([1, 1, 4])
+    pen = embedding_penalty(model, items, users, counts)
+    E, U = model.items.item.weight, model.profile.user.weight
+    want = sum(E[j].square().sum() / (j + 1) for j in (0, 3, 5)) + sum(U[u].square().sum() / 2 for u in (1, 4))
+    torch.testing.assert_close(pen, want)
+    pen.backward()
+    read = torch.zeros(f.num_items, dtype=torch.bool)
+    read[[0, 3, 5]] = True
+    torch.testing.assert_close(E.grad[read], 2 * E[read].detach() / counts.item[read, None])
+    assert E.grad[~read].abs().max() == 0
+    assert U.grad[[0, 2, 3]].abs().max() == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_embedding_l2_adds_the_penalty_of_the_batch_ids(tmp_path, stream):
+    """The training loss with train.embedding_l2 = lam is the plain loss plus lam times the
+    penalty of the candidates, live history items and users of the batch (MIMN's streamed
+    batches too)."""
+    from mirec.models.mimn import MIMN, MIMNConfig
+
+    data = build_ctr(toy_dataset(tmp_path), CTRConfig(max_len=8))
+    torch.manual_seed(0)
+    model = MIMN(MIMNConfig(dim=8), data.features) if stream else DIN(DINConfig(dim=8), data.features)
+    counts = IdCounts.of(data)
+    idx = data.indices(TRAIN)[:40]
+    plain = make_loss(model, RankTrainConfig())(data, idx)
+    reg = make_loss(model, RankTrainConfig(embedding_l2=0.5), counts)(data, idx)
+    b = data.batch(idx)
+    users = torch.from_numpy(data.user[idx])
+    if stream:  # a user's whole sequence is read, not a window of it
+        hist = torch.from_numpy(data.pos_item[np.concatenate(
+            [np.arange(data.pos_offsets[u], data.pos_offsets[u] + data.hist_stop[e] - data.hist_start[e])
+             for u, e in zip(data.user[idx], idx)])])
+    else:
+        hist = b.hist[b.mask]
+    want = plain + 0.5 * embedding_penalty(model, torch.cat([hist, b.item]), users, counts)
+    torch.testing.assert_close(reg, want)
+    assert reg > plain
+
+
+def test_embedding_l2_config_errors():
+    with pytest.raises(MirecConfigError, match="train.embedding_l2: must be >= 0"):
+        load(RankRunConfig, None, ["train.embedding_l2=-1"])
+    with pytest.raises(ValueError, match="IdCounts"):
+        make_loss(EmbeddingMLP(EmbeddingMLPConfig(dim=8), features()), RankTrainConfig(embedding_l2=0.1))

@@ -41,6 +41,11 @@ class RankTrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
+    # DIN's mini-batch aware regularisation (Zhou et al., KDD 2018, section 4.3): each step adds
+    # embedding_l2 * sum_j ||e_j||^2 / n_j over the distinct item-id and user-id embedding rows
+    # the batch reads, n_j the id's count among the training examples (+1). Rare ids are held
+    # nearer 0, and rows a batch does not read get no update from it. 0 = off.
+    embedding_l2: float = 0.0
     patience: int = 2
     threads: int = 1  # torch threads; see TrainConfig.threads
     keep_freed_memory: bool = True
@@ -65,6 +70,8 @@ class RankTrainConfig:
                 raise MirecConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise MirecConfigError(f"train.lr: must be > 0, got {self.lr}")
+        if self.embedding_l2 < 0:
+            raise MirecConfigError(f"train.embedding_l2: must be >= 0, got {self.embedding_l2}")
 
 
 @dataclass
@@ -122,13 +129,15 @@ def user_groups(data: CTRData, idx: np.ndarray, users_per_batch: int,
 
 def stream_inputs(data: CTRData, ex: np.ndarray) -> dict[str, torch.Tensor]:
     """Tensors for ``model.stream_logits``: the users of examples ``ex`` with their behaviours
-    (right-padded, cut after the last one any example needs) and each example's row and stop."""
+    (right-padded, each user's cut after the last one its examples need) and each example's row
+    and stop."""
     users = np.unique(data.user[ex])
     starts = data.pos_offsets[users]
     row = np.searchsorted(users, data.user[ex])  # (X,)
     stop = data.hist_stop[ex] - data.hist_start[ex]  # (X,) behaviours before the example
-    T = int(stop.max(initial=0))
-    lens = np.minimum(data.pos_offsets[users + 1] - starts, T)
+    lens = np.zeros(len(users), dtype=np.int64)
+    np.maximum.at(lens, row, stop)  # (B,) behaviours the user's examples need
+    T = int(lens.max(initial=0))
     cols = np.arange(T)
     mask = cols[None, :] < lens[:, None]  # (B, T)
     seq = np.where(mask, data.pos_item[np.minimum(starts[:, None] + cols, max(len(data.pos_item) - 1, 0))], 0)
@@ -185,9 +194,43 @@ def epoch_batches(model: torch.nn.Module, data: CTRData, idx: np.ndarray, tc: Ra
     return [perm[i:i + tc.batch_size] for i in range(0, len(perm), tc.batch_size)]
 
 
-def make_loss(model: torch.nn.Module, tc: RankTrainConfig) -> Callable[[CTRData, np.ndarray], torch.Tensor]:
+@dataclass
+class IdCounts:
+    """How often each item and each user is the subject of a training example (+1), the
+    ``n_j`` of :func:`embedding_penalty`."""
+
+    item: torch.Tensor  # (N,) float
+    user: torch.Tensor  # (U + 1,) float, the last row the unknown user
+
+    @classmethod
+    def of(cls, data: CTRData) -> IdCounts:
+        idx = data.indices(TRAIN)
+        f = data.features
+        item = np.bincount(data.item[idx], minlength=f.num_items) + 1.0
+        user = np.bincount(data.user[idx], minlength=f.num_users + 1) + 1.0
+        return cls(torch.from_numpy(item).float(), torch.from_numpy(user).float())
+
+
+def embedding_penalty(model: torch.nn.Module, items: torch.Tensor, users: torch.Tensor,
+                      counts: IdCounts) -> torch.Tensor:
+    """``sum_j ||e_j||^2 / n_j`` over the distinct ``items`` and ``users`` (any shape) of the
+    model's item-id and user-id embeddings (the user part only when the model has one)."""
+    items = torch.unique(items)
+    w = model.items.item.weight.index_select(0, items)  # (I, D)
+    total = (w.square().sum(1) / counts.item[items]).sum()
+    if model.profile.user is not None:
+        users = torch.unique(users)
+        u = model.profile.user.weight.index_select(0, users)  # (V, D)
+        total = total + (u.square().sum(1) / counts.user[users]).sum()
+    return total
+
+
+def make_loss(model: torch.nn.Module, tc: RankTrainConfig,
+              counts: IdCounts | None = None) -> Callable[[CTRData, np.ndarray], torch.Tensor]:
     """``loss(data, idx)``: the training loss of the examples ``idx`` (one of
-    :func:`epoch_batches`). With ``tc.compile`` the model's loss goes through ``torch.compile``
+    :func:`epoch_batches`), plus ``tc.embedding_l2`` times :func:`embedding_penalty` of the
+    ids they read when that is on (``counts`` then from the training data). With
+    ``tc.compile`` the model's loss goes through ``torch.compile``
     with dynamic shapes, so batches of any size and history length reuse the compiled code
     instead of recompiling; it computes the same loss and gradients as the plain model."""
     stream = streams(model, tc)
@@ -198,12 +241,23 @@ def make_loss(model: torch.nn.Module, tc: RankTrainConfig) -> Callable[[CTRData,
                                    "is spent in Python-level recurrences that torch.compile would unroll; "
                                    "set train.compile=false")
         fn = compiled(fn, dynamic=True)
+    lam = tc.embedding_l2
+    if lam and counts is None:
+        raise ValueError("make_loss: train.embedding_l2 needs the training data's IdCounts")
 
     def loss(data: CTRData, idx: np.ndarray) -> torch.Tensor:
         label = torch.from_numpy(data.label[idx])
         if stream:
-            return fn(**stream_inputs(data, idx), label=label)
-        return fn(data.batch(idx), label)
+            x = stream_inputs(data, idx)
+            out = fn(**x, label=label)
+            ids = (x["seq"][x["seq_mask"]], x["ex_item"], x["user"])
+        else:
+            batch = data.batch(idx)
+            out = fn(batch, label)
+            ids = (batch.hist[batch.mask], batch.item, batch.user)
+        if lam:
+            out = out + lam * embedding_penalty(model, torch.cat(ids[:2]), ids[2], counts)
+        return out
 
     return loss
 
@@ -239,7 +293,7 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
     torch.manual_seed(tc.seed)
     model = build_ranker(cfg, data.features)
     opt = make_optimizer(model, tc)
-    batch_loss = make_loss(model, tc)
+    batch_loss = make_loss(model, tc, IdCounts.of(data) if tc.embedding_l2 else None)
     if tc.compile:
         log("train.compile: the first batches compile the loss (~35 s, less from the on-disk cache)")
     train_idx = data.indices(TRAIN)
