@@ -96,7 +96,7 @@ def speed_child(a: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model = build_ranker(cfg, data.features)
     opt = make_optimizer(model, cfg.train)
-    batch_loss = make_loss(model, cfg.train)
+    batch_loss = make_loss(model, cfg.train, data)
     stream = streams(model, cfg.train)
     batches = epoch_batches(model, data, data.indices(TRAIN), cfg.train, np.random.default_rng(0))
     model.train()
