@@ -216,14 +216,17 @@ class IdCounts:
 def embedding_penalty(model: torch.nn.Module, items: torch.Tensor, users: torch.Tensor,
                       counts: IdCounts) -> torch.Tensor:
     """``sum_j ||e_j||^2 / n_j`` over the distinct ``items`` and ``users`` (any shape) of the
-    model's item-id and user-id embeddings (the user part only when the model has one)."""
-    items = torch.unique(items)
-    w = model.items.item.weight.index_select(0, items)  # (I, D)
-    total = (w.square().sum(1) / counts.item[items]).sum()
+    model's item-id and user-id embeddings (the user part only when the model has one).
+
+    Computed over the whole table with weight 0 on the rows not read: a pass over (N, D), as
+    Adam's step takes anyway, instead of sorting the batch's ids to find the distinct ones."""
+    def part(table: torch.Tensor, ids: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        read = torch.zeros_like(n).index_fill_(0, ids.reshape(-1), 1.0)  # (N,) 1 on rows read
+        return table.square().sum(1) @ (read / n)
+
+    total = part(model.items.item.weight, items, counts.item)
     if model.profile.user is not None:
-        users = torch.unique(users)
-        u = model.profile.user.weight.index_select(0, users)  # (V, D)
-        total = total + (u.square().sum(1) / counts.user[users]).sum()
+        total = total + part(model.profile.user.weight, users, counts.user)
     return total
 
 
