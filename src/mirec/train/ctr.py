@@ -256,13 +256,14 @@ def make_loss(model: torch.nn.Module, tc: RankTrainConfig,
         if stream:
             x = stream_inputs(data, idx)
             out = fn(**x, label=label)
-            ids = (x["seq"][x["seq_mask"]], x["ex_item"], x["user"])
+            read = (x["seq"], x["seq_mask"], x["ex_item"], x["user"])
         else:
             batch = data.batch(idx)
             out = fn(batch, label)
-            ids = (batch.hist[batch.mask], batch.item, batch.user)
-        if lam:
-            out = out + lam * embedding_penalty(model, torch.cat(ids[:2]), ids[2], counts)
+            read = (batch.hist, batch.mask, batch.item, batch.user)
+        if lam:  # the live history items, the candidates and the users the batch reads
+            hist, mask, item, user = read
+            out = out + lam * embedding_penalty(model, torch.cat([hist[mask], item]), user, counts)
         return out
 
     return loss
