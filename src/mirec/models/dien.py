@@ -51,7 +51,9 @@ from mirec.models.layers import AUGRU, ItemEncoder, ProfileEncoder, ctr_mlp, pac
 class DIENConfig:
     dim: int = 32
     hidden: list[int] = field(default_factory=lambda: [200, 80])
-    activation: str = "prelu"  # prelu | dice (head)
+    # prelu | dice (head). Dice, as in the DIEN authors' code: it raised validation GAUC on each
+    # of seeds 1-3 (README, Ranking)
+    activation: str = "dice"
     dropout: float = 0.0
     use_user_id: bool = True
     aux_weight: float = 1.0  # weight of the auxiliary next-behaviour loss; 0 turns it off
