@@ -23,6 +23,7 @@ Usage::
     python bench/train_speed.py --loss sampled --negatives 10    # like for like with the peer
     python bench/train_speed.py --models youtube-dnn,comirec-sa --datasets ml-100k --batches 20
     python bench/train_speed.py --compile --datasets ml-100k --threads 1   # train.compile=true
+    python bench/train_speed.py --precision bf16 --datasets ml-100k --threads 1   # bf16 autocast
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def child(a: argparse.Namespace) -> None:
     fields = {f.name for f in dataclasses.fields(NEURAL[a.models][0])}
     margs = {k: v for k, v in {"dim": DIM, "num_interests": K}.items() if k in fields}
     tc = TrainConfig(batch_size=BATCH, loss=a.loss, threads=a.threads, compile=a.compile,
-                     **({"num_negatives": a.negatives} if a.negatives else {}))
+                     precision=a.precision, **({"num_negatives": a.negatives} if a.negatives else {}))
     cfg = RunConfig(model=a.models, model_args=margs, train=tc, split=SplitConfig(max_len=MAX_LEN))
     cfg.validate(), tc.validate()
     split, model, opt, sampler = setup(cfg, ds)  # the trainer's own set-up and step
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--negatives", type=int, default=None,
                     help="sampled-softmax negatives per batch (default: TrainConfig's 1000)")
     ap.add_argument("--compile", action="store_true", help="train.compile=true (torch.compile the loss)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="train.precision (bf16: CPU autocast of the training loss)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:  # --models, --datasets and --threads hold one value each here
@@ -200,14 +203,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}; d={DIM}, K={K}, "
           f"max_len={MAX_LEN}, batch={BATCH}; loss={a.loss}, negatives="
           f"{a.negatives or 'default'}; {a.warmup} warm-up + {a.batches} timed batches"
-          + ("; train.compile" if a.compile else ""))
+          + ("; train.compile" if a.compile else "") + ("; bf16" if a.precision == "bf16" else ""))
     rows = []
     for ds in [d for d in datasets if ensure_dataset(d)]:
         for m, t in itertools.product(models, threads):
             cmd = [sys.executable, __file__, "--child", "--models", m, "--datasets", ds,
                    "--threads", str(t), "--batches", str(a.batches), "--warmup", str(a.warmup),
                    "--loss", a.loss] + (["--negatives", str(a.negatives)] if a.negatives else []) \
-                + (["--compile"] if a.compile else [])
+                + (["--compile"] if a.compile else []) + ["--precision", a.precision]
             env = dict(os.environ, OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
             p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if p.returncode != 0:

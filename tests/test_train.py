@@ -115,6 +115,34 @@ def test_compiled_training_loss_equals_plain_loss_and_gradients(synth):
         torch.testing.assert_close(out[1][1][name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("model", ["comirec-sa", "mind", "youtube-dnn"])
+def test_bf16_precision_is_a_close_low_precision_copy_of_the_fp32_loss(synth, model):
+    """train.precision=bf16: the loss and gradients are near the fp32 ones but not equal (the
+    matmuls did run in bfloat16), and parameters and gradients stay float32 for Adam."""
+    cfg = small(model)
+    split, net, _, _ = setup(cfg, synth)
+    hist, mask = windows(synth.item, split.example_start[:96], split.example_pos[:96], cfg.split.max_len)
+    target = torch.from_numpy(synth.item[split.example_pos[:96]].astype("int64"))
+    out = []
+    for precision in ("fp32", "bf16"):
+        tc = TrainConfig(**{**vars(cfg.train), "precision": precision})
+        net.zero_grad()
+        torch.manual_seed(0)  # MIND's training routing logits
+        loss = LossModule(net, tc, None, synth.num_items)(torch.from_numpy(hist), torch.from_numpy(mask), target)
+        loss.backward()
+        assert loss.dtype == torch.float32
+        out.append((loss.item(), torch.cat([p.grad.flatten() for p in net.parameters()])))
+    (l32, g32), (l16, g16) = out
+    assert g16.dtype == torch.float32
+    assert l16 != l32 and abs(l16 - l32) < 0.02 * abs(l32)
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
+
+
+def test_precision_must_be_fp32_or_bf16():
+    with pytest.raises(MirecConfigError, match="train.precision"):
+        TrainConfig(precision="fp16").validate()
+
+
 def test_compile_without_a_compiler_names_the_setting(synth, tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-mirec")
     with pytest.raises(MirecConfigError, match="train.compile"):
