@@ -115,10 +115,12 @@ def test_compiled_training_loss_equals_plain_loss_and_gradients(synth):
         torch.testing.assert_close(out[1][1][name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("model", ["comirec-sa", "mind", "youtube-dnn"])
-def test_bf16_precision_is_a_close_low_precision_copy_of_the_fp32_loss(synth, model):
-    """train.precision=bf16: the loss and gradients are near the fp32 ones but not equal (the
-    matmuls did run in bfloat16), and parameters and gradients stay float32 for Adam."""
+@pytest.mark.parametrize("model,compile", [("comirec-sa", False), ("mind", False), ("youtube-dnn", False),
+                                           pytest.param("comirec-sa", True, marks=pytest.mark.skipif(
+                                               cxx_compiler() is None, reason="needs a C++ compiler"))])
+def test_bf16_precision_is_a_close_low_precision_copy_of_the_fp32_loss(synth, model, compile):
+    """train.precision=bf16 (compiled too): the loss and gradients are near the fp32 ones but
+    not equal (the matmuls did run in bfloat16), and parameters and gradients stay float32."""
     cfg = small(model)
     split, net, _, _ = setup(cfg, synth)
     hist, mask = windows(synth.item, split.example_start[:96], split.example_pos[:96], cfg.split.max_len)
@@ -128,7 +130,10 @@ def test_bf16_precision_is_a_close_low_precision_copy_of_the_fp32_loss(synth, mo
         tc = TrainConfig(**{**vars(cfg.train), "precision": precision})
         net.zero_grad()
         torch.manual_seed(0)  # MIND's training routing logits
-        loss = LossModule(net, tc, None, synth.num_items)(torch.from_numpy(hist), torch.from_numpy(mask), target)
+        fn = LossModule(net, tc, None, synth.num_items)
+        if compile and precision == "bf16":
+            fn = compiled(fn, dynamic=False)
+        loss = fn(torch.from_numpy(hist), torch.from_numpy(mask), target)
         loss.backward()
         assert loss.dtype == torch.float32
         out.append((loss.item(), torch.cat([p.grad.flatten() for p in net.parameters()])))
