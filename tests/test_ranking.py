@@ -253,6 +253,26 @@ def test_train_ctr_learns_and_writes_run(tmp_path, model):
     assert ck["profile"].shape == (60, 2)
 
 
+def test_checkpoint_keeps_every_model_field_and_old_dien_runs_still_load(tmp_path):
+    """A run saves its model's whole config, defaults included, so a later change of a default
+    cannot change what it rebuilds into; a DIEN run saved before that (model_args without
+    ``activation``, from when DIEN's default was PReLU) still loads."""
+    from mirec.train.checkpoint import load_checkpoint, save_checkpoint
+
+    ds = toy_dataset(tmp_path / "data", users=30, per_user=20)
+    cfg = load(RankRunConfig, None, ["model=dien", "model_args.dim=4", "model_args.activation=prelu",
+                                     "train.epochs=1", "ctr.max_len=6"])
+    r = train_ctr(cfg, ds, tmp_path / "run", progress=False)
+    ck = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert ck["config"]["model_args"]["aux_weight"] == 1.0  # a default nobody set is saved too
+    ck["config"]["model_args"] = {"dim": 4}  # as runs were saved before
+    save_checkpoint(tmp_path / "run" / "best.pt", ck)
+    m, _ = load_ranker(tmp_path / "run")
+    assert m.cfg.activation == "prelu"
+    idx = r.data.indices(TEST)
+    np.testing.assert_allclose(predict(m, r.data, idx), predict(r.model, r.data, idx), atol=1e-6)
+
+
 def test_train_ctr_resume_equals_uninterrupted(tmp_path):
     ds = toy_dataset(tmp_path / "data")
     cfg = load(RankRunConfig, None, ["model=din", "model_args.dim=8", "train.epochs=3",

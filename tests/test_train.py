@@ -115,31 +115,32 @@ def test_compiled_training_loss_equals_plain_loss_and_gradients(synth):
         torch.testing.assert_close(out[1][1][name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("model,compile", [("comirec-sa", False), ("mind", False), ("youtube-dnn", False),
-                                           pytest.param("comirec-sa", True, marks=pytest.mark.skipif(
-                                               cxx_compiler() is None, reason="needs a C++ compiler"))])
-def test_bf16_precision_is_a_close_low_precision_copy_of_the_fp32_loss(synth, model, compile):
-    """train.precision=bf16 (compiled too): the loss and gradients are near the fp32 ones but
-    not equal (the matmuls did run in bfloat16), and parameters and gradients stay float32."""
-    cfg = small(model)
-    split, net, _, _ = setup(cfg, synth)
+@pytest.mark.parametrize("model,loss,compile", [
+    ("comirec-sa", "full", False), ("mind", "full", False), ("comirec-dr", "full", False),
+    ("youtube-dnn", "full", False), ("youtube-dnn", "sampled", False),
+    pytest.param("comirec-sa", "full", True, marks=pytest.mark.skipif(
+        cxx_compiler() is None, reason="torch.compile on CPU needs a C++ compiler"))])
+def test_bf16_precision_is_a_close_low_precision_copy_of_the_fp32_loss(synth, model, loss, compile):
+    """train.precision=bf16 (also compiled, and with the logQ-corrected sampled loss): the loss
+    and gradients are near the float32 ones, and the loss is further from them than float
+    rounding alone moves it (~1e-7 relative), so the matmuls did run in bfloat16."""
+    cfg = small(model, loss=loss, num_negatives=30)
+    split, net, _, sampler = setup(cfg, synth)
     hist, mask = windows(synth.item, split.example_start[:96], split.example_pos[:96], cfg.split.max_len)
     target = torch.from_numpy(synth.item[split.example_pos[:96]].astype("int64"))
     out = []
     for precision in ("fp32", "bf16"):
         tc = TrainConfig(**{**vars(cfg.train), "precision": precision})
         net.zero_grad()
-        torch.manual_seed(0)  # MIND's training routing logits
-        fn = LossModule(net, tc, None, synth.num_items)
+        torch.manual_seed(0)  # the same routing logits (MIND) and sampled negatives for both
+        fn = LossModule(net, tc, sampler, synth.num_items)
         if compile and precision == "bf16":
             fn = compiled(fn, dynamic=False)
-        loss = fn(torch.from_numpy(hist), torch.from_numpy(mask), target)
-        loss.backward()
-        assert loss.dtype == torch.float32
-        out.append((loss.item(), torch.cat([p.grad.flatten() for p in net.parameters()])))
+        value = fn(torch.from_numpy(hist), torch.from_numpy(mask), target)
+        value.backward()
+        out.append((value.item(), torch.cat([p.grad.flatten() for p in net.parameters()])))
     (l32, g32), (l16, g16) = out
-    assert g16.dtype == torch.float32
-    assert l16 != l32 and abs(l16 - l32) < 0.02 * abs(l32)
+    assert 3e-6 * abs(l32) < abs(l16 - l32) < 0.02 * abs(l32)
     assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
 
 

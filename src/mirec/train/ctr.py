@@ -93,11 +93,17 @@ class RankRunConfig:
                                    f"(known: {', '.join(sorted(RANKERS))})")
 
 
+def model_config(cfg: RankRunConfig) -> Any:
+    """The ranker's own config dataclass: its defaults with ``cfg.model_args`` over them."""
+    from mirec.models.registry import RANKERS
+
+    return from_dict(RANKERS[cfg.model][0], dict(cfg.model_args), prefix="model_args.")
+
+
 def build_ranker(cfg: RankRunConfig, features: RankFeatures) -> torch.nn.Module:
     from mirec.models.registry import RANKERS
 
-    cfg_cls, model_cls = RANKERS[cfg.model]
-    return model_cls(from_dict(cfg_cls, dict(cfg.model_args), prefix="model_args."), features)
+    return RANKERS[cfg.model][1](model_config(cfg), features)
 
 
 def features_to_dict(f: RankFeatures) -> dict[str, Any]:
@@ -320,7 +326,10 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
         log(f"resumed from {last} after epoch {st['epoch']}")
     elif (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
-    saved = {"config": to_dict(cfg), "features": features_to_dict(data.features),
+    # every model field, defaults included, so that a later change of a default cannot change
+    # what a saved run rebuilds into
+    saved = {"config": {**to_dict(cfg), "model_args": to_dict(model_config(cfg))},
+             "features": features_to_dict(data.features),
              "profile": torch.from_numpy(data.profile), "profile_names": data.profile_names,
              "user_raw_ids": data.user_raw_ids,
              "data": data_path, "dataset_checksum": data_checksum, "mirec_version": __version__}
@@ -425,7 +434,11 @@ def load_ranker(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     ck = load_checkpoint(path)
     if "features" not in ck:
         raise MirecConfigError(f"--ranker: {path} is not a ranking checkpoint (train one with --task ctr)")
-    cfg = from_dict(RankRunConfig, ck["config"])
+    conf = ck["config"]
+    if conf.get("model") == "dien" and "activation" not in conf.get("model_args", {}):
+        # saved before checkpoints kept every model field, when DIEN's head defaulted to PReLU
+        conf["model_args"] = {**conf.get("model_args", {}), "activation": "prelu"}
+    cfg = from_dict(RankRunConfig, conf)
     model = build_ranker(cfg, features_from_dict(ck["features"]))
     model.load_state_dict(ck["model"])
     model.eval()

@@ -61,9 +61,10 @@ class TrainConfig:
     # MovieLens-100K (bench/train_speed.py --compile): ComiRec-SA ~1.3x, YouTube DNN ~1.1x,
     # MIND ~0.9x (its routing loop is unrolled).
     compile: bool = False
-    # "bf16" runs the training loss under CPU autocast: matmuls in bfloat16, softmaxes and the
-    # loss in float32, parameters and Adam in float32. Faster only on CPUs with native bf16
-    # (AVX512-BF16 / AMX); elsewhere slower. Evaluation and serving stay float32.
+    # "bf16" runs the training loss under CPU autocast: matmuls and the element-wise work on
+    # their outputs in bfloat16, the cross-entropy, parameters and Adam in float32. Faster only
+    # on CPUs with native bf16 (AVX512-BF16 / AMX); elsewhere slower. Evaluation and serving
+    # stay float32.
     precision: str = "fp32"  # fp32 | bf16
     seed: int = 2020
     max_batches_per_epoch: int = 0  # 0 = all; for smoke tests and benchmarks
