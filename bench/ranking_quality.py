@@ -200,6 +200,19 @@ def main() -> None:
         ps = f"AUC {peer[0]:.3f} GAUC {peer[1]:.3f}, {peer[3]:,} ex/s" if peer else ""
         t.add_row(m, *cells, *sp, ps)
     console.print(t)
+    if "embedding-mlp" in docs and len(seeds) > 1:
+        # Seeds move these figures: each model's lead over the baseline, with the standard error
+        # of that difference of means (independent seeds), says whether a lead is more than noise.
+        def per_seed(m: str, k: str) -> np.ndarray:
+            return np.array([s["test"][k] for s in docs[m]["per_seed"]])
+
+        for m in [m for m in docs if m != "embedding-mlp"]:
+            parts = []
+            for k in ("auc", "gauc"):
+                a, b = per_seed(m, k), per_seed("embedding-mlp", k)
+                se = np.hypot(a.std(ddof=1) / np.sqrt(len(a)), b.std(ddof=1) / np.sqrt(len(b)))
+                parts.append(f"{k.upper()} {a.mean() - b.mean():+.4f} (standard error {se:.4f})")
+            console.print(f"  {m} against embedding-mlp over {len(seeds)} seeds: {', '.join(parts)}")
 
 
 if __name__ == "__main__":
