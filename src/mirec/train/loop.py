@@ -214,11 +214,9 @@ class LossModule(torch.nn.Module):
         self.model, self.cfg, self.sampler, self.num_items = model, cfg, sampler, num_items
 
     def forward(self, hist: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.cfg.precision == "bf16":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = batch_loss(self.model, hist, mask, target, self.cfg, self.sampler, self.num_items)
-            return loss.float()
-        return batch_loss(self.model, hist, mask, target, self.cfg, self.sampler, self.num_items)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            loss = batch_loss(self.model, hist, mask, target, self.cfg, self.sampler, self.num_items)
+        return loss.float()  # a no-op in fp32
 
 
 def cxx_compiler() -> str | None:
