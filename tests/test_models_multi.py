@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mirec.models.base import max_over_interests
 from mirec.models.comirec_dr import ComiRecDR, ComiRecDRConfig
 from mirec.models.comirec_sa import ComiRecSA, ComiRecSAConfig
-from mirec.models.layers import label_aware_attention, masked_softmax, mlp, squash, tanh
+from mirec.models.layers import label_aware_attention, masked_softmax, mlp, sigmoid_, squash, tanh
 from mirec.models.mind import MIND, MINDConfig
 
 torch.set_num_threads(1)
@@ -104,6 +104,24 @@ def test_tanh_matches_torch_in_value_and_gradient():
     (gx,), (gref,) = torch.autograd.grad(y, x, g), torch.autograd.grad(ref, x, g)
     assert (gx - gref).abs().max() < 5e-6
     assert torch.autograd.gradcheck(tanh, torch.randn(30, dtype=torch.float64, requires_grad=True))
+
+
+def test_inplace_sigmoid_matches_torch_and_overwrites_its_input():
+    """layers.sigmoid_ against torch.sigmoid (values within float rounding, gradients), on a
+    temporary it overwrites, and saturated inputs give exact 0/1-side values without NaN."""
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(4000) * 6, torch.tensor([0.0, 45.0, -45.0, 1e30, -1e30])]).requires_grad_()
+    tmp = x * 1.0  # the temporary that sigmoid_ overwrites
+    y = sigmoid_(tmp)
+    assert y.data_ptr() == tmp.data_ptr()  # in place: no second (B, L, 4D) array
+    ref = torch.sigmoid(x)
+    assert (y[:-4] - ref[:-4]).abs().max() < 1e-7
+    assert y[-2].item() == 1.0 and 0 < y[-1].item() < 1e-17  # clamped at -40, not a denormal
+    g = torch.randn_like(x)
+    (gx,), (gref,) = torch.autograd.grad(y, x, g), torch.autograd.grad(ref, x, g)
+    assert (gx - gref).abs().max() < 1e-7
+    assert torch.autograd.gradcheck(lambda v: sigmoid_(v * 1.0), torch.randn(30, dtype=torch.float64,
+                                                                           requires_grad=True))
 
 
 def test_masked_softmax_zero_on_padding_and_empty_rows():
@@ -236,6 +254,25 @@ def test_sa_attention_and_interests_are_the_papers_formula(n_items):
     want = torch.autograd.grad(V, params, g)
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_sa_dropout_acts_in_training_only_and_eval_keeps_the_formula():
+    """With dropout on the attention's hidden layer, training draws differ from eval, and eval
+    (no dropout) still gives the paper's formula through the folded sigmoid path."""
+    torch.manual_seed(4)
+    model = ComiRecSA(ComiRecSAConfig(dim=D, num_interests=K, max_len=MAX_LEN, dropout=0.5), N)
+    hist, mask = left_pad(SEQS, 8)
+    model.eval()
+    A = model.interests(hist, mask).weights
+    H = model.item_emb(hist)
+    logits = torch.tanh((H + model.pos_emb[-8:]) @ model.W1.weight.T) @ model.W2.weight.T
+    ref = torch.softmax(logits.transpose(1, 2).masked_fill(~mask[:, None, :], float("-inf")), dim=-1)
+    assert torch.allclose(A, ref, atol=1e-6)
+    model.train()
+    A_train = model.interests(hist, mask).weights
+    assert not torch.allclose(A_train, A, atol=1e-3)
+    assert torch.allclose(A_train.sum(-1), torch.ones(3, K))  # still a distribution
+    assert torch.equal(A_train[~mask[:, None, :].expand_as(A_train)], torch.zeros(int((~mask).sum()) * K))
 
 
 @pytest.mark.parametrize("name", ["comirec-dr", "mind"])

@@ -24,7 +24,7 @@ from torch import nn
 
 from mirec.errors import MirecConfigError
 from mirec.models.base import Interests, argmax_readout
-from mirec.models.layers import item_embedding, masked_softmax, tanh
+from mirec.models.layers import item_embedding, masked_softmax, sigmoid_, tanh
 
 
 @dataclass
@@ -60,19 +60,28 @@ class ComiRecSA(nn.Module):
         hist = hist.masked_fill(~mask, 0)  # padding -> item 0, whose embedding row is zero
         H = self.item_emb(hist)  # (B, L, D), zero on padding
         P = self.pos_emb[-L:]  # (L, D), aligned to the most recent item
-        # W1 (H + P) = W1 H + W1 P. When the catalogue has fewer rows than the batch has
-        # positions, projecting the whole item table once and gathering its rows is the same
-        # product for fewer multiply-adds (N x D x 4D instead of B x L x D x 4D).
-        if self.item_emb.num_embeddings < B * L:
-            pre = F.embedding(hist, self.W1(self.item_emb.weight)) + self.W1(P)  # (B, L, 4D)
+        if self.drop.p > 0 and self.training:
+            hidden = self.drop(tanh(self._pre(H, hist, P, self.W1.weight)))  # (B, L, 4D)
+            logits = self.W2(hidden).transpose(1, 2)  # (B, K, L)
         else:
-            pre = self.W1(H + P)  # (B, L, 4D)
-        hidden = self.drop(tanh(pre))  # (B, L, 4D)
-        logits = self.W2(hidden).transpose(1, 2)  # (B, K, L)
+            # W2 tanh(x) = W2 (2 sigmoid(2x) - 1) = 2 W2 sigmoid(2x) - W2 1. The last term is
+            # the same at every position, so it cancels in the softmax over positions: the
+            # same A from one in-place sigmoid instead of tanh's four passes over (B, L, 4D).
+            s = sigmoid_(self._pre(H, hist, P, 2.0 * self.W1.weight))  # (B, L, 4D)
+            logits = F.linear(s, 2.0 * self.W2.weight).transpose(1, 2)  # (B, K, L)
         A = masked_softmax(logits, mask[:, None, :], dim=-1)  # (B, K, L), sums to 1 over L
         V = torch.einsum("bkl,bld->bkd", A, H)  # (B, K, D)
         live = torch.ones(B, self.cfg.num_interests, dtype=torch.bool, device=hist.device)
         return Interests(vectors=V, mask=live, weights=A)
+
+    def _pre(self, H: torch.Tensor, hist: torch.Tensor, P: torch.Tensor, W1: torch.Tensor) -> torch.Tensor:
+        """``W1 (H + P)``, (B, L, 4D), for item embeddings H (B, L, D) of ids hist (B, L) and
+        positions P (L, D). W1 (H + P) = W1 H + W1 P. When the catalogue has fewer rows than
+        the batch has positions, projecting the whole item table once and gathering its rows
+        is the same product for fewer multiply-adds (N x D x 4D instead of B x L x D x 4D)."""
+        if self.item_emb.num_embeddings < hist.numel():
+            return F.embedding(hist, F.linear(self.item_emb.weight, W1)).add_(F.linear(P, W1))
+        return F.linear(H + P, W1)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item_emb.weight  # (N, D)

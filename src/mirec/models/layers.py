@@ -50,6 +50,28 @@ class _Tanh(torch.autograd.Function):
         return torch.ops.aten.tanh_backward(g, y)
 
 
+class _Sigmoid(torch.autograd.Function):
+    """``sigmoid(x)`` computed in place over ``x`` (which the caller no longer needs), with its
+    input clamped to [-40, 40] first, as in :class:`_Tanh`; the backward is sigmoid's."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.mark_dirty(x)
+        y = x.clamp_(-40.0, 40.0).sigmoid_()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.sigmoid_backward(g, y)
+
+
+def sigmoid_(x: torch.Tensor) -> torch.Tensor:
+    """In-place ``sigmoid`` of a temporary activation: one pass over it instead of two."""
+    return _Sigmoid.apply(x)
+
+
 def tanh(x: torch.Tensor) -> torch.Tensor:
     """``torch.tanh`` for big activations: the same values (to ~1e-7) and gradient, computed
     through ``sigmoid``, which is ~3.7x faster on some CPUs (AMD Zen 4: 0.9 ms against 3.4 ms on
