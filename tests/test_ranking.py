@@ -273,6 +273,30 @@ def test_checkpoint_keeps_every_model_field_and_old_dien_runs_still_load(tmp_pat
     np.testing.assert_allclose(predict(m, r.data, idx), predict(r.model, r.data, idx), atol=1e-6)
 
 
+def test_resume_with_other_model_settings_names_the_field(tmp_path):
+    """Resuming with model settings other than the run's is refused with the field named, also
+    for a DIEN run saved before checkpoints kept every field (its PReLU head), and resumes once
+    the setting is given as it was."""
+    from mirec.errors import MirecConfigError
+    from mirec.train.checkpoint import load_checkpoint, save_checkpoint
+
+    ds = toy_dataset(tmp_path / "data", users=30, per_user=20)
+    base = ["model=dien", "model_args.dim=4", "train.epochs=2", "ctr.max_len=6"]
+    cfg = load(RankRunConfig, None, base + ["model_args.activation=prelu"])
+    train_ctr(cfg, ds, tmp_path / "run", progress=False, stop_after_epoch=0)
+    last = tmp_path / "run" / "last.pt"
+    ck = load_checkpoint(last)
+    ck["config"]["model_args"] = {"dim": 4}  # as runs were saved before
+    save_checkpoint(last, ck)
+    with pytest.raises(MirecConfigError, match=r"model_args\.activation='prelu'.*'dice'"):
+        train_ctr(load(RankRunConfig, None, base), ds, tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(MirecConfigError, match=r"model_args\.dim=4.*8"):
+        train_ctr(load(RankRunConfig, None, base + ["model_args.dim=8", "model_args.activation=prelu"]),
+                  ds, tmp_path / "run", resume=True, progress=False)
+    r = train_ctr(cfg, ds, tmp_path / "run", resume=True, progress=False)
+    assert [h["epoch"] for h in r.history] == [0, 1]
+
+
 def test_train_ctr_resume_equals_uninterrupted(tmp_path):
     ds = toy_dataset(tmp_path / "data")
     cfg = load(RankRunConfig, None, ["model=din", "model_args.dim=8", "train.epochs=3",

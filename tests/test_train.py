@@ -57,6 +57,39 @@ def test_resume_gives_the_same_parameters(synth, tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
 
 
+def test_checkpoints_keep_every_model_field(synth, tmp_path, monkeypatch):
+    """A saved run records the model's defaults too, so that a later change of a default
+    cannot change what it rebuilds into (here: the hidden factor's default changes after the
+    run was saved, and re-evaluation still rebuilds the trained shapes)."""
+    import dataclasses
+
+    from mirec.models.comirec_sa import ComiRecSAConfig
+    from mirec.models.registry import NEURAL
+
+    cfg = small(epochs=1, max_batches_per_epoch=2)
+    train_seeds(cfg, synth, [1], tmp_path / "r", progress=False)
+    for name in ("best.pt", "last.pt"):
+        margs = load_checkpoint(tmp_path / "r" / name)["config"]["model_args"]
+        assert margs["hidden_factor"] == 4 and margs["dropout"] == 0.0  # nobody set these
+        assert margs["dim"] == 16 and margs["max_len"] == cfg.split.max_len
+    before = evaluate_run(tmp_path / "r").mean
+    @dataclasses.dataclass
+    class NewDefault(ComiRecSAConfig):  # a later release changes a default
+        hidden_factor: int = 2
+
+    monkeypatch.setitem(NEURAL, "comirec-sa", (NewDefault, NEURAL["comirec-sa"][1]))
+    assert evaluate_run(tmp_path / "r").mean == before
+
+
+def test_resume_with_another_model_setting_names_the_field(synth, tmp_path):
+    cfg = small(epochs=2, max_batches_per_epoch=2)
+    train(cfg, synth, tmp_path / "r", progress=False, stop_after_epoch=0)
+    other = small(epochs=2, max_batches_per_epoch=2)
+    other.model_args["num_interests"] = 3
+    with pytest.raises(MirecConfigError, match=r"model_args\.num_interests=2, this run has 3"):
+        train(other, synth, tmp_path / "r", resume=True, progress=False)
+
+
 def test_sampled_loss_trains_too(synth, tmp_path):
     r = train(small(loss="sampled", num_negatives=20, sampler="log-uniform"), synth,
               tmp_path / "s", progress=False)

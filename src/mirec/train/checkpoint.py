@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from mirec.errors import MirecDataError
+from mirec.errors import MirecConfigError, MirecDataError
 from mirec.io import atomic_write_bytes
 
 
@@ -36,3 +36,16 @@ def best_checkpoint(run_dir: str | Path) -> Path | None:
         return run_dir / "best.pt"
     seeds = sorted(run_dir.glob("seed-*/best.pt"))
     return seeds[0] if seeds else None
+
+
+def check_resume_model_args(path: str | Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume ``path`` with other model settings than it was trained with, naming the
+    first field that differs (instead of a shape error from ``load_state_dict``). ``saved`` is
+    the checkpoint's ``model_args``: every field for runs saved by this version, only the
+    fields a user set for older ones, so only the fields it has are compared."""
+    for name, was in saved.items():
+        now = current.get(name)
+        if name in current and now != was:
+            raise MirecConfigError(
+                f"--resume: {path} was trained with model_args.{name}={was!r}, this run has "
+                f"{now!r}; add --set model_args.{name}={was} or train into a new directory")

@@ -31,7 +31,7 @@ from mirec.errors import MirecConfigError
 from mirec.eval.ctr_metrics import ctr_metrics
 from mirec.io import atomic_write_json
 from mirec.models.base import RankFeatures
-from mirec.train.checkpoint import best_checkpoint, load_checkpoint, save_checkpoint
+from mirec.train.checkpoint import best_checkpoint, check_resume_model_args, load_checkpoint, save_checkpoint
 from mirec.train.loop import compiled, keep_freed_memory
 
 
@@ -319,6 +319,7 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
         if not last.exists():
             raise MirecConfigError(f"--resume: {last} does not exist")
         st = load_checkpoint(last)
+        check_resume_model_args(last, saved_model_args(st["config"]), to_dict(model_config(cfg)))
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         start_epoch, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
@@ -425,6 +426,16 @@ def train_ctr_seeds(cfg: RankRunConfig, data: str | Path | Dataset, seeds: list[
     return doc
 
 
+def saved_model_args(conf: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``model_args`` as the run was trained. Checkpoints saved before they kept
+    every model field hold only the fields a user set; of those, DIEN's lack ``activation``
+    while its head defaulted to PReLU (now Dice), so that is filled in."""
+    args = dict(conf.get("model_args", {}))
+    if conf.get("model") == "dien" and "activation" not in args:
+        args["activation"] = "prelu"
+    return args
+
+
 def load_ranker(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The best checkpoint of a ranking run (its first seed when it has several), in eval mode,
     and the checkpoint dict (config, features, profile codes)."""
@@ -434,11 +445,7 @@ def load_ranker(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     ck = load_checkpoint(path)
     if "features" not in ck:
         raise MirecConfigError(f"--ranker: {path} is not a ranking checkpoint (train one with --task ctr)")
-    conf = ck["config"]
-    if conf.get("model") == "dien" and "activation" not in conf.get("model_args", {}):
-        # saved before checkpoints kept every model field, when DIEN's head defaulted to PReLU
-        conf["model_args"] = {**conf.get("model_args", {}), "activation": "prelu"}
-    cfg = from_dict(RankRunConfig, conf)
+    cfg = from_dict(RankRunConfig, {**ck["config"], "model_args": saved_model_args(ck["config"])})
     model = build_ranker(cfg, features_from_dict(ck["features"]))
     model.load_state_dict(ck["model"])
     model.eval()

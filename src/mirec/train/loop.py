@@ -33,7 +33,7 @@ from mirec.data.split import Split, SplitConfig, split_users, windows
 from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import EvalConfig, evaluate
 from mirec.models.base import Interests, max_over_interests, unit_interests
-from mirec.train.checkpoint import load_checkpoint, save_checkpoint
+from mirec.train.checkpoint import check_resume_model_args, load_checkpoint, save_checkpoint
 from mirec.train.distributed import all_sum, barrier, from_main, shard, world
 from mirec.train.losses import NegativeSampler, full_softmax_loss, sampled_softmax_loss
 
@@ -104,16 +104,29 @@ class RunConfig:
                                    f"(known: {', '.join(sorted(NEURAL))})")
 
 
-def build_model(cfg: RunConfig, num_items: int) -> torch.nn.Module:
-    """Instantiate the configured model; ``max_len`` always follows the split's window."""
+def model_config(cfg: RunConfig) -> Any:
+    """The model's own config dataclass: its defaults with ``cfg.model_args`` over them;
+    ``max_len`` always follows the split's window."""
     from mirec.models.registry import NEURAL
 
-    cfg_cls, model_cls = NEURAL[cfg.model]
+    cfg_cls = NEURAL[cfg.model][0]
     args = dict(cfg.model_args)
     if "max_len" in {f.name for f in dataclasses.fields(cfg_cls)}:
         args["max_len"] = cfg.split.max_len
-    mcfg = from_dict(cfg_cls, args, prefix="model_args.")
-    return model_cls(mcfg, num_items)
+    return from_dict(cfg_cls, args, prefix="model_args.")
+
+
+def build_model(cfg: RunConfig, num_items: int) -> torch.nn.Module:
+    """Instantiate the configured model."""
+    from mirec.models.registry import NEURAL
+
+    return NEURAL[cfg.model][1](model_config(cfg), num_items)
+
+
+def saved_config(cfg: RunConfig) -> dict[str, Any]:
+    """``cfg`` for a checkpoint, with every model field, defaults included, so that a later
+    change of a default cannot change what a saved run rebuilds into."""
+    return {**to_dict(cfg), "model_args": to_dict(model_config(cfg))}
 
 
 class VectorScorer:
@@ -289,6 +302,7 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
         if not last.exists():
             raise MirecConfigError(f"--resume: {last} does not exist")
         st = load_checkpoint(last)
+        check_resume_model_args(last, st["config"].get("model_args", {}), to_dict(model_config(cfg)))
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         start_epoch, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
@@ -351,7 +365,7 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
             best, best_epoch, bad = score, epoch, 0
             if w.main:
                 save_checkpoint(run_dir / "best.pt", {
-                    "model": model.state_dict(), "epoch": epoch, "config": to_dict(cfg),
+                    "model": model.state_dict(), "epoch": epoch, "config": saved_config(cfg),
                     "data": str(ds.path), "dataset_checksum": ds.checksum})
         else:
             bad += 1
@@ -361,7 +375,7 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
             save_checkpoint(last, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                 "best": best, "best_epoch": best_epoch, "bad": bad, "history": history,
-                "config": to_dict(cfg), "torch_rng": torch.get_rng_state(),
+                "config": saved_config(cfg), "torch_rng": torch.get_rng_state(),
             })
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
