@@ -14,6 +14,7 @@ at the peer's setting (d = 32, 50 earlier positives, batch 256).
     python bench/ranking_quality.py --models din,dien --seeds 1
     python bench/ranking_quality.py --speed-only --threads 1,2
     python bench/ranking_quality.py --tune --no-speed   # grid on validation, then the table
+    python bench/ranking_quality.py --data data/synth-ctr --no-speed   # any prepared data set
 
 ``--tune``: for each model the same small grid (``TUNE_GRID``, 4 runs) is trained on seed 1 and
 the setting with the best *validation* GAUC is kept for the seeds' runs (test events are never
@@ -185,8 +186,10 @@ def main() -> None:
 
     t = Table(title=f"ranking on {Path(a.data).name}: test events, "
                     f"{'mean ± std over seeds ' + a.seeds if docs else 'speed only'}")
+    peers = PEER if Path(a.data).name == "ml-100k" else {}  # the peer was measured on MovieLens-100K
     for h in ("model", "AUC", "GAUC", "log-loss", "epochs", "s/epoch", *[f"ex/s {th} thr" for th in
-                                                                       a.threads.split(",")], "peer"):
+                                                                       a.threads.split(",")],
+              *(["peer"] if peers else [])):
         t.add_column(h, justify="left" if h == "model" else "right")
     for m in models:
         cells = ["", "", "", "", ""]
@@ -196,9 +199,9 @@ def main() -> None:
             cells += [f"{np.mean([s['best_epoch'] + 1 for s in d['per_seed']]):.1f}",
                       f"{mm['seconds_per_epoch']:.1f}"]
         sp = [f"{rates[(m, int(th))]:,.0f}" if (m, int(th)) in rates else "" for th in a.threads.split(",")]
-        peer = PEER.get(m)
-        ps = f"AUC {peer[0]:.3f} GAUC {peer[1]:.3f}, {peer[3]:,} ex/s" if peer else ""
-        t.add_row(m, *cells, *sp, ps)
+        peer = peers.get(m)
+        ps = [f"AUC {peer[0]:.3f} GAUC {peer[1]:.3f}, {peer[3]:,} ex/s" if peer else ""] if peers else []
+        t.add_row(m, *cells, *sp, *ps)
     console.print(t)
     if "embedding-mlp" in docs and len(seeds) > 1:
         # Seeds move these figures: each model's lead over the baseline, with the standard error
