@@ -257,8 +257,9 @@ def test_sa_attention_and_interests_are_the_papers_formula(n_items):
 
 
 def test_sa_dropout_acts_in_training_only_and_eval_keeps_the_formula():
-    """With dropout on the attention's hidden layer, training draws differ from eval, and eval
-    (no dropout) still gives the paper's formula through the folded sigmoid path."""
+    """With dropout on the attention's hidden layer (the tanh branch), training draws differ
+    from eval, and eval, where dropout is off, takes the sigmoid branch and still gives the
+    paper's formula: guards the choice of branch."""
     torch.manual_seed(4)
     model = ComiRecSA(ComiRecSAConfig(dim=D, num_interests=K, max_len=MAX_LEN, dropout=0.5), N)
     hist, mask = left_pad(SEQS, 8)
@@ -387,3 +388,13 @@ def test_learns_two_clusters(name):
     floor = math.log(size)  # the cluster is known, the item within it is not
     assert start > math.log(2 * size) - 0.2
     assert end < floor + 0.4 * (start - floor), (start, end)
+
+
+def test_sa_attention_traces_into_one_graph_for_torch_compile():
+    """train.compile fuses SA's attention only if dynamo traces it whole: the in-place sigmoid
+    (a custom autograd Function) must not break the graph."""
+    torch.manual_seed(0)
+    model = ComiRecSA(ComiRecSAConfig(dim=D, num_interests=K, max_len=MAX_LEN), N)
+    hist, mask = left_pad(SEQS, 8)
+    explained = torch._dynamo.explain(lambda h, m: model.interests(h, m).vectors.sum())(hist, mask)
+    assert explained.graph_break_count == 0, explained.break_reasons

@@ -82,12 +82,29 @@ def test_checkpoints_keep_every_model_field(synth, tmp_path, monkeypatch):
 
 
 def test_resume_with_another_model_setting_names_the_field(synth, tmp_path):
+    """Other model settings (or another history window) than the run's are refused with the
+    setting named; a run saved before checkpoints kept every field, its --set values as
+    strings, still resumes with the same settings."""
+    import dataclasses
+
+    from mirec.data.split import SplitConfig
+    from mirec.train.checkpoint import save_checkpoint
+
     cfg = small(epochs=2, max_batches_per_epoch=2)
     train(cfg, synth, tmp_path / "r", progress=False, stop_after_epoch=0)
     other = small(epochs=2, max_batches_per_epoch=2)
     other.model_args["num_interests"] = 3
     with pytest.raises(MirecConfigError, match=r"model_args\.num_interests=2, this run has 3"):
         train(other, synth, tmp_path / "r", resume=True, progress=False)
+    longer = dataclasses.replace(cfg, split=SplitConfig(max_len=cfg.split.max_len + 5))
+    with pytest.raises(MirecConfigError, match=r"split\.max_len=20, this run has 25"):
+        train(longer, synth, tmp_path / "r", resume=True, progress=False)
+    last = tmp_path / "r" / "last.pt"
+    ck = load_checkpoint(last)
+    ck["config"]["model_args"] = {"dim": "16", "num_interests": "2"}  # as older runs saved them
+    save_checkpoint(last, ck)
+    r = train(cfg, synth, tmp_path / "r", resume=True, progress=False)
+    assert [h["epoch"] for h in r.history] == [0, 1]
 
 
 def test_sampled_loss_trains_too(synth, tmp_path):

@@ -57,9 +57,9 @@ class _Sigmoid(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.mark_dirty(x)
-        y = x.clamp_(-40.0, 40.0).sigmoid_()
-        ctx.save_for_backward(y)
-        return y
+        x.clamp_(-40.0, 40.0).sigmoid_()
+        ctx.save_for_backward(x)
+        return x  # the dirtied input itself (torch.compile needs it returned as such)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from mirec.config import from_dict, to_dict
 from mirec.errors import MirecConfigError, MirecDataError
 from mirec.io import atomic_write_bytes
 
@@ -38,14 +39,26 @@ def best_checkpoint(run_dir: str | Path) -> Path | None:
     return seeds[0] if seeds else None
 
 
-def check_resume_model_args(path: str | Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+def check_resume_model_args(path: str | Path, saved: dict[str, Any], current: Any,
+                            skip: tuple[str, ...] = ()) -> None:
     """Refuse to resume ``path`` with other model settings than it was trained with, naming the
-    first field that differs (instead of a shape error from ``load_state_dict``). ``saved`` is
-    the checkpoint's ``model_args``: every field for runs saved by this version, only the
-    fields a user set for older ones, so only the fields it has are compared."""
-    for name, was in saved.items():
-        now = current.get(name)
-        if name in current and now != was:
+    first field that differs (instead of a shape error from ``load_state_dict``).
+
+    ``saved`` is the checkpoint's ``model_args``: every field for runs saved since checkpoints
+    keep them all, only the fields a user set for older ones (and those as the strings ``--set``
+    gave), so only the fields it has are compared, each read as ``current`` (the model's
+    resolved config dataclass) reads it. ``skip``: fields that follow another setting."""
+    now = to_dict(current)
+    known = {k: v for k, v in saved.items() if k in now and k not in skip}
+    was = to_dict(from_dict(type(current), {**now, **known}, prefix="model_args."))
+    for name in known:
+        if was[name] != now[name]:
             raise MirecConfigError(
-                f"--resume: {path} was trained with model_args.{name}={was!r}, this run has "
-                f"{now!r}; add --set model_args.{name}={was} or train into a new directory")
+                f"--resume: {path} was trained with model_args.{name}={setting(was[name])}, this "
+                f"run has {setting(now[name])}; add --set model_args.{name}={setting(was[name])} "
+                f"or train into a new directory")
+
+
+def setting(v: Any) -> str:
+    """A value as ``--set`` takes it: lists comma-separated."""
+    return ",".join(map(str, v)) if isinstance(v, list) else str(v)

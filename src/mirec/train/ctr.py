@@ -319,7 +319,7 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
         if not last.exists():
             raise MirecConfigError(f"--resume: {last} does not exist")
         st = load_checkpoint(last)
-        check_resume_model_args(last, saved_model_args(st["config"]), to_dict(model_config(cfg)))
+        check_resume_model_args(last, saved_model_args(st["config"]), model_config(cfg))
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         start_epoch, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]

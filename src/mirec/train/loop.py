@@ -302,7 +302,14 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
         if not last.exists():
             raise MirecConfigError(f"--resume: {last} does not exist")
         st = load_checkpoint(last)
-        check_resume_model_args(last, st["config"].get("model_args", {}), to_dict(model_config(cfg)))
+        was_len = st["config"].get("split", {}).get("max_len", cfg.split.max_len)
+        if was_len != cfg.split.max_len:
+            raise MirecConfigError(f"--resume: {last} was trained with split.max_len={was_len}, this run "
+                                   f"has {cfg.split.max_len}; add --set split.max_len={was_len} or "
+                                   f"train into a new directory")
+        # max_len follows split.max_len (checked above), whatever model_args said
+        check_resume_model_args(last, st["config"].get("model_args", {}), model_config(cfg),
+                                skip=("max_len",))
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         start_epoch, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
