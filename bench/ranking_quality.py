@@ -8,7 +8,9 @@ under ``--out``.
 
 Speed: steady-state training examples/s of each model on ``--speed-batches`` batches after a
 warm-up, in a fresh process per (model, thread count) so that nothing else shares its threads,
-at the peer's setting (d = 32, 50 earlier positives, batch 256).
+at the peer's setting (d = 32, 50 earlier positives, batch 256). Beside it, the FLOP bound: the
+FLOPs of every matmul of a training step (forward and backward, counted from the operands'
+shapes as they run) per example, against the best 1024 x 1024 float32 matmul rate.
 
     python bench/ranking_quality.py                           # all models, seeds 1,2,3
     python bench/ranking_quality.py --models din,dien --seeds 1
@@ -119,7 +121,15 @@ def speed_child(a: argparse.Namespace) -> None:
         seen += step(a.warmup + b)
     dt = time.perf_counter() - t0
     hist = "whole sequences" if stream else cfg.ctr.max_len
-    print(json.dumps({"examples_per_s": seen / dt, "max_len": hist, "warmup_s": warmup_s}))
+    # The FLOP bound: the matmuls' FLOPs per example, counted on a few more of the same steps,
+    # against the best large matmul rate at this thread count.
+    from machine import matmul_flops, matmul_peak  # bench/machine.py, beside this script
+
+    n0, n = a.warmup + a.speed_batches, 5
+    examples = [0]
+    flops = matmul_flops(lambda: examples.append(sum(step(n0 + b) for b in range(n)))) / examples[-1]
+    print(json.dumps({"examples_per_s": seen / dt, "max_len": hist, "warmup_s": warmup_s,
+                      "flops_per_example": flops, "peak": matmul_peak()}))
 
 
 def speed(a: argparse.Namespace, models: list[str], console: Console) -> dict[tuple[str, int], float]:
@@ -133,8 +143,12 @@ def speed(a: argparse.Namespace, models: list[str], console: Console) -> dict[tu
             r = subprocess.run(cmd, capture_output=True, text=True, check=True)
             doc = json.loads(r.stdout.strip().splitlines()[-1])
             out[(m, th)] = doc["examples_per_s"]
+            bound = doc["peak"] / doc["flops_per_example"]
             console.print(f"  speed {m} ({th} thread{'s' if th > 1 else ''}, history {doc['max_len']}): "
-                          f"{doc['examples_per_s']:,.0f} examples/s (warm-up {doc['warmup_s']:.1f} s)")
+                          f"{doc['examples_per_s']:,.0f} examples/s (warm-up {doc['warmup_s']:.1f} s); "
+                          f"matmuls {doc['flops_per_example'] / 1e6:.2f} MFLOP/example, at the "
+                          f"{doc['peak'] / 1e9:.0f} GFLOP/s matmul peak a bound of {bound:,.0f} "
+                          f"examples/s ({doc['examples_per_s'] / bound:.0%} of it)")
     return out
 
 

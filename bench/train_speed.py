@@ -84,24 +84,11 @@ def flops_per_example(name: str, cfg: Any, num_items: int, negatives: int | None
     return {"encoder": 3 * enc, "softmax": 3 * soft, "total": 3 * (enc + soft)}
 
 
-def matmul_peak(n: int = 1024, reps: int = 8) -> float:
-    """Best FLOP/s of an n x n float32 matmul at the current torch thread count."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
-
-
 def child(a: argparse.Namespace) -> None:
     """Time one (data set, model, threads) in this process; print one JSON line."""
     import numpy as np
     import torch
+    from machine import matmul_peak  # bench/machine.py, beside this script
 
     from mirec.data.dataset import load_dataset
     from mirec.data.split import SplitConfig
