@@ -8,7 +8,7 @@ test users' *target* events removed (only what the retriever may see: training u
 sequences and held-out users' history parts), with ``ctr.history=all`` as in serving, and one
 of two label definitions:
 
-- ``rating``: P(rating >= 4 | shown), the CTR task of protocol.md;
+- ``rating``: P(rating >= 4 | shown), the CTR task of the ranking protocol (README, "Ranking");
 - ``implicit``: P(interaction), every event a positive and one uniform negative per positive,
   which is what Recall counts.
 

@@ -70,7 +70,7 @@ class RunResult:
                 "version": PROTOCOL_VERSION,
                 "split": {**to_dict(self.split), "seed": "per run: see seeds"},
                 "eval": to_dict(self.eval),
-                "ndcg_idcg": "cut at N (protocol.md)",
+                "ndcg_idcg": "cut at N (mirec.eval.metrics)",
                 "users": "test",
             },
             "seeds": [s.seed for s in self.seeds],

@@ -1,4 +1,4 @@
-"""Click-through examples for the rankers, from a prepared data set (protocol.md, "Ranking").
+"""Click-through examples for the rankers, from a prepared data set (the ranking protocol: README, "Ranking").
 
 Labels: with ratings (MovieLens), ``rating >= positive_rating`` is a positive and a lower rating
 a negative (both were shown). A log without ratings (Taobao pv, Amazon) has only positives;
