@@ -6,7 +6,9 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 def cpu_name() -> str:
@@ -41,9 +43,10 @@ def matmul_peak(n: int = 1024, reps: int = 8) -> float:
     return 2 * n**3 / best
 
 
-def matmul_flops(run: Callable[[], object]) -> int:
+def matmul_flops(run: Callable[[], T]) -> tuple[int, T]:
     """The multiply-add FLOPs (2 per multiply-add) of every matmul that ``run()`` executes,
-    forward and backward, counted from the operands' shapes as the ops are dispatched."""
+    forward and backward, counted from the operands' shapes as the ops are dispatched, and
+    what ``run()`` returned."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     total = 0
@@ -58,5 +61,5 @@ def matmul_flops(run: Callable[[], object]) -> int:
             return func(*args, **(kwargs or {}))
 
     with Count():
-        run()
-    return total
+        result = run()
+    return total, result

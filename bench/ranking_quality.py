@@ -125,11 +125,10 @@ def speed_child(a: argparse.Namespace) -> None:
     # against the best large matmul rate at this thread count.
     from machine import matmul_flops, matmul_peak  # bench/machine.py, beside this script
 
-    n0, n = a.warmup + a.speed_batches, 5
-    examples = [0]
-    flops = matmul_flops(lambda: examples.append(sum(step(n0 + b) for b in range(n)))) / examples[-1]
+    n0 = a.warmup + a.speed_batches
+    flops, examples = matmul_flops(lambda: sum(step(n0 + b) for b in range(5)))
     print(json.dumps({"examples_per_s": seen / dt, "max_len": hist, "warmup_s": warmup_s,
-                      "flops_per_example": flops, "peak": matmul_peak()}))
+                      "flops_per_example": flops / examples, "peak": matmul_peak()}))
 
 
 def speed(a: argparse.Namespace, models: list[str], console: Console) -> dict[tuple[str, int], float]:

@@ -39,6 +39,13 @@ def best_checkpoint(run_dir: str | Path) -> Path | None:
     return seeds[0] if seeds else None
 
 
+def saved_config(cfg: Any, model_cfg: Any) -> dict[str, Any]:
+    """A run's config ``cfg`` for its checkpoints, with ``model_args`` replaced by every field of
+    the model's resolved config ``model_cfg``, defaults included, so that a later change of a
+    default cannot change what a saved run rebuilds into."""
+    return {**to_dict(cfg), "model_args": to_dict(model_cfg)}
+
+
 def check_resume_model_args(path: str | Path, saved: dict[str, Any], current: Any,
                             skip: tuple[str, ...] = ()) -> None:
     """Refuse to resume ``path`` with other model settings than it was trained with, naming the

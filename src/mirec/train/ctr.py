@@ -31,7 +31,13 @@ from mirec.errors import MirecConfigError
 from mirec.eval.ctr_metrics import ctr_metrics
 from mirec.io import atomic_write_json
 from mirec.models.base import RankFeatures
-from mirec.train.checkpoint import best_checkpoint, check_resume_model_args, load_checkpoint, save_checkpoint
+from mirec.train.checkpoint import (
+    best_checkpoint,
+    check_resume_model_args,
+    load_checkpoint,
+    save_checkpoint,
+    saved_config,
+)
 from mirec.train.loop import compiled, keep_freed_memory
 
 
@@ -327,9 +333,7 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
         log(f"resumed from {last} after epoch {st['epoch']}")
     elif (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
-    # every model field, defaults included, so that a later change of a default cannot change
-    # what a saved run rebuilds into
-    saved = {"config": {**to_dict(cfg), "model_args": to_dict(model_config(cfg))},
+    saved = {"config": saved_config(cfg, model_config(cfg)),
              "features": features_to_dict(data.features),
              "profile": torch.from_numpy(data.profile), "profile_names": data.profile_names,
              "user_raw_ids": data.user_raw_ids,

@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mirec.config import from_dict, to_dict
+from mirec.config import from_dict
 from mirec.data.dataset import Dataset
 from mirec.data.split import Split, SplitConfig, split_users, windows
 from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import EvalConfig, evaluate
 from mirec.models.base import Interests, max_over_interests, unit_interests
-from mirec.train.checkpoint import check_resume_model_args, load_checkpoint, save_checkpoint
+from mirec.train.checkpoint import check_resume_model_args, load_checkpoint, save_checkpoint, saved_config
 from mirec.train.distributed import all_sum, barrier, from_main, shard, world
 from mirec.train.losses import NegativeSampler, full_softmax_loss, sampled_softmax_loss
 
@@ -121,12 +121,6 @@ def build_model(cfg: RunConfig, num_items: int) -> torch.nn.Module:
     from mirec.models.registry import NEURAL
 
     return NEURAL[cfg.model][1](model_config(cfg), num_items)
-
-
-def saved_config(cfg: RunConfig) -> dict[str, Any]:
-    """``cfg`` for a checkpoint, with every model field, defaults included, so that a later
-    change of a default cannot change what a saved run rebuilds into."""
-    return {**to_dict(cfg), "model_args": to_dict(model_config(cfg))}
 
 
 class VectorScorer:
@@ -317,6 +311,7 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
         log(f"resumed from {last} after epoch {st['epoch']}")
     elif w.main and (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
+    conf = saved_config(cfg, model_config(cfg))  # what both checkpoints record
     loss_fn = LossModule(model, tc, sampler, ds.num_items)
     if w.size > 1:
         loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn)
@@ -372,7 +367,7 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
             best, best_epoch, bad = score, epoch, 0
             if w.main:
                 save_checkpoint(run_dir / "best.pt", {
-                    "model": model.state_dict(), "epoch": epoch, "config": saved_config(cfg),
+                    "model": model.state_dict(), "epoch": epoch, "config": conf,
                     "data": str(ds.path), "dataset_checksum": ds.checksum})
         else:
             bad += 1
@@ -382,7 +377,7 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
             save_checkpoint(last, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                 "best": best, "best_epoch": best_epoch, "bad": bad, "history": history,
-                "config": saved_config(cfg), "torch_rng": torch.get_rng_state(),
+                "config": conf, "torch_rng": torch.get_rng_state(),
             })
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
