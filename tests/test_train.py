@@ -7,12 +7,12 @@ import sys
 import pytest
 import torch
 
+from mirec.checkpoint import load_checkpoint
 from mirec.data.dataset import load_dataset
 from mirec.data.split import windows
 from mirec.data.synth import SynthConfig, synth_dataset
 from mirec.errors import MirecConfigError, MirecDataError
 from mirec.experiment import evaluate_baseline, evaluate_run, train_seeds
-from mirec.train.checkpoint import load_checkpoint
 from mirec.train.loop import LossModule, RunConfig, TrainConfig, compiled, cxx_compiler, setup, train
 
 torch.set_num_threads(1)
@@ -87,8 +87,8 @@ def test_resume_with_another_model_setting_names_the_field(synth, tmp_path):
     strings, still resumes with the same settings."""
     import dataclasses
 
+    from mirec.checkpoint import save_checkpoint
     from mirec.data.split import SplitConfig
-    from mirec.train.checkpoint import save_checkpoint
 
     cfg = small(epochs=2, max_batches_per_epoch=2)
     train(cfg, synth, tmp_path / "r", progress=False, stop_after_epoch=0)
