@@ -334,6 +334,7 @@ def test_mimn_streaming_equals_per_example_windows(tmp_path):
     assert torch.isfinite(loss) and all(p.grad is not None for p in m.head.parameters())
 
 
+@pytest.mark.compile
 @pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_loss_equals_plain_loss_and_gradients(tmp_path):
     """train.compile changes how the loss is computed, not what: same loss and gradients on

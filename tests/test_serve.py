@@ -301,6 +301,7 @@ def test_events_change_the_next_recommendation_and_survive_restart(bundle, tmp_p
 # ---- CLI and report --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_export_index_recommend(run, tmp_path):
     root, ds = run
     cli = [sys.executable, "-m", "mirec.cli"]
