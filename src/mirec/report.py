@@ -68,26 +68,6 @@ def ctr_table(runs: dict[str, dict[str, Any]]) -> Table:
     return t
 
 
-def recommendations_table(ds: Dataset, items: np.ndarray, history: np.ndarray,
-                          targets: np.ndarray, title: str) -> Table:
-    """Ranked items with titles and categories; a check mark on held-out targets; the last
-    history items (what the model saw) in the caption."""
-    target_set = set(targets.tolist())
-    t = Table(title=title)
-    t.add_column("rank", justify="right")
-    t.add_column("item")
-    t.add_column("title")
-    t.add_column("categories")
-    t.add_column("hit", justify="center")
-    for r, i in enumerate(items, 1):
-        row = ds.items.row(int(i) - 1, named=True)
-        t.add_row(str(r), row["raw_id"], row["title"] or "", ", ".join(row["categories"] or []),
-                  "✓" if int(i) in target_set else "")
-    t.caption = ("last items in the history: " + "; ".join(ds.title(int(i)) for i in history[-5:])
-                 + f"  ({len(target_set)} held-out targets; ✓ = one of them)")
-    return t
-
-
 def interest_table(ds: Dataset, interests: Any, item_vecs: Any, items: np.ndarray,
                    hist: np.ndarray, targets: np.ndarray, title: str) -> Table:
     """Recommended items grouped by the interest that scores them highest; each interest names

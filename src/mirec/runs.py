@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mirec.checkpoint import best_checkpoint, load_checkpoint
@@ -244,8 +243,3 @@ def load_ranker(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 def ranker_config(ck: dict[str, Any]) -> RankRunConfig:
     """A ranking checkpoint's config, parsed once (old runs' model settings filled in)."""
     return from_dict(RankRunConfig, {**ck["config"], "model_args": saved_model_args(ck["config"])})
-
-
-def stats(values: list[float]) -> tuple[float, float]:
-    """Mean and (population) standard deviation, as results.json reports them."""
-    return float(np.mean(values)), float(np.std(values))

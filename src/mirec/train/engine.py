@@ -60,16 +60,6 @@ class Task(Protocol):
 
 
 @dataclass
-class LoopConfig:
-    """The engine's settings; every task's train config has these fields."""
-
-    epochs: int
-    patience: int
-    seed: int
-    max_batches_per_epoch: int = 0
-
-
-@dataclass
 class Fitted:
     best_epoch: int
     history: list[dict[str, Any]]  # one row per epoch, from epoch 0
@@ -81,7 +71,8 @@ class Fitted:
 
 def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress: bool = True,
         log: Callable[[str], None] = lambda s: None, stop_after_epoch: int | None = None) -> Fitted:
-    """Train ``task`` into ``run_dir``; ``lc`` has :class:`LoopConfig`'s fields.
+    """Train ``task`` into ``run_dir``; ``lc`` (a task's train config) gives ``epochs``,
+    ``patience``, ``seed`` and ``max_batches_per_epoch``.
 
     ``resume`` continues from ``run_dir/last.pt``. ``stop_after_epoch`` ends the run after
     that epoch as if killed (tests of resuming use it). Ends with the best epoch's weights loaded.
