@@ -445,7 +445,7 @@ def main() -> None:
     try:
         app()
     except MirecError as e:
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -71,10 +71,10 @@ def register(source: Source) -> Source:
 
 
 def sources() -> Mapping[str, Source]:
-    """Every registered source, by name (importing the source modules on first use)."""
+    """Every registered source, in name order (importing the source modules on first use)."""
     for module in MODULES:
         importlib.import_module(f"mirec.data.{module}")
-    return SOURCES
+    return dict(sorted(SOURCES.items()))
 
 
 def get(name: str) -> Source:
