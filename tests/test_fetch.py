@@ -18,6 +18,7 @@ import pytest
 from mirec.data.fetch import (
     DATASETS,
     RECBOLE_ML100K,
+    FetchOptions,
     SourceUnavailableError,
     download,
     fetch,
@@ -114,8 +115,8 @@ def test_fetch_grouplens_via_base_url(served: tuple[str, Path], tmp_path: Path) 
     _write_md5(root / "ml-100k.zip", _ml100k_zip(root / "ml-100k.zip"))
     out, cache = tmp_path / "out", tmp_path / "cache"
     msgs: list[str] = []
-    res = fetch("ml-100k", out, cache, base_url=base, prepare_cfg=CFG, source="grouplens",
-                progress=False, log=msgs.append)
+    res = fetch("ml-100k", out, cache, FetchOptions(base_url=base, prepare=CFG, source="grouplens",
+                                                    progress=False), log=msgs.append)
     assert res.path == out
     assert res.source_used == f"grouplens: {base}/ml-100k.zip"
     assert res.details["counts"] == {"events": 6, "users": 3, "items": 3}
@@ -128,8 +129,9 @@ def test_fetch_grouplens_via_base_url(served: tuple[str, Path], tmp_path: Path) 
     assert sorted(p.name for p in _files(cache)) == ["ml-100k.zip", "ml-100k.zip.verified.json"]
 
     # second fetch: the verified cached file is reused, no server needed
-    res2 = fetch("ml-100k", tmp_path / "out2", cache, base_url=_closed_port(), prepare_cfg=CFG,
-                 source="grouplens", progress=False)
+    res2 = fetch("ml-100k", tmp_path / "out2", cache,
+                 FetchOptions(base_url=_closed_port(), prepare=CFG, source="grouplens",
+                              progress=False))
     assert res2.source_used.endswith("(cached)")
     assert res2.details["counts"] == res.details["counts"]
 
@@ -140,7 +142,7 @@ def test_md5_mismatch_leaves_nothing(served: tuple[str, Path], tmp_path: Path) -
     _write_md5(root / "ml-100k.zip", data + b"tampered")
     out, cache = tmp_path / "out", tmp_path / "cache"
     with pytest.raises(MirecDataError, match="md5 mismatch") as ei:
-        fetch("ml-100k", out, cache, base_url=base, prepare_cfg=CFG, progress=False)
+        fetch("ml-100k", out, cache, FetchOptions(base_url=base, prepare=CFG, progress=False))
     msg = str(ei.value)
     assert f"{base}/ml-100k.zip" in msg
     assert hashlib.md5(data).hexdigest() in msg  # the actual digest
@@ -151,7 +153,8 @@ def test_md5_mismatch_leaves_nothing(served: tuple[str, Path], tmp_path: Path) -
 def test_http_404_is_clear(served: tuple[str, Path], tmp_path: Path) -> None:
     base, _ = served
     with pytest.raises(SourceUnavailableError, match=r"ml-1m\.zip\.md5: HTTP 404"):
-        fetch("ml-1m", tmp_path / "out", tmp_path / "cache", base_url=base, progress=False)
+        fetch("ml-1m", tmp_path / "out", tmp_path / "cache",
+              FetchOptions(base_url=base, progress=False))
     with pytest.raises(SourceUnavailableError, match="HTTP 404"):
         download(f"{base}/nothing.bin", tmp_path / "x.bin", progress=False)
     assert _files(tmp_path / "cache") == [] and not (tmp_path / "x.bin").exists()
@@ -181,8 +184,9 @@ def test_auto_falls_back_to_wheel(tmp_path: Path) -> None:
     wheel = _wheel(tmp_path / "recbole-1.2.1-py3-none-any.whl")
     out, cache = tmp_path / "out", tmp_path / "cache"
     msgs: list[str] = []
-    res = fetch("ml-100k", out, cache, base_url=_closed_port(), prepare_cfg=CFG,
-                wheel_path=wheel, progress=False, timeout=5, log=msgs.append)
+    res = fetch("ml-100k", out, cache,
+                FetchOptions(base_url=_closed_port(), prepare=CFG, wheel_path=wheel,
+                             progress=False, timeout=5), log=msgs.append)
     assert res.source_used == f"recbole==1.2.1 wheel ({wheel}), RECORD hashes verified"
     assert res.details["counts"] == {"events": 4, "users": 2, "items": 3}
     assert res.details["wheel_sha256_pinned_match"] is False  # a hand-built wheel
@@ -195,8 +199,9 @@ def test_auto_falls_back_to_wheel(tmp_path: Path) -> None:
 def test_forced_grouplens_does_not_fall_back(tmp_path: Path) -> None:
     wheel = _wheel(tmp_path / "w.whl")
     with pytest.raises(SourceUnavailableError, match="cannot reach"):
-        fetch("ml-100k", tmp_path / "out", tmp_path / "cache", base_url=_closed_port(),
-              prepare_cfg=CFG, source="grouplens", wheel_path=wheel, progress=False, timeout=5)
+        fetch("ml-100k", tmp_path / "out", tmp_path / "cache",
+              FetchOptions(base_url=_closed_port(), prepare=CFG, source="grouplens",
+                           wheel_path=wheel, progress=False, timeout=5))
 
 
 def test_wheel_record_mismatch_names_member(tmp_path: Path) -> None:
@@ -204,8 +209,8 @@ def test_wheel_record_mismatch_names_member(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(MirecDataError,
                        match=r"member recbole/dataset_example/ml-100k/ml-100k\.item: sha256"):
-        fetch("ml-100k", out, tmp_path / "cache", prepare_cfg=CFG, source="recbole-wheel",
-              wheel_path=wheel, progress=False)
+        fetch("ml-100k", out, tmp_path / "cache",
+              FetchOptions(prepare=CFG, source="recbole-wheel", wheel_path=wheel, progress=False))
     assert not out.exists() and _files(tmp_path / "cache") == []
 
 
@@ -215,9 +220,9 @@ def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(MirecConfigError, match="--url"):
         fetch("taobao", tmp_path / "o", tmp_path / "c")
     with pytest.raises(MirecConfigError, match="sources grouplens, recbole-wheel"):
-        fetch("ml-100k", tmp_path / "o", tmp_path / "c", source="kaggle")
+        fetch("ml-100k", tmp_path / "o", tmp_path / "c", FetchOptions(source="kaggle"))
     with pytest.raises(MirecConfigError, match="sources grouplens"):
-        fetch("ml-1m", tmp_path / "o", tmp_path / "c", source="recbole-wheel")
+        fetch("ml-1m", tmp_path / "o", tmp_path / "c", FetchOptions(source="recbole-wheel"))
     assert set(DATASETS) >= {"ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m",
                              "amazon-books", "taobao"}
     assert DATASETS["ml-10m"].artifacts[0].members[0] == "ml-10M100K/ratings.dat"
@@ -229,9 +234,9 @@ def test_taobao_via_url_zip(served: tuple[str, Path], tmp_path: Path) -> None:
     with zipfile.ZipFile(root / "UserBehavior.csv.zip", "w") as z:
         z.writestr("UserBehavior.csv", csv)
     sha = hashlib.sha256((root / "UserBehavior.csv.zip").read_bytes()).hexdigest()
-    res = fetch("taobao", tmp_path / "out", tmp_path / "cache", prepare_cfg=CFG,
-                url=f"{base}/UserBehavior.csv.zip?token=abc", checksum=f"sha256:{sha}",
-                progress=False)
+    res = fetch("taobao", tmp_path / "out", tmp_path / "cache",
+                FetchOptions(prepare=CFG, url=f"{base}/UserBehavior.csv.zip?token=abc",
+                             checksum=f"sha256:{sha}", progress=False))
     assert res.source_used.startswith(f"tianchi: {base}/UserBehavior.csv.zip")
     assert res.details["counts"] == {"events": 3, "users": 2, "items": 2}
 

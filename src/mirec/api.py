@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 from mirec.config import load
 from mirec.data.dataset import Dataset, load_dataset
+from mirec.data.prepare import PrepareConfig, build_dataset
+from mirec.data.sources import load as load_source
 from mirec.data.split import SplitConfig
 from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import EvalConfig
@@ -29,41 +31,15 @@ __all__ = ["prepare", "load_dataset", "fit", "evaluate", "export", "RunResult"]
 
 def prepare(source: str, path: str | Path, out: str | Path | None = None, k_core: int = 5,
             on_bad_rows: str = "error", **options: Any) -> Path:
-    """Prepare a raw log (``source``: movielens, recbole, amazon, taobao, csv, parquet, jsonl) into
+    """Prepare a raw log (``source``: one of ``mirec data sources``, e.g. movielens, csv) into
     a mirec data set in ``out`` (default ``data/<name>``): dedupe, k-core, dense ids, sorted,
     written atomically. ``options`` are the source's own (e.g. ``user_col`` for csv, ``meta`` for
     amazon). Returns the data set's path."""
-    from mirec.data.prepare import PrepareConfig, build_dataset
-
     cfg = PrepareConfig(k_core=k_core, on_bad_rows=on_bad_rows)
     cfg.validate()
     path = Path(path)
     raw = load_source(source, path, on_bad_rows, **options)
     return build_dataset(raw, Path(out) if out is not None else Path("data") / path.stem, cfg)
-
-
-SOURCES = ("movielens", "recbole", "amazon", "taobao", "csv", "parquet", "jsonl")
-
-
-def load_source(source: str, path: Path, on_bad_rows: str = "error", meta: str | Path | None = None,
-                behaviors: str = "pv", **table: Any):
-    if source == "movielens":
-        from mirec.data.movielens import load_movielens
-        return load_movielens(path, on_bad_rows)
-    if source == "recbole":
-        from mirec.data.atomic import load_recbole
-        return load_recbole(path, on_bad_rows)
-    if source == "amazon":
-        from mirec.data.amazon import load_amazon
-        return load_amazon(path, meta, on_bad_rows)
-    if source == "taobao":
-        from mirec.data.taobao import load_taobao
-        return load_taobao(path, tuple(b.strip() for b in behaviors.split(",") if b.strip()), on_bad_rows)
-    if source in ("csv", "parquet", "jsonl"):
-        from mirec.data.tabular import load_table
-        cols = {"user_col": "user_id", "item_col": "item_id", "time_col": "timestamp", **table}
-        return load_table(path, source, on_bad_rows=on_bad_rows, **cols)
-    raise MirecConfigError(f"SOURCE: unknown source {source!r} (one of: {', '.join(SOURCES)})")
 
 
 def overrides(settings: dict[str, Any]) -> list[str]:

@@ -27,12 +27,13 @@ app.add_typer(report_app, name="report")
 # a terminal decides its own width; piped output (CI logs, files) gets room for the tables
 console = Console(width=None if sys.stdout.isatty() else 120)
 
-SOURCES = ("movielens", "recbole", "amazon", "taobao", "csv", "parquet", "jsonl")
 OnBad = Annotated[str, typer.Option("--on-bad-rows",
                                     help="'error' stops at the first bad row; 'skip' drops "
                                          "bad rows and reports how many.")]
 KCore = Annotated[int, typer.Option("--k-core", help="Drop users and items with fewer events, "
                                                      "repeated until stable.")]
+
+PREPARE_COMMON = ("source", "path", "out", "k_core", "on_bad_rows")
 
 
 def _seeds(seed: int, seeds: str | None) -> list[int]:
@@ -46,34 +47,53 @@ def _seeds(seed: int, seeds: str | None) -> list[int]:
 
 @data_app.command("prepare")
 def data_prepare(
-    source: Annotated[str, typer.Argument(help=f"One of: {', '.join(SOURCES)}.")],
+    source: Annotated[str, typer.Argument(help="A source name; `mirec data sources` lists them "
+                                               "with the options each takes.")],
     path: Annotated[Path, typer.Argument(help="Input file or directory of the source.")],
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default ./data/<name>).")] = None,
     k_core: KCore = 5,
     on_bad_rows: OnBad = "error",
-    user_col: Annotated[str, typer.Option(help="csv/parquet/jsonl: user id column.")] = "user_id",
-    item_col: Annotated[str, typer.Option(help="csv/parquet/jsonl: item id column.")] = "item_id",
-    time_col: Annotated[str, typer.Option(help="csv/parquet/jsonl: time column (epoch seconds "
-                                               "or ISO date-time).")] = "timestamp",
-    category_col: Annotated[Optional[str], typer.Option(help="Item category column ('|' "
-                                                             "separates several).")] = None,
-    title_col: Annotated[Optional[str], typer.Option(help="Item title column.")] = None,
-    separator: Annotated[str, typer.Option(help="csv: field separator.")] = ",",
+    user_col: Annotated[Optional[str], typer.Option(help="csv/parquet/jsonl: user id column "
+                                                         "(default user_id).")] = None,
+    item_col: Annotated[Optional[str], typer.Option(help="csv/parquet/jsonl: item id column "
+                                                         "(default item_id).")] = None,
+    time_col: Annotated[Optional[str], typer.Option(help="csv/parquet/jsonl: time column, epoch "
+                                                         "seconds or ISO date-time (default "
+                                                         "timestamp).")] = None,
+    category_col: Annotated[Optional[str], typer.Option(help="csv/parquet/jsonl: item category "
+                                                             "column ('|' separates several).")] = None,
+    title_col: Annotated[Optional[str], typer.Option(help="csv/parquet/jsonl: item title "
+                                                          "column.")] = None,
+    separator: Annotated[Optional[str], typer.Option(help="csv: field separator (default ,).")] = None,
     meta: Annotated[Optional[Path], typer.Option(help="amazon: metadata JSON lines "
                                                       "(.json or .json.gz).")] = None,
-    behaviors: Annotated[str, typer.Option(help="taobao: behaviours kept, comma-separated "
-                                                "(pv, buy, cart, fav).")] = "pv",
+    behaviors: Annotated[Optional[str], typer.Option(help="taobao: behaviours kept, comma-separated "
+                                                          "(pv, buy, cart, fav; default pv).")] = None,
+    attributes: Annotated[Optional[Path], typer.Option(help="sequences: JSON {item_id: \\[attribute "
+                                                            "ids]}, the items' categories.")] = None,
+    format: Annotated[Optional[str], typer.Option(help="sequences: lines (user item item ...) or "
+                                                       "pairs (user item); default lines.")] = None,
+    *,
+    ctx: typer.Context,
 ) -> None:
     """Prepare a raw log into a mirec data set (dedupe, k-core, dense ids, sorted)."""
     from mirec.api import prepare
 
-    table = {} if source not in ("csv", "parquet", "jsonl") else dict(
-        user_col=user_col, item_col=item_col, time_col=time_col, category_col=category_col,
-        title_col=title_col, separator=separator)
+    # the source options given (the parameters after on_bad_rows); the registry checks them
+    given = {k: v for k, v in ctx.params.items() if k not in PREPARE_COMMON and v is not None}
     with console.status(f"preparing {path} ..."):
-        written = prepare(source, path, out, k_core, on_bad_rows, meta=meta, behaviors=behaviors, **table)
+        written = prepare(source, path, out, k_core, on_bad_rows, **given)
     _print_info(written)
     console.print(f"wrote [bold]{written}[/bold]")
+
+
+@data_app.command("sources")
+def data_sources() -> None:
+    """List the sources `mirec data prepare` reads and the options each takes."""
+    from mirec.data.sources import sources
+    from mirec.report import sources_table
+
+    console.print(sources_table(sources()))
 
 
 @data_app.command("fetch")
@@ -90,12 +110,12 @@ def data_fetch(
     k_core: KCore = 5,
 ) -> None:
     """Download (with checksum) and prepare a public data set in one step."""
-    from mirec.data.fetch import fetch
+    from mirec.data.fetch import FetchOptions, fetch
     from mirec.data.prepare import PrepareConfig
 
     out = out or Path("data") / name
-    res = fetch(name, out, cache_dir, base_url=base_url, source=source,
-                prepare_cfg=PrepareConfig(k_core=k_core))
+    res = fetch(name, out, cache_dir, FetchOptions(source=source, base_url=base_url,
+                                                   prepare=PrepareConfig(k_core=k_core)))
     console.print(f"source used: {res.source_used}")
     _print_info(res.path)
     console.print(f"wrote [bold]{res.path}[/bold]")
@@ -416,7 +436,7 @@ def main() -> None:
     try:
         app()
     except MirecError as e:
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

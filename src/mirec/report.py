@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -124,3 +125,15 @@ def served_table(result: Any, title: str, name: Any = str) -> Table:
         notes.append(f"ignored (not in the catalogue): {', '.join(result.ignored_items[:10])}")
     t.caption = "; ".join(notes)
     return t
+
+
+def sources_table(sources: Mapping[str, Any]) -> Table:
+    """The data sources `mirec data prepare` reads: name, description, options (default)."""
+    table = Table(title="data sources")
+    for col in ("source", "reads", "options"):
+        table.add_column(col)
+    for src in sources.values():
+        opts = ", ".join(o.flag + (f" ({o.default})" if o.default is not None else "")
+                         for o in src.options)
+        table.add_row(src.name, src.help, opts or "-")
+    return table

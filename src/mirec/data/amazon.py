@@ -40,6 +40,7 @@ import polars as pl
 
 from mirec.data.prepare import RawLog
 from mirec.data.reader import Col, OnBadRows, csv_locator, read_validated, scan_text
+from mirec.data.sources import Option, Source, register
 from mirec.errors import MirecDataError
 
 RATING_COLUMNS = ("item", "user", "rating", "timestamp")
@@ -177,3 +178,7 @@ def _category(rec: dict[str, Any]) -> str | None:
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+register(Source("amazon", "Amazon ratings-only CSV (item,user,rating,timestamp)", load_amazon,
+                (Option("meta", "metadata JSON lines (.json or .json.gz)"),)))

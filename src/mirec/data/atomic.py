@@ -24,6 +24,7 @@ import polars as pl
 
 from mirec.data.prepare import RawLog
 from mirec.data.reader import Col, OnBadRows, csv_locator, read_validated, scan_text
+from mirec.data.sources import Source, register
 from mirec.errors import MirecDataError
 
 TYPES = ("token", "token_seq", "float", "float_seq")
@@ -165,3 +166,6 @@ def _read_users(file: Path, on_bad_rows: OnBadRows) -> tuple[pl.DataFrame, int] 
     cols += [Col(f.header, f.name, "str", required=False)
              for f in fields.values() if f.name != "user_id"]
     return read_validated(_scan(file), cols, csv_locator(file, 2), on_bad_rows)
+
+
+register(Source("recbole", "RecBole atomic files (.inter, optional .item/.user)", load_recbole))

@@ -29,6 +29,7 @@ import polars as pl
 
 from mirec.data.prepare import RawLog
 from mirec.data.reader import Col, OnBadRows, csv_locator, read_validated, scan_text
+from mirec.data.sources import Source, register
 from mirec.errors import MirecDataError
 
 GENRES_100K = (
@@ -222,3 +223,7 @@ def split_lines(file: Path, separator: str, names: Sequence[str]
         lines.append(number)
     frame = pl.DataFrame(rows, schema={n: pl.String for n in names}, orient="row")
     return frame.lazy(), lambda row: f"{file}:{lines[row]}" if row < len(lines) else str(file)
+
+
+register(Source("movielens", "MovieLens directory: ML-100K, ML-1M/10M (.dat) or ML-20M+ (.csv)",
+                load_movielens))

@@ -16,6 +16,7 @@ lines: the line of the record, blank lines counted) or by Parquet row group and 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from mirec.data.reader import (
     read_validated,
     scan_text,
 )
+from mirec.data.sources import Option, Source, register
 from mirec.errors import MirecConfigError, MirecDataError
 
 FORMATS = ("csv", "parquet", "jsonl")
@@ -161,3 +163,19 @@ def _items(df: pl.DataFrame) -> pl.DataFrame:
                 .list.eval(pl.element().filter(pl.element() != "")))
         out.append(cats.fill_null(pl.lit([], dtype=pl.List(pl.String))).alias("categories"))
     return firsts.select(out)
+
+
+COLUMN_OPTIONS = (
+    Option("user_col", "user id column", "user_id"),
+    Option("item_col", "item id column", "item_id"),
+    Option("time_col", "time column (epoch seconds or ISO date-time)", "timestamp"),
+    Option("category_col", "item category column ('|' separates several)"),
+    Option("title_col", "item title column"),
+)
+SEPARATOR = Option("separator", "field separator", ",")
+register(Source("csv", "CSV with a header row, one event a row",
+                functools.partial(load_table, fmt="csv"), COLUMN_OPTIONS + (SEPARATOR,)))
+register(Source("parquet", "Parquet file, one event a row",
+                functools.partial(load_table, fmt="parquet"), COLUMN_OPTIONS))
+register(Source("jsonl", "JSON lines, one event object a line",
+                functools.partial(load_table, fmt="jsonl"), COLUMN_OPTIONS))

@@ -24,6 +24,7 @@ import polars as pl
 
 from mirec.data.prepare import RawLog
 from mirec.data.reader import Col, OnBadRows, read_validated, scan_text
+from mirec.data.sources import Option, Source, register
 from mirec.errors import MirecDataError
 
 BEHAVIORS = ("pv", "buy", "cart", "fav")
@@ -80,3 +81,7 @@ def _locator(path: Path, chosen: Sequence[str]) -> Callable[[int], str]:
         return f"{path}:{hit.item()}" if hit.height else f"{path}: kept event {row}"
 
     return locate
+
+
+register(Source("taobao", "Taobao UserBehavior.csv (user,item,category,behavior,timestamp)",
+                load_taobao, (Option("behaviors", "behaviours kept, comma-separated", "pv"),)))
