@@ -134,17 +134,15 @@ def settled(driver, previous: list[str] | None = None) -> list[str]:
     from selenium.webdriver.support.ui import WebDriverWait
 
     def done(d):
-        s = d.find_element("tag name", "body").get_attribute("data-state")
+        # one script reads the state and the list together: the page may re-render in between
+        s, ids, error = d.execute_script(
+            "return [document.body.dataset.state, [...document.querySelectorAll('#merged li')]"
+            ".map(e => e.dataset.itemId), document.getElementById('error').textContent];")
         if s == "error":
-            raise AssertionError("page shows: " + d.find_element("id", "error").text)
-        ids = merged(d)
+            raise AssertionError("page shows: " + error)
         return s == "ready" and (previous is None or ids != previous) and ids
 
     return WebDriverWait(driver, 20).until(done)
-
-
-def merged(driver) -> list[str]:
-    return [e.get_attribute("data-item-id") for e in driver.find_elements("css selector", "#merged li")]
 
 
 def test_page_shows_a_users_interests_and_recommendations(page, bundle):
@@ -181,9 +179,9 @@ def test_slider_requeries_and_click_records_an_event(page, bundle):
 
     assert store.history(u, 10) == []
     driver.find_element("css selector", "#merged li").click()
-    settled(driver, after)  # refetched: the clicked item joined the history and left the list
+    now = settled(driver, after)  # refetched: the clicked item joined the history, left the list
     assert store.history(u, 10) == [after[0]]
-    assert after[0] not in merged(driver)
+    assert after[0] not in now
 
 
 def test_page_shows_api_errors(page):
@@ -200,3 +198,49 @@ def test_page_shows_api_errors(page):
         lambda d: d.find_element("tag name", "body").get_attribute("data-state") == "error")
     text = driver.find_element("id", "error").text
     assert "422" in text and "rank" in text and "no ranker" in text
+
+
+def test_page_asks_for_a_token_once_when_the_api_answers_401(bundle, tmp_path):
+    """A server that wants ``Authorization: Bearer s3cret`` on its API (the page itself is
+    public): the page asks once, keeps the token for the session, and asks again if refused."""
+    from fastapi.responses import JSONResponse
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from mirec.serve.app import create_app
+
+    rec = recommender(bundle, tmp_path)
+    guarded = create_app(rec)
+
+    @guarded.middleware("http")
+    async def bearer(request, call_next):
+        public = request.url.path == "/" or request.url.path.startswith("/static/")
+        if public or request.headers.get("authorization") == "Bearer s3cret":
+            return await call_next(request)
+        return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)
+
+    server = Server(rec)
+    server.server.config.app = guarded  # the same server, with the guarded app
+    driver = chromium_driver()
+    try:
+        with server as client:
+            base = str(client.base_url)
+
+            def enter(token):
+                form = WebDriverWait(driver, 20).until(
+                    lambda d: d.find_element("id", "token-form").is_displayed() and d.find_element("id", "token"))
+                form.clear()
+                form.send_keys(token + "\n")
+
+            u = a_user(bundle)
+            driver.get(f"{base}/?user={u}")
+            enter("wrong")
+            WebDriverWait(driver, 20).until(lambda d: "refused" in d.find_element("id", "error").text)
+            enter("s3cret")
+            ids = settled(driver)
+            assert ids == [x["item_id"] for x in client.post(
+                "/recommend", json={"user_id": u, "n": 10}, headers={"Authorization": "Bearer s3cret"}).json()["items"]]
+            driver.get(f"{base}/?user={u}")  # same session: no question this time
+            assert settled(driver) == ids
+            assert not driver.find_element("id", "token-form").is_displayed()
+    finally:
+        driver.quit()
