@@ -176,6 +176,9 @@ def test_slider_requeries_and_click_records_an_event(page, bundle):
     lam = float(driver.find_element("id", "lambda").get_attribute("value"))
     api = client.post("/recommend", json={"user_id": u, "n": 10, "lambda": lam}).json()
     assert lam == 2 and after == [x["item_id"] for x in api["items"]]
+    assert driver.current_url.endswith(f"?user={u}&lambda=2")  # the address can be shared
+    driver.get(driver.current_url)
+    assert settled(driver) == after
 
     assert store.history(u, 10) == []
     driver.find_element("css selector", "#merged li").click()

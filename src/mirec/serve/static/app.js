@@ -202,10 +202,20 @@ async function recordClick(it) {
   $("summary").textContent += ` · recorded ${it.title}`;
 }
 
+// The address names what is shown (?user=ID&lambda=0.5&n=20), so that a view can be shared.
+function syncAddress() {
+  const q = new URLSearchParams();
+  if (state.user !== null) q.set("user", state.user);
+  if (Number($("lambda").value) > 0) q.set("lambda", $("lambda").value);
+  if (listSize() !== 10) q.set("n", String(listSize()));
+  const qs = q.toString();
+  history.replaceState(null, "", qs ? `?${qs}` : location.pathname);
+}
+
 function showUser(id) {
   state.user = id;
   $("user").value = id;
-  history.replaceState(null, "", `?user=${encodeURIComponent(id)}`);
+  syncAddress();
   refresh(true);
 }
 
@@ -217,8 +227,12 @@ function showHistory() {
   }
   state.user = null;
   state.history = ids;
-  history.replaceState(null, "", location.pathname);
+  syncAddress();
   refresh(true);
+}
+
+function showLambda() {
+  $("lambda-value").textContent = Number($("lambda").value).toFixed(2);
 }
 
 function debounce(fn, ms) {
@@ -251,11 +265,15 @@ async function start() {
   $("user").addEventListener("input", () => searchUsers($("user").value.trim()));
   const requery = debounce(() => refresh(false), 120);
   $("lambda").addEventListener("input", () => {
-    $("lambda-value").textContent = Number($("lambda").value).toFixed(2);
+    showLambda();
+    syncAddress();
     requery();
   });
   $("rank").addEventListener("change", () => refresh(false));
-  $("n").addEventListener("change", () => refresh(true));
+  $("n").addEventListener("change", () => {
+    syncAddress();
+    refresh(true);
+  });
   try {
     const h = await api("GET", "/health");
     $("server").textContent = `${h.model} · ${h.items} items · ${h.index} index`
@@ -265,8 +283,11 @@ async function start() {
     showError(e.message);
     setState("error");
   }
-  const user = new URLSearchParams(location.search).get("user");
-  if (user) showUser(user);
+  const q = new URLSearchParams(location.search);
+  if (q.has("lambda")) $("lambda").value = q.get("lambda");
+  if (q.has("n")) $("n").value = q.get("n");
+  showLambda();
+  if (q.get("user")) showUser(q.get("user"));
 }
 
 start();
