@@ -247,3 +247,17 @@ def test_page_asks_for_a_token_once_when_the_api_answers_401(bundle, tmp_path):
             assert not driver.find_element("id", "token-form").is_displayed()
     finally:
         driver.quit()
+
+
+def test_page_explores_a_pasted_history(page, bundle):
+    driver, base, store, client = page
+    hist = [bundle.raw_id(int(i)) for i in bundle.user_histories[a_user(bundle)][-6:]]
+    driver.get(base)
+    driver.find_element("id", "history").send_keys(" ".join(hist))
+    driver.find_element("id", "show-history").click()
+    ids = settled(driver)
+    assert ids == [x["item_id"] for x in client.post("/recommend", json={"history": hist, "n": 10}).json()["items"]]
+    driver.find_element("css selector", "#merged li").click()  # no user: the item joins the pasted list
+    settled(driver, ids)
+    assert driver.find_element("id", "history").get_attribute("value").split() == hist + [ids[0]]
+    assert store.count() == 0
