@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.mirec-installed
 # The CPU build of PyTorch goes in first: a bare `torch` requirement would pull the CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv demo test browser bench-prepare clean
+.PHONY: venv demo test test-fast browser bench-prepare clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ browser:
 
 test: venv browser
 	$(BIN)/python -m pytest
+
+# the quick loop: everything but the slow, torchrun and torch.compile tests
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow and not distributed and not compile"
 
 bench-prepare: venv
 	$(BIN)/python bench/prepare.py

@@ -54,7 +54,8 @@ def tune(model: str, ds, out: Path, console: Console, extra: list[str]) -> list[
     """The grid setting with the best validation GAUC on seed 1 (one run each); ``extra``
     overrides (``--set``) apply to every run."""
     from mirec.config import load
-    from mirec.train.ctr import RankRunConfig, train_ctr_seeds
+    from mirec.experiment import train_ctr_seeds
+    from mirec.runs import RankRunConfig
 
     best, best_sets = -1.0, []
     for values in itertools.product(*TUNE_GRID.values()):
@@ -66,7 +67,7 @@ def tune(model: str, ds, out: Path, console: Console, extra: list[str]) -> list[
         else:
             cfg = load(RankRunConfig, None, [f"model={model}", *SETTINGS.get(model, []), *sets, *extra])
             # seeded exactly as the table's seed-1 run
-            run = train_ctr_seeds(cfg, ds, [1], run_dir, progress=False)["per_seed"][0]
+            run = train_ctr_seeds(cfg, ds, [1], run_dir, progress=False).to_json()["per_seed"][0]
             score = run["valid"]["gauc"]
             done.write_text(json.dumps({"settings": sets, "valid_gauc": score,
                                         "valid_auc": run["valid"]["auc"], "best_epoch": run["best_epoch"]}))
@@ -185,14 +186,15 @@ def main() -> None:
     if not a.speed_only:
         from mirec.config import load
         from mirec.data.dataset import load_dataset
-        from mirec.train.ctr import RankRunConfig, train_ctr_seeds
+        from mirec.experiment import train_ctr_seeds
+        from mirec.runs import RankRunConfig
 
         ds = load_dataset(a.data)
         for m in models:
             chosen = tune(m, ds, Path(a.out), console, a.set) if a.tune else []
             cfg = load(RankRunConfig, None, [f"model={m}", *SETTINGS.get(m, []), *chosen, *a.set])
             t0 = time.perf_counter()
-            docs[m] = train_ctr_seeds(cfg, ds, seeds, Path(a.out) / m, progress=False)
+            docs[m] = train_ctr_seeds(cfg, ds, seeds, Path(a.out) / m, progress=False).to_json()
             mm = docs[m]["metrics"]
             console.print(f"  {m} {' '.join(chosen) or 'defaults'}: test AUC {mm['auc']:.4f} "
                           f"GAUC {mm['gauc']:.4f} ({time.perf_counter() - t0:.0f} s)")
@@ -210,7 +212,7 @@ def main() -> None:
             d, mm, sd = docs[m], docs[m]["metrics"], docs[m]["std"]
             cells = [f"{mm[k]:.4f}±{sd[k]:.4f}" for k in ("auc", "gauc", "logloss")]
             cells += [f"{np.mean([s['best_epoch'] + 1 for s in d['per_seed']]):.1f}",
-                      f"{mm['seconds_per_epoch']:.1f}"]
+                      f"{d['speed']['seconds_per_epoch']:.1f}"]
         sp = [f"{rates[(m, int(th))]:,.0f}" if (m, int(th)) in rates else "" for th in a.threads.split(",")]
         peer = peers.get(m)
         ps = [f"AUC {peer[0]:.3f} GAUC {peer[1]:.3f}, {peer[3]:,} ex/s" if peer else ""] if peers else []

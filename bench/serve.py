@@ -14,7 +14,7 @@ Measured, on one search thread and one torch thread per request (``IndexConfig(t
 
 * recall@50 of the served index against exact search, on ~200 users' live interest vectors
   (:func:`mirec.serve.service.user_queries`, :func:`mirec.serve.index.recall_at`);
-* in-process latency of ``Recommender.recommend(user_id=..., n=20, lam=...)`` (tower + search +
+* in-process latency of ``Recommender.recommend(user_id=..., n=20, diversity=...)`` (tower + search +
   aggregation + response objects) over random users: p50/p99/mean at lambda 0 and ``--lambda``,
   plus the median of each stage (history lookup + tower, search, merge + rescore, categories +
   diversify), timed by re-running the stages as ``Recommender.recommend_dense`` does;
@@ -248,13 +248,13 @@ def pct(xs: list[float] | np.ndarray, q: float) -> float:
 def in_process(rec: Any, users: list[str], lam: float, requests: int, warmup: int = 20) -> dict:
     """Latency of ``rec.recommend`` for ``requests`` random users (seconds)."""
     for u in users[:warmup]:
-        rec.recommend(user_id=u, n=N_REC, lam=lam)
+        rec.recommend(user_id=u, n=N_REC, diversity=lam)
     lat = np.empty(requests)
     short = 0
     for j in range(requests):
         u = users[j % len(users)]
         t = time.perf_counter()
-        r = rec.recommend(user_id=u, n=N_REC, lam=lam)
+        r = rec.recommend(user_id=u, n=N_REC, diversity=lam)
         lat[j] = time.perf_counter() - t
         short += len(r.items) < N_REC
     return {"p50": pct(lat, 50), "p99": pct(lat, 99), "mean": float(lat.mean()),

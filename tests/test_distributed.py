@@ -41,6 +41,7 @@ def train_cli(data, out, launcher):
     return p
 
 
+@pytest.mark.distributed
 def test_two_processes_under_torchrun_match_one_process(tmp_path):
     """Two processes (gloo over loopback) split each batch, average the gradients and end with
     the parameters of a single-process run (up to float order); process 0 alone writes."""
@@ -69,6 +70,7 @@ def test_two_processes_under_torchrun_match_one_process(tmp_path):
     assert json.loads((tmp_path / "two" / "results.json").read_text())["seeds"] == [2020]
 
 
+@pytest.mark.distributed
 def test_rankers_refuse_torchrun(tmp_path):
     """Under torchrun every process would train the same ranker into the same files: refused."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "WORLD_SIZE": "2", "COLUMNS": "200"}

@@ -15,12 +15,13 @@ import torch
 
 from mirec.data.dataset import load_dataset
 from mirec.data.synth import SynthConfig, synth_dataset
+from mirec.runs import RunConfig, TrainConfig
 from mirec.serve.bundle import export_bundle, load_bundle
 from mirec.serve.explore import interest_views
 from mirec.serve.index import IndexConfig, ItemIndex
 from mirec.serve.recommender import Recommender
 from mirec.serve.store import EventStore
-from mirec.train.loop import RunConfig, TrainConfig, train
+from mirec.train.loop import train
 from tests.test_serve import Server
 
 torch.set_num_threads(1)

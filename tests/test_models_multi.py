@@ -390,6 +390,7 @@ def test_learns_two_clusters(name):
     assert end < floor + 0.4 * (start - floor), (start, end)
 
 
+@pytest.mark.compile
 def test_sa_attention_traces_into_one_graph_for_torch_compile():
     """train.compile fuses SA's attention only if dynamo traces it whole: the in-place sigmoid
     (a custom autograd Function) must not break the graph."""

@@ -19,8 +19,8 @@ from mirec.data.synth import SynthConfig, synth_dataset
 from mirec.errors import MirecConfigError, MirecDataError
 from mirec.experiment import train_seeds
 from mirec.plots import interests_figure, pca_2d, training_figure
+from mirec.runs import RunConfig, TrainConfig
 from mirec.serve.bundle import export_bundle, load_bundle
-from mirec.train.loop import RunConfig, TrainConfig
 
 torch.set_num_threads(1)
 SEEDS = [1, 2]

@@ -257,7 +257,7 @@ def test_checkpoint_keeps_every_model_field_and_old_dien_runs_still_load(tmp_pat
     """A run saves its model's whole config, defaults included, so a later change of a default
     cannot change what it rebuilds into; a DIEN run saved before that (model_args without
     ``activation``, from when DIEN's default was PReLU) still loads."""
-    from mirec.train.checkpoint import load_checkpoint, save_checkpoint
+    from mirec.checkpoint import load_checkpoint, save_checkpoint
 
     ds = toy_dataset(tmp_path / "data", users=30, per_user=20)
     cfg = load(RankRunConfig, None, ["model=dien", "model_args.dim=4", "model_args.activation=prelu",
@@ -277,8 +277,8 @@ def test_resume_with_other_model_settings_names_the_field(tmp_path):
     """Resuming with model settings other than the run's is refused with the field named, also
     for a DIEN run saved before checkpoints kept every field (its PReLU head), and resumes once
     the setting is given as it was."""
+    from mirec.checkpoint import load_checkpoint, save_checkpoint
     from mirec.errors import MirecConfigError
-    from mirec.train.checkpoint import load_checkpoint, save_checkpoint
 
     ds = toy_dataset(tmp_path / "data", users=30, per_user=20)
     base = ["model=dien", "model_args.dim=4", "train.epochs=2", "ctr.max_len=6"]
@@ -334,6 +334,7 @@ def test_mimn_streaming_equals_per_example_windows(tmp_path):
     assert torch.isfinite(loss) and all(p.grad is not None for p in m.head.parameters())
 
 
+@pytest.mark.compile
 @pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_loss_equals_plain_loss_and_gradients(tmp_path):
     """train.compile changes how the loss is computed, not what: same loss and gradients on

@@ -22,9 +22,9 @@ import uvicorn
 from mirec.data.dataset import load_dataset
 from mirec.data.synth import SynthConfig, synth_dataset
 from mirec.errors import MirecConfigError, MirecDataError
+from mirec.eval.diversity import diversity_report
 from mirec.serve.app import create_app
 from mirec.serve.bundle import export_bundle, load_bundle
-from mirec.serve.diversity import diversity_report
 from mirec.serve.index import IndexConfig, ItemIndex
 from mirec.serve.recommender import Recommender
 from mirec.serve.store import EventStore
@@ -81,7 +81,7 @@ def test_bundle_holds_what_serving_needs(bundle, run):
 
 def test_bundle_tower_equals_the_trained_model(bundle, run):
     root, ds = run
-    from mirec.train.checkpoint import load_checkpoint
+    from mirec.checkpoint import load_checkpoint
 
     state = load_checkpoint(root / "run" / "best.pt")["model"]
     for k, v in bundle.model.state_dict().items():
@@ -182,7 +182,7 @@ def test_lambda_makes_lists_more_diverse(bundle):
     u = sorted(bundle.user_histories)[1]
 
     def n_categories(lam):
-        return len({c for x in rec.recommend(user_id=u, n=6, lam=lam).items for c in x.categories})
+        return len({c for x in rec.recommend(user_id=u, n=6, diversity=lam).items for c in x.categories})
 
     assert n_categories(10.0) >= n_categories(0.0)
     assert n_categories(10.0) == min(6, len(bundle.category_names))
@@ -301,6 +301,7 @@ def test_events_change_the_next_recommendation_and_survive_restart(bundle, tmp_p
 # ---- CLI and report --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_export_index_recommend(run, tmp_path):
     root, ds = run
     cli = [sys.executable, "-m", "mirec.cli"]

@@ -7,12 +7,12 @@ import sys
 import pytest
 import torch
 
+from mirec.checkpoint import load_checkpoint
 from mirec.data.dataset import load_dataset
 from mirec.data.split import windows
 from mirec.data.synth import SynthConfig, synth_dataset
 from mirec.errors import MirecConfigError, MirecDataError
 from mirec.experiment import evaluate_baseline, evaluate_run, train_seeds
-from mirec.train.checkpoint import load_checkpoint
 from mirec.train.loop import LossModule, RunConfig, TrainConfig, compiled, cxx_compiler, setup, train
 
 torch.set_num_threads(1)
@@ -87,8 +87,8 @@ def test_resume_with_another_model_setting_names_the_field(synth, tmp_path):
     strings, still resumes with the same settings."""
     import dataclasses
 
+    from mirec.checkpoint import save_checkpoint
     from mirec.data.split import SplitConfig
-    from mirec.train.checkpoint import save_checkpoint
 
     cfg = small(epochs=2, max_batches_per_epoch=2)
     train(cfg, synth, tmp_path / "r", progress=False, stop_after_epoch=0)
@@ -129,6 +129,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(p)
 
 
+@pytest.mark.slow
 def test_cli_train_and_evaluate_run(synth, tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "mirec.cli", "train", "--model", "comirec-sa", "--data",
@@ -144,6 +145,7 @@ def test_cli_train_and_evaluate_run(synth, tmp_path):
     assert bad.returncode == 2 and "train.lr: expected float" in bad.stdout
 
 
+@pytest.mark.compile
 @pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_training_loss_equals_plain_loss_and_gradients(synth):
     """train.compile changes how the loss is computed, not what (ComiRec-SA, full softmax)."""
@@ -168,8 +170,8 @@ def test_compiled_training_loss_equals_plain_loss_and_gradients(synth):
 @pytest.mark.parametrize("model,loss,compile", [
     ("comirec-sa", "full", False), ("mind", "full", False), ("comirec-dr", "full", False),
     ("youtube-dnn", "full", False), ("youtube-dnn", "sampled", False),
-    pytest.param("comirec-sa", "full", True, marks=pytest.mark.skipif(
-        cxx_compiler() is None, reason="torch.compile on CPU needs a C++ compiler"))])
+    pytest.param("comirec-sa", "full", True, marks=[pytest.mark.compile, pytest.mark.skipif(
+        cxx_compiler() is None, reason="torch.compile on CPU needs a C++ compiler")])])
 def test_bf16_precision_is_a_close_low_precision_copy_of_the_fp32_loss(synth, model, loss, compile):
     """train.precision=bf16 (also compiled, and with the logQ-corrected sampled loss): the loss
     and gradients are near the float32 ones, and the loss is further from them than float

@@ -65,33 +65,13 @@ def data_prepare(
                                                 "(pv, buy, cart, fav).")] = "pv",
 ) -> None:
     """Prepare a raw log into a mirec data set (dedupe, k-core, dense ids, sorted)."""
-    from mirec.data.prepare import PrepareConfig, build_dataset
+    from mirec.api import prepare
 
-    cfg = PrepareConfig(k_core=k_core, on_bad_rows=on_bad_rows)
-    cfg.validate()
-    if source == "movielens":
-        from mirec.data.movielens import load_movielens
-        raw = load_movielens(path, on_bad_rows)
-    elif source == "recbole":
-        from mirec.data.atomic import load_recbole
-        raw = load_recbole(path, on_bad_rows)
-    elif source == "amazon":
-        from mirec.data.amazon import load_amazon
-        raw = load_amazon(path, meta, on_bad_rows)
-    elif source == "taobao":
-        from mirec.data.taobao import load_taobao
-        raw = load_taobao(path, tuple(b.strip() for b in behaviors.split(",") if b.strip()),
-                          on_bad_rows)
-    elif source in ("csv", "parquet", "jsonl"):
-        from mirec.data.tabular import load_table
-        raw = load_table(path, source, user_col=user_col, item_col=item_col, time_col=time_col,
-                         category_col=category_col, title_col=title_col, separator=separator,
-                         on_bad_rows=on_bad_rows)
-    else:
-        raise MirecError(f"SOURCE: unknown source {source!r} (one of: {', '.join(SOURCES)})")
-    out = out or Path("data") / path.stem
+    table = {} if source not in ("csv", "parquet", "jsonl") else dict(
+        user_col=user_col, item_col=item_col, time_col=time_col, category_col=category_col,
+        title_col=title_col, separator=separator)
     with console.status(f"preparing {path} ..."):
-        written = build_dataset(raw, out, cfg)
+        written = prepare(source, path, out, k_core, on_bad_rows, meta=meta, behaviors=behaviors, **table)
     _print_info(written)
     console.print(f"wrote [bold]{written}[/bold]")
 
@@ -180,40 +160,38 @@ def train_cmd(
     Retrieval models train data-parallel over several processes or machines when launched
     with torchrun: torchrun --standalone --nproc-per-node 2 -m mirec.cli train ...
     """
-    from mirec.config import load
-    from mirec.experiment import train_seeds
-    from mirec.report import ctr_table, results_table
-    from mirec.train.loop import RunConfig
-
-    overrides = [f"model={model}"] + (set_ or [])
-    if threads is not None:
-        overrides.append(f"train.threads={threads}")
+    from mirec.api import fit
+    from mirec.config import apply_overrides
     from mirec.errors import MirecConfigError
+    from mirec.report import ctr_table, results_table
+    from mirec.train.distributed import launched, world
 
     if task not in ("retrieval", "ctr"):
         raise MirecConfigError(f"--task: expected retrieval or ctr, got {task!r}")
-    if task == "ctr":
-        from mirec.train.ctr import RankRunConfig, train_ctr_seeds
-        from mirec.train.distributed import launched
-
-        if launched():
-            raise MirecConfigError("--task ctr: rankers train in one process; run it without torchrun "
-                                   "(data-parallel training is for retrieval models)")
-
-        cfg = load(RankRunConfig, config, overrides)
-        out = out or Path("runs") / model
-        doc = train_ctr_seeds(cfg, data, _seeds(seed, seeds), out, resume=resume, log=console.print)
-        console.print(ctr_table({model: doc}))
-        console.print(f"wrote [bold]{out / 'results.json'}[/bold]")
-        return
-    cfg = load(RunConfig, config, overrides)
-    out = out or Path("runs") / model
-    from mirec.train.distributed import world
-
+    if task == "ctr" and launched():
+        raise MirecConfigError("--task ctr: rankers train in one process; run it without torchrun "
+                               "(data-parallel training is for retrieval models)")
+    settings: dict = {}
+    apply_overrides(settings, (set_ or []) + ([f"train.threads={threads}"] if threads is not None else []))
+    kind = spec_task(model)
+    if kind != ("ranking" if task == "ctr" else "retrieval"):
+        raise MirecConfigError(f"--model: {model!r} is a {kind} model; "
+                               + ("use --task ctr" if kind == "ranking" else
+                                  "use `mirec evaluate --model` for baselines" if kind == "baseline" else
+                                  "drop --task ctr"))
     console.quiet = not world().main  # under torchrun, process 0 reports
-    run = train_seeds(cfg, data, _seeds(seed, seeds), out, resume=resume, log=console.print)
-    console.print(results_table({model: run}))
+    out = out or Path("runs") / model
+    run = fit(model, data, out, _seeds(seed, seeds), config, resume, log=console.print, **settings)
+    console.print(ctr_table({model: run.to_json()}) if task == "ctr" else results_table({model: run}))
     console.print(f"wrote [bold]{out / 'results.json'}[/bold]")
+
+
+def spec_task(model: str) -> str:
+    from mirec.models.registry import SPECS, spec
+
+    if model not in SPECS:
+        spec(model, "retrieval")  # raises, naming the known models
+    return SPECS[model].task
 
 
 @app.command("evaluate")
@@ -233,20 +211,17 @@ def evaluate_cmd(
                                                        "ranking.")] = True,
 ) -> None:
     """Evaluate a model under the protocol on test users; writes results.json."""
-    from mirec.data.split import SplitConfig
-    from mirec.eval.evaluate import EvalConfig
-    from mirec.experiment import evaluate_baseline
+    from mirec.api import evaluate
     from mirec.report import results_table
 
+    ev = {"eval": {"exclude_history": exclude_history}}
     if run_dir is not None:
-        from mirec.experiment import evaluate_run
-
-        run = evaluate_run(run_dir, eval_cfg=EvalConfig(exclude_history=exclude_history))
+        run = evaluate(run=run_dir, **ev)
         console.print(results_table({run.model: run}))
         return
     out = out or Path("runs") / model
-    run = evaluate_baseline(model, data, _seeds(seed, seeds), SplitConfig(max_len=max_len),
-                            EvalConfig(exclude_history=exclude_history), out, progress=True)
+    run = evaluate(model=model, data=data, out=out, seeds=_seeds(seed, seeds), progress=True,
+                   split={"max_len": max_len}, **ev)
     console.print(results_table({model: run}))
     console.print(f"wrote [bold]{out / 'results.json'}[/bold]")
 
@@ -268,8 +243,9 @@ def demo(
     from mirec.data.fetch import fetch
     from mirec.data.split import windows
     from mirec.experiment import evaluate_baseline, train_seeds
+    from mirec.models.base import VectorScorer
     from mirec.report import interest_table, results_table
-    from mirec.train.loop import RunConfig, VectorScorer
+    from mirec.runs import RunConfig
 
     if not (data / "meta.json").exists():
         res = fetch("ml-100k", data, Path("data/downloads"))
@@ -330,9 +306,9 @@ def export_cmd(
     data: Annotated[Optional[Path], typer.Option(help="The run's data set, if it moved.")] = None,
 ) -> None:
     """Write a self-contained serving bundle (tower, item vectors, id maps, manifest)."""
-    from mirec.serve.bundle import export_bundle
+    from mirec.api import export
 
-    path = export_bundle(run_dir, out, data)
+    path = export(run_dir, out, data)
     console.print(f"wrote bundle [bold]{path}[/bold]")
 
 
@@ -375,7 +351,7 @@ def recommend_cmd(
         raise typer.BadParameter("give exactly one of --user or --history")
     rec = _recommender(bundle, index, hnsw_above, store, ranker)
     hist = [h.strip() for h in history.split(",") if h.strip()] if history is not None else None
-    r = rec.recommend(user_id=user, history=hist, n=n, lam=lam, exclude_history=exclude_history,
+    r = rec.recommend(user_id=user, history=hist, n=n, diversity=lam, exclude_history=exclude_history,
                       rank=ranker is not None)
     b = rec.bundle
     console.print(served_table(r, title=f"top-{n} for " + (f"user {user}" if user else "the history")
@@ -428,7 +404,7 @@ def report_diversity(
     data: Annotated[Optional[Path], typer.Option(help="The run's data set, if it moved.")] = None,
 ) -> None:
     """Sweep lambda on test users: Recall@50 against Diversity@50, a table and a PNG plot."""
-    from mirec.serve.diversity import diversity_report
+    from mirec.eval.diversity import diversity_report
 
     lams = [float(x) for x in lambdas.split(",")]
     r = diversity_report(run_dir, lams, out or run_dir, data, progress=True)

@@ -1,8 +1,10 @@
-"""One user action, one function: evaluate a model on a prepared data set over several seeds.
+"""One user action, one function: train or evaluate a model on a prepared data set over seeds.
 
-The CLI and (later) the HTTP service call these functions; they print nothing themselves.
-Each seed sets both the user split and the model's randomness; the figures reported are the
-test users' metrics, with their mean and standard deviation over seeds.
+The CLI and the Python API (:mod:`mirec.api`) call these functions; they print nothing. Every
+task (a baseline fitted without training, a trained retriever, a trained ranker) goes through
+one seeds runner, :func:`run_seeds`, and writes one ``results.json`` schema (docs/results.md):
+the test metrics' mean over seeds under ``metrics``, their std under ``std``, then the
+validation figures, the per-seed rows, the protocol and the config.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ from typing import Any, Callable
 import numpy as np
 
 from mirec import __version__
-from mirec.config import from_dict, to_dict
+from mirec.config import to_dict
 from mirec.data.dataset import Dataset, load_dataset
 from mirec.data.prepare import PROTOCOL_VERSION
 from mirec.data.split import SplitConfig, split_users
-from mirec.errors import MirecConfigError, MirecDataError
+from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import EvalConfig, evaluate
 from mirec.io import atomic_write_json
-from mirec.models.registry import MODELS, model_names
-from mirec.train.checkpoint import load_checkpoint
+from mirec.models.base import VectorScorer
+from mirec.models.registry import spec
+from mirec.runs import RankRunConfig, RunConfig, load_run, seed_dirs
 from mirec.train.distributed import world
-from mirec.train.loop import RunConfig, VectorScorer, build_model, train
+from mirec.train.loop import train
 
 
 @dataclass
@@ -34,55 +37,93 @@ class SeedResult:
     seed: int
     test: dict[str, float]
     valid: dict[str, float]
-    num_test_users: int
-    num_valid_users: int
+    best_epoch: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # counts, speed: into per_seed
     model: Any = field(default=None, repr=False)
     test_topn: np.ndarray | None = field(default=None, repr=False)  # (U_test, max N)
-    best_epoch: int | None = None
+
+
+def _mean_std(rows: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float))]
+    return ({k: float(np.mean([r[k] for r in rows])) for k in keys},
+            {k: float(np.std([r[k] for r in rows])) for k in keys})
 
 
 @dataclass
 class RunResult:
+    """Every seed of one run; ``to_json`` is the results.json document."""
+
+    task: str  # baseline | retrieval | ranking
     model: str
     dataset: Dataset
     seeds: list[SeedResult]
-    split: SplitConfig
-    eval: EvalConfig
+    protocol: dict[str, Any]
     wall_seconds: float
+    path: Path | None = None
+    config: dict[str, Any] | None = None
 
     @property
     def mean(self) -> dict[str, float]:
-        keys = self.seeds[0].test.keys()
-        return {k: float(np.mean([s.test[k] for s in self.seeds])) for k in keys}
+        return _mean_std([s.test for s in self.seeds])[0]
 
     @property
     def std(self) -> dict[str, float]:
-        keys = self.seeds[0].test.keys()
-        return {k: float(np.std([s.test[k] for s in self.seeds])) for k in keys}
+        return _mean_std([s.test for s in self.seeds])[1]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The test metrics' mean over seeds (what results.json holds under ``metrics``)."""
+        return self.mean
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "data": str(self.dataset.path),
-            "dataset_checksum": self.dataset.checksum,
-            "mirec_version": __version__,
-            "protocol": {
-                "version": PROTOCOL_VERSION,
-                "split": {**to_dict(self.split), "seed": "per run: see seeds"},
-                "eval": to_dict(self.eval),
-                "ndcg_idcg": "cut at N (mirec.eval.metrics)",
-                "users": "test",
-            },
-            "seeds": [s.seed for s in self.seeds],
-            "metrics": self.mean,
-            "std": self.std,
-            "per_seed": [
-                {"seed": s.seed, "test": s.test, "valid": s.valid,
-                 "num_test_users": s.num_test_users, "num_valid_users": s.num_valid_users}
-                for s in self.seeds
-            ],
-            "wall_seconds": round(self.wall_seconds, 3),
-        }
+        doc = {"task": self.task, "model": self.model, "data": str(self.dataset.path),
+               "dataset_checksum": self.dataset.checksum, "mirec_version": __version__,
+               "seeds": [s.seed for s in self.seeds], "metrics": self.mean, "std": self.std,
+               "valid": _mean_std([s.valid for s in self.seeds])[0]}
+        speed = [s.extra["speed"] for s in self.seeds if "speed" in s.extra]
+        if speed:
+            doc["speed"] = _mean_std(speed)[0]
+        doc["per_seed"] = [{"seed": s.seed, "test": s.test, "valid": s.valid, "best_epoch": s.best_epoch,
+                            **s.extra} for s in self.seeds]
+        doc["best_epochs"] = [s.best_epoch for s in self.seeds]
+        doc["protocol"] = self.protocol
+        if self.config is not None:
+            doc["config"] = self.config
+        doc["wall_seconds"] = round(self.wall_seconds, 3)
+        return doc
+
+
+def run_seeds(task: str, model: str, data: str | Path | Dataset, seeds: list[int],
+              one: Callable[[Dataset, int, Path | None], SeedResult], out: str | Path | None,
+              protocol: dict[str, Any], config: dict[str, Any] | None = None,
+              log: Callable[[str], None] = lambda s: None) -> RunResult:
+    """``one(ds, seed, run_dir)`` per seed (``run_dir`` is ``out`` for one seed, ``out/seed-<s>``
+    for several, None without ``out``), then ``out/results.json`` (process 0 under torchrun)."""
+    if not seeds:
+        raise MirecConfigError("--seeds: need at least one seed")
+    t0 = time.perf_counter()
+    ds = data if isinstance(data, Dataset) else load_dataset(data)
+    out = None if out is None else Path(out)
+    results = []
+    for seed in seeds:
+        run_dir = None if out is None else out if len(seeds) == 1 else out / f"seed-{seed}"
+        if run_dir is not None and task != "baseline":
+            log(f"training {model} seed {seed} -> {run_dir}")
+        results.append(one(ds, seed, run_dir))
+    run = RunResult(task, model, ds, results, protocol, time.perf_counter() - t0, out, config)
+    if out is not None and world().main:
+        atomic_write_json(out / "results.json", run.to_json())
+    return run
+
+
+def retrieval_protocol(split: SplitConfig, eval_cfg: EvalConfig) -> dict[str, Any]:
+    return {"version": PROTOCOL_VERSION, "split": {**to_dict(split), "seed": "per run: see seeds"},
+            "eval": to_dict(eval_cfg), "ndcg_idcg": "cut at N (mirec.eval.metrics)", "users": "test"}
+
+
+def _speed(history: list[dict[str, Any]], best_epoch: int) -> dict[str, float]:
+    return {"examples_per_s": float(np.median([h["examples_per_s"] for h in history])),
+            "seconds_per_epoch": float(np.median([h["train_seconds"] for h in history[:best_epoch + 1]]))}
 
 
 def evaluate_baseline(model: str, data: str | Path | Dataset, seeds: list[int],
@@ -92,85 +133,82 @@ def evaluate_baseline(model: str, data: str | Path | Dataset, seeds: list[int],
 
     Writes ``results.json`` into ``out`` (atomically) when given.
     """
-    if model not in MODELS:
-        raise MirecConfigError(f"--model: unknown model {model!r} (known: {model_names()})")
-    if not seeds:
-        raise MirecConfigError("--seeds: need at least one seed")
-    t0 = time.perf_counter()
-    ds = data if isinstance(data, Dataset) else load_dataset(data)
+    s = spec(model, "baseline", field="--model")
     split = split or SplitConfig()
     eval_cfg = eval_cfg or EvalConfig()
-    cfg_cls, model_cls = MODELS[model]
-    results = []
-    for seed in seeds:
+
+    def one(ds: Dataset, seed: int, run_dir: Path | None) -> SeedResult:
         sp = split_users(ds, dataclasses.replace(split, seed=seed))
-        m = model_cls(cfg_cls()).fit(ds, sp)
+        m = s.build(s.config()).fit(ds, sp)
         test = evaluate(m, ds, sp.test, split.max_len, eval_cfg, progress)
         valid = evaluate(m, ds, sp.valid, split.max_len, eval_cfg, progress)
-        results.append(SeedResult(seed, test.metrics, valid.metrics, test.num_users,
-                                  valid.num_users, m, test.topn))
-    run = RunResult(model, ds, results, split, eval_cfg, time.perf_counter() - t0)
-    if out is not None:
-        atomic_write_json(Path(out) / "results.json", run.to_json())
-    return run
+        return SeedResult(seed, test.metrics, valid.metrics, extra=_counts(test, valid), model=m,
+                          test_topn=test.topn)
+
+    return run_seeds("baseline", model, data, seeds, one, out, retrieval_protocol(split, eval_cfg))
+
+
+def _counts(test: Any, valid: Any) -> dict[str, int]:
+    return {"num_test_users": test.num_users, "num_valid_users": valid.num_users}
 
 
 def train_seeds(cfg: RunConfig, data: str | Path | Dataset, seeds: list[int], out: str | Path,
                 resume: bool = False, progress: bool = True,
                 log: Callable[[str], None] = lambda s: None) -> RunResult:
     """Train ``cfg`` once per seed (each sets the split and the initialisation) and evaluate
-    the best validation checkpoint on the test users.
+    the best validation checkpoint on the test users."""
 
-    With one seed the run directory is ``out``; with several, ``out/seed-<s>`` each, and
-    ``out/results.json`` reports the mean and std over seeds.
-    """
-    if not seeds:
-        raise MirecConfigError("--seeds: need at least one seed")
-    t0 = time.perf_counter()
-    ds = data if isinstance(data, Dataset) else load_dataset(data)
-    out = Path(out)
-    results = []
-    for seed in seeds:
+    def one(ds: Dataset, seed: int, run_dir: Path | None) -> SeedResult:
         c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed),
                                 split=dataclasses.replace(cfg.split, seed=seed))
-        run_dir = out if len(seeds) == 1 else out / f"seed-{seed}"
-        log(f"training {cfg.model} seed {seed} -> {run_dir}")
         r = train(c, ds, run_dir, resume=resume, progress=progress, log=log)
-        results.append(SeedResult(seed, r.test, r.best_valid, len(r.split.test),
-                                  len(r.split.valid), r.model, r.test_topn))
-        results[-1].best_epoch = r.best_epoch
-    run = RunResult(cfg.model, ds, results, cfg.split, cfg.eval, time.perf_counter() - t0)
-    doc = run.to_json()
-    doc["config"] = to_dict(cfg)
-    doc["best_epochs"] = [s.best_epoch for s in results]
-    if world().main:  # under torchrun, process 0 writes
-        atomic_write_json(out / "results.json", doc)
-    return run
+        return SeedResult(seed, r.test, r.best_valid, r.best_epoch,
+                          {"num_test_users": len(r.split.test), "num_valid_users": len(r.split.valid),
+                           "speed": _speed(r.history, r.best_epoch)}, r.model, r.test_topn)
+
+    return run_seeds("retrieval", cfg.model, data, seeds, one, out,
+                     retrieval_protocol(cfg.split, cfg.eval), to_dict(cfg), log)
+
+
+def train_ctr_seeds(cfg: RankRunConfig, data: str | Path | Dataset, seeds: list[int], out: str | Path,
+                    resume: bool = False, progress: bool = True,
+                    log: Callable[[str], None] = lambda s: None) -> RunResult:
+    """Train a ranker once per seed (initialisation, batch order and sampled negatives; the
+    time split does not depend on it); test AUC/GAUC/log-loss mean and std over seeds."""
+    from mirec.train.ctr import train_ctr
+
+    def one(ds: Dataset, seed: int, run_dir: Path | None) -> SeedResult:
+        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed),
+                                ctr=dataclasses.replace(cfg.ctr, seed=seed))
+        r = train_ctr(c, ds, run_dir, resume=resume, progress=progress, log=log)
+        test = dict(r.test)
+        n = test.pop("examples")
+        return SeedResult(seed, test, {k: v for k, v in r.best_valid.items() if k != "examples"},
+                          r.best_epoch, {"test_examples": n, "speed": _speed(r.history, r.best_epoch)},
+                          r.model)
+
+    ds = data if isinstance(data, Dataset) else load_dataset(data)
+    protocol = {"labels": f"rating >= {cfg.ctr.positive_rating}" if ds.rating is not None
+                else f"{cfg.ctr.negatives} uniform negative(s) per positive",
+                "split": f"per user by time: last {cfg.ctr.test_fraction:.0%} test, "
+                         f"{cfg.ctr.valid_fraction:.0%} before it validation"}
+    return run_seeds("ranking", cfg.model, ds, seeds, one, out, protocol, to_dict(cfg), log)
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None,
                  eval_cfg: EvalConfig | None = None) -> RunResult:
-    """Re-evaluate a finished training run (every ``seed-*`` of it) on its test users."""
-    run_dir = Path(run_dir)
-    dirs = sorted(run_dir.glob("seed-*")) or [run_dir]
-    results, ds, cfg = [], None, None
+    """Re-evaluate a finished retrieval run (every ``seed-*`` of it) on its test users."""
     t0 = time.perf_counter()
-    for d in dirs:
-        ck = load_checkpoint(d / "best.pt")
-        cfg = from_dict(RunConfig, ck["config"])
-        if ds is None:
-            ds = load_dataset(data or ck["data"])
-            if ds.checksum != ck["dataset_checksum"]:
-                raise MirecDataError(f"{ds.path}: not the data set {d} was trained on "
-                                     f"(checksum {ds.checksum[:12]} != {ck['dataset_checksum'][:12]})")
-        model = build_model(cfg, ds.num_items)
-        model.load_state_dict(ck["model"])
+    results, ds, cfg = [], data, None
+    for d in seed_dirs(run_dir):
+        run = load_run(d, ds)
+        ds, cfg = run.dataset, run.config
         sp = split_users(ds, cfg.split)
         ec = eval_cfg or cfg.eval
-        scorer = VectorScorer(model, cfg.train.cosine)
+        scorer = VectorScorer(run.model, cfg.train.cosine)
         test = evaluate(scorer, ds, sp.test, cfg.split.max_len, ec)
         valid = evaluate(scorer, ds, sp.valid, cfg.split.max_len, ec)
-        results.append(SeedResult(cfg.split.seed, test.metrics, valid.metrics, test.num_users,
-                                  valid.num_users, model, test.topn))
-    return RunResult(cfg.model, ds, results, cfg.split, eval_cfg or cfg.eval,
-                     time.perf_counter() - t0)
+        results.append(SeedResult(cfg.split.seed, test.metrics, valid.metrics, run.checkpoint.get("epoch"),
+                                  _counts(test, valid), run.model, test.topn))
+    return RunResult("retrieval", cfg.model, ds, results, retrieval_protocol(cfg.split, eval_cfg or cfg.eval),
+                     time.perf_counter() - t0, Path(run_dir))

@@ -37,7 +37,7 @@ def results_table(runs: dict[str, Any], ns: tuple[int, ...] = (20, 50)) -> Table
     """One row per model: mean (± std over seeds when several) of each metric @N."""
     first = next(iter(runs.values()))
     n_seeds = len(first.seeds)
-    title = (f"test users ({first.seeds[0].num_test_users}), "
+    title = (f"test users ({first.seeds[0].extra['num_test_users']}), "
              f"{'seed ' + str(first.seeds[0].seed) if n_seeds == 1 else f'mean ± std over {n_seeds} seeds'}")
     t = Table(title=title)
     t.add_column("model", no_wrap=True)
@@ -57,34 +57,14 @@ def ctr_table(runs: dict[str, dict[str, Any]]) -> Table:
     """One row per ranker from ``results.json`` documents of ``--task ctr`` runs."""
     first = next(iter(runs.values()))
     n = len(first["seeds"])
-    t = Table(title=f"test events ({first['test_examples']:,}), "
+    t = Table(title=f"test events ({first['per_seed'][0]['test_examples']:,}), "
                     f"{'seed ' + str(first['seeds'][0]) if n == 1 else f'mean ± std over {n} seeds'}")
     for header in ("model", "AUC", "GAUC", "log-loss", "examples/s", "s/epoch"):
         t.add_column(header, justify="left" if header == "model" else "right")
     for name, doc in runs.items():
-        m, sd = doc["metrics"], doc["std"]
+        m, sd, speed = doc["metrics"], doc["std"], doc["speed"]
         cells = [f"{m[k]:.4f}" + (f"±{sd[k]:.4f}" if n > 1 else "") for k in ("auc", "gauc", "logloss")]
-        t.add_row(name, *cells, f"{m['examples_per_s']:,.0f}", f"{m['seconds_per_epoch']:.1f}")
-    return t
-
-
-def recommendations_table(ds: Dataset, items: np.ndarray, history: np.ndarray,
-                          targets: np.ndarray, title: str) -> Table:
-    """Ranked items with titles and categories; a check mark on held-out targets; the last
-    history items (what the model saw) in the caption."""
-    target_set = set(targets.tolist())
-    t = Table(title=title)
-    t.add_column("rank", justify="right")
-    t.add_column("item")
-    t.add_column("title")
-    t.add_column("categories")
-    t.add_column("hit", justify="center")
-    for r, i in enumerate(items, 1):
-        row = ds.items.row(int(i) - 1, named=True)
-        t.add_row(str(r), row["raw_id"], row["title"] or "", ", ".join(row["categories"] or []),
-                  "✓" if int(i) in target_set else "")
-    t.caption = ("last items in the history: " + "; ".join(ds.title(int(i)) for i in history[-5:])
-                 + f"  ({len(target_set)} held-out targets; ✓ = one of them)")
+        t.add_row(name, *cells, f"{speed['examples_per_s']:,.0f}", f"{speed['seconds_per_epoch']:.1f}")
     return t
 
 

@@ -30,10 +30,35 @@ import torch
 from mirec.data.dataset import Dataset
 from mirec.data.split import windows
 from mirec.errors import MirecConfigError
-from mirec.models.base import CTRBatch, RankFeatures
 
 TRAIN, VALID, TEST = 0, 1, 2
 AGE_BUCKETS = (18, 25, 35, 45, 50, 56)  # MovieLens-1M's age groups: <18, 18-24, ..., 56+
+
+
+@dataclass
+class RankFeatures:
+    """What a ranker needs to know about the feature space (saved in every CTR checkpoint)."""
+
+    num_items: int  # item ids 0..num_items-1, 0 = padding
+    num_users: int  # dense user ids 0..num_users-1
+    profile_sizes: list[int]  # cardinality of each profile field, code 0 = unknown
+    item_categories: torch.Tensor  # (N, C) long, category ids + 1, 0 = padding; row 0 all 0
+
+    @property
+    def num_categories(self) -> int:
+        """Category id space including padding 0."""
+        return int(self.item_categories.max()) + 1 if self.item_categories.numel() else 1
+
+
+@dataclass
+class CTRBatch:
+    """A batch of (user, candidate) pairs with the user's earlier positive items."""
+
+    user: torch.Tensor  # (B,) long, dense user id
+    profile: torch.Tensor  # (B, F) long, profile codes (0 = unknown)
+    item: torch.Tensor  # (B,) long, candidate item id
+    hist: torch.Tensor  # (B, L) long, earlier positives, left-padded with 0, most recent last
+    mask: torch.Tensor  # (B, L) bool, True on real history items
 
 
 @dataclass

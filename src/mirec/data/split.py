@@ -17,6 +17,7 @@ front, with a boolean mask that is true on real items.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -136,3 +137,12 @@ def windows(item: np.ndarray, start: np.ndarray, stop: np.ndarray,
     mask = idx >= start[:, None]
     hist = np.where(mask, item[np.maximum(idx, 0)], 0).astype(np.int64)
     return hist, mask
+
+
+def left_pad(hist: Sequence[int], max_len: int) -> np.ndarray:
+    """One history's last ``max_len`` item ids, left-padded with 0: (max_len,) int64, the row
+    :func:`windows` makes (what serving feeds the models)."""
+    h = np.asarray(hist, dtype=np.int64)
+    if len(h) == 0:
+        return np.zeros(max_len, dtype=np.int64)
+    return windows(h, np.zeros(1, dtype=np.int64), np.full(1, len(h)), max_len)[0][0]

@@ -20,10 +20,13 @@ for ComiRec, label-aware attention for MIND, identity for K = 1. Scores are alwa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mirec.data.ctr import CTRBatch, RankFeatures  # noqa: F401 (the ranker contract's types)
 
 
 @dataclass
@@ -34,16 +37,52 @@ class Interests:
 
 
 class Retriever(Protocol):
+    """What the engine's retrieval task, evaluation and serving call on a retriever."""
+
+    def __init__(self, cfg: Any, num_items: int) -> None: ...
+
     def interests(self, hist: torch.Tensor, mask: torch.Tensor) -> Interests: ...
 
-    def item_embeddings(self) -> torch.Tensor: ...
+    def item_embeddings(self) -> torch.Tensor: ...  # (N, D), row 0 = padding
 
-    def readout(self, out: Interests, target_emb: torch.Tensor) -> torch.Tensor: ...
+    def readout(self, out: Interests, target_emb: torch.Tensor) -> torch.Tensor: ...  # (B, D)
 
 
 def unit_interests(out: Interests) -> Interests:
     """The same interests scaled to length 1: what cosine scores compare."""
     return Interests(F.normalize(out.vectors, dim=-1), out.mask, out.weights)
+
+
+@torch.no_grad()
+def user_interests(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
+                   cosine: bool) -> Interests:
+    """A retriever's interests at inference (eval mode), unit length when it scores by cosine:
+    what evaluation and serving compare with the item table."""
+    model.eval()
+    out = model.interests(hist, mask)
+    return unit_interests(out) if cosine else out
+
+
+@torch.no_grad()
+def item_table(model: torch.nn.Module, cosine: bool) -> torch.Tensor:
+    """The (N, D) item vectors that interests are compared with: unit rows under cosine."""
+    items = model.item_embeddings()
+    return F.normalize(items, dim=-1) if cosine else items
+
+
+class VectorScorer:
+    """Evaluation adapter: a retriever scores items by max over its interests (exact search)."""
+
+    def __init__(self, model: torch.nn.Module, cosine: bool) -> None:
+        self.model, self.cosine = model, cosine
+        self.items = item_table(model, cosine)  # (N, D)
+
+    def interests(self, hist: np.ndarray, mask: np.ndarray) -> Interests:
+        return user_interests(self.model, torch.from_numpy(hist), torch.from_numpy(mask), self.cosine)
+
+    @torch.no_grad()
+    def score(self, hist: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return max_over_interests(self.interests(hist, mask), self.items).numpy()  # (B, N)
 
 
 def max_over_interests(out: Interests, items: torch.Tensor) -> torch.Tensor:
@@ -72,33 +111,28 @@ def argmax_readout(out: Interests, target_emb: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RankFeatures:
-    """What a ranker needs to know about the feature space (saved in every CTR checkpoint)."""
-
-    num_items: int  # item ids 0..num_items-1, 0 = padding
-    num_users: int  # dense user ids 0..num_users-1
-    profile_sizes: list[int]  # cardinality of each profile field, code 0 = unknown
-    item_categories: torch.Tensor  # (N, C) long, category ids + 1, 0 = padding; row 0 all 0
-
-    @property
-    def num_categories(self) -> int:
-        """Category id space including padding 0."""
-        return int(self.item_categories.max()) + 1 if self.item_categories.numel() else 1
-
-
-@dataclass
-class CTRBatch:
-    """A batch of (user, candidate) pairs with the user's earlier positive items."""
-
-    user: torch.Tensor  # (B,) long, dense user id
-    profile: torch.Tensor  # (B, F) long, profile codes (0 = unknown)
-    item: torch.Tensor  # (B,) long, candidate item id
-    hist: torch.Tensor  # (B, L) long, earlier positives, left-padded with 0, most recent last
-    mask: torch.Tensor  # (B, L) bool, True on real history items
-
-
 class Ranker(Protocol):
-    def __call__(self, batch: CTRBatch) -> torch.Tensor: ...
+    """What the engine's ranking task and serving call on a ranker.
+
+    ``items`` (an ``ItemEncoder``) and ``profile`` (a ``ProfileEncoder``) hold the id
+    embeddings that the mini-batch aware regulariser reads. ``compilable = False`` tells
+    ``train.compile`` to refuse (time spent in Python-level recurrences). A ranker with a
+    per-user state may also define ``stream_logits(seq, seq_mask, user, profile, ex_row,
+    ex_stop, ex_item) -> (logits, aux)`` and ``stream_loss(..., label)``: the engine then feeds
+    it whole user sequences (``train.stream``).
+    """
+
+    items: torch.nn.Module
+    profile: torch.nn.Module
+    compilable: bool
+
+    def __init__(self, cfg: Any, features: RankFeatures) -> None: ...
+
+    def __call__(self, batch: CTRBatch) -> torch.Tensor: ...  # (B,) logits
 
     def loss(self, batch: CTRBatch, label: torch.Tensor) -> torch.Tensor: ...
+
+
+def streams(model: torch.nn.Module, stream: bool = True) -> bool:
+    """Whether ``model`` is fed whole user sequences (it has ``stream_logits`` and ``stream`` is on)."""
+    return stream and hasattr(model, "stream_logits")

@@ -1,12 +1,22 @@
-"""The explicit list of models.
+"""Every model mirec knows, in one table: name, task, config class and how to build it.
 
-``BASELINES`` need no training loop: ``Model(cfg).fit(ds, split)`` then ``score``.
-``NEURAL`` are trained by :mod:`mirec.train.loop`: ``Model(cfg, num_items)``.
-``RANKERS`` score (user, candidate) pairs, trained by :mod:`mirec.train.ctr`.
+Adding a model is one file in ``mirec/models/`` plus one line in :data:`SPECS`; the contract
+tests (``tests/test_model_contracts.py``) are parametrised over this table and pick it up.
+
+Tasks:
+    ``baseline``   needs no training loop: ``Model(cfg).fit(ds, split)``, then ``score``
+    ``retrieval``  a :class:`~mirec.models.base.Retriever`, trained by the engine's retrieval
+                   task: ``Model(cfg, num_items)``
+    ``ranking``    a :class:`~mirec.models.base.Ranker`, trained by the engine's ranking task:
+                   ``Model(cfg, RankFeatures)``
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from mirec.errors import MirecConfigError
 from mirec.models.comirec_dr import ComiRecDR, ComiRecDRConfig
 from mirec.models.comirec_sa import ComiRecSA, ComiRecSAConfig
 from mirec.models.dien import DIEN, DIENConfig
@@ -19,26 +29,50 @@ from mirec.models.mind import MIND, MINDConfig
 from mirec.models.most_popular import MostPopular, MostPopularConfig
 from mirec.models.youtube_dnn import YouTubeDNN, YouTubeDNNConfig
 
-BASELINES: dict[str, tuple[type, type]] = {
-    "most-popular": (MostPopularConfig, MostPopular),
-    "item-cf": (ItemCFConfig, ItemCF),
-}
+TASKS = ("baseline", "retrieval", "ranking")
 
-NEURAL: dict[str, tuple[type, type]] = {
-    "youtube-dnn": (YouTubeDNNConfig, YouTubeDNN),
-    "gru4rec": (GRU4RecConfig, GRU4Rec),
-    "mind": (MINDConfig, MIND),
-    "comirec-dr": (ComiRecDRConfig, ComiRecDR),
-    "comirec-sa": (ComiRecSAConfig, ComiRecSA),
-}
 
-RANKERS: dict[str, tuple[type, type]] = {  # click-through models: Model(cfg, RankFeatures)
-    "embedding-mlp": (EmbeddingMLPConfig, EmbeddingMLP),
-    "din": (DINConfig, DIN),
-    "dien": (DIENConfig, DIEN),
-    "mimn": (MIMNConfig, MIMN),
-}
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    task: str  # one of TASKS
+    config: type  # the model's own settings (a dataclass with validate())
+    build: Callable[..., Any]  # build(cfg) | build(cfg, num_items) | build(cfg, RankFeatures)
 
+
+SPECS: dict[str, ModelSpec] = {s.name: s for s in (
+    ModelSpec("most-popular", "baseline", MostPopularConfig, MostPopular),
+    ModelSpec("item-cf", "baseline", ItemCFConfig, ItemCF),
+    ModelSpec("youtube-dnn", "retrieval", YouTubeDNNConfig, YouTubeDNN),
+    ModelSpec("gru4rec", "retrieval", GRU4RecConfig, GRU4Rec),
+    ModelSpec("mind", "retrieval", MINDConfig, MIND),
+    ModelSpec("comirec-dr", "retrieval", ComiRecDRConfig, ComiRecDR),
+    ModelSpec("comirec-sa", "retrieval", ComiRecSAConfig, ComiRecSA),
+    ModelSpec("embedding-mlp", "ranking", EmbeddingMLPConfig, EmbeddingMLP),
+    ModelSpec("din", "ranking", DINConfig, DIN),
+    ModelSpec("dien", "ranking", DIENConfig, DIEN),
+    ModelSpec("mimn", "ranking", MIMNConfig, MIMN),
+)}
+
+
+def of_task(task: str) -> dict[str, ModelSpec]:
+    return {n: s for n, s in SPECS.items() if s.task == task}
+
+
+def spec(name: str, task: str, field: str = "model") -> ModelSpec:
+    """The spec of ``name``, which must be a model of ``task``; else one line naming ``field``."""
+    s = SPECS.get(name)
+    if s is None or s.task != task:
+        what, known = {"baseline": ("model", model_names()), "retrieval": ("trainable model", sorted(NEURAL)),
+                       "ranking": ("ranker", sorted(RANKERS))}[task]
+        raise MirecConfigError(f"{field}: unknown {what} {name!r} (known: {', '.join(known)})")
+    return s
+
+
+# Views by task (name -> (config class, model class)), as earlier code reads them.
+BASELINES = {n: (s.config, s.build) for n, s in of_task("baseline").items()}
+NEURAL = {n: (s.config, s.build) for n, s in of_task("retrieval").items()}
+RANKERS = {n: (s.config, s.build) for n, s in of_task("ranking").items()}
 MODELS = BASELINES  # models `mirec evaluate --model` fits without training
 
 

@@ -123,7 +123,7 @@ def create_app(rec: Recommender) -> FastAPI:
         if req.rank and rec.ranker is None:
             raise HTTPException(422, detail=[{"loc": ["body", "rank"],
                                               "msg": "this server has no ranker (start it with --ranker)"}])
-        r = rec.recommend(user_id=req.user_id, history=req.history, n=req.n, lam=req.lambda_,
+        r = rec.recommend(user_id=req.user_id, history=req.history, n=req.n, diversity=req.lambda_,
                           exclude_history=req.exclude_history, rank=req.rank)
         return JSONResponse({
             "user_id": r.user_id, "known_user": r.known_user, "ignored_items": r.ignored_items,

@@ -27,15 +27,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-import torch.nn.functional as F
 
 import mirec
 from mirec.config import from_dict, to_dict
-from mirec.data.dataset import Dataset, category_csr, load_dataset
+from mirec.data.dataset import Dataset, category_csr
 from mirec.errors import MirecDataError
 from mirec.io import atomic_dir, sha256_file
-from mirec.train.checkpoint import best_checkpoint, load_checkpoint
-from mirec.train.loop import RunConfig, build_model
+from mirec.models.base import item_table
+from mirec.runs import RunConfig, build_model, load_run
 
 FORMAT, FORMAT_VERSION = "mirec.bundle", 1
 FILES = ("tower.pt", "item_vectors.npy", "items.parquet", "users.parquet")
@@ -82,34 +81,14 @@ class Bundle:
 
 def item_vectors(model: torch.nn.Module, cosine: bool) -> np.ndarray:
     """The (N, D) float32 vectors the index holds: the item table, unit length under cosine."""
-    with torch.no_grad():
-        items = model.item_embeddings()
-        items = F.normalize(items, dim=-1) if cosine else items
-    return np.ascontiguousarray(items.numpy(), dtype=np.float32)
-
-
-def load_run(run_dir: str | Path, data: str | Path | None = None
-             ) -> tuple[Path, dict[str, Any], RunConfig, Dataset, torch.nn.Module]:
-    """A finished run's best checkpoint (the first seed's of a multi-seed run), its config,
-    its data set (checksum verified) and the model in eval mode."""
-    ckpt_path = best_checkpoint(run_dir)
-    if ckpt_path is None:
-        raise MirecDataError(f"{run_dir}: no best.pt (is this a finished `mirec train` run?)")
-    ck = load_checkpoint(ckpt_path)
-    cfg = from_dict(RunConfig, ck["config"])
-    ds = load_dataset(data or ck["data"])
-    if ds.checksum != ck["dataset_checksum"]:
-        raise MirecDataError(f"{ds.path}: not the data set {ckpt_path} was trained on")
-    model = build_model(cfg, ds.num_items)
-    model.load_state_dict(ck["model"])
-    model.eval()
-    return ckpt_path, ck, cfg, ds, model
+    return np.ascontiguousarray(item_table(model, cosine).numpy(), dtype=np.float32)
 
 
 def bundle_from_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[Bundle, Dataset]:
     """The bundle a run would export, in memory (for reports), and the run's data set."""
-    ckpt_path, ck, cfg, ds, model = load_run(run_dir, data)
-    manifest = {"model": cfg.model, "config": to_dict(cfg), "source_run": str(ckpt_path),
+    run = load_run(run_dir, data)
+    cfg, ds, model = run.config, run.dataset, run.model
+    manifest = {"model": cfg.model, "config": to_dict(cfg), "source_run": str(run.checkpoint_path),
                 "dataset_checksum": ds.checksum}
     return assemble(Path(run_dir), manifest, cfg, model, item_vectors(model, cfg.train.cosine),
                      ds.items, _user_histories(ds)), ds
@@ -117,7 +96,8 @@ def bundle_from_run(run_dir: str | Path, data: str | Path | None = None) -> tupl
 
 def export_bundle(run_dir: str | Path, out: str | Path, data: str | Path | None = None) -> Path:
     """Write the bundle of a finished run (its ``best.pt``; the first seed of a multi-seed run)."""
-    ckpt_path, ck, cfg, ds, model = load_run(run_dir, data)
+    run = load_run(run_dir, data)
+    cfg, ds, model, ckpt_path = run.config, run.dataset, run.model, run.checkpoint_path
     out = Path(out)
     with atomic_dir(out) as tmp:
         buf = io.BytesIO()
@@ -133,7 +113,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, data: str | Path | None 
                          "numpy": np.__version__, "python": platform.python_version()},
             "model": cfg.model, "config": to_dict(cfg), "num_items": ds.num_items,
             "dim": int(model.item_embeddings().shape[1]), "source_run": str(ckpt_path),
-            "best_epoch": ck.get("epoch"), "dataset": str(ds.path),
+            "best_epoch": run.checkpoint.get("epoch"), "dataset": str(ds.path),
             "dataset_checksum": ds.checksum,
             "checksums": {name: sha256_file(tmp / name) for name in FILES},
         }

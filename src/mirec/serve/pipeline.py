@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mirec.data.ctr import CTRBatch
+from mirec.data.split import left_pad
 from mirec.errors import MirecConfigError
-from mirec.models.base import CTRBatch
+from mirec.runs import load_ranker, ranker_config
 from mirec.serve.bundle import Bundle
 
 
@@ -40,9 +42,6 @@ class RankStage:
     @classmethod
     def from_run(cls, run_dir: str | Path, bundle: Bundle) -> RankStage:
         """Load a ranking run's best checkpoint and check that it matches ``bundle``."""
-        from mirec.config import from_dict
-        from mirec.train.ctr import RankRunConfig, load_ranker
-
         model, ck = load_ranker(run_dir)
         want = bundle.manifest.get("dataset_checksum")
         if want and ck.get("dataset_checksum") and ck["dataset_checksum"] != want:
@@ -51,7 +50,7 @@ class RankStage:
         if ck["features"]["num_items"] != bundle.num_items:
             raise MirecConfigError(f"--ranker: {run_dir} knows {ck['features']['num_items'] - 1} items, "
                                    f"the bundle {bundle.num_items - 1}")
-        cfg = from_dict(RankRunConfig, ck["config"])
+        cfg = ranker_config(ck)
         return cls(model, ck, cfg.ctr.max_len, name=cfg.model)
 
     @torch.no_grad()
@@ -60,10 +59,7 @@ class RankStage:
         C, L = len(cand), self.max_len
         u = self.user_index.get(user_id, -1) if user_id is not None else -1
         profile = self.profile[u] if u >= 0 else torch.zeros(self.profile.shape[1], dtype=torch.long)
-        window = torch.zeros(L, dtype=torch.long)
-        recent = hist[-L:]
-        if recent:
-            window[L - len(recent):] = torch.tensor(recent, dtype=torch.long)
+        window = torch.from_numpy(left_pad(hist, L))  # (L,)
         batch = CTRBatch(user=torch.full((C,), u if u >= 0 else self.unknown_user, dtype=torch.long),
                          profile=profile[None].expand(C, -1),
                          item=torch.from_numpy(np.asarray(cand, dtype=np.int64)),

@@ -16,13 +16,15 @@ all call :meth:`Recommender.recommend`::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from mirec.data.split import left_pad
 from mirec.errors import MirecConfigError
+from mirec.models.base import user_interests
 from mirec.serve.aggregate import candidates, category_matrix, diversify, rescore
 from mirec.serve.bundle import Bundle
 from mirec.serve.index import ItemIndex
@@ -66,6 +68,18 @@ class RecommendResult:
 
 
 class Recommender:
+    """One user's top-n from a bundle: interests -> per-interest ANN search -> aggregation with
+    the diversity weight (-> the ranking stage when a ranker is attached)."""
+
+    @classmethod
+    def open(cls, bundle: str | Path, index: str = "auto", store: str | Path | None = None,
+             ranker: str | Path | None = None, hnsw_above: int = 50_000) -> Recommender:
+        """Load and verify a bundle directory (``mirec export``), its index (the saved one when
+        present), an optional SQLite event store and an optional ranking run."""
+        from mirec.serve.service import open_recommender
+
+        return open_recommender(bundle, index, hnsw_above, store, ranker)
+
     def __init__(self, bundle: Bundle, index: ItemIndex, store: EventStore | None = None,
                  cfg: ServeConfig | None = None, ranker: RankStage | None = None) -> None:
         self.bundle, self.index, self.store, self.ranker = bundle, index, store, ranker
@@ -96,26 +110,21 @@ class Recommender:
     def interests(self, hist: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The tower on the last max_len items: vectors (K, D), live (K,), weights (K, L),
         and the (L,) dense ids of the positions (0 = padding)."""
-        L = self.bundle.max_len
-        window = np.zeros(L, dtype=np.int64)
-        recent = hist[-L:]
-        if recent:
-            window[L - len(recent):] = recent
+        window = left_pad(hist, self.bundle.max_len)  # (L,)
         h = torch.from_numpy(window)[None]  # (1, L)
-        out = self.bundle.model.interests(h, h > 0)
-        v = F.normalize(out.vectors, dim=-1) if self.bundle.cosine else out.vectors
-        return (v[0].numpy().astype(np.float32), out.mask[0].numpy(), out.weights[0].numpy(),
+        out = user_interests(self.bundle.model, h, h > 0, self.bundle.cosine)
+        return (out.vectors[0].numpy().astype(np.float32), out.mask[0].numpy(), out.weights[0].numpy(),
                 window)
 
     def recommend(self, user_id: str | None = None, history: list[str] | None = None,
-                  n: int = 20, lam: float = 0.0, exclude_history: bool = True,
+                  n: int = 20, diversity: float = 0.0, exclude_history: bool = True,
                   rank: bool = False) -> RecommendResult:
         if (user_id is None) == (history is None):
             raise MirecConfigError("give exactly one of user_id or history")
         if not 1 <= n <= self.cfg.max_n:
             raise MirecConfigError(f"n: must be in [1, {self.cfg.max_n}], got {n}")
-        if lam < 0:
-            raise MirecConfigError(f"lambda: must be >= 0, got {lam}")
+        if diversity < 0:
+            raise MirecConfigError(f"lambda: must be >= 0, got {diversity}")
         if rank and self.ranker is None:
             raise MirecConfigError("rank: this recommender has no ranker (start it with --ranker RUN)")
         if history is not None:
@@ -130,7 +139,7 @@ class Recommender:
         rescore_fn = None
         if rank:
             rescore_fn = lambda cand: self.ranker.score(user_id, hist, cand)  # noqa: E731
-        items = self.recommend_dense(V, live, W, window, hist if exclude_history else [], n, lam,
+        items = self.recommend_dense(V, live, W, window, hist if exclude_history else [], n, diversity,
                                      rescore_fn)
         return RecommendResult(items, user_id, known, [self.bundle.raw_id(i) for i in
                                                        window[window > 0]], ignored,

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.table import Table
 from tqdm.auto import tqdm
 
@@ -22,6 +21,7 @@ from mirec.data.split import split_users, windows
 from mirec.eval.evaluate import targets_csr
 from mirec.eval.metrics import topn_metrics
 from mirec.io import atomic_write_json
+from mirec.models.base import user_interests
 from mirec.plots import diversity_figure, save_png
 from mirec.serve.bundle import bundle_from_run
 from mirec.serve.index import IndexConfig, ItemIndex
@@ -55,9 +55,8 @@ def diversity_report(run_dir: str | Path, lambdas: list[float], out: str | Path,
     test = split_users(ds, cfg.split).test
     rec = Recommender(bundle, ItemIndex.build(bundle.item_vectors, IndexConfig(kind="exact")))
     hist, mask = windows(ds.item, test.hist_start, test.cut, cfg.split.max_len)  # (U, L)
-    with torch.no_grad():
-        out_ = bundle.model.interests(torch.from_numpy(hist), torch.from_numpy(mask))
-        V = F.normalize(out_.vectors, dim=-1) if bundle.cosine else out_.vectors
+    out_ = user_interests(bundle.model, torch.from_numpy(hist), torch.from_numpy(mask), bundle.cosine)
+    V = out_.vectors
     V, live, W = V.numpy().astype(np.float32), out_.mask.numpy(), out_.weights.numpy()
     indptr, targets = targets_csr(ds, test)
     cat_indptr, cat_ids, _ = ds.category_index()

@@ -1,0 +1,245 @@
+"""What a training run is: its typed settings, how its model is built, and how a finished run
+directory is loaded again.
+
+A run directory holds ``metrics.jsonl`` (one row per epoch), ``last.pt`` (everything
+``--resume`` needs), ``best.pt`` (the best validation epoch's weights with the run's config
+and data set checksum) and ``results.json``; a multi-seed run holds one such directory per
+seed (``seed-<s>/``) and the shared ``results.json``. :func:`load_run` is the one loader that
+evaluation, export, serving and the pipeline use; training lives in :mod:`mirec.train`, and
+nothing here imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mirec.checkpoint import best_checkpoint, load_checkpoint
+from mirec.config import from_dict
+from mirec.data.ctr import CTRConfig, RankFeatures
+from mirec.data.dataset import Dataset, load_dataset
+from mirec.data.split import SplitConfig
+from mirec.errors import MirecConfigError, MirecDataError
+from mirec.eval.evaluate import EvalConfig
+from mirec.models.registry import spec
+
+
+def _positive(section: str, obj: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(obj, name) < 1:
+            raise MirecConfigError(f"{section}.{name}: must be >= 1, got {getattr(obj, name)}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every neural retrieval model."""
+
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    temperature: float = 0.1
+    cosine: bool = True  # score cos(v, e) / T instead of v . e / T
+    loss: str = "auto"  # auto | full | sampled
+    num_negatives: int = 1000
+    sampler: str = "log-uniform"  # uniform | log-uniform
+    full_softmax_max_items: int = 20_000  # auto: full softmax up to this many items
+    patience: int = 3
+    threads: int = 1  # torch threads; 2 on a 2-core box stalls when anything else runs
+    keep_freed_memory: bool = True  # see mirec.train.engine.keep_freed_memory: 20-40% faster steps
+    # torch.compile the training loss (inductor fuses the element-wise work between the
+    # matmuls) for full batches; an epoch's last, smaller batch runs uncompiled, so nothing
+    # recompiles. Needs a C++ compiler; compiling takes ~20 s once per process. One thread,
+    # MovieLens-100K (bench/train_speed.py --compile): ComiRec-SA ~1.3x, YouTube DNN ~1.1x,
+    # MIND ~0.9x (its routing loop is unrolled).
+    compile: bool = False
+    # "bf16" runs the training loss under CPU autocast: matmuls and the element-wise work on
+    # their outputs in bfloat16, the cross-entropy, parameters and Adam in float32. Faster only
+    # on CPUs with native bf16 (AVX512-BF16 / AMX); elsewhere slower. Evaluation and serving
+    # stay float32.
+    precision: str = "fp32"  # fp32 | bf16
+    seed: int = 2020
+    max_batches_per_epoch: int = 0  # 0 = all; for smoke tests and benchmarks
+
+    def validate(self) -> None:
+        if self.loss not in ("auto", "full", "sampled"):
+            raise MirecConfigError(f"train.loss: expected auto, full or sampled, got {self.loss!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise MirecConfigError(f"train.precision: expected fp32 or bf16, got {self.precision!r}")
+        if self.sampler not in ("uniform", "log-uniform"):
+            raise MirecConfigError(f"train.sampler: expected uniform or log-uniform, "
+                                   f"got {self.sampler!r}")
+        _positive("train", self, ("epochs", "batch_size", "num_negatives", "threads", "patience"))
+        if self.temperature <= 0:
+            raise MirecConfigError(f"train.temperature: must be > 0, got {self.temperature}")
+        if self.lr <= 0:
+            raise MirecConfigError(f"train.lr: must be > 0, got {self.lr}")
+
+
+@dataclass
+class RunConfig:
+    """Everything a retrieval run needs; saved into every checkpoint and results.json."""
+
+    model: str = "comirec-sa"
+    model_args: dict[str, Any] = field(default_factory=dict)  # the model's own config fields
+    train: TrainConfig = field(default_factory=TrainConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        spec(self.model, "retrieval")
+
+
+@dataclass
+class RankTrainConfig:
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    # DIN's mini-batch aware regularisation (Zhou et al., KDD 2018, section 4.3): each step adds
+    # embedding_l2 * sum_j ||e_j||^2 / n_j over the distinct item-id and user-id embedding rows
+    # the batch reads, n_j the id's count among the training examples (+1). Rare ids are held
+    # nearer 0, and rows a batch does not read get no update from it. 0 = off. 0.1 had the best
+    # validation GAUC on MovieLens-100K for Embedding + MLP, DIN and MIMN (DIEN: 0.03;
+    # docs/benchmarks.md, Ranking, has the grid).
+    embedding_l2: float = 0.1
+    patience: int = 2
+    threads: int = 1  # torch threads; see TrainConfig.threads
+    keep_freed_memory: bool = True
+    seed: int = 2020
+    max_batches_per_epoch: int = 0  # 0 = all; for smoke tests and benchmarks
+    eval_batch_size: int = 2048
+    # Rankers with a per-user state (MIMN) train and predict on whole user sequences:
+    # each user's behaviours are read once for all of the user's examples.
+    stream: bool = True
+    users_per_batch: int = 32
+    # torch.compile the training loss (inductor fuses the elementwise work between the matmuls).
+    # Needs a C++ compiler; compiling takes ~35 s once per process (less from the on-disk
+    # cache). Pays off for DIN on one thread on long runs (1.2-1.4x measured; with two threads it
+    # was slower, and Embedding + MLP gained ~3%); refused for DIEN and MIMN,
+    # whose time is in Python-level recurrences (bench/ranking_quality.py --speed-only
+    # --set train.compile=true).
+    compile: bool = False
+
+    def validate(self) -> None:
+        _positive("train", self, ("epochs", "batch_size", "patience", "threads", "eval_batch_size",
+                                  "users_per_batch"))
+        if self.lr <= 0:
+            raise MirecConfigError(f"train.lr: must be > 0, got {self.lr}")
+        if self.embedding_l2 < 0:
+            raise MirecConfigError(f"train.embedding_l2: must be >= 0, got {self.embedding_l2}")
+
+
+@dataclass
+class RankRunConfig:
+    """Everything a ranking run needs; saved into every checkpoint and results.json."""
+
+    model: str = "din"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    train: RankTrainConfig = field(default_factory=RankTrainConfig)
+    ctr: CTRConfig = field(default_factory=CTRConfig)
+
+    def validate(self) -> None:
+        spec(self.model, "ranking")
+
+
+def model_config(cfg: RunConfig | RankRunConfig) -> Any:
+    """The model's own config dataclass: its defaults with ``cfg.model_args`` over them; a
+    retriever's ``max_len`` always follows the split's window."""
+    task = "ranking" if isinstance(cfg, RankRunConfig) else "retrieval"
+    cfg_cls = spec(cfg.model, task).config
+    args = dict(cfg.model_args)
+    if task == "retrieval" and "max_len" in {f.name for f in dataclasses.fields(cfg_cls)}:
+        args["max_len"] = cfg.split.max_len
+    return from_dict(cfg_cls, args, prefix="model_args.")
+
+
+def build_model(cfg: RunConfig, num_items: int) -> torch.nn.Module:
+    """The configured retriever over ``num_items`` item ids (0 = padding)."""
+    return spec(cfg.model, "retrieval").build(model_config(cfg), num_items)
+
+
+def build_ranker(cfg: RankRunConfig, features: RankFeatures) -> torch.nn.Module:
+    return spec(cfg.model, "ranking").build(model_config(cfg), features)
+
+
+def features_to_dict(f: RankFeatures) -> dict[str, Any]:
+    return {"num_items": f.num_items, "num_users": f.num_users, "profile_sizes": list(f.profile_sizes),
+            "item_categories": f.item_categories.clone()}
+
+
+def features_from_dict(d: dict[str, Any]) -> RankFeatures:
+    return RankFeatures(num_items=d["num_items"], num_users=d["num_users"],
+                        profile_sizes=list(d["profile_sizes"]), item_categories=d["item_categories"])
+
+
+def saved_model_args(conf: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``model_args`` as the run was trained. Checkpoints saved before they kept
+    every model field hold only the fields a user set; of those, DIEN's lack ``activation``
+    while its head defaulted to PReLU (now Dice), so that is filled in."""
+    args = dict(conf.get("model_args", {}))
+    if conf.get("model") == "dien" and "activation" not in args:
+        args["activation"] = "prelu"
+    return args
+
+
+def seed_dirs(run_dir: str | Path) -> list[Path]:
+    """The per-seed directories of a run: ``seed-*`` of a multi-seed run, else the run itself."""
+    run_dir = Path(run_dir)
+    return sorted(run_dir.glob("seed-*")) or [run_dir]
+
+
+@dataclass
+class LoadedRun:
+    """A finished retrieval run's best checkpoint, rebuilt: the model is in eval mode."""
+
+    checkpoint_path: Path
+    checkpoint: dict[str, Any]
+    config: RunConfig
+    dataset: Dataset
+    model: torch.nn.Module
+
+
+def load_run(run_dir: str | Path, data: str | Path | Dataset | None = None) -> LoadedRun:
+    """A finished retrieval run (``run_dir/best.pt``, or a seed directory's), with its data set
+    (``data`` if it moved; the checksum is verified) and its model in eval mode."""
+    path = best_checkpoint(run_dir)
+    if path is None:
+        raise MirecDataError(f"{run_dir}: no best.pt (is this a finished `mirec train` run?)")
+    ck = load_checkpoint(path)
+    if "features" in ck:
+        raise MirecConfigError(f"{path}: a ranking run (--task ctr), not a retrieval run")
+    cfg = from_dict(RunConfig, ck["config"])
+    ds = data if isinstance(data, Dataset) else load_dataset(data or ck["data"])
+    if ds.checksum != ck["dataset_checksum"]:
+        raise MirecDataError(f"{ds.path}: not the data set {path} was trained on "
+                             f"(checksum {ds.checksum[:12]} != {ck['dataset_checksum'][:12]})")
+    model = build_model(cfg, ds.num_items)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return LoadedRun(path, ck, cfg, ds, model)
+
+
+def load_ranker(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The best checkpoint of a ranking run (its first seed when it has several), in eval mode,
+    and the checkpoint dict (config, features, profile codes)."""
+    path = best_checkpoint(run_dir)
+    if path is None:
+        raise MirecConfigError(f"--ranker: {run_dir} has no best.pt (not a ranking run directory)")
+    ck = load_checkpoint(path)
+    if "features" not in ck:
+        raise MirecConfigError(f"--ranker: {path} is not a ranking checkpoint (train one with --task ctr)")
+    cfg = ranker_config(ck)
+    model = build_ranker(cfg, features_from_dict(ck["features"]))
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return model, ck
+
+
+def ranker_config(ck: dict[str, Any]) -> RankRunConfig:
+    """A ranking checkpoint's config, parsed once (old runs' model settings filled in)."""
+    return from_dict(RankRunConfig, {**ck["config"], "model_args": saved_model_args(ck["config"])})

@@ -1,0 +1,202 @@
+"""The contract every registered model keeps, checked for the whole registry.
+
+Parametrised over ``mirec.models.registry.SPECS``: a model added with one file and one registry
+line goes through these tests without editing them. The last test walks the "how to add a
+model" recipe (DEVELOPERS.md) with a toy mean-pooling retriever.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import mirec
+from mirec.checkpoint import load_checkpoint
+from mirec.data.ctr import CTRBatch, RankFeatures
+from mirec.data.split import SplitConfig, split_users
+from mirec.models.base import Interests
+from mirec.models.registry import SPECS, ModelSpec, of_task
+from mirec.runs import RankRunConfig, RankTrainConfig, RunConfig, TrainConfig
+from mirec.train.ctr import train_ctr
+from mirec.train.loop import train
+
+torch.set_num_threads(1)
+N, L, B = 40, 8, 5
+
+
+def small_args(cfg_cls: type) -> dict:
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    return {k: v for k, v in {"dim": 8, "max_len": L}.items() if k in names}
+
+
+def build(spec: ModelSpec, *args):
+    torch.manual_seed(0)
+    return spec.build(spec.config(**small_args(spec.config)), *args)
+
+
+def histories(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.tensor([L, 3, 1, 6, 2])
+    mask = torch.arange(L)[None, :] >= (L - lens)[:, None]  # left-padded
+    return torch.randint(1, N, (B, L), generator=g) * mask, mask
+
+
+def features() -> RankFeatures:
+    cats = torch.randint(0, 4, (N, 2), generator=torch.Generator().manual_seed(1))
+    cats[0] = 0
+    return RankFeatures(num_items=N, num_users=6, profile_sizes=[3], item_categories=cats)
+
+
+def ctr_batch() -> CTRBatch:
+    hist, mask = histories()
+    return CTRBatch(user=torch.arange(B) % 6, profile=torch.ones(B, 1, dtype=torch.long),
+                    item=torch.arange(1, B + 1), hist=hist, mask=mask)
+
+
+def params_finite_and_reproducible(make) -> None:
+    a, b = make(), make()
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.isfinite(p.float()).all(), f"{name} holds non-finite values"
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=f"{name} is not set by the seed")
+
+
+def check_retriever(model: nn.Module) -> None:
+    model.eval()
+    hist, mask = histories()
+    out = model.interests(hist, mask)
+    K, D = out.vectors.shape[1], out.vectors.shape[2]
+    assert isinstance(out, Interests) and out.vectors.shape == (B, K, D)
+    assert out.mask.shape == (B, K) and out.mask.dtype == torch.bool and out.mask.any(1).all()
+    assert out.weights.shape == (B, K, L)
+    assert (out.weights[~mask[:, None, :].expand(-1, K, -1)] == 0).all(), "weight on padding"
+    assert model.item_embeddings().shape == (N, D)
+    assert model.readout(out, model.item_embeddings()[hist[:, -1]]).shape == (B, D)
+    junk = torch.where(mask, hist, 7)  # ids under the padding must not matter
+    torch.testing.assert_close(model.interests(junk, mask).vectors, out.vectors, rtol=0, atol=1e-5)
+    torch.testing.assert_close(model.interests(hist, mask).vectors, out.vectors, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(of_task("retrieval")))
+def test_retriever_contract(name):
+    spec = SPECS[name]
+    check_retriever(build(spec, N))
+    params_finite_and_reproducible(lambda: build(spec, N))
+
+
+@pytest.mark.parametrize("name", sorted(of_task("ranking")))
+def test_ranker_contract(name):
+    spec = SPECS[name]
+    model = build(spec, features()).eval()
+    b = ctr_batch()
+    out = model(b)
+    assert out.shape == (B,) and torch.isfinite(out).all()
+    loss = model.loss(b, torch.tensor([1.0, 0, 1, 0, 1]))
+    assert loss.shape == () and torch.isfinite(loss)
+    junk = CTRBatch(b.user, b.profile, b.item, torch.where(b.mask, b.hist, 7), b.mask)
+    torch.testing.assert_close(model(junk), out, rtol=0, atol=1e-5)
+    z = torch.zeros(B, 4, dtype=torch.long)
+    wider = CTRBatch(b.user, b.profile, b.item, torch.cat([z, b.hist], 1), torch.cat([z.bool(), b.mask], 1))
+    torch.testing.assert_close(model(wider), out, rtol=0, atol=1e-5)
+    torch.testing.assert_close(model(b), out, rtol=0, atol=0)
+    assert hasattr(model, "items") and hasattr(model, "profile")  # read by the regulariser
+    params_finite_and_reproducible(lambda: build(spec, features()))
+
+
+@pytest.mark.parametrize("name", sorted(of_task("baseline")))
+def test_baseline_contract(name, random_dataset):
+    spec = SPECS[name]
+    sp = split_users(random_dataset, SplitConfig(max_len=L))
+    model = spec.build(spec.config()).fit(random_dataset, sp)
+    hist, mask = (t.numpy() for t in histories())
+    hist = np.minimum(hist, random_dataset.num_items - 1)
+    s = model.score(hist, mask)
+    assert s.shape == (B, random_dataset.num_items)
+    np.testing.assert_array_equal(model.score(np.where(mask, hist, 7), mask), s)
+
+
+def last_weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "last.pt")["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def retrieval_cfg(name: str) -> RunConfig:
+    spec = SPECS[name]
+    return RunConfig(model=name, model_args={k: v for k, v in small_args(spec.config).items() if k != "max_len"},
+                     train=TrainConfig(epochs=2, batch_size=32, max_batches_per_epoch=3, patience=10),
+                     split=SplitConfig(max_len=L))
+
+
+@pytest.mark.parametrize("name", sorted(of_task("retrieval")))
+def test_retriever_resume_equals_uninterrupted(name, random_dataset, tmp_path):
+    cfg = retrieval_cfg(name)
+    train(cfg, random_dataset, tmp_path / "a", progress=False)
+    train(cfg, random_dataset, tmp_path / "b", progress=False, stop_after_epoch=0)
+    train(cfg, random_dataset, tmp_path / "b", progress=False, resume=True)
+    assert_same_weights(last_weights(tmp_path / "a"), last_weights(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("name", sorted(of_task("ranking")))
+def test_ranker_resume_equals_uninterrupted(name, random_dataset, tmp_path):
+    cfg = RankRunConfig(model=name, model_args={"dim": 8},
+                        train=RankTrainConfig(epochs=2, max_batches_per_epoch=3, patience=10))
+    train_ctr(cfg, random_dataset, tmp_path / "a", progress=False)
+    train_ctr(cfg, random_dataset, tmp_path / "b", progress=False, stop_after_epoch=0)
+    train_ctr(cfg, random_dataset, tmp_path / "b", progress=False, resume=True)
+    assert_same_weights(last_weights(tmp_path / "a"), last_weights(tmp_path / "b"))
+
+
+# ------------------------------------------------------------------- the recipe, walked once
+
+
+@dataclasses.dataclass
+class MeanPoolConfig:
+    dim: int = 8
+    max_len: int = 20
+
+    def validate(self) -> None:
+        pass
+
+
+class MeanPool(nn.Module):
+    """A toy one-interest retriever: the mean of the history's item vectors."""
+
+    def __init__(self, cfg: MeanPoolConfig, num_items: int) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(num_items, cfg.dim, padding_idx=0)
+        nn.init.normal_(self.emb.weight, std=0.1)
+        with torch.no_grad():
+            self.emb.weight[0] = 0
+
+    def interests(self, hist: torch.Tensor, mask: torch.Tensor) -> Interests:
+        w = mask.float() / mask.sum(1, keepdim=True).clamp(min=1)  # (B, L)
+        v = torch.einsum("bl,bld->bd", w, self.emb(hist))[:, None]  # (B, 1, D)
+        return Interests(v, torch.ones(len(hist), 1, dtype=torch.bool), w[:, None])
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.emb.weight
+
+    def readout(self, out: Interests, target_emb: torch.Tensor) -> torch.Tensor:
+        return out.vectors[:, 0]
+
+
+def test_a_new_model_is_one_class_and_one_registry_line(monkeypatch, random_dataset, tmp_path):
+    monkeypatch.setitem(SPECS, "mean-pool", ModelSpec("mean-pool", "retrieval", MeanPoolConfig, MeanPool))
+    model = MeanPool(MeanPoolConfig(max_len=L), N)
+    check_retriever(model)  # the contract the parametrised tests check
+    run = mirec.fit(model="mean-pool", data=random_dataset.path, out=tmp_path / "run", seeds=[1],
+                    train={"epochs": 2, "batch_size": 32}, progress=False)
+    assert set(run.metrics) >= {"recall@20", "recall@50"} and 0 <= run.metrics["recall@50"] <= 1
+    assert mirec.evaluate(run=run.path).metrics == pytest.approx(run.metrics)
+    bundle = mirec.export(run.path, out=tmp_path / "bundle")
+    user = str(random_dataset.users["raw_id"][0])
+    items = mirec.Recommender.open(bundle).recommend(user_id=user, n=5).items
+    assert len(items) == 5
