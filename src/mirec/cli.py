@@ -432,6 +432,33 @@ def report_diversity(
     console.print(f"wrote [bold]{r.json_path}[/bold] and [bold]{r.png_path}[/bold]")
 
 
+@report_app.command("training")
+def report_training(
+    run_dir: Annotated[Path, typer.Option("--run", help="A `mirec train` run directory.")],
+    out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: RUN/training.png).")] = None,
+) -> None:
+    """Plot loss and validation metrics per epoch from the run's metrics.jsonl, one line per seed."""
+    from mirec.plots import save_png, training_figure
+
+    console.print(f"wrote [bold]{save_png(training_figure(run_dir), out or run_dir / 'training.png')}[/bold]")
+
+
+@report_app.command("interests")
+def report_interests(
+    bundle: Annotated[Path, typer.Option(help="A bundle directory (`mirec export`).")],
+    user: Annotated[str, typer.Option(help="A user id of the bundle (the source data's raw id).")],
+    out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: ./interests-USER.png).")] = None,
+) -> None:
+    """Plot a user's interest vectors among the item vectors of their categories (2-D PCA)."""
+    import re
+
+    from mirec.plots import interests_figure, save_png
+    from mirec.serve.bundle import load_bundle
+
+    out = out or Path(f"interests-{re.sub(r'[^A-Za-z0-9_.-]', '_', user)}.png")
+    console.print(f"wrote [bold]{save_png(interests_figure(load_bundle(bundle), user), out)}[/bold]")
+
+
 def main() -> None:
     try:
         app()

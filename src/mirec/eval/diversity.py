@@ -9,7 +9,6 @@ Writes ``diversity.json`` and ``diversity.png`` (Recall@50 against Diversity@50)
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +20,9 @@ from tqdm.auto import tqdm
 from mirec.data.split import split_users, windows
 from mirec.eval.evaluate import targets_csr
 from mirec.eval.metrics import topn_metrics
-from mirec.io import atomic_write_bytes, atomic_write_json
+from mirec.io import atomic_write_json
 from mirec.models.base import user_interests
+from mirec.plots import diversity_figure, save_png
 from mirec.serve.bundle import bundle_from_run
 from mirec.serve.index import IndexConfig, ItemIndex
 from mirec.serve.recommender import Recommender
@@ -73,29 +73,5 @@ def diversity_report(run_dir: str | Path, lambdas: list[float], out: str | Path,
     report = DiversityReport(cfg.model, rows, out / "diversity.json", out / "diversity.png")
     atomic_write_json(report.json_path, {"model": cfg.model, "run": str(run_dir),
                                          "test_users": len(test), "rows": rows})
-    atomic_write_bytes(report.png_path, _plot(report))
+    save_png(diversity_figure(cfg.model, rows), report.png_path)
     return report
-
-
-def _plot(r: DiversityReport) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = [row["diversity@50"] for row in r.rows]
-    y = [row["recall@50"] for row in r.rows]
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
-    ax.plot(x, y, marker="o")
-    for row, xi, yi in zip(r.rows, x, y):
-        ax.annotate(f"λ={row['lambda']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4),
-                    fontsize=8)
-    ax.set_xlabel("Diversity@50")
-    ax.set_ylabel("Recall@50")
-    ax.set_title(f"{r.model}: accuracy-diversity trade-off")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()

@@ -9,6 +9,7 @@ docs at ``/docs``)::
     POST /events      {"user_id": "...", "events": [{"item_id": "...", "timestamp": 0}]}
     GET  /items/{id}  one item's title and categories (404 if unknown)
     GET  /health      model, catalogue size, index kind, stored events
+    GET  /  and  GET /users, POST /interests: the web explorer (serve/explore.py)
 
 Ids are the source data's raw ids, as strings. Client mistakes are 4xx with the field named
 (malformed JSON and schema violations: FastAPI's 422 with ``loc``); unknown users and items are
@@ -154,4 +155,7 @@ def create_app(rec: Recommender) -> FastAPI:
                 "ranker": rec.ranker.name if rec.ranker else None,
                 "events": rec.store.count() if rec.store else None}
 
+    from mirec.serve.explore import add_explorer
+
+    add_explorer(app, rec)
     return app
