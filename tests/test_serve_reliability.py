@@ -95,6 +95,21 @@ def test_timestamp_beyond_sqlite_integer_is_422(served, bundle, ts):
     assert r.status_code == 200 and store.count("u") == 1
 
 
+@pytest.mark.parametrize("path, body, field", [
+    ("/events", {"user_id": "u", "events": [{"item_id": "1", "timestamp": False}]}, "timestamp"),
+    ("/events", {"user_id": "u", "events": [{"item_id": "1", "timestamp": "5"}]}, "timestamp"),
+    ("/recommend", {"user_id": "1", "n": True}, "n"),
+    ("/recommend", {"user_id": "1", "exclude_history": "true"}, "exclude_history"),
+])
+def test_json_types_are_the_schemas(served, path, body, field):
+    """A value of another JSON type than the schema's is refused, not coerced (schemathesis
+    found `"timestamp": false` stored as 0)."""
+    client, store = served
+    r = client.post(path, json=body)
+    assert r.status_code == 422 and field in fields(r)
+    assert store.count() == 0
+
+
 def test_openapi_lists_the_errors_the_server_returns(served):
     client, _ = served
     paths = client.get("/openapi.json").json()["paths"]

@@ -57,7 +57,8 @@ class RecommendRequest(BaseModel):
     exclude_history: bool = True
     rank: bool = False  # score the candidates with the ranker (server started with --ranker)
 
-    model_config = {"populate_by_name": True, "extra": "forbid"}
+    # strict: JSON types as the schema says (no true for 1, no "3" for 3)
+    model_config = {"populate_by_name": True, "extra": "forbid", "strict": True}
 
     @model_validator(mode="after")
     def one_of_user_or_history(self) -> RecommendRequest:
@@ -93,14 +94,14 @@ class Event(BaseModel):
     item_id: Id
     timestamp: int | None = Field(None, ge=0, le=MAX_TIMESTAMP)
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "strict": True}
 
 
 class EventsRequest(BaseModel):
     user_id: Id
     events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS)
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "strict": True}
 
 
 class EventsResponse(BaseModel):
