@@ -247,6 +247,15 @@ def test_body_size_and_rate_limits(bundle):
         assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
 
 
+def test_worker_limits_come_from_the_environment():
+    """`mirec serve --workers N` hands its options to the worker processes through variables."""
+    lim = Limits.from_env({"MIREC_TOKEN": "t", "MIREC_MAX_BODY": "123", "MIREC_RATE_LIMIT": "2.5"})
+    assert (lim.token, lim.max_body, lim.rate) == ("t", 123, 2.5)
+    assert Limits.from_env({"MIREC_TOKEN": ""}) == Limits()
+    with pytest.raises(MirecConfigError, match="--rate-limit"):
+        Limits(rate=math.nan).validate()
+
+
 def test_keep_events_retains_each_users_newest(tmp_path):
     s = EventStore(tmp_path / "ev.sqlite", keep=3)
     s.append("u1", [("a", 1), ("b", 2)])
