@@ -308,10 +308,11 @@ def _index_config(kind: str, hnsw_above: int):
     return cfg
 
 
-def _recommender(bundle: Path, kind: str, hnsw_above: int, store: Path | None, ranker: Path | None = None):
+def _recommender(bundle: Path, kind: str, hnsw_above: int, store: Path | None, ranker: Path | None = None,
+                 **store_options):
     from mirec.serve.service import open_recommender
 
-    return open_recommender(bundle, kind, hnsw_above, store, ranker)
+    return open_recommender(bundle, kind, hnsw_above, store, ranker, **store_options)
 
 
 RankerRun = Annotated[Optional[Path], typer.Option(
@@ -359,7 +360,8 @@ def recommend_cmd(
     n: Annotated[int, typer.Option(help="How many items.")] = 20,
     lam: Annotated[float, typer.Option("--lambda", help="Diversity weight (0 = pure accuracy).")] = 0.0,
     exclude_history: Annotated[bool, typer.Option(help="Never recommend history items.")] = True,
-    store: Annotated[Optional[Path], typer.Option(help="SQLite event store with recent events.")] = None,
+    store: Annotated[Optional[Path], typer.Option(help="SQLite event store with recent events "
+                                                      "(an existing one: it is only read).")] = None,
     index: IndexKind = "auto",
     hnsw_above: HnswAbove = 50_000,
     ranker: RankerRun = None,
@@ -369,7 +371,7 @@ def recommend_cmd(
 
     if (user is None) == (history is None):
         raise typer.BadParameter("give exactly one of --user or --history")
-    rec = _recommender(bundle, index, hnsw_above, store, ranker)
+    rec = _recommender(bundle, index, hnsw_above, store, ranker, create_store=False)
     hist = [h.strip() for h in history.split(",") if h.strip()] if history is not None else None
     r = rec.recommend(user_id=user, history=hist, n=n, diversity=lam, exclude_history=exclude_history,
                       rank=ranker is not None)
@@ -391,6 +393,15 @@ def serve_cmd(
     workers: Annotated[int, typer.Option(help="Server processes; each loads the bundle and "
                                               "index (memory x N) and uses one core.")] = 1,
     ranker: RankerRun = None,
+    token: Annotated[Optional[str], typer.Option(
+        envvar="MIREC_TOKEN", show_envvar=True,
+        help="Require 'Authorization: Bearer TOKEN' on every endpoint but /, /health and the "
+             "docs (prefer the environment variable: options show in `ps`).")] = None,
+    max_body: Annotated[int, typer.Option(help="Largest request body in bytes (413 above).")] = 1 << 20,
+    rate_limit: Annotated[float, typer.Option(help="Requests per second per client address and "
+                                                   "worker (429 above; 0 = no limit).")] = 0.0,
+    keep_events: Annotated[Optional[int], typer.Option(help="Keep only each user's newest N "
+                                                            "events in the store.")] = None,
 ) -> None:
     """Serve POST /recommend, POST /events, GET /items/{id}, GET /health over HTTP."""
     import os
@@ -399,17 +410,25 @@ def serve_cmd(
     import uvicorn
 
     from mirec.serve.app import create_app
+    from mirec.serve.guard import Limits
 
+    limits = Limits(token=token, max_body=max_body, rate=rate_limit)
+    limits.validate()
     torch.set_num_threads(1)  # one request = one core's work; concurrency comes from requests
-    rec = _recommender(bundle, index, hnsw_above, store, ranker)  # also checks everything up front
+    rec = _recommender(bundle, index, hnsw_above, store, ranker,  # also checks everything up front
+                       keep_events=keep_events)
     console.print(f"serving {bundle} ({rec.bundle.manifest['model']}, {rec.index.kind} index) on "
-                  f"http://{host}:{port} with {workers} worker(s) (docs: /docs); events in {store}")
+                  f"http://{host}:{port} with {workers} worker(s) (docs: /docs); events in {store}"
+                  + ("; bearer token required" if token else ""))
     if workers == 1:
-        uvicorn.run(create_app(rec), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(rec, limits), host=host, port=port, log_level="warning")
         return
     del rec
     os.environ.update(MIREC_BUNDLE=str(bundle), MIREC_STORE=str(store), MIREC_INDEX=index,
-                      MIREC_HNSW_ABOVE=str(hnsw_above), MIREC_RANKER=str(ranker or ""))
+                      MIREC_HNSW_ABOVE=str(hnsw_above), MIREC_RANKER=str(ranker or ""),
+                      MIREC_TOKEN=token or "", MIREC_MAX_BODY=str(max_body),
+                      MIREC_RATE_LIMIT=str(rate_limit), MIREC_KEEP_EVENTS=str(keep_events or ""),
+                      MIREC_SUPERVISOR_PID=str(os.getpid()))
     uvicorn.run("mirec.serve.app:app_from_env", factory=True, workers=workers, host=host,
                 port=port, log_level="warning")
 

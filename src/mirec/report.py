@@ -120,7 +120,9 @@ def served_table(result: Any, title: str, name: Any = str) -> Table:
                   str(x.interest), "; ".join(name(b) for b in x.because))
     notes = [f"{result.interests} live interests, history of {len(result.history)} items"]
     if result.user_id is not None and not result.known_user:
-        notes.append(f"unknown user {result.user_id!r}: recommending from an empty history")
+        notes.append(f"unknown user {result.user_id!r}")
+    if getattr(result, "fallback", None):
+        notes.append(f"no usable history: fallback {result.fallback!r} (most popular items)")
     if result.ignored_items:
         notes.append(f"ignored (not in the catalogue): {', '.join(result.ignored_items[:10])}")
     t.caption = "; ".join(notes)

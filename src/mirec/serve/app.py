@@ -13,7 +13,8 @@ docs at ``/docs``)::
 
 Ids are the source data's raw ids, as strings. Client mistakes are 4xx with the field named
 (malformed JSON and schema violations: FastAPI's 422 with ``loc``); unknown users and items are
-reported in the response, never a 5xx.
+reported in the response, never a 5xx. Unknown users and empty histories get the most popular
+items (``"fallback": "popular"``). Access, body-size and rate limits: :mod:`mirec.serve.guard`.
 """
 
 from __future__ import annotations
@@ -22,23 +23,43 @@ from typing import Annotated
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from mirec.errors import MirecError
+from mirec.serve.guard import Limits, install
 from mirec.serve.recommender import Recommender
 
 MAX_EVENTS = 1000  # per POST /events
+MAX_TIMESTAMP = 2**63 - 1  # SQLite INTEGER
+
+
+def _no_lone_surrogates(s: str) -> str:
+    """JSON may escape half a UTF-16 pair (\\ud800); such a string cannot be stored or sent back."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode (a lone surrogate)") from None
+    return s
+
+
+Id = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_no_lone_surrogates)]
+
+
+class ErrorBody(BaseModel):
+    detail: str
 
 
 class RecommendRequest(BaseModel):
-    user_id: str | None = Field(None, min_length=1, max_length=256)
-    history: list[Annotated[str, Field(max_length=256)]] | None = Field(None, max_length=1000)
+    user_id: Id | None = None
+    history: list[Annotated[str, Field(max_length=256), AfterValidator(_no_lone_surrogates)]] | None = (
+        Field(None, max_length=1000))
     n: int = Field(20, ge=1, le=500)
-    lambda_: float = Field(0.0, alias="lambda", ge=0.0, le=1000.0)
+    lambda_: float = Field(0.0, alias="lambda", ge=0.0, le=1000.0, allow_inf_nan=False)
     exclude_history: bool = True
     rank: bool = False  # score the candidates with the ranker (server started with --ranker)
 
-    model_config = {"populate_by_name": True, "extra": "forbid"}
+    # strict: JSON types as the schema says (no true for 1, no "3" for 3)
+    model_config = {"populate_by_name": True, "extra": "forbid", "strict": True}
 
     @model_validator(mode="after")
     def one_of_user_or_history(self) -> RecommendRequest:
@@ -67,20 +88,21 @@ class RecommendResponse(BaseModel):
     history: list[str]
     interests: int
     ranked: bool
+    fallback: str | None = None  # "popular": unknown user or empty history
 
 
 class Event(BaseModel):
-    item_id: str = Field(min_length=1, max_length=256)
-    timestamp: int | None = Field(None, ge=0)
+    item_id: Id
+    timestamp: int | None = Field(None, ge=0, le=MAX_TIMESTAMP)
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "strict": True}
 
 
 class EventsRequest(BaseModel):
-    user_id: str = Field(min_length=1, max_length=256)
+    user_id: Id
     events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS)
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "strict": True}
 
 
 class EventsResponse(BaseModel):
@@ -92,48 +114,71 @@ class EventsResponse(BaseModel):
 def app_from_env() -> FastAPI:
     """The app for ``uvicorn --factory`` (``mirec serve --workers N``): every worker process
     loads the bundle named by ``MIREC_BUNDLE`` (plus ``MIREC_STORE``, ``MIREC_INDEX``,
-    ``MIREC_HNSW_ABOVE``); the SQLite store in WAL mode is shared between them."""
+    ``MIREC_HNSW_ABOVE``, ``MIREC_RANKER``, ``MIREC_KEEP_EVENTS`` and the limits of
+    :meth:`Limits.from_env`); the SQLite store in WAL mode is shared between them. A worker
+    stops when its supervisor (``MIREC_SUPERVISOR_PID``) dies."""
     import os
 
     import torch
 
+    from mirec.serve.guard import watch_parent
     from mirec.serve.service import open_recommender
 
-    torch.set_num_threads(1)
     env = os.environ
-    return create_app(open_recommender(env["MIREC_BUNDLE"], env.get("MIREC_INDEX", "auto"),
-                                       int(env.get("MIREC_HNSW_ABOVE", "50000")),
-                                       env.get("MIREC_STORE") or None, env.get("MIREC_RANKER") or None))
+    if env.get("MIREC_SUPERVISOR_PID"):
+        watch_parent(int(env["MIREC_SUPERVISOR_PID"]))
+    torch.set_num_threads(1)
+    keep = int(env.get("MIREC_KEEP_EVENTS") or 0) or None
+    rec = open_recommender(env["MIREC_BUNDLE"], env.get("MIREC_INDEX", "auto"),
+                           int(env.get("MIREC_HNSW_ABOVE", "50000")), env.get("MIREC_STORE") or None,
+                           env.get("MIREC_RANKER") or None, keep_events=keep)
+    return create_app(rec, Limits.from_env(env))
 
 
-def create_app(rec: Recommender) -> FastAPI:
+def _field_error(field: str, msg: str, type_: str) -> HTTPException:
+    """A 422 in FastAPI's own shape (loc, msg, type) for checks the request model cannot make."""
+    return HTTPException(422, detail=[{"loc": ["body", field], "msg": msg, "type": type_}])
+
+
+def _recommend_body(r) -> dict:
+    return {"user_id": r.user_id, "known_user": r.known_user, "ignored_items": r.ignored_items,
+            "history": r.history, "interests": r.interests, "ranked": r.ranked,
+            "fallback": r.fallback,
+            "items": [{"item_id": x.item_id, "title": x.title, "categories": x.categories,
+                       "score": x.score, "interest": x.interest, "because": x.because}
+                      for x in r.items]}
+
+
+ERRORS = {400: {"model": ErrorBody, "description": "A request the recommender refuses"}}
+NOT_FOUND = {404: {"model": ErrorBody, "description": "Unknown item id"}}
+NO_STORE = {409: {"model": ErrorBody, "description": "The server runs without an event store"}}
+
+
+def create_app(rec: Recommender, limits: Limits | None = None) -> FastAPI:
     app = FastAPI(title="mirec", version=str(rec.bundle.manifest["versions"]["mirec"]),
                   description="Multi-interest retrieval with controllable diversity.")
+    install(app, limits or Limits())
+
     @app.exception_handler(MirecError)
     def _client_error(request, exc: MirecError) -> JSONResponse:
         return JSONResponse(status_code=400, content={"detail": str(exc)})
 
-    # ``async def``: the work is CPU-bound under the GIL, so a worker-thread hop only adds
-    # latency; the response is serialised directly (the model still documents the schema).
-    @app.post("/recommend", response_model=RecommendResponse)
-    async def recommend(req: RecommendRequest) -> JSONResponse:
+    # Plain ``def`` endpoints run in the threadpool: a CPU-bound /recommend (tower, search,
+    # ranker) must not block the event loop, or cheap requests like /events wait behind it.
+    # The response is serialised directly (the model still documents the schema).
+    @app.post("/recommend", response_model=RecommendResponse, responses=ERRORS)
+    def recommend(req: RecommendRequest) -> JSONResponse:
         if req.n > rec.cfg.max_n:
-            raise HTTPException(422, detail=[{"loc": ["body", "n"],
-                                              "msg": f"n must be <= {rec.cfg.max_n}"}])
+            raise _field_error("n", f"n must be <= {rec.cfg.max_n}", "less_than_equal")
         if req.rank and rec.ranker is None:
-            raise HTTPException(422, detail=[{"loc": ["body", "rank"],
-                                              "msg": "this server has no ranker (start it with --ranker)"}])
+            raise _field_error("rank", "this server has no ranker (start it with --ranker)",
+                               "no_ranker")
         r = rec.recommend(user_id=req.user_id, history=req.history, n=req.n, diversity=req.lambda_,
                           exclude_history=req.exclude_history, rank=req.rank)
-        return JSONResponse({
-            "user_id": r.user_id, "known_user": r.known_user, "ignored_items": r.ignored_items,
-            "history": r.history, "interests": r.interests, "ranked": r.ranked,
-            "items": [{"item_id": x.item_id, "title": x.title, "categories": x.categories,
-                       "score": x.score, "interest": x.interest, "because": x.because}
-                      for x in r.items]})
+        return JSONResponse(_recommend_body(r))
 
-    @app.post("/events", response_model=EventsResponse)  # sync: the commit waits for fsync
-    def events(req: EventsRequest) -> EventsResponse:
+    @app.post("/events", response_model=EventsResponse, responses={**ERRORS, **NO_STORE})
+    def events(req: EventsRequest) -> EventsResponse:  # sync: the commit waits for fsync
         if rec.store is None:
             raise HTTPException(409, detail="this server runs without an event store")
         known = [(e.item_id, e.timestamp) for e in req.events if e.item_id in rec.bundle.item_ids]
@@ -141,11 +186,11 @@ def create_app(rec: Recommender) -> FastAPI:
         stored = rec.store.append(req.user_id, known) if known else 0
         return EventsResponse(user_id=req.user_id, stored=stored, ignored_items=ignored)
 
-    @app.get("/items/{item_id}", response_model=ItemInfo)
+    @app.get("/items/{item_id}", response_model=ItemInfo, responses=NOT_FOUND)
     def item(item_id: str) -> dict:
         i = rec.bundle.item_ids.get(item_id)
         if i is None:
-            raise HTTPException(404, detail=f"item_id {item_id!r}: not in the catalogue")
+            raise HTTPException(404, detail=f"item_id {item_id[:100]!r}: not in the catalogue")
         return rec.bundle.item_info(i)
 
     @app.get("/health")

@@ -8,6 +8,8 @@
                          unit length when the model was trained with cosine scores
     items.parquet        item (dense id), raw_id, title, categories
     users.parquet        raw_id, history (the last ``HISTORY_KEEP`` dense item ids, oldest first)
+    index-<kind>.faiss   optional, from ``mirec index build``: its checksum is added to the
+                         manifest, and serving refuses an index whose checksum differs
 
 The directory is built in a temporary sibling and renamed into place, so a crash leaves no
 half-written bundle. :func:`load_bundle` verifies every checksum first and names the file at
@@ -32,7 +34,7 @@ import mirec
 from mirec.config import from_dict, to_dict
 from mirec.data.dataset import Dataset, category_csr
 from mirec.errors import MirecDataError
-from mirec.io import atomic_dir, sha256_file
+from mirec.io import atomic_dir, atomic_write_json, sha256_file
 from mirec.models.base import item_table
 from mirec.runs import RunConfig, build_model, load_run
 
@@ -162,6 +164,26 @@ def load_bundle(path: str | Path) -> Bundle:
     model.eval()
     return assemble(path, manifest, cfg, model, np.load(path / "item_vectors.npy"),
                      pl.read_parquet(path / "items.parquet"), pl.read_parquet(path / "users.parquet"))
+
+
+def add_checksum(bundle: Bundle, name: str) -> None:
+    """Record the SHA-256 of a file added to the bundle (an index) in manifest.json, atomically."""
+    manifest = json.loads((bundle.path / "manifest.json").read_text())
+    manifest["checksums"][name] = sha256_file(bundle.path / name)
+    atomic_write_json(bundle.path / "manifest.json", manifest)
+    bundle.manifest = manifest
+
+
+def verify_checksum(bundle: Bundle, name: str, remedy: str) -> None:
+    """Refuse a bundle file whose checksum is not the one in the manifest (or is not listed)."""
+    want = bundle.manifest.get("checksums", {}).get(name)
+    f = bundle.path / name
+    if want is None:
+        raise MirecDataError(f"{f}: not listed in manifest.json (not made by `mirec index build` "
+                             f"of this bundle); {remedy}")
+    if sha256_file(f) != want:
+        raise MirecDataError(f"{f}: checksum does not match manifest.json (file changed or "
+                             f"corrupt); {remedy}")
 
 
 def assemble(path: Path, manifest: dict[str, Any], cfg: RunConfig, model: torch.nn.Module,

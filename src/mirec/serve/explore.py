@@ -128,7 +128,8 @@ def add_explorer(app: FastAPI, rec: Recommender) -> None:
         if req.history is not None:
             if len(req.history) > rec.cfg.max_history:
                 raise HTTPException(422, detail=[{"loc": ["body", "history"],
-                                                  "msg": f"at most {rec.cfg.max_history} items"}])
+                                                  "msg": f"at most {rec.cfg.max_history} items",
+                                                  "type": "too_long"}])
             hist, ignored = rec.map_items(req.history)
             known = bool(hist)
         else:

@@ -11,11 +11,17 @@ all call :meth:`Recommender.recommend`::
     diversify(lambda)                          -> the final n, each with the interest that
                                                   scored it and that interest's 3 heaviest
                                                   history items ("because")
+
+An unknown user or a history with no catalogue item has no interests to search with: the
+candidates are then the most popular items (counted over the bundle's user histories), scored
+by their share of those events, with ``fallback="popular"`` and ``interest=-1``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -65,6 +71,7 @@ class RecommendResult:
     ignored_items: list[str] = field(default_factory=list)  # raw ids not in the catalogue
     interests: int = 0  # live interests
     ranked: bool = False  # scores come from the ranking stage
+    fallback: str | None = None  # "popular": no usable history, the most popular items
 
 
 class Recommender:
@@ -123,8 +130,8 @@ class Recommender:
             raise MirecConfigError("give exactly one of user_id or history")
         if not 1 <= n <= self.cfg.max_n:
             raise MirecConfigError(f"n: must be in [1, {self.cfg.max_n}], got {n}")
-        if diversity < 0:
-            raise MirecConfigError(f"lambda: must be >= 0, got {diversity}")
+        if not (math.isfinite(diversity) and diversity >= 0):
+            raise MirecConfigError(f"lambda: must be a finite number >= 0, got {diversity}")
         if rank and self.ranker is None:
             raise MirecConfigError("rank: this recommender has no ranker (start it with --ranker RUN)")
         if history is not None:
@@ -135,6 +142,9 @@ class Recommender:
             known = bool(hist)
         else:
             hist, ignored, known = self.user_history(user_id)
+        if not hist:
+            return RecommendResult(self.popular(n, diversity), user_id, known, [], ignored,
+                                   fallback="popular")
         V, live, W, window = self.interests(hist)
         rescore_fn = None
         if rank:
@@ -144,6 +154,30 @@ class Recommender:
         return RecommendResult(items, user_id, known, [self.bundle.raw_id(i) for i in
                                                        window[window > 0]], ignored,
                                int(live.sum()), ranked=rank)
+
+    @cached_property
+    def popularity(self) -> np.ndarray:
+        """(N,) share of the bundle's history events that each item has (padding 0)."""
+        hists = list(self.bundle.user_histories.values())
+        ids = np.concatenate(hists) if hists else np.zeros(0, dtype=np.int64)
+        counts = np.bincount(ids, minlength=self.bundle.num_items).astype(np.float64)
+        counts[0] = 0
+        return counts / max(counts.sum(), 1.0)
+
+    def popular(self, n: int, lam: float) -> list[Recommendation]:
+        """The fallback list: the top items by popularity, diversified by ``lam``."""
+        b = self.bundle
+        m = min(max(self.cfg.candidates_per_interest, n), b.num_items - 1)
+        cand = np.argsort(-self.popularity[1:], kind="stable")[:m] + 1  # (m,) ids, most popular first
+        scores = self.popularity[cand].astype(np.float32)
+        cats = (category_matrix(b.category_indptr, b.category_ids, cand, len(b.category_names))
+                if lam > 0 else np.zeros((len(cand), 0), dtype=np.float32))
+        recs = []
+        for p in diversify(scores, cats, n, lam):
+            info = b.item_info(int(cand[p]))
+            recs.append(Recommendation(int(cand[p]), info["item_id"], info["title"],
+                                       info["categories"], float(scores[p]), -1, []))
+        return recs
 
     def retrieve(self, V: np.ndarray, live: np.ndarray, exclude: list[int],
                  m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -5,6 +5,8 @@ and runs the user tower on them, with no retraining. One table ``events(seq, use
 ts)``; ``seq`` (an autoincrementing key) keeps the arrival order of events with equal
 timestamps. Each append is one transaction committed with ``synchronous=FULL``, so an event
 acknowledged to a client survives a crash of the server. Ids are the source's raw ids.
+With ``keep`` set (``mirec serve --keep-events N``) each append also drops the user's events
+beyond the newest ``keep``, in the same transaction.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from mirec.errors import MirecDataError
+from mirec.errors import MirecConfigError, MirecDataError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -25,14 +27,27 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_user ON events (user_id, ts, seq);
 """
+# the user's events older than their newest ``keep`` (the order history() reads them in)
+PRUNE = """
+DELETE FROM events WHERE user_id = ? AND seq NOT IN (
+    SELECT seq FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?)
+"""
 
 
 class EventStore:
     """Append-only per-user event log in one SQLite file (safe to share between threads)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, keep: int | None = None, create: bool = True) -> None:
+        """``create``: make the file (and its directory) when missing; otherwise a missing
+        store is an error (``mirec recommend --store`` only reads)."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if keep is not None and keep < 1:
+            raise MirecConfigError(f"--keep-events: must be >= 1, got {keep}")
+        self.keep = keep
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.is_file():
+            raise MirecDataError(f"{self.path}: no such event store (`mirec serve --store` creates one)")
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -51,6 +66,8 @@ class EventStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("INSERT INTO events (user_id, item_id, ts) VALUES (?, ?, ?)", rows)
+                if self.keep is not None:
+                    self._db.execute(PRUNE, (user_id, user_id, self.keep))
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
