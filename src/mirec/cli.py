@@ -158,9 +158,10 @@ def _print_info(path: Path) -> None:
 
 @app.command("train")
 def train_cmd(
-    model: Annotated[str, typer.Option(
-        help="Retrieval: comirec-sa, comirec-dr, mind, youtube-dnn, gru4rec. "
-             "Ranking (--task ctr): din, dien, mimn, embedding-mlp.")] = "comirec-sa",
+    model: Annotated[Optional[str], typer.Option(
+        help="Retrieval: comirec-sa (default), comirec-dr, mind, youtube-dnn, gru4rec. "
+             "Ranking (--task ctr): din (default), dien, mimn, embedding-mlp. --resume: the "
+             "run's.")] = None,
     task: Annotated[str, typer.Option(
         help="retrieval (next-item, Recall@N) or ctr (click-through ranking, AUC).")] = "retrieval",
     data: Annotated[Path, typer.Option(help="Prepared data set directory.")] = Path("data/ml-100k"),
@@ -169,11 +170,13 @@ def train_cmd(
                                                         "(\\[train], \\[split], \\[model_args]).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Override a setting, e.g. train.lr=0.003 or model_args.dim=32.")] = None,
-    seed: Annotated[int, typer.Option(help="Split and initialisation seed.")] = 2020,
+    seed: Annotated[Optional[int], typer.Option(help="Split and initialisation seed (default "
+                                                     "2020; --resume: the run's).")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Several seeds, e.g. 1,2,3 (mean and std).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch threads (default 1: on 2 cores, more "
                                                         "threads beside other work stall).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue a stopped run from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue a stopped run from its last checkpoint, "
+                                              "with the settings it was started with.")] = False,
 ) -> None:
     """Train a model with early stopping (validation Recall@50, or AUC for --task ctr); test the best.
 
@@ -185,7 +188,10 @@ def train_cmd(
     from mirec.report import ctr_table, results_table
     from mirec.train.loop import RunConfig
 
-    overrides = [f"model={model}"] + (set_ or [])
+    from mirec.io import check_output_dir
+    from mirec.train.checkpoint import is_run_dir, resume_config
+
+    overrides = ([f"model={model}"] if model else []) + (set_ or [])
     if threads is not None:
         overrides.append(f"train.threads={threads}")
     from mirec.errors import MirecConfigError
@@ -200,19 +206,25 @@ def train_cmd(
             raise MirecConfigError("--task ctr: rankers train in one process; run it without torchrun "
                                    "(data-parallel training is for retrieval models)")
 
-        cfg = load(RankRunConfig, config, overrides)
-        out = out or Path("runs") / model
-        doc = train_ctr_seeds(cfg, data, _seeds(seed, seeds), out, resume=resume, log=console.print)
-        console.print(ctr_table({model: doc}))
+        out = out or Path("runs") / (model or RankRunConfig().model)
+        check_output_dir(out, may_hold=is_run_dir)
+        cfg = resume_config(RankRunConfig, out, config, overrides) if resume else \
+            load(RankRunConfig, config, overrides)
+        doc = train_ctr_seeds(cfg, data, _seeds(cfg.train.seed if seed is None else seed, seeds),
+                              out, resume=resume, log=console.print)
+        console.print(ctr_table({cfg.model: doc}))
         console.print(f"wrote [bold]{out / 'results.json'}[/bold]")
         return
-    cfg = load(RunConfig, config, overrides)
-    out = out or Path("runs") / model
+    out = out or Path("runs") / (model or RunConfig().model)
+    check_output_dir(out, may_hold=is_run_dir)
+    cfg = resume_config(RunConfig, out, config, overrides) if resume else \
+        load(RunConfig, config, overrides)
     from mirec.train.distributed import world
 
     console.quiet = not world().main  # under torchrun, process 0 reports
-    run = train_seeds(cfg, data, _seeds(seed, seeds), out, resume=resume, log=console.print)
-    console.print(results_table({model: run}))
+    run = train_seeds(cfg, data, _seeds(cfg.train.seed if seed is None else seed, seeds), out,
+                      resume=resume, log=console.print)
+    console.print(results_table({cfg.model: run}))
     console.print(f"wrote [bold]{out / 'results.json'}[/bold]")
 
 
@@ -437,11 +449,34 @@ def report_diversity(
 
 
 def main() -> None:
+    """Run the CLI. A user's mistake (bad data, bad config, a bad option) is one line on stderr
+    and exit code 2, never a traceback."""
+    err = Console(stderr=True, soft_wrap=True, highlight=False)  # soft_wrap: one line, unwrapped
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        err.print("aborted", markup=False)
+        code = 130
+    except typer.TyperException as e:  # click's usage errors (typer vendors click)
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:  # a bare group: its help
+            console.print(ctx.get_help(), highlight=False, markup=False)
+        else:
+            cmd = ctx.command_path if ctx is not None else "mirec"
+            err.print(f"error: {cmd}: {one_line(e.format_message())} (see {cmd} --help)",
+                      markup=False)
+        code = 2
     except MirecError as e:
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
-        sys.exit(2)
+        err.print(f"error: {one_line(str(e))}", markup=False)
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def one_line(msg: str, limit: int = 2000) -> str:
+    """``msg`` on one line, cut to ``limit`` characters (a message naming a value never floods a
+    terminal)."""
+    msg = " ".join(msg.split())
+    return msg if len(msg) <= limit else msg[:limit] + "..."
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ from typing import Any, Literal
 
 from mirec.data.prepare import PrepareConfig, RawLog, build_dataset
 from mirec.errors import MirecConfigError, MirecDataError
-from mirec.io import atomic_write_json, sha256_file
+from mirec.io import DATASET, atomic_write_json, check_output_dir, sha256_file
 
 Log = Callable[[str], None]
 Digest = tuple[str, str]  # (algorithm, hex digest), e.g. ("md5", "0e33...")
@@ -678,6 +678,7 @@ def fetch(
     spec = DATASETS[name]
     cfg = prepare_cfg or PrepareConfig()
     cfg.validate()
+    check_output_dir(out, DATASET)  # before any download
     out, cache_dir = Path(out), Path(cache_dir)
     options = dict(loader_options or {})
     extra = _parse_checksum(checksum)

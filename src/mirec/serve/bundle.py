@@ -33,7 +33,7 @@ import mirec
 from mirec.config import from_dict, to_dict
 from mirec.data.dataset import Dataset, category_csr, load_dataset
 from mirec.errors import MirecDataError
-from mirec.io import atomic_dir, sha256_file
+from mirec.io import BUNDLE, atomic_dir, sha256_file
 from mirec.train.checkpoint import best_checkpoint, load_checkpoint
 from mirec.train.loop import RunConfig, build_model
 
@@ -119,7 +119,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, data: str | Path | None 
     """Write the bundle of a finished run (its ``best.pt``; the first seed of a multi-seed run)."""
     ckpt_path, ck, cfg, ds, model = load_run(run_dir, data)
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, BUNDLE) as tmp:
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
         (tmp / "tower.pt").write_bytes(buf.getvalue())

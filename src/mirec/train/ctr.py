@@ -33,6 +33,7 @@ from mirec.io import atomic_write_json
 from mirec.models.base import RankFeatures
 from mirec.train.checkpoint import (
     best_checkpoint,
+    check_resume,
     check_resume_model_args,
     load_checkpoint,
     save_checkpoint,
@@ -325,6 +326,8 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
         if not last.exists():
             raise MirecConfigError(f"--resume: {last} does not exist")
         st = load_checkpoint(last)
+        check_resume(last, st, {"config": saved_config(cfg, model_config(cfg)),
+                                "dataset_checksum": data_checksum})
         check_resume_model_args(last, saved_model_args(st["config"]), model_config(cfg))
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])

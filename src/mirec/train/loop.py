@@ -33,7 +33,7 @@ from mirec.data.split import Split, SplitConfig, split_users, windows
 from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import EvalConfig, evaluate
 from mirec.models.base import Interests, max_over_interests, unit_interests
-from mirec.train.checkpoint import check_resume_model_args, load_checkpoint, save_checkpoint, saved_config
+from mirec.train.checkpoint import check_resume, check_resume_model_args, load_checkpoint, save_checkpoint, saved_config
 from mirec.train.distributed import all_sum, barrier, from_main, shard, world
 from mirec.train.losses import NegativeSampler, full_softmax_loss, sampled_softmax_loss
 
@@ -296,6 +296,8 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
         if not last.exists():
             raise MirecConfigError(f"--resume: {last} does not exist")
         st = load_checkpoint(last)
+        check_resume(last, st, {"config": saved_config(cfg, model_config(cfg)),
+                                "dataset_checksum": ds.checksum})
         was_len = st["config"].get("split", {}).get("max_len", cfg.split.max_len)
         if was_len != cfg.split.max_len:
             raise MirecConfigError(f"--resume: {last} was trained with split.max_len={was_len}, this run "
@@ -377,8 +379,8 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
             save_checkpoint(last, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                 "best": best, "best_epoch": best_epoch, "bad": bad, "history": history,
-                "config": conf, "torch_rng": torch.get_rng_state(),
-            })
+                "config": conf, "torch_rng": torch.get_rng_state(), "dataset_checksum": ds.checksum,
+                "data": str(ds.path)})
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     barrier(w)  # process 0 has written best.pt
