@@ -185,11 +185,10 @@ def train_cmd(
     """
     from mirec.config import load
     from mirec.experiment import train_seeds
-    from mirec.report import ctr_table, results_table
-    from mirec.train.loop import RunConfig
-
     from mirec.io import check_output_dir
+    from mirec.report import ctr_table, results_table
     from mirec.train.checkpoint import is_run_dir, resume_config
+    from mirec.train.loop import RunConfig
 
     overrides = ([f"model={model}"] if model else []) + (set_ or [])
     if threads is not None:

@@ -33,7 +33,13 @@ from mirec.data.split import Split, SplitConfig, split_users, windows
 from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import EvalConfig, evaluate
 from mirec.models.base import Interests, max_over_interests, unit_interests
-from mirec.train.checkpoint import check_resume, check_resume_model_args, load_checkpoint, save_checkpoint, saved_config
+from mirec.train.checkpoint import (
+    check_resume,
+    check_resume_model_args,
+    load_checkpoint,
+    save_checkpoint,
+    saved_config,
+)
 from mirec.train.distributed import all_sum, barrier, from_main, shard, world
 from mirec.train.losses import NegativeSampler, full_softmax_loss, sampled_softmax_loss
 
