@@ -30,6 +30,8 @@ from mirec.data.reader import (
     parquet_locator,
     read_validated,
     scan_text,
+    show,
+    text_problem,
 )
 from mirec.errors import MirecConfigError, MirecDataError
 
@@ -63,7 +65,10 @@ def load_table(
     try:
         df, n_bad = read_validated(lf, cols, locate, on_bad_rows)
     except pl.exceptions.PolarsError as e:
-        raise MirecDataError(_unreadable(path, fmt, e)) from None
+        raise MirecDataError(_unreadable(path, fmt, e, separator)) from None
+    if df.height == 0:
+        raise MirecDataError(f"{locate(0)}: no events (a header, blank lines"
+                             + (f" and {n_bad} bad row(s) skipped)" if n_bad else " only)"))
     return RawLog(
         events=df.select("user", "item", "ts"),
         source={"name": "table", "path": str(path), "format": fmt},
@@ -104,6 +109,8 @@ def _jsonl_locator(path: Path) -> Locator:
     """Record index -> ``file:line``; blank lines (which hold no record) are counted."""
 
     def locate(row: int) -> str:
+        if row < 0:
+            return f"{path}:1"
         seen = -1
         with open(path, encoding="utf-8", errors="replace") as f:
             for lineno, line in enumerate(f, 1):
@@ -115,21 +122,45 @@ def _jsonl_locator(path: Path) -> Locator:
     return locate
 
 
-def _unreadable(path: Path, fmt: str, err: Exception) -> str:
-    """The message for a file Polars cannot parse; for JSON lines, names the first bad line."""
+def _unreadable(path: Path, fmt: str, err: Exception, separator: str = ",") -> str:
+    """The message for a file Polars cannot parse, naming the first bad line of a text file."""
+    if fmt == "csv":
+        return text_problem(path, separator) or f"{path}: cannot read as csv: {_first(err)}"
     if fmt == "jsonl":
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError as e:
-                    return f"{path}:{lineno}: not valid JSON: {e}"
-                if not isinstance(rec, dict):
-                    return f"{path}:{lineno}: expected a JSON object, got {line.strip()[:80]!r}"
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f"{path}: cannot read as {fmt}: {first}"
+        return (text_problem(path, "\x1f", None, has_header=False)  # only its UTF-8 check
+                or _jsonl_problem(path) or f"{path}: cannot read as jsonl: {_first(err)}")
+    return f"{path}: cannot read as {fmt}: {_first(err)}"
+
+
+def _jsonl_problem(path: Path) -> str | None:
+    """``file:line: what`` for the first line that is not a JSON object, or whose field holds
+    another shape (value, list, object) than on an earlier line (which Polars cannot type)."""
+    records, shapes = 0, {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as e:
+                return f"{path}:{lineno}: not valid JSON: {e}"
+            if not isinstance(rec, dict):
+                return f"{path}:{lineno}: expected a JSON object, got {show(line.strip())}"
+            records += 1
+            for key, value in rec.items():
+                shape = "a list" if isinstance(value, list) else "an object" if isinstance(
+                    value, dict) else None if value is None else "a value"
+                first = shapes.setdefault(key, (shape, lineno)) if shape else None
+                if first and first[0] != shape:
+                    return (f"{path}:{lineno}: field {show(key)} is {shape} here but "
+                            f"{first[0]} on line {first[1]}")
+    return None if records else f"{path}:1: no JSON records (an empty file)"
+
+
+def _first(err: Exception) -> str:
+    """The first line of an error, cut short."""
+    text = str(err).strip()
+    return show(text.splitlines()[0])[1:-1] if text else type(err).__name__
 
 
 def _join_lists(lf: pl.LazyFrame, names: Sequence[str]) -> pl.LazyFrame:

@@ -74,12 +74,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             return plain(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f"it asks for {found.group(1)[:80]}" if found else "it is not plain data"
-        raise MirecDataError(f"{path}: refused: {what}, which a mirec checkpoint (tensors and "
-                             f"plain values) never does; not loaded") from None
+        if not found:  # a truncated or foreign file
+            raise MirecDataError(f"{path}: not a readable mirec checkpoint (no pickle of plain "
+                                 f"values)") from None
+        raise MirecDataError(f"{path}: refused: it asks for {found.group(1)[:80]}, which a mirec "
+                             f"checkpoint (tensors and plain values) never does; not loaded") from None
     except Exception as e:  # a truncated or foreign file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise MirecDataError(f"{path}: not a readable mirec checkpoint ({first})") from None
+        raise MirecDataError(f"{path}: not a readable mirec checkpoint ({_first(e)})") from None
+
+
+def _first(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def best_checkpoint(run_dir: str | Path) -> Path | None:
