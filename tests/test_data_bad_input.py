@@ -130,3 +130,19 @@ def test_fuzz_count():
     if TRIED["cases"]:
         print(f"\nloader fuzz: {TRIED['cases']} cases, {TRIED['failures']} named failures")
         assert TRIED["failures"] > 0  # the generator does reach the error paths
+
+
+def test_other_loaders_name_the_line_polars_cannot_read(tmp_path):
+    """The RecBole loader (like MovieLens, Amazon and Taobao) goes through the same reader: a
+    non-UTF-8 line or an extra field is named, not a Polars traceback."""
+    from mirec.data.atomic import load_recbole
+
+    d = tmp_path / "shop"
+    d.mkdir()
+    head = b"user_id:token\titem_id:token\ttimestamp:float\n"
+    (d / "shop.inter").write_bytes(head + b"u1\ti1\t10\nu1\tcaf\xe9\t11\n")
+    with pytest.raises(MirecDataError, match=r"shop\.inter:3: not UTF-8"):
+        load_recbole(d)
+    (d / "shop.inter").write_bytes(head + b"u1\ti1\t10\nu1\ti2\t11\tx\n")
+    with pytest.raises(MirecDataError, match=r"shop\.inter:3: 4 fields, the header has 3"):
+        load_recbole(d)

@@ -138,6 +138,24 @@ def read_validated(
     cols: Sequence[Col],
     locate: Callable[[int], str],
     on_bad_rows: OnBadRows = "error",
+    problem: Callable[[], str | None] | None = None,
+) -> tuple[pl.DataFrame, int]:
+    """:func:`validated`, with a file Polars cannot parse reported as a MirecDataError: the
+    message ``problem()`` gives (e.g. :func:`text_problem`, naming the line), else the file and
+    Polars' first line."""
+    try:
+        return validated(lf, cols, locate, on_bad_rows)
+    except pl.exceptions.PolarsError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise MirecDataError((problem() if problem else None)
+                             or f"{locate(-1)}: cannot read the file ({cut(first)})") from None
+
+
+def validated(
+    lf: pl.LazyFrame,
+    cols: Sequence[Col],
+    locate: Callable[[int], str],
+    on_bad_rows: OnBadRows = "error",
 ) -> tuple[pl.DataFrame, int]:
     """Read ``cols`` from ``lf`` (whose rows are in file order), validate and convert them.
 

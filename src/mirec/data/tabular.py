@@ -63,7 +63,8 @@ def load_table(
     if title_col:
         cols.append(Col(title_col, "title", "str", required=False))
     try:
-        df, n_bad = read_validated(lf, cols, locate, on_bad_rows)
+        df, n_bad = read_validated(lf, cols, locate, on_bad_rows,
+                                   lambda: _problem(path, fmt, separator))
     except pl.exceptions.PolarsError as e:
         raise MirecDataError(_unreadable(path, fmt, e, separator)) from None
     if df.height == 0:
@@ -124,12 +125,16 @@ def _jsonl_locator(path: Path) -> Locator:
 
 def _unreadable(path: Path, fmt: str, err: Exception, separator: str = ",") -> str:
     """The message for a file Polars cannot parse, naming the first bad line of a text file."""
+    return _problem(path, fmt, separator) or f"{path}: cannot read as {fmt}: {_first(err)}"
+
+
+def _problem(path: Path, fmt: str, separator: str) -> str | None:
+    """``file:line: what`` for the first line of a text file that cannot be read, if found."""
     if fmt == "csv":
-        return text_problem(path, separator) or f"{path}: cannot read as csv: {_first(err)}"
-    if fmt == "jsonl":
-        return (text_problem(path, "\x1f", None, has_header=False)  # only its UTF-8 check
-                or _jsonl_problem(path) or f"{path}: cannot read as jsonl: {_first(err)}")
-    return f"{path}: cannot read as {fmt}: {_first(err)}"
+        return text_problem(path, separator)
+    if fmt == "jsonl":  # text_problem: only its UTF-8 check
+        return text_problem(path, "\x1f", None, has_header=False) or _jsonl_problem(path)
+    return None
 
 
 def _jsonl_problem(path: Path) -> str | None:
