@@ -246,3 +246,100 @@ def test_corrupt_checkpoint_errors_are_data_errors(tmp_path):
     p.write_bytes(p.read_bytes()[:-1] + b"0")
     with pytest.raises(MirecDataError, match="checksum mismatch"):
         load_checkpoint(p)
+
+
+# ------------------------------------------------------------------------- CLI contract
+
+
+def leaf_commands() -> list[str]:
+    """Every runnable command of the Typer app, as its words ("data prepare", "train", ...)."""
+    import typer
+
+    from mirec.cli import app
+
+    def walk(cmd, words):
+        subs = getattr(cmd, "commands", None)
+        if subs is None:
+            return [" ".join(words)]
+        return [leaf for name, sub in subs.items() for leaf in walk(sub, [*words, name])]
+
+    return walk(typer.main.get_command(app), [])
+
+
+def user_errors(tmp_path) -> dict[str, list[list[str]]]:
+    """Per command, invocations a user can get wrong: a missing file, a bad value."""
+    csv = tmp_path / "log.csv"
+    csv.write_text("user_id,item_id,timestamp\nu1,i1,1\n")
+    gone, out = str(tmp_path / "missing"), str(tmp_path / "out")
+    return {
+        "data prepare": [["csv", gone + ".csv", "--out", out], ["csv", str(csv), "--k-core", "0", "--out", out],
+                         ["csv", str(csv), "--separator", ";;", "--out", out], ["nope", str(csv)]],
+        "data fetch": [["nope", "--out", out], ["ml-100k", "--source", "nope", "--out", out]],
+        "data synth": [["--set", "num_users=-1", "--out", out], ["--config", gone + ".toml"],
+                       ["--raw", "xml", "--out", out + ".xml"]],
+        "data info": [[gone]],
+        "train": [["--data", gone, "--out", out], ["--task", "nope"], ["--seeds", "a,b", "--data", gone],
+                  ["--set", "train.lr=fast", "--data", gone], ["--resume", "--data", gone, "--out", out]],
+        "evaluate": [["--data", gone, "--out", out], ["--model", "nope", "--data", gone], ["--run", gone]],
+        "demo": [["--threads", "many"]],
+        "export": [[gone, "--out", out]],
+        "index build": [[gone], [gone, "--index", "nope"]],
+        "recommend": [[gone, "--user", "1"], [gone]],
+        "serve": [[gone, "--store", str(tmp_path / "s.sqlite")], [gone, "--port", "http"]],
+        "report diversity": [["--run", gone], ["--run", gone, "--lambdas", "a,b"]],
+    }
+
+
+def test_every_command_user_error_is_one_line_and_exit_2(capsys, tmp_path):
+    """The CLI's contract, over the whole command set: a user error (missing file, bad value,
+    unknown option) exits 2 with exactly one line on stderr and no traceback; nothing is
+    written. A new command must add its cases to user_errors."""
+    cases = user_errors(tmp_path)
+    assert sorted(cases) == sorted(leaf_commands())
+    for command, invocations in cases.items():
+        for args in [*invocations, ["--no-such-option"]]:
+            code, out, err = mirec(capsys, *command.split(), *args)
+            assert code == 2, (command, args, err)
+            assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), (command, args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv"]
+
+
+# ------------------------------------------------------------------------------- crash
+
+
+@pytest.mark.slow
+def test_kill_9_during_an_epoch_then_resume_is_the_uninterrupted_run(tmp_path, synth):
+    """`mirec train` killed with SIGKILL during an epoch leaves whole checkpoints; --resume then
+    ends with the parameters and test metrics of a run that was never interrupted."""
+    import signal
+    import subprocess
+    import time
+
+    from mirec.config import load
+    from mirec.experiment import train_seeds
+
+    sets = ["train.epochs=6", "train.patience=10", "model_args.dim=8", "train.batch_size=32"]
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mirec.cli", "train", "--data", str(synth.path), "--out", str(out)]
+    p = subprocess.Popen([*cmd, *[a for s in sets for a in ("--set", s)]],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (out / "last.pt").exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)  # epoch 0 is saved: the run is in epoch 1 now
+    assert p.wait() == -signal.SIGKILL
+    assert not (out / "results.json").exists()
+    killed_at = load_checkpoint(out / "last.pt")["epoch"]  # whole, checksum verified
+    assert killed_at < 5
+    r = subprocess.run([*cmd, "--resume"], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    cfg = load(RunConfig, None, ["model=comirec-sa", *sets])
+    full = train_seeds(cfg, synth, [2020], tmp_path / "full", progress=False).seeds[0]
+    resumed = load_checkpoint(out / "best.pt")
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed["model"][name]), name
+    got = json.loads((out / "results.json").read_text())
+    want = json.loads((tmp_path / "full" / "results.json").read_text())
+    assert got["metrics"] == want["metrics"] and got["best_epochs"] == want["best_epochs"]

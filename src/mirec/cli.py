@@ -441,7 +441,10 @@ def report_diversity(
     """Sweep lambda on test users: Recall@50 against Diversity@50, a table and a PNG plot."""
     from mirec.serve.diversity import diversity_report
 
-    lams = [float(x) for x in lambdas.split(",")]
+    try:
+        lams = [float(x) for x in lambdas.split(",")]
+    except ValueError:
+        raise MirecError(f"--lambdas: expected comma-separated numbers, got {lambdas!r}") from None
     r = diversity_report(run_dir, lams, out or run_dir, data, progress=True)
     console.print(r.table())
     console.print(f"wrote [bold]{r.json_path}[/bold] and [bold]{r.png_path}[/bold]")

@@ -54,6 +54,8 @@ def load_table(
     path = Path(path)
     if fmt not in FORMATS:
         raise MirecConfigError(f"fmt: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "csv" and len(separator.encode()) != 1:
+        raise MirecConfigError(f"--separator: expected one single-byte character, got {separator!r}")
     text_cols = [c for c in (user_col, item_col, time_col, category_col, title_col) if c]
     lf, locate = _scan(path, fmt, separator, text_cols)
     lf = _join_lists(lf, [c for c in (category_col, title_col) if c])
