@@ -52,8 +52,9 @@ def plain(x: Any) -> Any:
 
 # Checkpoints written before save_checkpoint made them plain hold NumPy scalars (metrics in
 # ``history``); these rebuild a number from its dtype and bytes and call nothing else.
+_NUMPY_CORE = np._core if hasattr(np, "_core") else np.core  # NumPy 2 renamed it
 _NUMPY_SCALARS = [np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType, np.dtypes.Int64DType,
-                  np.dtypes.Int32DType, np.dtypes.BoolDType, getattr(np, "_core", np.core).multiarray.scalar]
+                  np.dtypes.Int32DType, np.dtypes.BoolDType, _NUMPY_CORE.multiarray.scalar]
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
