@@ -148,9 +148,9 @@ def _jsonl_problem(path: Path) -> str | None:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = json.loads(line, parse_constant=_not_json)
             except ValueError as e:
-                return f"{path}:{lineno}: not valid JSON: {e}"
+                return f"{path}:{lineno}: not valid JSON: {show(str(e))[1:-1]}"
             if not isinstance(rec, dict):
                 return f"{path}:{lineno}: expected a JSON object, got {show(line.strip())}"
             records += 1
@@ -162,6 +162,11 @@ def _jsonl_problem(path: Path) -> str | None:
                     return (f"{path}:{lineno}: field {show(key)} is {shape} here but "
                             f"{first[0]} on line {first[1]}")
     return None if records else f"{path}:1: no JSON records (an empty file)"
+
+
+def _not_json(name: str) -> None:
+    """Python reads NaN and Infinity; JSON (and Polars) do not."""
+    raise ValueError(f"{name} is not JSON (write null or a number)")
 
 
 def _first(err: Exception) -> str:
