@@ -324,8 +324,9 @@ def scan_text(path: Path, separator: str, has_header: bool, names: Sequence[str]
         with open(path, "rb") as f:
             head = f.readline(MAX_HEADER + 1)
         if len(head) > MAX_HEADER:  # Polars would spend minutes on a schema of a million columns
-            raise MirecDataError(f"{path}:1: a header line over {MAX_HEADER >> 20} MiB "
-                                 f"({show(head[:SHOW].decode('utf-8', 'replace'))}): not a table")
+            start = head[:SHOW].decode("utf-8", "replace")
+            raise MirecDataError(f"{path}:1: a header line over {MAX_HEADER >> 20} MiB, starting "
+                                 f"{start!r}: not a table")
     if names and not has_header:
         # a fixed schema, so a short or long first line is a bad row, not a polars error
         columns = {"schema": {n: pl.String for n in names},
