@@ -16,7 +16,7 @@ from mirec.cli import main
 from mirec.data.dataset import load_dataset
 from mirec.data.synth import SynthConfig, synth_dataset
 from mirec.errors import MirecConfigError, MirecDataError
-from mirec.io import check_output_dir
+from mirec.io import atomic_write_bytes, check_output_dir
 from mirec.train.checkpoint import check_resume, load_checkpoint, save_checkpoint
 from mirec.train.loop import RunConfig, TrainConfig, train
 
@@ -142,6 +142,9 @@ def test_check_output_dir_rules(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(MirecConfigError, match="is not a directory"):
         check_output_dir(tmp_path / "f")
+    with pytest.raises(MirecConfigError, match="is a directory"):  # data synth --raw --out DIR
+        atomic_write_bytes(tmp_path / "empty", b"x")
+    assert os.listdir(tmp_path / "empty") == []
 
 
 # ---------------------------------------------------------------------- code execution
