@@ -217,6 +217,10 @@ def test_resume_keeps_the_runs_settings_and_refuses_another_run(capsys, tmp_path
     other = synth_dataset(SynthConfig(num_users=150, num_categories=4, items_per_category=20,
                                       min_len=8, mean_len=12, seed=2), tmp_path / "other", progress=False)
     refused(capsys, "train", "--resume", "--out", out, "--data", other, says="--data: ")
+    ck = load_checkpoint(out / "last.pt")
+    save_checkpoint(out / "last.pt", {k: v for k, v in ck.items() if k not in ("dataset_checksum", "data")})
+    refused(capsys, "train", "--resume", "--out", out, "--data", other,  # a last.pt saved before
+            says="--data: ")  # it recorded the data set: best.pt's checksum decides
     refused(capsys, "train", "--resume", "--out", out, "--data", synth.path, "--model", "mind",
             says="--model: ")
     refused(capsys, "train", "--resume", "--out", out, "--data", synth.path, "--set", "train.lr=0.1",
