@@ -157,7 +157,8 @@ def check_resume(path: str | Path, saved: dict[str, Any], requested: dict[str, A
     check_same_model(path, was.get("model"), now.get("model"))
     if "dataset_checksum" not in saved and Path(path).with_name("best.pt").exists():
         saved = {**load_checkpoint(Path(path).with_name("best.pt")), **saved}  # older last.pt
-    if saved.get("dataset_checksum") and saved["dataset_checksum"] != requested.get("dataset_checksum"):
+    now_data = requested.get("dataset_checksum")  # "" when a caller gave ready data, unnamed
+    if saved.get("dataset_checksum") and now_data and saved["dataset_checksum"] != now_data:
         raise MirecConfigError(f"--data: {path} was trained on another data set "
                                f"({saved.get('data') or 'checksum ' + saved['dataset_checksum'][:12]});"
                                f" resume with that --data or train into a new directory")
