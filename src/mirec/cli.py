@@ -453,7 +453,7 @@ def report_diversity(
 def main() -> None:
     """Run the CLI. A user's mistake (bad data, bad config, a bad option) is one line on stderr
     and exit code 2, never a traceback."""
-    err = Console(stderr=True, soft_wrap=True, highlight=False)  # soft_wrap: one line, unwrapped
+    err = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)  # one line, as written
     try:
         code = app(standalone_mode=False)
     except typer.Abort:
