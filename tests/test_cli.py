@@ -52,7 +52,7 @@ def test_bad_row_names_file_line_column(tmp_path, log_csv):
     p = run("data", "prepare", "csv", str(log_csv), "--out", str(out), "--user-col", "uid",
             "--item-col", "iid", "--time-col", "when", ok=False)
     assert p.returncode == 2
-    msg = " ".join(p.stdout.split())
+    msg = " ".join(p.stderr.split())
     assert f"{log_csv.name}:6: column 'when': cannot read 'yesterday-ish'" in msg
     assert not out.exists()
     p = run("data", "prepare", "csv", str(log_csv), "--out", str(out), "--user-col", "uid",
@@ -71,4 +71,4 @@ def test_every_command_has_help():
 def test_unknown_model_is_a_clear_error(tmp_path):
     p = run("evaluate", "--model", "nope", "--data", str(tmp_path), ok=False)
     assert p.returncode == 2
-    assert "no such data set directory" in p.stdout or "unknown model" in p.stdout
+    assert "no such data set directory" in p.stderr or "unknown model" in p.stderr

@@ -174,7 +174,7 @@ def test_csv_bad_header(tmp_path):
     d = tmp_path / "ml-20m"
     write(d / "ratings.csv", "user,movieId,rating,timestamp\n1,2,3.0,4\n")
     write(d / "movies.csv", "movieId,title,genres\n2,X (2000),Drama\n")
-    with pytest.raises(MirecDataError, match=r"ratings\.csv: no column 'userId'"):
+    with pytest.raises(MirecDataError, match=r"ratings\.csv:1: no column 'userId'"):
         load_movielens(d)
 
 

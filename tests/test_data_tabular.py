@@ -75,9 +75,9 @@ def test_csv_missing_field(tmp_path: Path) -> None:
 def test_missing_column(tmp_path: Path) -> None:
     path = write(tmp_path / "log.csv", CSV_ROWS)
     with pytest.raises(MirecDataError,
-                       match=r"log\.csv: no column 'item' \(columns: uid, song, when, genre, name\)"):
+                       match=r"log\.csv:1: no column 'item' \(columns: uid, song, when, genre, name\)"):
         load_table(path, "csv", "uid", "item", "when", separator=";")
-    with pytest.raises(MirecDataError, match=r"log\.csv: no column 'cat'"):
+    with pytest.raises(MirecDataError, match=r"log\.csv:1: no column 'cat'"):
         load_table(path, "csv", "uid", "song", "when", category_col="cat", separator=";")
 
 
@@ -182,5 +182,5 @@ def test_jsonl_malformed_line(tmp_path: Path) -> None:
 
 def test_jsonl_missing_column(tmp_path: Path) -> None:
     path = write(tmp_path / "log.jsonl", [json.dumps(JSONL[0])])
-    with pytest.raises(MirecDataError, match=r"log\.jsonl: no column 'user' \(columns: u, i, t"):
+    with pytest.raises(MirecDataError, match=r"log\.jsonl:1: no column 'user' \(columns: u, i, t"):
         load_table(path, "jsonl", "user", "i", "t")

@@ -77,5 +77,5 @@ def test_rankers_refuse_torchrun(tmp_path):
     p = subprocess.run([sys.executable, "-m", "mirec.cli", "train", "--task", "ctr", "--model", "din",
                         "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")],
                        capture_output=True, text=True, env=env, timeout=120)
-    assert p.returncode == 2 and "--task ctr: rankers train in one process" in p.stdout
+    assert p.returncode == 2 and "--task ctr: rankers train in one process" in p.stderr
     assert not (tmp_path / "r").exists()

@@ -320,7 +320,7 @@ def test_cli_export_index_recommend(run, tmp_path):
     assert "because of" in p.stdout and "interest" in p.stdout
     p = subprocess.run([*cli, "recommend", str(tmp_path / "missing"), "--user", u],
                        capture_output=True, text=True)
-    assert p.returncode == 2 and "not a mirec bundle" in p.stdout
+    assert p.returncode == 2 and "not a mirec bundle" in p.stderr
 
 
 def test_diversity_report_lambda_zero_reproduces_evaluation(run, tmp_path):

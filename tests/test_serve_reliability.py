@@ -47,12 +47,11 @@ def strict_json(r: httpx.Response):
 
 
 def one_error(p: subprocess.CompletedProcess) -> str:
-    """The CLI's error message: exit 2, one "error:" message, no traceback. (Rich wraps the
-    message at the console width of piped output; the line breaks are undone here.)"""
+    """The CLI's error message: exit 2, exactly one "error:" line on stderr, no traceback."""
     assert p.returncode == 2, p.stdout + p.stderr
-    assert p.stdout.startswith("error:") and p.stdout.count("error:") == 1, p.stdout
-    assert "Traceback" not in p.stdout + p.stderr and not p.stderr.strip(), p.stderr
-    return p.stdout.replace("\n", "")
+    assert p.stderr.startswith("error:") and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "Traceback" not in p.stdout + p.stderr, p.stderr
+    return p.stderr.strip()
 
 
 def fields(r: httpx.Response) -> set[str]:

@@ -94,11 +94,11 @@ def test_cli_errors_name_the_line_and_the_option(tmp_path: Path) -> None:
     seq.write_text("1 10 11\n2\n")
     p = run("data", "prepare", "sequences", str(seq), "--out", str(tmp_path / "o"), ok=False)
     assert p.returncode == 2
-    assert "seq.txt:2: user '2' has no items" in p.stdout
-    assert len(p.stdout.strip().splitlines()) == 1  # one line, however long
+    assert "seq.txt:2: user '2' has no items" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1  # one line, however long
     p = run("data", "prepare", "sequences", str(seq), "--behaviors", "pv", ok=False)
     assert p.returncode == 2
-    assert "--behaviors: source 'sequences' does not take this option" in " ".join(p.stdout.split())
+    assert "--behaviors: source 'sequences' does not take this option" in " ".join(p.stderr.split())
     p = run("data", "sources")
     assert "sequences" in p.stdout and "--attributes" in p.stdout
     assert not (tmp_path / "o").exists()

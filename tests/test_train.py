@@ -142,7 +142,7 @@ def test_cli_train_and_evaluate_run(synth, tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 0 and "comirec-sa" in p.stdout
     bad = subprocess.run(cmd[:-1] + ["train.lr=fast"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "train.lr: expected float" in bad.stdout
+    assert bad.returncode == 2 and "train.lr: expected float" in bad.stderr
 
 
 @pytest.mark.compile

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from mirec.checkpoint import is_run_dir, resume_config
 from mirec.config import load
 from mirec.data.dataset import Dataset, load_dataset
 from mirec.data.prepare import PrepareConfig, build_dataset
@@ -23,6 +24,7 @@ from mirec.data.split import SplitConfig
 from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import EvalConfig
 from mirec.experiment import RunResult, evaluate_baseline, evaluate_run, train_ctr_seeds, train_seeds
+from mirec.io import check_output_dir
 from mirec.models.registry import SPECS
 from mirec.runs import RankRunConfig, RunConfig
 
@@ -59,27 +61,34 @@ def _task(model: str) -> str:
     return SPECS[model].task
 
 
-def fit(model: str = "comirec-sa", data: str | Path | Dataset = "data/ml-100k", out: str | Path | None = None,
+def fit(model: str | None = None, data: str | Path | Dataset = "data/ml-100k", out: str | Path | None = None,
         seeds: list[int] | None = None, config: str | Path | None = None, resume: bool = False,
-        progress: bool = True, log: Callable[[str], None] = lambda s: None, **settings: Any) -> RunResult:
+        progress: bool = True, log: Callable[[str], None] = lambda s: None, task: str | None = None,
+        **settings: Any) -> RunResult:
     """Train ``model`` on a prepared data set (its path or a loaded :class:`Dataset`) once per
     seed into ``out`` (default ``runs/<model>``) and test the best validation epoch.
 
     ``settings`` are the ``--set`` keys (``train``, ``split``, ``eval``, ``model_args``; ``ctr``
     for rankers); ``config`` a TOML file of the same. A baseline (``most-popular``, ``item-cf``)
-    is fitted without training. Returns the run: ``.path``, ``.metrics`` (mean over seeds of the
+    is fitted without training. ``resume`` continues ``out`` with the settings it was started
+    with (only the safe ones may change; ``model`` defaults to the run's). ``out`` must be new,
+    empty or a run directory. Returns the run: ``.path``, ``.metrics`` (mean over seeds of the
     test metrics, keys like ``"recall@50"``), ``.std``, ``.seeds``; ``results.json`` in ``out``.
     """
-    task = _task(model)
-    out = Path(out) if out is not None else Path("runs") / model
-    sets = [f"model={model}", *overrides(settings)]
-    if task == "baseline":
+    kind = _task(model) if model else task or "retrieval"
+    if task and kind != task:
+        raise MirecConfigError(f"--model: {model!r} is a {kind} model" + (
+            "; use --task ctr" if kind == "ranking" else
+            "; use `mirec evaluate --model` for baselines" if kind == "baseline" else "; drop --task ctr"))
+    if kind == "baseline":
         return evaluate(model=model, data=data, out=out, seeds=seeds, **settings)
-    if task == "ranking":
-        cfg = load(RankRunConfig, config, sets)
-        return train_ctr_seeds(cfg, data, seeds or [cfg.train.seed], out, resume, progress, log)
-    cfg = load(RunConfig, config, sets)
-    return train_seeds(cfg, data, seeds or [cfg.train.seed], out, resume, progress, log)
+    cls = RankRunConfig if kind == "ranking" else RunConfig
+    out = Path(out) if out is not None else Path("runs") / (model or cls().model)
+    check_output_dir(out, may_hold=is_run_dir)
+    sets = ([f"model={model}"] if model else []) + overrides(settings)
+    cfg = resume_config(cls, out, config, sets) if resume else load(cls, config, sets)
+    run = train_ctr_seeds if kind == "ranking" else train_seeds
+    return run(cfg, data, seeds or [cfg.train.seed], out, resume, progress, log)
 
 
 def evaluate(run: str | Path | None = None, model: str = "most-popular",

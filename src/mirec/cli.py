@@ -158,9 +158,10 @@ def _print_info(path: Path) -> None:
 
 @app.command("train")
 def train_cmd(
-    model: Annotated[str, typer.Option(
-        help="Retrieval: comirec-sa, comirec-dr, mind, youtube-dnn, gru4rec. "
-             "Ranking (--task ctr): din, dien, mimn, embedding-mlp.")] = "comirec-sa",
+    model: Annotated[Optional[str], typer.Option(
+        help="Retrieval: comirec-sa (default), comirec-dr, mind, youtube-dnn, gru4rec. "
+             "Ranking (--task ctr): din (default), dien, mimn, embedding-mlp. --resume: the "
+             "run's.")] = None,
     task: Annotated[str, typer.Option(
         help="retrieval (next-item, Recall@N) or ctr (click-through ranking, AUC).")] = "retrieval",
     data: Annotated[Path, typer.Option(help="Prepared data set directory.")] = Path("data/ml-100k"),
@@ -169,11 +170,13 @@ def train_cmd(
                                                         "(\\[train], \\[split], \\[model_args]).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Override a setting, e.g. train.lr=0.003 or model_args.dim=32.")] = None,
-    seed: Annotated[int, typer.Option(help="Split and initialisation seed.")] = 2020,
+    seed: Annotated[Optional[int], typer.Option(help="Split and initialisation seed (default "
+                                                     "2020; --resume: the run's).")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Several seeds, e.g. 1,2,3 (mean and std).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch threads (default 1: on 2 cores, more "
                                                         "threads beside other work stall).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue a stopped run from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue a stopped run from its last checkpoint, "
+                                              "with the settings it was started with.")] = False,
 ) -> None:
     """Train a model with early stopping (validation Recall@50, or AUC for --task ctr); test the best.
 
@@ -191,27 +194,15 @@ def train_cmd(
     if task == "ctr" and launched():
         raise MirecConfigError("--task ctr: rankers train in one process; run it without torchrun "
                                "(data-parallel training is for retrieval models)")
-    settings: dict = {}
-    apply_overrides(settings, (set_ or []) + ([f"train.threads={threads}"] if threads is not None else []))
-    kind = spec_task(model)
-    if kind != ("ranking" if task == "ctr" else "retrieval"):
-        raise MirecConfigError(f"--model: {model!r} is a {kind} model; "
-                               + ("use --task ctr" if kind == "ranking" else
-                                  "use `mirec evaluate --model` for baselines" if kind == "baseline" else
-                                  "drop --task ctr"))
+    threads_set = [f"train.threads={threads}"] if threads is not None else []
+    settings = apply_overrides({}, (set_ or []) + threads_set)
     console.quiet = not world().main  # under torchrun, process 0 reports
-    out = out or Path("runs") / model
-    run = fit(model, data, out, _seeds(seed, seeds), config, resume, log=console.print, **settings)
-    console.print(ctr_table({model: run.to_json()}) if task == "ctr" else results_table({model: run}))
+    chosen = _seeds(seed, seeds) if seed is not None or seeds else None  # None: the config's seed
+    run = fit(model, data, out, chosen, config, resume, log=console.print,
+              task="ranking" if task == "ctr" else "retrieval", **settings)
+    out = run.path
+    console.print(ctr_table({run.model: run.to_json()}) if task == "ctr" else results_table({run.model: run}))
     console.print(f"wrote [bold]{out / 'results.json'}[/bold]")
-
-
-def spec_task(model: str) -> str:
-    from mirec.models.registry import SPECS, spec
-
-    if model not in SPECS:
-        spec(model, "retrieval")  # raises, naming the known models
-    return SPECS[model].task
 
 
 @app.command("evaluate")
@@ -445,7 +436,10 @@ def report_diversity(
     """Sweep lambda on test users: Recall@50 against Diversity@50, a table and a PNG plot."""
     from mirec.eval.diversity import diversity_report
 
-    lams = [float(x) for x in lambdas.split(",")]
+    try:
+        lams = [float(x) for x in lambdas.split(",")]
+    except ValueError:
+        raise MirecError(f"--lambdas: expected comma-separated numbers, got {lambdas!r}") from None
     r = diversity_report(run_dir, lams, out or run_dir, data, progress=True)
     console.print(r.table())
     console.print(f"wrote [bold]{r.json_path}[/bold] and [bold]{r.png_path}[/bold]")
@@ -479,11 +473,34 @@ def report_interests(
 
 
 def main() -> None:
+    """Run the CLI. A user's mistake (bad data, bad config, a bad option) is one line on stderr
+    and exit code 2, never a traceback."""
+    err = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)  # one line, as written
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        err.print("aborted", markup=False)
+        code = 130
+    except typer.TyperException as e:  # click's usage errors (typer vendors click)
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:  # a bare group: its help
+            console.print(ctx.get_help(), highlight=False, markup=False)
+        else:
+            cmd = ctx.command_path if ctx is not None else "mirec"
+            err.print(f"error: {cmd}: {one_line(e.format_message())} (see {cmd} --help)",
+                      markup=False)
+        code = 2
     except MirecError as e:
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        err.print(f"error: {one_line(str(e))}", markup=False)
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def one_line(msg: str, limit: int = 2000) -> str:
+    """``msg`` on one line, cut to ``limit`` characters (a message naming a value never floods a
+    terminal)."""
+    msg = " ".join(msg.split())
+    return msg if len(msg) <= limit else msg[:limit] + "..."
 
 
 if __name__ == "__main__":

@@ -133,9 +133,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-         section: str | None = None) -> T:
-    """Load config ``cls``: defaults, then the TOML file (optionally one ``[section]``), then
-    ``key=value`` overrides."""
+         section: str | None = None, base: dict[str, Any] | None = None) -> T:
+    """Load config ``cls``: defaults (then ``base``, e.g. a saved run's settings), then the TOML
+    file (optionally one ``[section]``), then ``key=value`` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -147,8 +147,7 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
             raise MirecConfigError(f"{path}: invalid TOML: {e}") from None
         if section is not None:
             data = data.get(section, {})
-    base = to_dict(cls())
-    merged = _merge(base, data)
+    merged = _merge(_merge(to_dict(cls()), base or {}), data)
     apply_overrides(merged, overrides or [])
     return from_dict(cls, merged)
 

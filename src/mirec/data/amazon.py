@@ -39,7 +39,7 @@ from typing import IO, Any
 import polars as pl
 
 from mirec.data.prepare import RawLog
-from mirec.data.reader import Col, OnBadRows, csv_locator, read_validated, scan_text
+from mirec.data.reader import Col, OnBadRows, csv_locator, read_validated, scan_text, text_problem
 from mirec.data.sources import Option, Source, register
 from mirec.errors import MirecDataError
 
@@ -63,7 +63,8 @@ def load_amazon(ratings: str | Path, meta: str | Path | None = None,
     """Read an Amazon ratings-only CSV and, optionally, its metadata file."""
     ratings = Path(ratings)
     lf = scan_text(ratings, ",", has_header=False, names=RATING_COLUMNS)
-    events, n_bad = read_validated(lf, RATING_COLS, csv_locator(ratings, 1), on_bad_rows)
+    events, n_bad = read_validated(lf, RATING_COLS, csv_locator(ratings, 1), on_bad_rows,
+                                   lambda: text_problem(ratings, ",", has_header=False))
     source: dict[str, Any] = {"name": "amazon", "path": str(ratings)}
     items = None
     if meta is not None:

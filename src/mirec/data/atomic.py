@@ -23,7 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from mirec.data.prepare import RawLog
-from mirec.data.reader import Col, OnBadRows, csv_locator, read_validated, scan_text
+from mirec.data.reader import Col, OnBadRows, csv_locator, read_validated, scan_text, text_problem
 from mirec.data.sources import Source, register
 from mirec.errors import MirecDataError
 
@@ -123,7 +123,8 @@ def _read_inter(file: Path, on_bad_rows: OnBadRows) -> tuple[pl.DataFrame, int]:
     ]
     if "rating" in fields:
         cols.append(Col(fields["rating"].header, "rating", "float"))
-    return read_validated(_scan(file), cols, csv_locator(file, 2), on_bad_rows)
+    return read_validated(_scan(file), cols, csv_locator(file, 2), on_bad_rows,
+                         lambda: text_problem(file, "\t", None))
 
 
 def _read_items(file: Path, on_bad_rows: OnBadRows) -> tuple[pl.DataFrame, int] | None:
@@ -137,7 +138,8 @@ def _read_items(file: Path, on_bad_rows: OnBadRows) -> tuple[pl.DataFrame, int] 
         cols.append(Col(title.header, "title", "str", required=False))
     if category:
         cols.append(Col(category.header, "categories", "str", required=False))
-    df, n_bad = read_validated(_scan(file), cols, csv_locator(file, 2), on_bad_rows)
+    df, n_bad = read_validated(_scan(file), cols, csv_locator(file, 2), on_bad_rows,
+                         lambda: text_problem(file, "\t", None))
     return df.select(
         "item",
         pl.col("title") if title else pl.lit(None, dtype=pl.String).alias("title"),
@@ -165,7 +167,8 @@ def _read_users(file: Path, on_bad_rows: OnBadRows) -> tuple[pl.DataFrame, int] 
     cols = [Col(_required(fields, "user_id", file).header, "user", "id")]
     cols += [Col(f.header, f.name, "str", required=False)
              for f in fields.values() if f.name != "user_id"]
-    return read_validated(_scan(file), cols, csv_locator(file, 2), on_bad_rows)
+    return read_validated(_scan(file), cols, csv_locator(file, 2), on_bad_rows,
+                         lambda: text_problem(file, "\t", None))
 
 
 register(Source("recbole", "RecBole atomic files (.inter, optional .item/.user)", load_recbole))

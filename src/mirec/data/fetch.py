@@ -35,7 +35,7 @@ from mirec.data.prepare import PrepareConfig, RawLog, build_dataset
 from mirec.data.sources import get as get_source
 from mirec.data.wheel import WheelSource, extract_members, obtain_wheel
 from mirec.errors import MirecConfigError, MirecDataError
-from mirec.io import sha256_file
+from mirec.io import DATASET, check_output_dir, sha256_file
 
 # names other modules and tests import from here
 __all__ = ["DATASETS", "RECBOLE_ML100K", "Artifact", "DatasetSpec", "FetchOptions",
@@ -86,6 +86,7 @@ def fetch(name: str, out: str | Path, cache_dir: str | Path,
     opts = options or FetchOptions()
     log = log or (lambda _msg: None)
     spec = _checked(name, opts)
+    check_output_dir(out, DATASET)  # before any download
     out, cache_dir = Path(out), Path(cache_dir)
     if opts.local is not None:
         return _fetch_local(spec, Path(opts.local), out, opts, log)

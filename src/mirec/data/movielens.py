@@ -28,7 +28,7 @@ from pathlib import Path
 import polars as pl
 
 from mirec.data.prepare import RawLog
-from mirec.data.reader import Col, OnBadRows, csv_locator, read_validated, scan_text
+from mirec.data.reader import Col, OnBadRows, csv_locator, read_validated, scan_text, text_problem
 from mirec.data.sources import Source, register
 from mirec.errors import MirecDataError
 
@@ -112,7 +112,8 @@ def _event_cols(user: str, item: str, rating: str, ts: str) -> list[Col]:
 def _ratings_100k(file: Path, on_bad_rows: OnBadRows) -> Frame:
     names = ("user", "item", "rating", "timestamp")
     lf = scan_text(file, "\t", has_header=False, names=names, quote_char=None)
-    return read_validated(lf, _event_cols(*names), csv_locator(file, 1), on_bad_rows)
+    return read_validated(lf, _event_cols(*names), csv_locator(file, 1), on_bad_rows,
+                          lambda: text_problem(file, "\t", None, has_header=False))
 
 
 def _ratings_dat(file: Path, on_bad_rows: OnBadRows) -> Frame:
@@ -120,13 +121,14 @@ def _ratings_dat(file: Path, on_bad_rows: OnBadRows) -> Frame:
     names = ("user", "_1", "item", "_2", "rating", "_3", "timestamp")
     lf = scan_text(file, ":", has_header=False, names=names, quote_char=None)
     cols = _event_cols("user", "item", "rating", "timestamp")
-    return read_validated(lf, cols, csv_locator(file, 1), on_bad_rows)
+    return read_validated(lf, cols, csv_locator(file, 1), on_bad_rows,
+                          lambda: text_problem(file, ":", None, has_header=False))
 
 
 def _ratings_csv(file: Path, on_bad_rows: OnBadRows) -> Frame:
     lf = scan_text(file, ",", has_header=True)
     cols = _event_cols("userId", "movieId", "rating", "timestamp")
-    return read_validated(lf, cols, csv_locator(file, 2), on_bad_rows)
+    return read_validated(lf, cols, csv_locator(file, 2), on_bad_rows, lambda: text_problem(file))
 
 
 # ---- items -----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import polars as pl
 
 from mirec import __version__
 from mirec.errors import MirecConfigError, MirecDataError
-from mirec.io import atomic_dir, atomic_write_json, sha256_file
+from mirec.io import DATASET, atomic_dir, atomic_write_json, sha256_file
 
 PROTOCOL_VERSION = "1"
 FORMAT_VERSION = 1
@@ -152,7 +152,7 @@ def build_dataset(raw: RawLog, out: str | Path, cfg: PrepareConfig | None = None
     users = _users_table(raw, u_raw, u_present)
     after = {"events": dense.height, "users": users.height, "items": items.height}
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, DATASET) as tmp:
         dense.write_parquet(tmp / "interactions.parquet", statistics=True)
         items.write_parquet(tmp / "items.parquet")
         users.write_parquet(tmp / "users.parquet")

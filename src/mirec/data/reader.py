@@ -27,6 +27,43 @@ from mirec.errors import MirecDataError
 Kind = Literal["id", "int", "float", "time", "str"]
 OnBadRows = Literal["error", "skip"]
 ROW = "__row"
+MAX_ID_CHARS = 1000  # a longer id is a broken file (a runaway quote), not an id
+MAX_TS = 10**11  # seconds: year 5138; a larger time is milliseconds or garbage (refused, named)
+SHOW = 80  # characters of a value shown in a message
+MAX_HEADER = 1 << 20  # bytes
+
+
+def cut(text: str, limit: int = SHOW) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def show(value: object, limit: int = SHOW) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a message never carries megabytes."""
+    r = repr(value)
+    return r if len(r) <= limit else f"{r[:limit]}... ({len(str(value)):,} characters)"
+
+
+def _out_of_range(kind: Kind, v: pl.Expr) -> pl.Expr | None:
+    """True where the converted value ``v`` is unusable though it parsed (null: not checked)."""
+    if kind == "time":
+        return (v < 0) | (v >= MAX_TS)
+    if kind == "id":
+        s = v.cast(pl.String)
+        return s.str.contains("\x00", literal=True) | (s.str.len_chars() > MAX_ID_CHARS)
+    return None
+
+
+def _why(kind: Kind, value: object) -> str:
+    """Why a parsed ``value`` is refused (what :func:`_out_of_range` flagged)."""
+    if kind == "time":
+        if isinstance(value, int) and value < 0:
+            return f"negative time {value} (expected Unix seconds)"
+        return (f"time {value} is after the year 5000: milliseconds? (expected Unix seconds, "
+                f"below {MAX_TS:.0e}; divide by 1000)")
+    if "\x00" in str(value):
+        return f"NUL character inside the id {show(value)}"
+    return f"id of {len(str(value)):,} characters (at most {MAX_ID_CHARS:,}): {show(value)}"
 
 
 @dataclass(frozen=True)
@@ -40,8 +77,9 @@ class Col:
 
 
 def csv_locator(path: Path, first_line: int) -> Callable[[int], str]:
-    """Row index -> ``file:line`` for a text file whose first data row is line ``first_line``."""
-    return lambda row: f"{path}:{row + first_line}"
+    """Row index -> ``file:line`` for a text file whose first data row is line ``first_line``
+    (row -1: the header)."""
+    return lambda row: f"{path}:{max(row + first_line, 1)}"
 
 
 def parquet_locator(path: Path) -> Callable[[int], str]:
@@ -52,6 +90,8 @@ def parquet_locator(path: Path) -> Callable[[int], str]:
              for i in range(pq.ParquetFile(path).metadata.num_row_groups)]
 
     def locate(row: int) -> str:
+        if row < 0:
+            return f"{path}: schema"
         start = 0
         for g, n in enumerate(sizes):
             if row < start + n:
@@ -98,6 +138,24 @@ def read_validated(
     cols: Sequence[Col],
     locate: Callable[[int], str],
     on_bad_rows: OnBadRows = "error",
+    problem: Callable[[], str | None] | None = None,
+) -> tuple[pl.DataFrame, int]:
+    """:func:`validated`, with a file Polars cannot parse reported as a MirecDataError: the
+    message ``problem()`` gives (e.g. :func:`text_problem`, naming the line), else the file and
+    Polars' first line."""
+    try:
+        return validated(lf, cols, locate, on_bad_rows)
+    except pl.exceptions.PolarsError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise MirecDataError((problem() if problem else None)
+                             or f"{locate(-1)}: cannot read the file ({cut(first)})") from None
+
+
+def validated(
+    lf: pl.LazyFrame,
+    cols: Sequence[Col],
+    locate: Callable[[int], str],
+    on_bad_rows: OnBadRows = "error",
 ) -> tuple[pl.DataFrame, int]:
     """Read ``cols`` from ``lf`` (whose rows are in file order), validate and convert them.
 
@@ -110,10 +168,11 @@ def read_validated(
     schema = lf.collect_schema()
     missing = [c.source for c in cols if c.source not in schema]
     if missing:
-        where = locate(0).split(":")[0]
+        where = locate(-1)  # the header line, or the schema
         raise MirecDataError(
-            f"{where}: no column {missing[0]!r} (columns: {', '.join(schema.names())})"
+            f"{where}: no column {show(missing[0])} (columns: {cut(', '.join(schema.names()))})"
         )
+    _check_nested(lf, cols, schema, locate)
     fast = _read_fast(lf, cols, schema)
     if fast is not None:
         return fast, 0
@@ -133,6 +192,9 @@ def read_validated(
         else:
             rawc_missing = rawc.is_null()
         failed = pl.col(c.name).is_null() & ~rawc_missing
+        rng = _out_of_range(c.kind, pl.col(c.name))
+        if rng is not None:
+            failed = failed | rng.fill_null(False)
         bad_exprs.append((failed | rawc_missing) if c.required else failed)
     flagged = parsed.with_columns(
         pl.any_horizontal(bad_exprs).alias("__bad") if bad_exprs else pl.lit(False).alias("__bad")
@@ -146,12 +208,18 @@ def read_validated(
             empty = value is None or (isinstance(value, str) and value.strip() == "")
             if empty and c.required:
                 raise MirecDataError(
-                    f"{locate(row[ROW])}: column {c.source!r}: missing value "
+                    f"{locate(row[ROW])}: column {show(c.source)}: missing value "
                     f"({n_bad} bad row(s) in all; --on-bad-rows skip drops them)"
                 )
             if row[c.name] is None and not empty:
                 raise MirecDataError(
-                    f"{locate(row[ROW])}: column {c.source!r}: cannot read {value!r} as {c.kind} "
+                    f"{locate(row[ROW])}: column {show(c.source)}: cannot read {show(value)} as "
+                    f"{c.kind} ({n_bad} bad row(s) in all; --on-bad-rows skip drops them)"
+                )
+            rng = _out_of_range(c.kind, pl.lit(row[c.name]))
+            if row[c.name] is not None and rng is not None and pl.select(rng).item():
+                raise MirecDataError(
+                    f"{locate(row[ROW])}: column {show(c.source)}: {_why(c.kind, row[c.name])} "
                     f"({n_bad} bad row(s) in all; --on-bad-rows skip drops them)"
                 )
     if n_bad:
@@ -169,6 +237,19 @@ def read_validated(
     if casts:
         df = df.with_columns(casts)
     return df, n_bad
+
+
+def _check_nested(lf: pl.LazyFrame, cols: Sequence[Col], schema: pl.Schema,
+                  locate: Callable[[int], str]) -> None:
+    """Refuse a list or object where an id, number or time belongs (JSON lines, Parquet),
+    naming the first row that holds one."""
+    for c in cols:
+        if c.kind != "str" and isinstance(schema[c.source], (pl.List, pl.Array, pl.Struct)):
+            hit = (lf.with_row_index(ROW).filter(pl.col(c.source).is_not_null())
+                   .select(ROW).head(1).collect())
+            row = int(hit.item()) if hit.height else 0
+            raise MirecDataError(f"{locate(row)}: column {show(c.source)}: expected one {c.kind} "
+                                 f"value, got a {schema[c.source].base_type()}")
 
 
 def _read_fast(lf: pl.LazyFrame, cols: Sequence[Col],
@@ -205,6 +286,9 @@ def _read_fast(lf: pl.LazyFrame, cols: Sequence[Col],
             else:
                 e = src
             exprs.append(e.alias(c.name))
+            rng = _out_of_range(c.kind, src if c.kind == "id" else e)
+            if rng is not None and (c.kind != "id" or text):
+                bad.append(rng.fill_null(False))
             if c.name in checks:
                 bad.append(src.is_null())  # a non-integer id is not bad: the ok check sees it
             elif c.required:
@@ -234,6 +318,15 @@ def scan_text(path: Path, separator: str, has_header: bool, names: Sequence[str]
     """Lazily scan a delimited text file with every column as text."""
     if not Path(path).exists():
         raise MirecDataError(f"{path}: file not found")
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise MirecDataError(f"{path}:1: empty file" + (" (expected a header line)" if has_header else ""))
+    if has_header:
+        with open(path, "rb") as f:
+            head = f.readline(MAX_HEADER + 1)
+        if len(head) > MAX_HEADER:  # Polars would spend minutes on a schema of a million columns
+            start = head[:SHOW].decode("utf-8", "replace")
+            raise MirecDataError(f"{path}:1: a header line over {MAX_HEADER >> 20} MiB, starting "
+                                 f"{start!r}: not a table")
     if names and not has_header:
         # a fixed schema, so a short or long first line is a bad row, not a polars error
         columns = {"schema": {n: pl.String for n in names},
@@ -243,5 +336,43 @@ def scan_text(path: Path, separator: str, has_header: bool, names: Sequence[str]
     return pl.scan_csv(
         path, separator=separator, has_header=has_header, **columns,
         encoding="utf8-lossy" if encoding != "utf8" else "utf8",
-        quote_char=quote_char, truncate_ragged_lines=True,
+        # with a header, a row longer than it is an error (named by text_problem), not cut short
+        quote_char=quote_char, truncate_ragged_lines=not has_header,
     )
+
+
+def text_problem(path: Path, separator: str = ",", quote_char: str | None = '"',
+                 has_header: bool = True) -> str | None:
+    """``file:line: what`` for the first line of a delimited text file that cannot be read:
+    bytes that are not UTF-8, a quote that is never closed, more fields than the header. Slow
+    (Python) and so called only once a fast reader has failed, to name the line."""
+    import csv
+
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return (f"{path}:{lineno}: not UTF-8 (byte {raw[e.start]:#04x} at column "
+                        f"{e.start + 1}); convert the file, e.g. iconv -f latin1 -t utf-8")
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter=separator, quotechar=quote_char or None,
+                            quoting=csv.QUOTE_MINIMAL if quote_char else csv.QUOTE_NONE, strict=True)
+        width, start = None, 1
+        try:
+            for row in reader:
+                if width is None and has_header:
+                    width = len(row)
+                elif width is not None and len(row) > width:
+                    return (f"{path}:{start}: {len(row)} fields, the header has {width} "
+                            f"(an extra separator or an unquoted {separator!r} in a value)")
+                stray = [v for v in row if quote_char and quote_char in v]
+                if stray:  # legal only doubled inside a quoted field, which Polars reads
+                    return (f"{path}:{start}: a stray quote in {show(stray[0])}; quote the whole "
+                            f"field and double the quotes inside it")
+                start = reader.line_num + 1
+        except csv.Error as e:
+            if "end of data" in str(e) or "EOF" in str(e):
+                return f"{path}:{start}: a quote opened on this line is never closed"
+            return f"{path}:{start}: {show(str(e))}"
+    return None

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from mirec import __version__
 from mirec.data.prepare import FORMAT_VERSION, PROTOCOL_VERSION, _combined
 from mirec.errors import MirecConfigError
-from mirec.io import atomic_dir, atomic_path, atomic_write_json, sha256_file
+from mirec.io import DATASET, atomic_dir, atomic_path, atomic_write_json, sha256_file
 
 BLOCK_USERS = 1024  # users per random generator; chunks are whole numbers of blocks
 _INT32_MAX = 2**31 - 1
@@ -370,7 +370,7 @@ def synth_dataset(cfg: SynthConfig, out: str | Path, progress: bool = True) -> P
     out = Path(out)
     n_events = 0
     item_counts = np.zeros(cfg.num_items + 1, dtype=np.int64)  # (N+1,)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, DATASET) as tmp:
         with (pq.ParquetWriter(tmp / "interactions.parquet", _EVENTS_SCHEMA,
                                compression="zstd") as ev_w,
               pq.ParquetWriter(tmp / "users.parquet", _USERS_SCHEMA, compression="zstd") as us_w):

@@ -31,6 +31,8 @@ from mirec.data.reader import (
     parquet_locator,
     read_validated,
     scan_text,
+    show,
+    text_problem,
 )
 from mirec.data.sources import Option, Source, register
 from mirec.errors import MirecConfigError, MirecDataError
@@ -54,6 +56,8 @@ def load_table(
     path = Path(path)
     if fmt not in FORMATS:
         raise MirecConfigError(f"fmt: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "csv" and len(separator.encode()) != 1:
+        raise MirecConfigError(f"--separator: expected one single-byte character, got {separator!r}")
     text_cols = [c for c in (user_col, item_col, time_col, category_col, title_col) if c]
     lf, locate = _scan(path, fmt, separator, text_cols)
     lf = _join_lists(lf, [c for c in (category_col, title_col) if c])
@@ -63,9 +67,13 @@ def load_table(
     if title_col:
         cols.append(Col(title_col, "title", "str", required=False))
     try:
-        df, n_bad = read_validated(lf, cols, locate, on_bad_rows)
+        df, n_bad = read_validated(lf, cols, locate, on_bad_rows,
+                                   lambda: _problem(path, fmt, separator))
     except pl.exceptions.PolarsError as e:
-        raise MirecDataError(_unreadable(path, fmt, e)) from None
+        raise MirecDataError(_unreadable(path, fmt, e, separator)) from None
+    if df.height == 0:
+        raise MirecDataError(f"{locate(0)}: no events (a header, blank lines"
+                             + (f" and {n_bad} bad row(s) skipped)" if n_bad else " only)"))
     return RawLog(
         events=df.select("user", "item", "ts"),
         source={"name": "table", "path": str(path), "format": fmt},
@@ -106,6 +114,8 @@ def _jsonl_locator(path: Path) -> Locator:
     """Record index -> ``file:line``; blank lines (which hold no record) are counted."""
 
     def locate(row: int) -> str:
+        if row < 0:
+            return f"{path}:1"
         seen = -1
         with open(path, encoding="utf-8", errors="replace") as f:
             for lineno, line in enumerate(f, 1):
@@ -117,21 +127,54 @@ def _jsonl_locator(path: Path) -> Locator:
     return locate
 
 
-def _unreadable(path: Path, fmt: str, err: Exception) -> str:
-    """The message for a file Polars cannot parse; for JSON lines, names the first bad line."""
-    if fmt == "jsonl":
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError as e:
-                    return f"{path}:{lineno}: not valid JSON: {e}"
-                if not isinstance(rec, dict):
-                    return f"{path}:{lineno}: expected a JSON object, got {line.strip()[:80]!r}"
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f"{path}: cannot read as {fmt}: {first}"
+def _unreadable(path: Path, fmt: str, err: Exception, separator: str = ",") -> str:
+    """The message for a file Polars cannot parse, naming the first bad line of a text file."""
+    return _problem(path, fmt, separator) or f"{path}: cannot read as {fmt}: {_first(err)}"
+
+
+def _problem(path: Path, fmt: str, separator: str) -> str | None:
+    """``file:line: what`` for the first line of a text file that cannot be read, if found."""
+    if fmt == "csv":
+        return text_problem(path, separator)
+    if fmt == "jsonl":  # text_problem: only its UTF-8 check
+        return text_problem(path, "\x1f", None, has_header=False) or _jsonl_problem(path)
+    return None
+
+
+def _jsonl_problem(path: Path) -> str | None:
+    """``file:line: what`` for the first line that is not a JSON object, or whose field holds
+    another shape (value, list, object) than on an earlier line (which Polars cannot type)."""
+    records, shapes = 0, {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line, parse_constant=_not_json)
+            except ValueError as e:
+                return f"{path}:{lineno}: not valid JSON: {show(str(e))[1:-1]}"
+            if not isinstance(rec, dict):
+                return f"{path}:{lineno}: expected a JSON object, got {show(line.strip())}"
+            records += 1
+            for key, value in rec.items():
+                shape = "a list" if isinstance(value, list) else "an object" if isinstance(
+                    value, dict) else None if value is None else "a value"
+                first = shapes.setdefault(key, (shape, lineno)) if shape else None
+                if first and first[0] != shape:
+                    return (f"{path}:{lineno}: field {show(key)} is {shape} here but "
+                            f"{first[0]} on line {first[1]}")
+    return None if records else f"{path}:1: no JSON records (an empty file)"
+
+
+def _not_json(name: str) -> None:
+    """Python reads NaN and Infinity; JSON (and Polars) do not."""
+    raise ValueError(f"{name} is not JSON (write null or a number)")
+
+
+def _first(err: Exception) -> str:
+    """The first line of an error, cut short."""
+    text = str(err).strip()
+    return show(text.splitlines()[0])[1:-1] if text else type(err).__name__
 
 
 def _join_lists(lf: pl.LazyFrame, names: Sequence[str]) -> pl.LazyFrame:

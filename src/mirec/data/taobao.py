@@ -23,7 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from mirec.data.prepare import RawLog
-from mirec.data.reader import Col, OnBadRows, read_validated, scan_text
+from mirec.data.reader import Col, OnBadRows, read_validated, scan_text, text_problem
 from mirec.data.sources import Option, Source, register
 from mirec.errors import MirecDataError
 
@@ -44,7 +44,8 @@ def load_taobao(path: str | Path, behaviors: Sequence[str] | str = ("pv",),
     path = Path(path)
     chosen = check_behaviors(behaviors)
     lf = _kept(scan_text(path, ",", has_header=False, names=COLUMNS), chosen)
-    events, n_bad = read_validated(lf, COLS, _locator(path, chosen), on_bad_rows)
+    events, n_bad = read_validated(lf, COLS, _locator(path, chosen), on_bad_rows,
+                                   lambda: text_problem(path, ",", has_header=False))
     return RawLog(
         events=events,
         source={"name": "taobao", "path": str(path)},

@@ -34,7 +34,7 @@ import mirec
 from mirec.config import from_dict, to_dict
 from mirec.data.dataset import Dataset, category_csr
 from mirec.errors import MirecDataError
-from mirec.io import atomic_dir, atomic_write_json, sha256_file
+from mirec.io import BUNDLE, atomic_dir, atomic_write_json, sha256_file
 from mirec.models.base import item_table
 from mirec.runs import RunConfig, build_model, load_run
 
@@ -101,7 +101,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, data: str | Path | None 
     run = load_run(run_dir, data)
     cfg, ds, model, ckpt_path = run.config, run.dataset, run.model, run.checkpoint_path
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, BUNDLE) as tmp:
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
         (tmp / "tower.pt").write_bytes(buf.getvalue())

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mirec import __version__
+from mirec.checkpoint import check_resume as check_resume_settings
 from mirec.checkpoint import check_resume_model_args, saved_config
 from mirec.data.ctr import TEST, TRAIN, VALID, CTRData, build_ctr
 from mirec.data.dataset import Dataset
@@ -249,6 +250,8 @@ class RankingTask:
         return self._saved
 
     def check_resume(self, path: Path, st: dict[str, Any]) -> None:
+        check_resume_settings(path, st, {"config": self._saved["config"],
+                                "dataset_checksum": self._saved["dataset_checksum"]})
         check_resume_model_args(path, saved_model_args(st["config"]), model_config(self.cfg))
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mirec.checkpoint import check_resume as check_resume_settings
 from mirec.checkpoint import check_resume_model_args, saved_config
 from mirec.data.dataset import Dataset
 from mirec.data.split import Split, split_users, windows
@@ -155,6 +156,8 @@ class RetrievalTask:
 
     def check_resume(self, path: Path, st: dict[str, Any]) -> None:
         cfg = self.cfg
+        check_resume_settings(path, st, {"config": saved_config(cfg, model_config(cfg)),
+                                         "dataset_checksum": self.ds.checksum})
         was_len = st["config"].get("split", {}).get("max_len", cfg.split.max_len)
         if was_len != cfg.split.max_len:
             raise MirecConfigError(f"--resume: {path} was trained with split.max_len={was_len}, this run "
