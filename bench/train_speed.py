@@ -100,7 +100,7 @@ def child(a: argparse.Namespace) -> None:
     ds = load_dataset(DATASETS[a.datasets], verify=False)  # checksums: not what is timed
     fields = {f.name for f in dataclasses.fields(NEURAL[a.models][0])}
     margs = {k: v for k, v in {"dim": DIM, "num_interests": K}.items() if k in fields}
-    tc = TrainConfig(batch_size=BATCH, loss=a.loss, threads=a.threads, compile=a.compile,
+    tc = TrainConfig(batch_size=BATCH, loss=a.loss, threads=a.threads, compile=a.compile, device="cpu",
                      precision=a.precision, **({"num_negatives": a.negatives} if a.negatives else {}))
     cfg = RunConfig(model=a.models, model_args=margs, train=tc, split=SplitConfig(max_len=MAX_LEN))
     cfg.validate(), tc.validate()

@@ -12,6 +12,7 @@ nothing here imports it.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,15 @@ from mirec.data.split import SplitConfig
 from mirec.errors import MirecConfigError, MirecDataError
 from mirec.eval.evaluate import EvalConfig
 from mirec.models.registry import spec
+
+
+def check_device(train: Any) -> None:
+    """``train.device`` and ``train.precision`` are well-formed (whether the GPU exists is checked
+    when a run starts, so a run trained on a GPU still loads where there is none)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", train.device):
+        raise MirecConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {train.device!r}")
+    if train.precision not in ("auto", "fp32", "bf16"):
+        raise MirecConfigError(f"train.precision: expected auto, fp32 or bf16, got {train.precision!r}")
 
 
 def _positive(section: str, obj: Any, names: tuple[str, ...]) -> None:
@@ -57,19 +67,20 @@ class TrainConfig:
     # MovieLens-100K (bench/train_speed.py --compile): ComiRec-SA ~1.3x, YouTube DNN ~1.1x,
     # MIND ~0.9x (its routing loop is unrolled).
     compile: bool = False
-    # "bf16" runs the training loss under CPU autocast: matmuls and the element-wise work on
-    # their outputs in bfloat16, the cross-entropy, parameters and Adam in float32. Faster only
-    # on CPUs with native bf16 (AVX512-BF16 / AMX); elsewhere slower. Evaluation and serving
-    # stay float32.
-    precision: str = "fp32"  # fp32 | bf16
+    # Where the model, batches and loss live (docs/gpu.md): auto = CUDA when torch finds a GPU.
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # "bf16" runs the training loss under autocast: matmuls and the element-wise work on
+    # their outputs in bfloat16, the cross-entropy, parameters and Adam in float32. On the CPU
+    # faster only with native bf16 (AVX512-BF16 / AMX); elsewhere slower. "auto" is bf16 on a
+    # CUDA GPU that supports it and fp32 on the CPU. Evaluation and serving stay float32.
+    precision: str = "auto"  # auto | fp32 | bf16
     seed: int = 2020
     max_batches_per_epoch: int = 0  # 0 = all; for smoke tests and benchmarks
 
     def validate(self) -> None:
         if self.loss not in ("auto", "full", "sampled"):
             raise MirecConfigError(f"train.loss: expected auto, full or sampled, got {self.loss!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise MirecConfigError(f"train.precision: expected fp32 or bf16, got {self.precision!r}")
+        check_device(self)
         if self.sampler not in ("uniform", "log-uniform"):
             raise MirecConfigError(f"train.sampler: expected uniform or log-uniform, "
                                    f"got {self.sampler!r}")
@@ -124,8 +135,13 @@ class RankTrainConfig:
     # whose time is in Python-level recurrences (bench/ranking_quality.py --speed-only
     # --set train.compile=true).
     compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N; see TrainConfig.device
+    # auto: bf16 autocast on a CUDA GPU that supports it, fp32 on the CPU (where bf16 measured
+    # no faster for the rankers: docs/benchmarks.md, Ranking)
+    precision: str = "auto"  # auto | fp32 | bf16
 
     def validate(self) -> None:
+        check_device(self)
         _positive("train", self, ("epochs", "batch_size", "patience", "threads", "eval_batch_size",
                                   "users_per_batch"))
         if self.lr <= 0:

@@ -22,14 +22,17 @@ example points at its history window ``pos_item[hist_start:hist_stop]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 import torch
 
 from mirec.data.dataset import Dataset
 from mirec.data.split import windows
 from mirec.errors import MirecConfigError
+
+if TYPE_CHECKING:  # imported where used: models and training import this module without polars
+    import polars as pl
 
 TRAIN, VALID, TEST = 0, 1, 2
 AGE_BUCKETS = (18, 25, 35, 45, 50, 56)  # MovieLens-1M's age groups: <18, 18-24, ..., 56+
@@ -125,6 +128,8 @@ def profile_codes(users: pl.DataFrame) -> tuple[np.ndarray, list[str], list[int]
     sorted value (0 = missing). Columns that look like identifiers (more distinct values than
     half the users, e.g. a zip code) are left out.
     """
+    import polars as pl
+
     cols, names, sizes = [], [], []
     for name in users.columns:
         if name in ("user", "raw_id"):
@@ -183,6 +188,8 @@ def time_parts(offsets: np.ndarray, test_fraction: float, valid_fraction: float)
 def build_ctr(ds: Dataset, cfg: CTRConfig | None = None, keep: np.ndarray | None = None) -> CTRData:
     """CTR examples of ``ds``; ``keep`` (E,) bool drops events entirely (e.g. the target part of
     held-out retrieval users, so that a ranker can be evaluated inside the retrieval protocol)."""
+    import polars as pl
+
     cfg = cfg or CTRConfig()
     cfg.validate()
     user, item, rating = ds.user.astype(np.int64), ds.item.astype(np.int64), ds.rating

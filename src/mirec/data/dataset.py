@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 
 from mirec.errors import MirecDataError
 from mirec.io import sha256_file
+
+if TYPE_CHECKING:  # polars is imported where files are read, so that models and training
+    import polars as pl  # import without it (bench/gpu_check.py runs on torch and NumPy alone)
 
 FILES = ("interactions.parquet", "items.parquet", "users.parquet", "meta.json")
 
@@ -79,6 +81,8 @@ def category_csr(items: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]
 
 def load_dataset(path: str | Path, verify: bool = True) -> Dataset:
     """Load a prepared data set directory; ``verify`` checks the files' SHA-256 against meta."""
+    import polars as pl
+
     path = Path(path)
     if not path.is_dir():
         raise MirecDataError(f"{path}: no such data set directory (prepare one with "

@@ -20,7 +20,11 @@ from mirec.eval.metrics import topn_metrics
 
 
 class Scorer(Protocol):
-    """Anything that scores the catalogue for a batch of histories."""
+    """Anything that scores the catalogue for a batch of histories.
+
+    A scorer with ``blocked = True`` is asked ``topn(hist, mask, n, (rows, items))`` for the
+    (B, n) best item ids instead (computed where it likes, e.g. on a GPU; the ``(rows, items)``
+    pairs and padding never ranked): :class:`mirec.models.base.VectorScorer` on a GPU."""
 
     def score(self, hist: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """hist, mask: (B, L) item ids (0 = padding) and real-item mask -> (B, N) scores."""
@@ -65,13 +69,19 @@ def rank_topn(scorer: Scorer, ds: Dataset, users: EvalUsers, n: int, max_len: in
                   leave=False):
         b = users.select(slice(s, s + batch_size))
         hist, mask = windows(ds.item, b.hist_start, b.cut, max_len)
-        scores = np.array(scorer.score(hist, mask), dtype=np.float32, copy=True)  # (B, N)
-        scores[:, 0] = -np.inf
+        rows = np.zeros(0, dtype=np.int64)  # (row, item) pairs never ranked: the history part
+        seen = np.zeros(0, dtype=np.int64)
         if exclude_history:
             lens = b.cut - b.hist_start
             rows = np.repeat(np.arange(len(b)), lens)
             pos = np.repeat(b.hist_start - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
-            scores[rows, ds.item[pos]] = -np.inf
+            seen = ds.item[pos].astype(np.int64)
+        if getattr(scorer, "blocked", False):  # top-N on the scorer's device (a GPU)
+            out[s:s + len(b)] = scorer.topn(hist, mask, n, (rows, seen))
+            continue
+        scores = np.array(scorer.score(hist, mask), dtype=np.float32, copy=True)  # (B, N)
+        scores[:, 0] = -np.inf
+        scores[rows, seen] = -np.inf
         part = np.argpartition(-scores, n - 1, axis=1)[:, :n]  # (B, n) unordered
         order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
         out[s:s + len(b)] = np.take_along_axis(part, order, 1)

@@ -70,19 +70,61 @@ def item_table(model: torch.nn.Module, cosine: bool) -> torch.Tensor:
     return F.normalize(items, dim=-1) if cosine else items
 
 
-class VectorScorer:
-    """Evaluation adapter: a retriever scores items by max over its interests (exact search)."""
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's parameters live (the CPU for a model without any)."""
+    return next(model.parameters(), torch.empty(0)).device
 
-    def __init__(self, model: torch.nn.Module, cosine: bool) -> None:
+
+class VectorScorer:
+    """Evaluation adapter: a retriever scores items by max over its interests (exact search),
+    on the model's device. ``blocked`` (default: when that device is not the CPU) makes the
+    evaluation loop call :meth:`topn`, which keeps the (B, N) scores on the device."""
+
+    def __init__(self, model: torch.nn.Module, cosine: bool, blocked: bool | None = None) -> None:
         self.model, self.cosine = model, cosine
-        self.items = item_table(model, cosine)  # (N, D)
+        self.device = model_device(model)
+        self.items = item_table(model, cosine)  # (N, D), on the model's device
+        self.blocked = self.device.type != "cpu" if blocked is None else blocked
+        self.block = 32_768  # items scored at a time by topn: (B, K, block) floats on the device
 
     def interests(self, hist: np.ndarray, mask: np.ndarray) -> Interests:
-        return user_interests(self.model, torch.from_numpy(hist), torch.from_numpy(mask), self.cosine)
+        return user_interests(self.model, torch.from_numpy(hist).to(self.device),
+                              torch.from_numpy(mask).to(self.device), self.cosine)
 
     @torch.no_grad()
     def score(self, hist: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return max_over_interests(self.interests(hist, mask), self.items).numpy()  # (B, N)
+        return max_over_interests(self.interests(hist, mask), self.items).cpu().numpy()  # (B, N)
+
+    @torch.no_grad()
+    def topn(self, hist: np.ndarray, mask: np.ndarray, n: int,
+             seen: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Top-``n`` item ids (B, n), best first; padding and the ``seen`` (row, item) pairs are
+        never ranked. See :func:`blocked_topn`."""
+        rows, items = (torch.from_numpy(a).to(self.device) for a in seen)
+        out = self.interests(hist, mask)
+        return blocked_topn(out, self.items, n, rows, items, self.block).cpu().numpy()  # (B, n)
+
+
+def blocked_topn(out: Interests, items: torch.Tensor, n: int, seen_rows: torch.Tensor,
+                 seen_items: torch.Tensor, block: int = 32_768) -> torch.Tensor:
+    """Exact top-``n`` by max over interests, ``block`` items at a time: each block's (B, block)
+    scores are cut to their top ``n`` with ``torch.topk`` and merged into the running top ``n``,
+    so memory stays O(B K block) on any device however large the catalogue. Item 0 (padding)
+    and the pairs ``(seen_rows[j], seen_items[j])`` score -inf. Returns (B, n) long ids."""
+    B, N = out.vectors.shape[0], items.shape[0]
+    best = torch.full((B, 0), float("-inf"), device=items.device)  # (B, <= n) scores, sorted
+    ids = torch.zeros((B, 0), dtype=torch.long, device=items.device)  # (B, <= n) their items
+    for lo in range(0, N, block):
+        hi = min(lo + block, N)
+        s = max_over_interests(out, items[lo:hi])  # (B, C)
+        if lo == 0:
+            s[:, 0] = float("-inf")
+        hit = (seen_items >= lo) & (seen_items < hi)
+        s[seen_rows[hit], seen_items[hit] - lo] = float("-inf")
+        top, at = torch.topk(s, min(n, hi - lo), dim=1)  # (B, <= n)
+        best, j = torch.topk(torch.cat([best, top], 1), min(n, best.shape[1] + top.shape[1]), dim=1)
+        ids = torch.cat([ids, at + lo], 1).gather(1, j)
+    return ids
 
 
 def max_over_interests(out: Interests, items: torch.Tensor) -> torch.Tensor:

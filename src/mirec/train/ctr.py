@@ -12,6 +12,7 @@ negatives; the time split itself does not depend on it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,10 +23,11 @@ import torch
 from mirec import __version__
 from mirec.checkpoint import check_resume as check_resume_settings
 from mirec.checkpoint import check_resume_model_args, saved_config
-from mirec.data.ctr import TEST, TRAIN, VALID, CTRData, build_ctr
+from mirec.data.ctr import TEST, TRAIN, VALID, CTRBatch, CTRData, build_ctr
 from mirec.data.dataset import Dataset
 from mirec.errors import MirecConfigError
 from mirec.eval.ctr_metrics import ctr_metrics
+from mirec.models.base import model_device
 from mirec.models.base import streams as _streams
 from mirec.runs import (  # noqa: F401 (re-exported: the ranking run's settings)
     RankRunConfig,
@@ -36,7 +38,7 @@ from mirec.runs import (  # noqa: F401 (re-exported: the ranking run's settings)
     model_config,
     saved_model_args,
 )
-from mirec.train.engine import compiled, fit, setup_threads
+from mirec.train.engine import Placement, compiled, fit, placement, setup_threads
 
 
 def streams(model: torch.nn.Module, cfg: RankTrainConfig) -> bool:
@@ -78,20 +80,29 @@ def stream_inputs(data: CTRData, ex: np.ndarray) -> dict[str, torch.Tensor]:
             "ex_stop": torch.from_numpy(stop.astype(np.int64)), "ex_item": torch.from_numpy(data.item[ex])}
 
 
+def to_device(x: CTRBatch | dict[str, torch.Tensor], place: Placement) -> Any:
+    """A batch (or :func:`stream_inputs`) made on the host, on ``place``'s device."""
+    if isinstance(x, dict):
+        return {k: place.batch(v) for k, v in x.items()}
+    return CTRBatch(**{f.name: place.batch(getattr(x, f.name)) for f in dataclasses.fields(x)})
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, data: CTRData, idx: np.ndarray, batch_size: int = 2048,
             cfg: RankTrainConfig | None = None) -> np.ndarray:
     """Logits of the examples ``idx`` (eval mode), in the order of ``idx``."""
     model.eval()
     cfg = cfg or RankTrainConfig()
+    place = placement(model_device(model), "fp32")  # on the model's device, in float32
     if streams(model, cfg):
         out = np.zeros(len(idx), dtype=np.float32)
         where = {int(e): j for j, e in enumerate(idx)}
         for ex in user_groups(data, idx, cfg.users_per_batch):
-            logits, _ = model.stream_logits(**stream_inputs(data, ex))
-            out[[where[int(e)] for e in ex]] = logits.numpy()
+            logits, _ = model.stream_logits(**to_device(stream_inputs(data, ex), place))
+            out[[where[int(e)] for e in ex]] = logits.cpu().numpy()
         return out
-    out = [model(data.batch(idx[i:i + batch_size])).numpy() for i in range(0, len(idx), batch_size)]
+    out = [model(to_device(data.batch(idx[i:i + batch_size]), place)).cpu().numpy()
+           for i in range(0, len(idx), batch_size)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
@@ -141,6 +152,9 @@ class IdCounts:
         user = np.bincount(data.user[idx], minlength=f.num_users + 1) + 1.0
         return cls(torch.from_numpy(item).float(), torch.from_numpy(user).float())
 
+    def to(self, device: torch.device) -> IdCounts:
+        return IdCounts(self.item.to(device), self.user.to(device))
+
 
 def embedding_penalty(model: torch.nn.Module, items: torch.Tensor, users: torch.Tensor,
                       counts: IdCounts) -> torch.Tensor:
@@ -166,8 +180,10 @@ def make_loss(model: torch.nn.Module, tc: RankTrainConfig,
     ids they read when that is on (its counts from ``train_data``, which it then needs). With
     ``tc.compile`` the model's loss goes through ``torch.compile``
     with dynamic shapes, so batches of any size and history length reuse the compiled code
-    instead of recompiling; it computes the same loss and gradients as the plain model."""
+    instead of recompiling; it computes the same loss and gradients as the plain model. Batches
+    go to the model's device; ``tc.precision`` may run the model's loss under bf16 autocast."""
     stream = streams(model, tc)
+    place = placement(model_device(model), tc.precision)
     fn = model.stream_loss if stream else model.loss
     if tc.compile:
         if not getattr(model, "compilable", True):
@@ -178,17 +194,19 @@ def make_loss(model: torch.nn.Module, tc: RankTrainConfig,
     lam = tc.embedding_l2
     if lam and train_data is None:
         raise ValueError("make_loss: train.embedding_l2 > 0 needs the training data for its id counts")
-    counts = IdCounts.of(train_data) if lam else None
+    counts = IdCounts.of(train_data).to(place.device) if lam else None
 
     def loss(data: CTRData, idx: np.ndarray) -> torch.Tensor:
-        label = torch.from_numpy(data.label[idx])
+        label = place.batch(torch.from_numpy(data.label[idx]))
         if stream:
-            x = stream_inputs(data, idx)
-            out = fn(**x, label=label)
+            x = to_device(stream_inputs(data, idx), place)
+            with place.autocast():
+                out = fn(**x, label=label).float()  # a no-op in fp32
             read = (x["seq"], x["seq_mask"], x["ex_item"], x["user"])
         else:
-            batch = data.batch(idx)
-            out = fn(batch, label)
+            batch = to_device(data.batch(idx), place)
+            with place.autocast():
+                out = fn(batch, label).float()
             read = (batch.hist, batch.mask, batch.item, batch.user)
         if lam:  # the live history items, the candidates and the users the batch reads
             hist, mask, item, user = read
@@ -216,9 +234,12 @@ class RankingTask:
         tc = cfg.train
         tc.validate()
         setup_threads(tc.threads, tc.keep_freed_memory)
+        device = placement(tc.device, tc.precision).device
         self.cfg, self.data = cfg, data
         torch.manual_seed(tc.seed)
-        self.model = build_ranker(cfg, data.features)
+        self.model = build_ranker(cfg, data.features).to(device)  # initialised on the CPU
+        if device.type != "cpu":
+            log(f"training on {device}")
         self.optimizer = make_optimizer(self.model, tc)
         self.loss = make_loss(self.model, tc, data)
         if tc.compile:

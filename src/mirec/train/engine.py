@@ -20,6 +20,7 @@ loop on the same parameters; process 0 alone writes files and its validation sco
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -134,13 +135,14 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
         if score > best:
             best, best_epoch, bad = score, epoch, 0
             if w.main:
-                save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, **saved})
+                save_checkpoint(run_dir / "best.pt", {"model": on_cpu(model.state_dict()), "epoch": epoch,
+                                                      **saved})
         else:
             bad += 1
         log(f"epoch {epoch}: loss {row['loss']:.4f}, {row['examples_per_s']:,.0f} ex/s, "
             f"valid {task.score_name} {score:.4f} (best {best:.4f} @ {best_epoch})")
         if w.main:
-            save_checkpoint(last, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+            save_checkpoint(last, {"model": on_cpu(model.state_dict()), "optimizer": on_cpu(opt.state_dict()),
                                    "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
                                    "history": history, "torch_rng": torch.get_rng_state(), **saved})
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
@@ -148,6 +150,70 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
     barrier(w)  # process 0 has written best.pt
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
     return Fitted(best_epoch, history)
+
+
+def on_cpu(state: Any) -> Any:
+    """``state`` (a state dict, maybe nested) with every tensor on the CPU, so checkpoints written
+    on a GPU load, export and serve anywhere. CPU tensors are returned as they are (no copy)."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {k: on_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(on_cpu(v) for v in state)
+    return state
+
+
+def resolve_device(name: str, distributed: bool = False) -> torch.device:
+    """``train.device`` as a torch device: ``auto`` is CUDA when torch finds a GPU, else the CPU.
+
+    Asking for ``cuda`` or ``cuda:N`` without such a GPU is a configuration error naming the
+    setting. Data-parallel runs (``torchrun``) all-reduce over gloo on the CPU: there ``auto``
+    is the CPU and a GPU is refused."""
+    if name == "cpu" or (name == "auto" and (distributed or not torch.cuda.is_available())):
+        return torch.device("cpu")
+    if name == "auto":
+        return torch.device("cuda")
+    if distributed:
+        raise MirecConfigError(f"train.device: {name!r} is not supported under torchrun (data-parallel "
+                               f"training runs on the CPU over gloo); set train.device=cpu")
+    if not torch.cuda.is_available():
+        raise MirecConfigError(f"train.device: {name!r} asked for, but torch finds no CUDA GPU "
+                               f"(torch {torch.__version__}); set train.device=cpu or auto")
+    dev = torch.device(name)
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise MirecConfigError(f"train.device: {name!r} asked for, but torch finds "
+                               f"{torch.cuda.device_count()} CUDA GPU(s)")
+    return dev
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a task's model, batches and losses live, and the autocast precision of its loss."""
+
+    device: torch.device
+    bf16: bool  # the loss runs under bf16 autocast; parameters and the optimiser stay float32
+
+    def batch(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor (from NumPy) on the device: pinned and copied without blocking on CUDA."""
+        if self.device.type == "cpu":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+
+def placement(device: str | torch.device, precision: str, distributed: bool = False) -> Placement:
+    """``train.device`` (or a device already resolved) and ``train.precision``: ``auto``
+    precision is bf16 on a CUDA GPU that supports it and float32 everywhere else (the CPU
+    included)."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device, distributed)
+    if precision == "auto":
+        bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    else:
+        bf16 = precision == "bf16"
+    return Placement(dev, bf16)
 
 
 def setup_threads(threads: int, keep_freed: bool) -> None:

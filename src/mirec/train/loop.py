@@ -22,10 +22,18 @@ from mirec.data.dataset import Dataset
 from mirec.data.split import Split, split_users, windows
 from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import evaluate
-from mirec.models.base import VectorScorer, unit_interests
+from mirec.models.base import VectorScorer, model_device, unit_interests
 from mirec.runs import RunConfig, TrainConfig, build_model, model_config  # noqa: F401 (re-exported)
 from mirec.train.distributed import World, shard, world
-from mirec.train.engine import compiled, cxx_compiler, fit, keep_freed_memory, setup_threads  # noqa: F401
+from mirec.train.engine import (  # noqa: F401
+    Placement,
+    compiled,
+    cxx_compiler,
+    fit,
+    keep_freed_memory,
+    placement,
+    setup_threads,
+)
 from mirec.train.losses import NegativeSampler, full_softmax_loss, sampled_softmax_loss
 
 
@@ -60,19 +68,21 @@ def use_sampled(cfg: TrainConfig, num_items: int) -> bool:
     return cfg.loss == "sampled" or (cfg.loss == "auto" and num_items > cfg.full_softmax_max_items)
 
 
-def setup(cfg: RunConfig, ds: Dataset) -> tuple[Split, torch.nn.Module, torch.optim.Optimizer,
-                                                NegativeSampler | None]:
-    """Threads, split, seeded model, Adam, and the negative sampler when the loss samples."""
+def setup(cfg: RunConfig, ds: Dataset, distributed: bool = False) -> tuple[
+        Split, torch.nn.Module, torch.optim.Optimizer, NegativeSampler | None]:
+    """Threads, split, seeded model on ``train.device``, Adam, and the negative sampler (drawing
+    on the device) when the loss samples."""
     tc = cfg.train
     setup_threads(tc.threads, tc.keep_freed_memory)
+    device = placement(tc.device, tc.precision, distributed).device
     split = split_users(ds, cfg.split)
     torch.manual_seed(tc.seed)
-    model = build_model(cfg, ds.num_items)
+    model = build_model(cfg, ds.num_items).to(device)  # initialised on the CPU: same weights anywhere
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
     sampler = None
     if use_sampled(tc, ds.num_items):
         counts = np.bincount(ds.item[split.example_pos], minlength=ds.num_items)
-        sampler = NegativeSampler(ds.num_items, tc.sampler, counts)
+        sampler = NegativeSampler(ds.num_items, tc.sampler, counts, device)
     return split, model, opt, sampler
 
 
@@ -84,24 +94,27 @@ class LossModule(torch.nn.Module):
                  num_items: int) -> None:
         super().__init__()
         self.model, self.cfg, self.sampler, self.num_items = model, cfg, sampler, num_items
+        self.place = placement(model_device(model), cfg.precision)  # the model's device
 
     def forward(self, hist: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+        with self.place.autocast():
             loss = batch_loss(self.model, hist, mask, target, self.cfg, self.sampler, self.num_items)
         return loss.float()  # a no-op in fp32
 
 
 def train_step(opt: torch.optim.Optimizer, ds: Dataset, split: Split, idx: np.ndarray, cfg: RunConfig,
-               loss_fn: Callable, weight: float | None = None) -> float:
+               loss_fn: Callable, weight: float | None = None, place: Placement | None = None) -> float:
     """One Adam step on the training examples ``idx``; returns their mean loss.
 
     ``loss_fn(hist, mask, target)`` is the :class:`LossModule`, maybe compiled or in
     ``DistributedDataParallel``. Under ``torchrun`` ``idx`` is this process's slice of the
-    batch and ``weight`` scales its loss (see :func:`mirec.train.distributed.shard`)."""
+    batch and ``weight`` scales its loss (see :func:`mirec.train.distributed.shard`). The
+    batch goes to ``place``'s device (the CPU when None)."""
     hist, mask = windows(ds.item, split.example_start[idx], split.example_pos[idx],
                          cfg.split.max_len)  # (B, L) each
-    target = torch.from_numpy(ds.item[split.example_pos[idx]].astype(np.int64))  # (B,)
-    loss = loss_fn(torch.from_numpy(hist), torch.from_numpy(mask), target)
+    target = ds.item[split.example_pos[idx]].astype(np.int64)  # (B,)
+    move = place.batch if place is not None else lambda t: t
+    loss = loss_fn(*(move(torch.from_numpy(a)) for a in (hist, mask, target)))
     scaled = loss if weight is None else loss * weight  # the averaged gradient is the batch's
     opt.zero_grad(set_to_none=True)
     scaled.backward()
@@ -117,8 +130,11 @@ class RetrievalTask:
         cfg.validate()
         cfg.train.validate()
         self.cfg, self.ds, self.w = cfg, ds, w or world()
-        self.split, self.model, self.optimizer, sampler = setup(cfg, ds)
+        self.split, self.model, self.optimizer, sampler = setup(cfg, ds, self.w.size > 1)
         self.loss_fn = LossModule(self.model, cfg.train, sampler, ds.num_items)
+        self.place = self.loss_fn.place
+        if self.place.device.type != "cpu":
+            log(f"training on {self.place.device}" + (" (bf16 autocast)" if self.place.bf16 else ""))
         if self.w.size > 1:
             self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn)
             log(f"data-parallel over {self.w.size} processes (torch.distributed, gloo)")
@@ -140,7 +156,7 @@ class RetrievalTask:
         if self.w.size > 1:
             idx, weight = shard(idx, self.w)  # this process's slice
             n = len(idx) if weight else 0  # a weight-0 stand-in example counts for nothing
-        return train_step(self.optimizer, self.ds, self.split, idx, self.cfg, fn, weight), n
+        return train_step(self.optimizer, self.ds, self.split, idx, self.cfg, fn, weight, self.place), n
 
     def scorer(self) -> VectorScorer:
         return VectorScorer(self.model, self.cfg.train.cosine)

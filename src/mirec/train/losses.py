@@ -41,9 +41,10 @@ class NegativeSampler:
     """
 
     def __init__(self, num_items: int, kind: str = "uniform",
-                 counts: np.ndarray | None = None) -> None:
+                 counts: np.ndarray | None = None, device: torch.device | str = "cpu") -> None:
         self.n = num_items - 1  # real items
         self.kind = kind
+        self.device = torch.device(device)  # where the tables live and the draws are made
         if kind == "uniform":
             self.log_q = torch.full((num_items,), -math.log(self.n))
         elif kind == "log-uniform":
@@ -60,12 +61,16 @@ class NegativeSampler:
         else:
             raise ValueError(f"sampler: unknown kind {kind!r} (uniform, log-uniform)")
         self.log_q[0] = float("-inf")
+        self.log_q = self.log_q.to(self.device)
+        if kind == "log-uniform":
+            self.rank_to_item = self.rank_to_item.to(self.device)
 
     def sample(self, s: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``s`` item ids (with replacement)."""
+        """``s`` item ids (with replacement), drawn on the sampler's device (``generator``, if
+        given, must be on that device)."""
         if self.kind == "uniform":
-            return torch.randint(1, self.n + 1, (s,), generator=generator)
-        u = torch.rand(s, generator=generator, dtype=torch.float64)
+            return torch.randint(1, self.n + 1, (s,), generator=generator, device=self.device)
+        u = torch.rand(s, generator=generator, dtype=torch.float64, device=self.device)
         r = (torch.exp(u * math.log(self.n + 1)) - 1).long().clamp_(0, self.n - 1)
         return self.rank_to_item[r]
 
