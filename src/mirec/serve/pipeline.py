@@ -26,7 +26,7 @@ import torch
 from mirec.data.ctr import CTRBatch
 from mirec.data.split import left_pad
 from mirec.errors import MirecConfigError
-from mirec.runs import load_ranker, ranker_config
+from mirec.runs import load_ranker
 from mirec.serve.bundle import Bundle
 
 
@@ -50,7 +50,7 @@ class RankStage:
         if ck["features"]["num_items"] != bundle.num_items:
             raise MirecConfigError(f"--ranker: {run_dir} knows {ck['features']['num_items'] - 1} items, "
                                    f"the bundle {bundle.num_items - 1}")
-        cfg = ranker_config(ck)
+        cfg = ck["parsed_config"]
         return cls(model, ck, cfg.ctr.max_len, name=cfg.model)
 
     @torch.no_grad()
