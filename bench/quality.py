@@ -30,7 +30,7 @@ from mirec.experiment import evaluate_baseline, train_seeds
 from mirec.train.loop import RunConfig
 
 BASELINES = ["most-popular", "item-cf"]
-NEURAL = ["youtube-dnn", "gru4rec", "mind", "comirec-dr", "comirec-sa"]
+NEURAL = ["youtube-dnn", "gru4rec", "sasrec", "mind", "comirec-dr", "comirec-sa"]
 # The settings ``--tune`` chose on validation users (seeds 1, 2, 3; see the README's table), so
 # that a run without ``--tune`` reproduces the table's rows; the TrainConfig defaults otherwise.
 CHOSEN: dict[str, list[str]] = {

@@ -92,13 +92,13 @@ def child(a: argparse.Namespace) -> None:
 
     from mirec.data.dataset import load_dataset
     from mirec.data.split import SplitConfig
-    from mirec.models.registry import NEURAL
+    from mirec.models.registry import SPECS
     from mirec.train.loop import LossModule, RunConfig, TrainConfig, compiled, setup, train_step
 
     torch.set_num_threads(a.threads)
     peak = matmul_peak()
     ds = load_dataset(DATASETS[a.datasets], verify=False)  # checksums: not what is timed
-    fields = {f.name for f in dataclasses.fields(NEURAL[a.models][0])}
+    fields = {f.name for f in dataclasses.fields(SPECS[a.models].config)}
     margs = {k: v for k, v in {"dim": DIM, "num_interests": K}.items() if k in fields}
     tc = TrainConfig(batch_size=BATCH, loss=a.loss, threads=a.threads, compile=a.compile, device="cpu",
                      precision=a.precision, **({"num_negatives": a.negatives} if a.negatives else {}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -83,3 +84,54 @@ def test_layers_import_one_way():
     assert not bad, bad
     # runs.py is what serving and evaluation load runs with: it must not pull in training
     assert not [m for _, m in imports(ROOT / "src/mirec/runs.py") if m.startswith("mirec.train")]
+
+
+SMALL = {"model_args": {"dim": 8, "num_interests": 2}, "train": {"epochs": 1, "batch_size": 64}}
+
+
+def test_resuming_a_multi_seed_run_takes_its_seeds_and_starts_a_seed_never_begun(random_dataset, tmp_path):
+    import mirec
+
+    out = tmp_path / "run"
+    mirec.fit(model="comirec-sa", data=random_dataset, out=out, seeds=[1, 2], progress=False, **SMALL)
+    for f in (out / "seed-2").iterdir():  # as if killed before seed 2 began: its directory is empty
+        f.unlink()
+    with open(out / "seed-1" / "metrics.jsonl", "a") as f:  # a row written after last.pt
+        f.write('{"epoch": 0, "loss": 1.0, "valid": {}}\n')
+    run = mirec.fit(data=random_dataset, out=out, resume=True, progress=False, train={"epochs": 2})
+    assert [s.seed for s in run.seeds] == [1, 2] and (out / "seed-2" / "best.pt").exists()
+    epochs = [json.loads(line)["epoch"] for line in (out / "seed-1" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1]  # rewritten from last.pt's history, then the resumed epoch
+
+
+def test_a_new_run_replaces_an_old_runs_files(random_dataset, tmp_path):
+    import mirec
+
+    out = tmp_path / "run"
+    mirec.fit(model="comirec-sa", data=random_dataset, out=out, seeds=[1], progress=False, **SMALL)
+    assert (out / "best.pt").exists()
+    run = mirec.fit(model="comirec-sa", data=random_dataset, out=out, seeds=[1, 2], progress=False, **SMALL)
+    assert not (out / "best.pt").exists() and not (out / "metrics.jsonl").exists()
+    assert mirec.evaluate(run=out).metrics == pytest.approx(run.metrics)
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["model_args"]["hidden_factor"] == 4  # the full config, defaults included
+
+
+def test_settings_may_be_dotted_or_nested_and_evaluate_keeps_the_runs_eval(random_dataset, tmp_path):
+    import mirec
+
+    a = mirec.evaluate(model="most-popular", data=random_dataset, **{"split.max_len": 5, "eval.ns": "5,10"})
+    b = mirec.evaluate(model="most-popular", data=random_dataset, split={"max_len": 5}, eval={"ns": [5, 10]})
+    assert a.metrics == b.metrics and set(a.metrics) >= {"recall@5", "recall@10"}
+    run = mirec.fit(model="comirec-sa", data=random_dataset, out=tmp_path / "r", seeds=[1], progress=False,
+                    eval={"ns": [10]}, **SMALL)
+    assert set(mirec.evaluate(run=run.path).metrics) == set(run.metrics)  # the run's eval.ns
+    assert "recall@10" in mirec.evaluate(run=run.path, eval={"exclude_history": False}).metrics
+    with pytest.raises(mirec.MirecConfigError, match="re-evaluating a run takes eval settings only"):
+        mirec.evaluate(run=run.path, train={"epochs": 3})
+
+
+def test_a_set_model_key_is_the_model_not_a_crash(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "mirec.cli", "train", "--set", "model=nope", "--data",
+                        str(tmp_path / "none"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith("error: ") and "nope" in p.stderr, p.stderr

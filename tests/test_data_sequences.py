@@ -128,3 +128,17 @@ def test_ml_1m_half(tmp_path: Path) -> None:
     assert counts(out)["users"] == 2_998
     titles = pl.read_parquet(out / "items.parquet")["title"].to_list()
     assert "Misérables, Les (1995)" in titles
+
+
+def test_non_utf8_bytes_are_named_and_skipped_rows_counted(tmp_path: Path) -> None:
+    seq = tmp_path / "s.txt"
+    seq.write_bytes(b"1 10 11\n2 \xff\xfe 3\n3 12 13\n")
+    with pytest.raises(MirecDataError, match=r"s\.txt:2: not UTF-8"):
+        load_sequences(seq)
+    assert load_sequences(seq, on_bad_rows="skip").bad_rows_skipped == 1
+    attrs = tmp_path / "a.json"
+    attrs.write_bytes(b'{"10": ["\xff"]}')
+    with pytest.raises(MirecDataError, match=r"a\.json: not UTF-8"):
+        load_sequences(seq, attributes=attrs, on_bad_rows="skip")
+    with pytest.raises(MirecDataError, match="cannot read"):
+        load_sequences(seq, attributes=tmp_path, on_bad_rows="skip")

@@ -138,8 +138,10 @@ def test_profile_codes_bucket_age_and_code_categories():
 def test_ctr_config_errors_name_the_field():
     with pytest.raises(MirecConfigError, match="ctr.max_len"):
         load(RankRunConfig, None, ["ctr.max_len=0"])
-    with pytest.raises(MirecConfigError, match="model: unknown ranker"):
+    with pytest.raises(MirecConfigError, match="model: 'comirec-sa' is a retrieval model, not a ranking one"):
         load(RankRunConfig, None, ["model=comirec-sa"])
+    with pytest.raises(MirecConfigError, match=r"model: unknown ranker 'nope' \(known: dien, din, "):
+        load(RankRunConfig, None, ["model=nope"])
 
 
 # ---------------------------------------------------------------------------------- models

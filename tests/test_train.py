@@ -64,7 +64,7 @@ def test_checkpoints_keep_every_model_field(synth, tmp_path, monkeypatch):
     import dataclasses
 
     from mirec.models.comirec_sa import ComiRecSAConfig
-    from mirec.models.registry import NEURAL
+    from mirec.models.registry import SPECS
 
     cfg = small(epochs=1, max_batches_per_epoch=2)
     train_seeds(cfg, synth, [1], tmp_path / "r", progress=False)
@@ -77,7 +77,7 @@ def test_checkpoints_keep_every_model_field(synth, tmp_path, monkeypatch):
     class NewDefault(ComiRecSAConfig):  # a later release changes a default
         hidden_factor: int = 2
 
-    monkeypatch.setitem(NEURAL, "comirec-sa", (NewDefault, NEURAL["comirec-sa"][1]))
+    monkeypatch.setitem(SPECS, "comirec-sa", dataclasses.replace(SPECS["comirec-sa"], config=NewDefault))
     assert evaluate_run(tmp_path / "r").mean == before
 
 

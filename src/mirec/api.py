@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mirec.checkpoint import is_run_dir, resume_config
-from mirec.config import load
+from mirec.config import apply_overrides, load
 from mirec.data.dataset import Dataset, load_dataset
 from mirec.data.prepare import PrepareConfig, build_dataset
 from mirec.data.sources import load as load_source
@@ -24,7 +24,7 @@ from mirec.data.split import SplitConfig
 from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import EvalConfig
 from mirec.experiment import RunResult, evaluate_baseline, evaluate_run, train_ctr_seeds, train_seeds
-from mirec.io import check_output_dir
+from mirec.io import DATASET, check_output_dir
 from mirec.models.registry import SPECS
 from mirec.runs import RankRunConfig, RunConfig
 
@@ -40,8 +40,9 @@ def prepare(source: str, path: str | Path, out: str | Path | None = None, k_core
     cfg = PrepareConfig(k_core=k_core, on_bad_rows=on_bad_rows)
     cfg.validate()
     path = Path(path)
-    raw = load_source(source, path, on_bad_rows, **options)
-    return build_dataset(raw, Path(out) if out is not None else Path("data") / path.stem, cfg)
+    out = Path(out) if out is not None else Path("data") / path.stem
+    check_output_dir(out, DATASET)  # before reading a possibly large log
+    return build_dataset(load_source(source, path, on_bad_rows, **options), out, cfg)
 
 
 def overrides(settings: dict[str, Any]) -> list[str]:
@@ -62,51 +63,83 @@ def _task(model: str) -> str:
 
 
 def fit(model: str | None = None, data: str | Path | Dataset = "data/ml-100k", out: str | Path | None = None,
-        seeds: list[int] | None = None, config: str | Path | None = None, resume: bool = False,
+        seeds: list[int] | None = None, *, config: str | Path | None = None, resume: bool = False,
         progress: bool = True, log: Callable[[str], None] = lambda s: None, task: str | None = None,
-        **settings: Any) -> RunResult:
+        settings: dict[str, Any] | None = None, **more: Any) -> RunResult:
     """Train ``model`` on a prepared data set (its path or a loaded :class:`Dataset`) once per
     seed into ``out`` (default ``runs/<model>``) and test the best validation epoch.
 
-    ``settings`` are the ``--set`` keys (``train``, ``split``, ``eval``, ``model_args``; ``ctr``
-    for rankers); ``config`` a TOML file of the same. A baseline (``most-popular``, ``item-cf``)
-    is fitted without training. ``resume`` continues ``out`` with the settings it was started
-    with (only the safe ones may change; ``model`` defaults to the run's). ``out`` must be new,
-    empty or a run directory. Returns the run: ``.path``, ``.metrics`` (mean over seeds of the
-    test metrics, keys like ``"recall@50"``), ``.std``, ``.seeds``; ``results.json`` in ``out``.
+    Settings are the ``--set`` keys, as keyword sections (``train={"epochs": 5}``, ``split``,
+    ``eval``, ``model_args``; ``ctr`` for rankers) or a ``settings`` dict of the same; ``config``
+    a TOML file of the same. A baseline (``most-popular``, ``item-cf``) is fitted without
+    training. ``resume`` continues ``out`` with the settings it was started with (only the safe
+    ones may change; ``model`` and the seeds default to the run's); without it, ``out`` must be
+    new, empty or a run directory, whose old checkpoints and results are replaced. Returns the
+    run: ``.path``, ``.metrics`` (mean over seeds of the test metrics, keys like
+    ``"recall@50"``), ``.std``, ``.seeds``; ``results.json`` in ``out``.
     """
+    settings = normalised({**(settings or {}), **more})
+    model = model or settings.pop("model", None)
     kind = _task(model) if model else task or "retrieval"
     if task and kind != task:
         raise MirecConfigError(f"--model: {model!r} is a {kind} model" + (
             "; use --task ctr" if kind == "ranking" else
             "; use `mirec evaluate --model` for baselines" if kind == "baseline" else "; drop --task ctr"))
     if kind == "baseline":
-        return evaluate(model=model, data=data, out=out, seeds=seeds, **settings)
+        return evaluate(model=model, data=data, out=out, seeds=seeds, settings=settings)
     cls = RankRunConfig if kind == "ranking" else RunConfig
     out = Path(out) if out is not None else Path("runs") / (model or cls().model)
     check_output_dir(out, may_hold=is_run_dir)
     sets = ([f"model={model}"] if model else []) + overrides(settings)
     cfg = resume_config(cls, out, config, sets) if resume else load(cls, config, sets)
+    if resume and not seeds:  # the seeds the run was started with
+        seeds = sorted(int(d.name[5:]) for d in out.glob("seed-*") if d.name[5:].lstrip("-").isdigit())
+    elif not resume:
+        clear_run(out)
     run = train_ctr_seeds if kind == "ranking" else train_seeds
     return run(cfg, data, seeds or [cfg.train.seed], out, resume, progress, log)
 
 
+def clear_run(out: Path) -> None:
+    """Remove the files an earlier run left in ``out`` (a run directory, checked by the caller):
+    a new run must not leave a stale ``best.pt`` or ``seed-*`` for export or reports to find."""
+    for d in [out, *out.glob("seed-*")]:
+        for name in RUN_FILES:
+            (d / name).unlink(missing_ok=True)
+        if d != out and d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+
+
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "results.json")
+
+
+def normalised(settings: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys and nested sections as one nested dict: ``{"train.epochs": 5}`` ->
+    ``{"train": {"epochs": "5"}}``."""
+    return apply_overrides({}, overrides(settings))
+
+
 def evaluate(run: str | Path | None = None, model: str = "most-popular",
              data: str | Path | Dataset | None = None, out: str | Path | None = None,
-             seeds: list[int] | None = None, progress: bool = False, **settings: Any) -> RunResult:
+             seeds: list[int] | None = None, progress: bool = False, *,
+             settings: dict[str, Any] | None = None, **more: Any) -> RunResult:
     """Re-evaluate a finished training run (``run``; ``data`` if its data set moved) on its test
-    users, or fit and evaluate a baseline ``model`` on ``data`` (``split`` and ``eval``
-    settings as in :func:`fit`; ``results.json`` into ``out`` when given)."""
+    users, with its own ``eval`` settings unless ``eval`` overrides some; or fit and evaluate a
+    baseline ``model`` on ``data`` (``split`` and ``eval`` settings as in :func:`fit`;
+    ``results.json`` into ``out`` when given)."""
+    settings = normalised({**(settings or {}), **more})
+    ev = overrides(settings.pop("eval", {}))  # ["exclude_history=False", ...]
     if run is not None:
-        ec = load(EvalConfig, None, overrides(settings.get("eval", {}))) if "eval" in settings else None
-        return evaluate_run(run, data, ec)
+        if settings:
+            raise MirecConfigError(f"{next(iter(settings))}: re-evaluating a run takes eval settings only")
+        return evaluate_run(run, data, ev)
     if data is None:
         raise MirecConfigError("data: give a prepared data set (or run= for a trained run)")
     split = load(SplitConfig, None, overrides(settings.pop("split", {})))
-    ec = load(EvalConfig, None, overrides(settings.pop("eval", {})))
     if settings:
         raise MirecConfigError(f"{next(iter(settings))}: not a setting of a baseline (split, eval)")
-    return evaluate_baseline(model, data, seeds or [split.seed], split, ec, out, progress)
+    return evaluate_baseline(model, data, seeds or [split.seed], split, load(EvalConfig, None, ev),
+                             out, progress)
 
 
 def export(run: str | Path, out: str | Path, data: str | Path | None = None) -> Path:

@@ -198,8 +198,8 @@ def train_cmd(
     settings = apply_overrides({}, (set_ or []) + threads_set)
     console.quiet = not world().main  # under torchrun, process 0 reports
     chosen = _seeds(seed, seeds) if seed is not None or seeds else None  # None: the config's seed
-    run = fit(model, data, out, chosen, config, resume, log=console.print,
-              task="ranking" if task == "ctr" else "retrieval", **settings)
+    run = fit(model, data, out, chosen, config=config, resume=resume, log=console.print,
+              task="ranking" if task == "ctr" else "retrieval", settings=settings)
     out = run.path
     console.print(ctr_table({run.model: run.to_json()}) if task == "ctr" else results_table({run.model: run}))
     console.print(f"wrote [bold]{out / 'results.json'}[/bold]")

@@ -18,7 +18,8 @@ from typing import Any, Callable
 import numpy as np
 
 from mirec import __version__
-from mirec.config import to_dict
+from mirec.checkpoint import saved_config
+from mirec.config import load, to_dict
 from mirec.data.dataset import Dataset, load_dataset
 from mirec.data.prepare import PROTOCOL_VERSION
 from mirec.data.split import SplitConfig, split_users
@@ -27,7 +28,7 @@ from mirec.eval.evaluate import EvalConfig, evaluate
 from mirec.io import atomic_write_json
 from mirec.models.base import VectorScorer
 from mirec.models.registry import spec
-from mirec.runs import RankRunConfig, RunConfig, load_run, seed_dirs
+from mirec.runs import RankRunConfig, RunConfig, load_run, model_config, seed_dirs
 from mirec.train.distributed import world
 from mirec.train.loop import train
 
@@ -105,6 +106,9 @@ def run_seeds(task: str, model: str, data: str | Path | Dataset, seeds: list[int
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     out = None if out is None else Path(out)
     results = []
+    if out is not None and len(seeds) > 1 and task != "baseline" and world().main:
+        for seed in seeds:  # every seed's directory up front: a resumed run finds them all
+            (out / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         run_dir = None if out is None else out if len(seeds) == 1 else out / f"seed-{seed}"
         if run_dir is not None and task != "baseline":
@@ -161,13 +165,14 @@ def train_seeds(cfg: RunConfig, data: str | Path | Dataset, seeds: list[int], ou
     def one(ds: Dataset, seed: int, run_dir: Path | None) -> SeedResult:
         c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed),
                                 split=dataclasses.replace(cfg.split, seed=seed))
-        r = train(c, ds, run_dir, resume=resume, progress=progress, log=log)
+        go_on = resume and (run_dir / "last.pt").exists()  # a seed the run never started begins now
+        r = train(c, ds, run_dir, resume=go_on, progress=progress, log=log)
         return SeedResult(seed, r.test, r.best_valid, r.best_epoch,
                           {"num_test_users": len(r.split.test), "num_valid_users": len(r.split.valid),
                            "speed": _speed(r.history, r.best_epoch)}, r.model, r.test_topn)
 
     return run_seeds("retrieval", cfg.model, data, seeds, one, out,
-                     retrieval_protocol(cfg.split, cfg.eval), to_dict(cfg), log)
+                     retrieval_protocol(cfg.split, cfg.eval), saved_config(cfg, model_config(cfg)), log)
 
 
 def train_ctr_seeds(cfg: RankRunConfig, data: str | Path | Dataset, seeds: list[int], out: str | Path,
@@ -180,7 +185,8 @@ def train_ctr_seeds(cfg: RankRunConfig, data: str | Path | Dataset, seeds: list[
     def one(ds: Dataset, seed: int, run_dir: Path | None) -> SeedResult:
         c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed),
                                 ctr=dataclasses.replace(cfg.ctr, seed=seed))
-        r = train_ctr(c, ds, run_dir, resume=resume, progress=progress, log=log)
+        r = train_ctr(c, ds, run_dir, resume=resume and (run_dir / "last.pt").exists(), progress=progress,
+                      log=log)
         test = dict(r.test)
         n = test.pop("examples")
         return SeedResult(seed, test, {k: v for k, v in r.best_valid.items() if k != "examples"},
@@ -192,23 +198,25 @@ def train_ctr_seeds(cfg: RankRunConfig, data: str | Path | Dataset, seeds: list[
                 else f"{cfg.ctr.negatives} uniform negative(s) per positive",
                 "split": f"per user by time: last {cfg.ctr.test_fraction:.0%} test, "
                          f"{cfg.ctr.valid_fraction:.0%} before it validation"}
-    return run_seeds("ranking", cfg.model, ds, seeds, one, out, protocol, to_dict(cfg), log)
+    conf = saved_config(cfg, model_config(cfg))
+    return run_seeds("ranking", cfg.model, ds, seeds, one, out, protocol, conf, log)
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None,
-                 eval_cfg: EvalConfig | None = None) -> RunResult:
-    """Re-evaluate a finished retrieval run (every ``seed-*`` of it) on its test users."""
+                 eval_overrides: list[str] | None = None) -> RunResult:
+    """Re-evaluate a finished retrieval run (every ``seed-*`` of it) on its test users, with the
+    run's own eval settings and ``eval_overrides`` (``["exclude_history=false"]``) over them."""
     t0 = time.perf_counter()
     results, ds, cfg = [], data, None
     for d in seed_dirs(run_dir):
         run = load_run(d, ds)
         ds, cfg = run.dataset, run.config
         sp = split_users(ds, cfg.split)
-        ec = eval_cfg or cfg.eval
+        ec = load(EvalConfig, None, eval_overrides, base=to_dict(cfg.eval)) if eval_overrides else cfg.eval
         scorer = VectorScorer(run.model, cfg.train.cosine)
         test = evaluate(scorer, ds, sp.test, cfg.split.max_len, ec)
         valid = evaluate(scorer, ds, sp.valid, cfg.split.max_len, ec)
         results.append(SeedResult(cfg.split.seed, test.metrics, valid.metrics, run.checkpoint.get("epoch"),
                                   _counts(test, valid), run.model, test.topn))
-    return RunResult("retrieval", cfg.model, ds, results, retrieval_protocol(cfg.split, eval_cfg or cfg.eval),
+    return RunResult("retrieval", cfg.model, ds, results, retrieval_protocol(cfg.split, ec),
                      time.perf_counter() - t0, Path(run_dir))

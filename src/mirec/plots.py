@@ -53,7 +53,11 @@ def save_png(fig: Figure, path: str | Path) -> Path:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The rows of one ``metrics.jsonl`` (one per epoch); a bad line is named."""
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MirecDataError(f"{path}: cannot read ({e})") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -80,7 +84,10 @@ def run_metrics(run_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
     label = "run"
     results = run_dir / "results.json"
     if results.exists():  # a one-seed run names its seed there
-        seeds_ = json.loads(results.read_text()).get("seeds") or []
+        try:
+            seeds_ = json.loads(results.read_text(encoding="utf-8")).get("seeds") or []
+        except (OSError, ValueError, AttributeError) as e:
+            raise MirecDataError(f"{results}: not a readable results.json ({e})") from None
         label = f"seed {seeds_[0]}" if len(seeds_) == 1 else label
     return {label: read_metrics(single)}
 

@@ -135,8 +135,9 @@ DATASETS: dict[str, DatasetSpec] = {
         base_url=None,
         no_url_hint=(
             "taobao: Tianchi requires a login, so there is no default download URL; download "
-            "UserBehavior.csv(.zip) from https://tianchi.aliyun.com/dataset/649 and pass its "
-            "local path (--local), or pass a download link you obtained with --url"
+            "UserBehavior.csv(.zip) from https://tianchi.aliyun.com/dataset/649 and prepare it "
+            "with `mirec data prepare taobao FILE` (from Python: fetch with "
+            "FetchOptions(local=...) or FetchOptions(url=...))"
         ),
     ),
 }

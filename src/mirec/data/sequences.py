@@ -72,14 +72,14 @@ def load_sequences(path: str | Path, attributes: str | Path | None = None,
                          schema={"user": pl.String, "item": pl.String, "ts": pl.Int64})
     cols = (Col("user", "user", "id"), Col("item", "item", "id"), Col("ts", "ts", "time"))
     lines = ev.lines
-    events, _ = read_validated(frame.lazy(), cols, lambda row: f"{path}:{lines[row]}", on_bad_rows)
+    events, n_bad = read_validated(frame.lazy(), cols, lambda row: f"{path}:{lines[row]}", on_bad_rows)
     source: dict[str, Any] = {"name": "sequences", "path": str(path), "format": format,
                               "time": "position in the sequence"}
     items = None
     if attributes is not None:
         items, skipped = read_attributes(Path(attributes), on_bad_rows)
         source.update(attributes=str(attributes), attributes_skipped=skipped)
-    return RawLog(events=events, source=source, items=items, bad_rows_skipped=ev.bad)
+    return RawLog(events=events, source=source, items=items, bad_rows_skipped=ev.bad + n_bad)
 
 
 def _read(path: Path, fmt: str, on_bad_rows: OnBadRows) -> _Events:
@@ -87,14 +87,16 @@ def _read(path: Path, fmt: str, on_bad_rows: OnBadRows) -> _Events:
         raise MirecDataError(f"{path}: file not found" if not path.exists() else
                              f"{path}: not a file; expected a sequence file")
     ev = _Events()
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            tokens = line.split()
-            if not tokens:
-                continue
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
             try:
+                tokens = raw.decode("utf-8").split()
+                if not tokens:
+                    continue
                 user, items = _parse(tokens, fmt, ev)
-            except BadLine as e:
+            except (BadLine, UnicodeDecodeError) as e:
+                if isinstance(e, UnicodeDecodeError):
+                    e = BadLine(f"not UTF-8 (byte {e.start + 1} of the line)")
                 if on_bad_rows == "error":
                     raise MirecDataError(f"{path}:{number}: {e}") from None
                 ev.bad += 1
@@ -128,6 +130,10 @@ def read_attributes(path: Path, on_bad_rows: OnBadRows = "error") -> tuple[pl.Da
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MirecDataError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise MirecDataError(f"{path}: not UTF-8 (byte {e.start + 1})") from None
+    except OSError as e:
+        raise MirecDataError(f"{path}: cannot read ({e.strerror})") from None
     except json.JSONDecodeError as e:
         raise MirecDataError(f"{path}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})") \
             from None

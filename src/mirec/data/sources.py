@@ -55,7 +55,8 @@ class Source:
                 takes = ", ".join(o.flag for o in self.options) or "no options"
                 raise MirecConfigError(f"{flag(name)}: source {self.name!r} does not take "
                                        f"this option (it takes {takes})")
-        kwargs = {o.name: options.get(o.name, o.default) for o in self.options}
+        given = {k: v for k, v in options.items() if v is not None}  # None: the default
+        kwargs = {o.name: given.get(o.name, o.default) for o in self.options}
         return self.loader(Path(path), on_bad_rows=on_bad_rows, **kwargs)
 
 

@@ -64,19 +64,12 @@ def of_task(task: str) -> dict[str, ModelSpec]:
 def spec(name: str, task: str, field: str = "model") -> ModelSpec:
     """The spec of ``name``, which must be a model of ``task``; else one line naming ``field``."""
     s = SPECS.get(name)
-    if s is None or s.task != task:
-        what, known = {"baseline": ("model", model_names()), "retrieval": ("trainable model", sorted(NEURAL)),
-                       "ranking": ("ranker", sorted(RANKERS))}[task]
-        raise MirecConfigError(f"{field}: unknown {what} {name!r} (known: {', '.join(known)})")
+    if s is not None and s.task != task:
+        how = {"baseline": "`mirec evaluate --model`", "retrieval": "`mirec train`",
+               "ranking": "`mirec train --task ctr`"}[s.task]
+        raise MirecConfigError(f"{field}: {name!r} is a {s.task} model, not a {task} one (use {how})")
+    if s is None:
+        what = {"baseline": "model", "retrieval": "trainable model", "ranking": "ranker"}[task]
+        known = ", ".join(sorted(of_task(task)))
+        raise MirecConfigError(f"{field}: unknown {what} {name!r} (known: {known})")
     return s
-
-
-# Views by task (name -> (config class, model class)), as earlier code reads them.
-BASELINES = {n: (s.config, s.build) for n, s in of_task("baseline").items()}
-NEURAL = {n: (s.config, s.build) for n, s in of_task("retrieval").items()}
-RANKERS = {n: (s.config, s.build) for n, s in of_task("ranking").items()}
-MODELS = BASELINES  # models `mirec evaluate --model` fits without training
-
-
-def model_names() -> list[str]:
-    return sorted(BASELINES) + sorted(NEURAL)

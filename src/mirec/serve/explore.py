@@ -134,7 +134,8 @@ def add_explorer(app: FastAPI, rec: Recommender) -> None:
             known = bool(hist)
         else:
             hist, ignored, known = rec.user_history(req.user_id)
-        views = interest_views(rec, hist, req.n, req.exclude_history)
+        # no history: /recommend serves the popular items, and there are no interests to show
+        views = interest_views(rec, hist, req.n, req.exclude_history) if hist else []
         return InterestsResponse(
             user_id=req.user_id, known_user=known, ignored_items=ignored,
             history=[b.item_info(i) for i in hist[-b.max_len:]],

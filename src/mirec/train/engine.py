@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from mirec.checkpoint import load_checkpoint, save_checkpoint
 from mirec.errors import MirecConfigError
+from mirec.io import atomic_write_bytes
 from mirec.train.distributed import all_sum, barrier, from_main, world
 
 
@@ -95,6 +96,8 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
         opt.load_state_dict(st["optimizer"])
         start_epoch, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
         history = st["history"]
+        if w.main:  # the epochs last.pt holds, whatever a kill left after them
+            atomic_write_bytes(metrics, "".join(json.dumps(r) + "\n" for r in history).encode())
         log(f"resumed from {last} after epoch {st['epoch']}")
     elif w.main and metrics.exists():
         metrics.unlink()
@@ -144,7 +147,7 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
         if w.main:
             save_checkpoint(last, {"model": on_cpu(model.state_dict()), "optimizer": on_cpu(opt.state_dict()),
                                    "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
-                                   "history": history, "torch_rng": torch.get_rng_state(), **saved})
+                                   "history": history, **saved})
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     barrier(w)  # process 0 has written best.pt

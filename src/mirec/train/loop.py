@@ -20,7 +20,6 @@ from mirec.checkpoint import check_resume as check_resume_settings
 from mirec.checkpoint import check_resume_model_args, saved_config
 from mirec.data.dataset import Dataset
 from mirec.data.split import Split, split_users, windows
-from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import evaluate
 from mirec.models.base import VectorScorer, model_device, unit_interests
 from mirec.runs import RunConfig, TrainConfig, build_model, model_config  # noqa: F401 (re-exported)
@@ -174,12 +173,8 @@ class RetrievalTask:
         cfg = self.cfg
         check_resume_settings(path, st, {"config": saved_config(cfg, model_config(cfg)),
                                          "dataset_checksum": self.ds.checksum})
-        was_len = st["config"].get("split", {}).get("max_len", cfg.split.max_len)
-        if was_len != cfg.split.max_len:
-            raise MirecConfigError(f"--resume: {path} was trained with split.max_len={was_len}, this run "
-                                   f"has {cfg.split.max_len}; add --set split.max_len={was_len} or "
-                                   f"train into a new directory")
-        # max_len follows split.max_len (checked above), whatever model_args said
+        # (check_resume_settings compares split.max_len too) max_len follows split.max_len,
+        # whatever model_args said
         check_resume_model_args(path, st["config"].get("model_args", {}), model_config(cfg),
                                 skip=("max_len",))
 
