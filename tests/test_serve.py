@@ -239,7 +239,7 @@ def test_http_happy_paths(served, bundle):
     body = r.json()
     assert len(body["items"]) == 7 and body["known_user"]
     assert set(body["items"][0]) == {"item_id", "title", "categories", "score", "interest",
-                                     "because"}
+                                     "because", "new"}
     item = client.get(f"/items/{bundle.raw_id(2)}").json()
     assert item["item_id"] == bundle.raw_id(2) and item["categories"]
     schema = client.get("/openapi.json").json()
