@@ -138,7 +138,8 @@ class EventsResponse(BaseModel):
 def app_from_env() -> FastAPI:
     """The app for ``uvicorn --factory`` (``mirec serve --workers N``): every worker process
     loads the bundle named by ``MIREC_BUNDLE`` (plus ``MIREC_STORE``, ``MIREC_INDEX``,
-    ``MIREC_HNSW_ABOVE``, ``MIREC_RANKER``, ``MIREC_KEEP_EVENTS`` and the limits of
+    ``MIREC_HNSW_ABOVE``, ``MIREC_RANKER``, ``MIREC_KEEP_EVENTS``, ``MIREC_UNAVAILABLE``,
+    ``MIREC_NEW_ITEMS``, ``MIREC_LOG_FORMAT`` and the limits of
     :meth:`Limits.from_env`); the SQLite store in WAL mode is shared between them. A worker
     stops when its supervisor (``MIREC_SUPERVISOR_PID``) dies."""
     import os
@@ -146,7 +147,8 @@ def app_from_env() -> FastAPI:
     import torch
 
     from mirec.serve.guard import watch_parent
-    from mirec.serve.service import open_recommender
+    from mirec.serve.observe import log_to_stderr
+    from mirec.serve.service import open_recommender, reload_on_sighup
 
     env = os.environ
     if env.get("MIREC_SUPERVISOR_PID"):
@@ -155,8 +157,15 @@ def app_from_env() -> FastAPI:
     keep = int(env.get("MIREC_KEEP_EVENTS") or 0) or None
     rec = open_recommender(env["MIREC_BUNDLE"], env.get("MIREC_INDEX", "auto"),
                            int(env.get("MIREC_HNSW_ABOVE", "50000")), env.get("MIREC_STORE") or None,
-                           env.get("MIREC_RANKER") or None, keep_events=keep)
-    return create_app(rec, Limits.from_env(env))
+                           env.get("MIREC_RANKER") or None, keep_events=keep,
+                           unavailable=env.get("MIREC_UNAVAILABLE") or None,
+                           new_items=env.get("MIREC_NEW_ITEMS") or None)
+    live = Live(rec)
+    reload_on_sighup(live)
+    log_json = env.get("MIREC_LOG_FORMAT") == "json"
+    if log_json:
+        log_to_stderr()
+    return create_app(live, Limits.from_env(env), log_json=log_json)
 
 
 def _field_error(field: str, msg: str, type_: str) -> HTTPException:

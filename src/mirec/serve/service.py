@@ -8,6 +8,7 @@ to build: build it offline), after checking the checksum, and builds it in memor
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -46,7 +47,9 @@ def open_recommender(bundle: str | Path, kind: str = "auto", hnsw_above: int = 5
     from mirec.serve.pipeline import RankStage
     from mirec.serve.recommender import Recommender
 
-    options = {k: v for k, v in locals().items() if k not in ("bundle", "events")}
+    options = dict(kind=kind, hnsw_above=hnsw_above, store=store, ranker=ranker,
+                   keep_events=keep_events, create_store=create_store, unavailable=unavailable,
+                   new_items=new_items)
     cfg = IndexConfig(kind=kind, hnsw_above=hnsw_above)
     cfg.validate()
     b = load_bundle(bundle)
@@ -104,6 +107,21 @@ class Live:
             f(new)
         log.info("reloaded %s (version %s)", new.bundle.path, new.bundle.version)
         return new
+
+
+def reload_on_sighup(live: Live) -> None:
+    """SIGHUP reloads the bundle from its path in a background thread (a failed load is logged
+    and the old bundle stays). Only from the main thread, where Python allows handlers."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        return
+
+    def reload() -> None:
+        try:
+            live.reload()
+        except Exception as e:  # noqa: BLE001  any failure keeps the old bundle; say why
+            log.error("reload on SIGHUP failed, still serving %s: %s", live.rec.bundle.path, e)
+
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload, daemon=True).start())
 
 
 @torch.no_grad()
