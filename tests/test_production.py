@@ -52,10 +52,10 @@ def test_recommend_all_equals_per_user_recommend(bundle, lam, filters):
     assert [len(b) for b in blocks] == [64] * (len(users) // 64) + [len(users) % 64]
     for got in (r for block in blocks for r in block):
         want = rec.recommend(user_id=got.user_id, n=10, diversity=lam, filters=filters)
-        assert [x.item_id for x in got.items] == [x.item_id for x in want.items], got.user_id
-        assert np.allclose([x.score for x in got.items], [x.score for x in want.items], atol=1e-5)
-        assert [x.interest for x in got.items] == [x.interest for x in want.items]
-        assert got.short == want.short and got.history == want.history
+        assert got.items.tolist() == [x.item for x in want.items], got.user_id
+        assert np.allclose(got.scores, [x.score for x in want.items], atol=1e-5)
+        assert got.interests.tolist() == [x.interest for x in want.items]
+        assert got.short == want.short and got.fallback == want.fallback
 
 
 def test_cli_all_users_writes_parquet_equal_to_recommend(capsys, bundle_dir, bundle, tmp_path):

@@ -17,23 +17,25 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from mirec.io import atomic_path
-from mirec.serve.recommender import Filters, Recommender, RecommendResult
+from mirec.serve.recommender import Filters, Recommender, TopN
 
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
                     ("score", pa.float32()), ("interest", pa.int16()), ("new", pa.bool_())])
 
 
-def block_table(results: list[RecommendResult]) -> pa.Table:
+def block_table(rec: Recommender, results: list[TopN]) -> pa.Table:
     """The rows of one block of users."""
+    b = rec.bundle
     lens = [len(r.items) for r in results]
-    items = [x for r in results for x in r.items]
+    items = np.concatenate([r.items for r in results]).astype(np.int64)  # (rows,)
+    raw = b.item_raw
     return pa.table({
         "user_id": np.repeat(np.array([r.user_id for r in results], dtype=object), lens),
-        "rank": np.concatenate([np.arange(1, k + 1, dtype=np.int32) for k in lens] or [[]]).astype(np.int32),
-        "item_id": [x.item_id for x in items],
-        "score": np.array([x.score for x in items], dtype=np.float32),
-        "interest": np.array([x.interest for x in items], dtype=np.int16),
-        "new": np.array([x.new for x in items], dtype=bool)}, schema=SCHEMA)
+        "rank": np.concatenate([np.arange(1, k + 1, dtype=np.int32) for k in lens]),
+        "item_id": [raw[i] for i in items.tolist()],
+        "score": np.concatenate([r.scores for r in results]).astype(np.float32),
+        "interest": np.concatenate([r.interests for r in results]).astype(np.int16),
+        "new": items >= b.trained_items}, schema=SCHEMA)
 
 
 def write_recommendations(rec: Recommender, out: str | Path, n: int = 100, diversity: float = 0.0,
@@ -45,7 +47,7 @@ def write_recommendations(rec: Recommender, out: str | Path, n: int = 100, diver
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, SCHEMA) as writer, \
             tqdm(total=len(users), unit="user", disable=not progress, desc="recommend") as bar:
         for results in rec.recommend_all(n, diversity, rank, filters, block=block, users=users):
-            table = block_table(results)
+            table = block_table(rec, results)
             writer.write_table(table, row_group_size=max(len(table), 1))
             stats["users"] += len(results)
             stats["rows"] += len(table)

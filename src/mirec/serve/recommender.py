@@ -99,6 +99,18 @@ class RecommendResult:
 Found = tuple[np.ndarray, np.ndarray]  # (Q, m) scores and ids of an index search
 
 
+@dataclass
+class TopN:
+    """One user's list as arrays (the batch path, :meth:`Recommender.recommend_all`)."""
+
+    user_id: str
+    items: np.ndarray  # (n',) dense ids, best first
+    scores: np.ndarray  # (n',)
+    interests: np.ndarray  # (n',) the interest that scored each item; -1 for the fallback
+    short: bool = False  # fewer than n items passed the filters
+    fallback: str | None = None
+
+
 class Recommender:
     """One user's top-n from a bundle: interests -> per-interest ANN search -> aggregation with
     the diversity weight (-> the ranking stage when a ranker is attached)."""
@@ -199,30 +211,28 @@ class Recommender:
         return RecommendResult(items, user_id, known, [], ignored, fallback="popular",
                                short=len(items) < n)
 
+    def rank_fn(self, user_id: str | None, hist: list[int]) -> Callable[[np.ndarray], np.ndarray]:
+        """Candidate ids -> the ranker's logits for this user."""
+        trained, tower_hist = self.bundle.trained_items, self.tower_history(hist)
+        # a new item has no row in the ranker's item table either: it is scored as padding
+        return lambda c: self.ranker.score(user_id, tower_hist, np.where(c < trained, c, 0))
+
     def result(self, user_id: str | None, known: bool, hist: list[int], ignored: list[str],
                tower: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], n: int, lam: float,
-               exclude_history: bool, rank: bool, blocked: np.ndarray | None,
-               found: Found | None = None, explain: bool = True) -> RecommendResult:
-        """One user's result from the tower's output (and, in batches, the first search)."""
+               exclude_history: bool, rank: bool, blocked: np.ndarray | None) -> RecommendResult:
+        """One user's result from the tower's output."""
         V, live, W, window = tower
-        rescore_fn = None
-        if rank:
-            trained = self.bundle.trained_items
-            tower_hist = self.tower_history(hist)
-            # a new item has no row in the ranker's item table either: it is scored as padding
-            rescore_fn = lambda c: self.ranker.score(user_id, tower_hist, np.where(c < trained, c, 0))  # noqa: E731
         items = self.recommend_dense(V, live, W, window, hist if exclude_history else [], n, lam,
-                                     rescore_fn, blocked, found, explain)
+                                     self.rank_fn(user_id, hist) if rank else None, blocked)
         return RecommendResult(items, user_id, known, [self.bundle.raw_id(i) for i in window[window > 0]],
                                ignored, int(live.sum()), ranked=rank, short=len(items) < n)
 
     def recommend_all(self, n: int = 100, diversity: float = 0.0, rank: bool = False,
                       filters: Filters | None = None, exclude_history: bool = True,
-                      block: int = 1024, users: list[str] | None = None
-                      ) -> Iterator[list[RecommendResult]]:
+                      block: int = 1024, users: list[str] | None = None) -> Iterator[list[TopN]]:
         """Every known user's top-n (``users``: a subset), ``block`` users at a time: one tower
-        batch and one Faiss search per block, then each user's aggregation as in
-        :meth:`recommend` (same results; ``because`` is left empty). Yields one list per block."""
+        batch and one Faiss search per block, then each user's aggregation exactly as in
+        :meth:`recommend`, kept as arrays. Yields one list per block."""
         self.check(n, diversity, rank)
         if block < 1:
             raise MirecConfigError(f"block: must be >= 1, got {block}")
@@ -230,23 +240,25 @@ class Recommender:
         users = sorted(self.bundle.user_histories) if users is None else users
         for start in range(0, len(users), block):
             ids = users[start:start + block]
-            known = [self.user_history(u) for u in ids]  # (hist, ignored, known) each
-            warm = [j for j, (h, _, _) in enumerate(known) if self.tower_history(h)]
-            out: list[RecommendResult | None] = [None] * len(ids)
+            hists = [self.user_history(u)[0] for u in ids]
+            warm = [j for j, h in enumerate(hists) if self.tower_history(h)]
+            out: list[TopN | None] = [None] * len(ids)
             if warm:
-                V, live, W, windows = self.interests_batch([known[j][0] for j in warm])  # (B, K, D) ...
-                ms = [self.first_m(n, known[j][0] if exclude_history else []) for j in warm]
+                V, live, _, _ = self.interests_batch([hists[j] for j in warm])  # (B, K, D), (B, K)
+                ms = [self.first_m(n, hists[j] if exclude_history else []) for j in warm]
                 scores, found = self.index.search(np.ascontiguousarray(V[live]), max(ms))  # (Q, M)
-                ends = np.cumsum(live.sum(1))  # rows of user b: ends[b] - live[b].sum() .. ends[b]
+                ends = np.cumsum(live.sum(1))  # user b's rows: ends[b] - live[b].sum() .. ends[b]
                 for b, j in enumerate(warm):
                     rows = slice(ends[b] - int(live[b].sum()), ends[b])
-                    first = (scores[rows, :ms[b]], found[rows, :ms[b]])
-                    hist, ignored, kn = known[j]
-                    out[j] = self.result(ids[j], kn, hist, ignored, (V[b], live[b], W[b], windows[b]),
-                                         n, diversity, exclude_history, rank, blocked, first, False)
-            for j, (_, ignored, kn) in enumerate(known):
+                    exclude = hists[j] if exclude_history else []
+                    got = self.topn(V[b], live[b], exclude, n, diversity,
+                                    self.rank_fn(ids[j], hists[j]) if rank else None, blocked,
+                                    (scores[rows, :ms[b]], found[rows, :ms[b]]))
+                    out[j] = TopN(ids[j], *got, short=len(got[0]) < n)
+            for j in range(len(ids)):
                 if out[j] is None:
-                    out[j] = self.fallback(ids[j], kn, ignored, n, diversity, blocked)
+                    top, sc = self.popular_topn(n, diversity, blocked)
+                    out[j] = TopN(ids[j], top, sc, np.full(len(top), -1), len(top) < n, "popular")
             yield out
 
     @cached_property
@@ -285,17 +297,21 @@ class Recommender:
         counts[0] = 0
         return counts / max(counts.sum(), 1.0)
 
-    def popular(self, n: int, lam: float, blocked: np.ndarray | None = None) -> list[Recommendation]:
-        """The fallback list: the top items by popularity, diversified by ``lam``."""
-        b = self.bundle
-        m = min(max(self.cfg.candidates_per_interest, n), b.num_items - 1)
+    def popular_topn(self, n: int, lam: float, blocked: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The fallback list: (n',) ids and popularity shares, diversified by ``lam``."""
+        m = min(max(self.cfg.candidates_per_interest, n), self.bundle.num_items - 1)
         order = np.argsort(-self.popularity[1:], kind="stable") + 1  # (N-1,) most popular first
         if blocked is not None:
             order = order[~blocked[order]]
         cand = order[:m]
         scores = self.popularity[cand].astype(np.float32)
-        recs = self.pick(cand, scores, n, lam)
-        return [self.item(int(cand[p]), float(scores[p]), -1, []) for p in recs]
+        picked = self.pick(cand, scores, n, lam)
+        return cand[picked], scores[picked]
+
+    def popular(self, n: int, lam: float, blocked: np.ndarray | None = None) -> list[Recommendation]:
+        ids, scores = self.popular_topn(n, lam, blocked)
+        return [self.item(int(i), float(s), -1, []) for i, s in zip(ids, scores)]
 
     def item(self, item: int, score: float, interest: int, because: list[str]) -> Recommendation:
         b = self.bundle
@@ -335,22 +351,27 @@ class Recommender:
         scores, k = rescore(V, live, self.bundle.item_vectors, cand)
         return cand, scores, k
 
-    def recommend_dense(self, V: np.ndarray, live: np.ndarray, W: np.ndarray, window: np.ndarray,
-                        exclude: list[int], n: int, lam: float,
-                        rank: Callable[[np.ndarray], np.ndarray] | None = None,
-                        blocked: np.ndarray | None = None, found: Found | None = None,
-                        explain: bool = True) -> list[Recommendation]:
-        """Retrieve, optionally re-score with ``rank`` (candidate ids -> logits), diversify."""
-        b = self.bundle
+    def topn(self, V: np.ndarray, live: np.ndarray, exclude: list[int], n: int, lam: float,
+             rank: Callable[[np.ndarray], np.ndarray] | None = None,
+             blocked: np.ndarray | None = None, found: Found | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Retrieve, optionally re-score with ``rank`` (candidate ids -> logits), diversify:
+        (n',) ids, scores and interests, best first."""
         cand, scores, k = self.retrieve(V, live, exclude, self.first_m(n, exclude), blocked, n, found)
         if rank is not None and len(cand):
             scores = 0.5 * (1.0 + np.tanh(0.5 * rank(cand)))  # sigmoid of the logits
+        picked = self.pick(cand, scores, n, lam)
+        return cand[picked], scores[picked], k[picked]
+
+    def recommend_dense(self, V: np.ndarray, live: np.ndarray, W: np.ndarray, window: np.ndarray,
+                        exclude: list[int], n: int, lam: float,
+                        rank: Callable[[np.ndarray], np.ndarray] | None = None,
+                        blocked: np.ndarray | None = None) -> list[Recommendation]:
+        """:meth:`topn` as Recommendations, each with the history items behind its interest."""
+        b = self.bundle
         recs = []
-        for p in self.pick(cand, scores, n, lam):
-            item, kk = int(cand[p]), int(k[p])
-            because = []
-            if explain:
-                top = np.argsort(-W[kk], kind="stable")[: self.cfg.because]
-                because = [b.raw_id(int(window[t])) for t in top if window[t] > 0 and W[kk, t] > 0]
-            recs.append(self.item(item, float(scores[p]), kk, because))
+        for item, score, kk in zip(*self.topn(V, live, exclude, n, lam, rank, blocked)):
+            top = np.argsort(-W[kk], kind="stable")[: self.cfg.because]
+            because = [b.raw_id(int(window[t])) for t in top if window[t] > 0 and W[kk, t] > 0]
+            recs.append(self.item(int(item), float(score), int(kk), because))
         return recs
