@@ -259,9 +259,9 @@ def create_app(rec: Recommender | Live, limits: Limits | None = None, log_json: 
                                             "(or send the process SIGHUP)")
         try:
             new = live.reload(req.bundle if req else None)
-        except MirecError:
+        except (MirecError, OSError) as e:  # the old bundle stays; the caller learns why
             metrics.reloads.labels("error").inc()
-            raise
+            raise HTTPException(400, detail=str(e)) from None
         metrics.reloads.labels("ok").inc()
         return ReloadResponse(bundle=str(new.bundle.path), version=new.bundle.version,
                               items=new.bundle.num_items - 1)
