@@ -294,3 +294,58 @@ def test_json_access_log_one_line_per_request_without_history(bundle, caplog):
     assert all(set(x) == {"method", "path", "status", "latency_ms", "user_known"} for x in lines)
     assert all(x["latency_ms"] > 0 for x in lines)
     assert not any(v in hist or isinstance(v, list) for x in lines for v in x.values())
+
+
+# ---- the real `mirec serve` process ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_mirec_serve_flags_sighup_and_json_log(bundle_dir, bundle, tmp_path):
+    """`mirec serve --new-items --unavailable --log-format json --token`: the new item is
+    served, the unavailable one never, SIGHUP loads the changed bundle, stderr has JSON lines."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    served = second_bundle(bundle_dir, tmp_path)
+    (tmp_path / "new.csv").write_text("item_id,title,categories\nfresh-1,Fresh,c0\n")
+    u = user_with_category(bundle, "c0")
+    top = Recommender(bundle, exact(bundle)).recommend(user_id=u, n=5).items[0].item_id
+    (tmp_path / "gone.txt").write_text(top + "\n")
+    port = shared.free_port()
+    log = open(tmp_path / "stderr.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mirec.cli", "serve", str(served), "--port", str(port),
+                             "--store", str(tmp_path / "ev.sqlite"), "--index", "exact",
+                             "--new-items", str(tmp_path / "new.csv"), "--unavailable",
+                             str(tmp_path / "gone.txt"), "--log-format", "json"],
+                            stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "MIREC_TOKEN": "s3cret"})
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=TOKEN) as c:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline, "mirec serve did not start"
+                try:
+                    version = c.get("/health").json()["version"]
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            r = c.post("/recommend", json={"user_id": u, "n": 20}).json()
+            assert top not in {x["item_id"] for x in r["items"]}
+            assert c.get("/items/fresh-1").json()["title"] == "Fresh"
+            manifest = json.loads((served / "manifest.json").read_text())
+            manifest["created"] = "2032-01-01T00:00:00Z"
+            (served / "manifest.json").write_text(json.dumps(manifest))
+            proc.send_signal(signal.SIGHUP)
+            while c.get("/health").json()["version"] == version:
+                assert time.monotonic() < deadline, "SIGHUP did not reload"
+                time.sleep(0.1)
+            assert c.get("/items/fresh-1").status_code == 200  # the new items file is read again
+            assert "mirec_bundle_info" in c.get("/metrics").text
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+    lines = [json.loads(x) for x in (tmp_path / "stderr.log").read_text().splitlines() if x.startswith("{")]
+    assert {"method": "POST", "path": "/recommend", "status": 200} in [
+        {k: x[k] for k in ("method", "path", "status")} for x in lines]
