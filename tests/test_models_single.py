@@ -11,6 +11,7 @@ from mirec.data.split import SplitConfig, split_users, windows
 from mirec.errors import MirecConfigError
 from mirec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from mirec.models.item_cf import ItemCF, ItemCFConfig, _all_pairs
+from mirec.models.sasrec import SASRec, SASRecConfig
 from mirec.models.youtube_dnn import YouTubeDNN, YouTubeDNNConfig, masked_mean
 from tests.conftest import left_pad, make_dataset
 
@@ -19,6 +20,7 @@ torch.set_num_threads(1)
 NEURAL = {
     "youtube": lambda n: YouTubeDNN(YouTubeDNNConfig(dim=8, hidden=(16,)), n),
     "gru4rec": lambda n: GRU4Rec(GRU4RecConfig(dim=8, num_layers=2), n),
+    "sasrec": lambda n: SASRec(SASRecConfig(dim=8, max_len=6, num_heads=2), n),
 }
 
 
@@ -69,6 +71,24 @@ def test_gru4rec_equals_gru_on_real_items_only():
     for b, r in enumerate([[3, 7, 2], [5]]):
         h, _ = model.gru(model.emb(torch.tensor([r])))
         assert torch.allclose(v[b], h[0, -1], atol=1e-6)
+
+
+def test_sasrec_is_causal_attention_over_the_real_items_only():
+    """Left-padded to L = 6, SASRec's output equals the plain pre-norm Transformer run on the
+    real items alone under the standard causal mask, with their positions (the last ones)."""
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(dim=8, max_len=6, num_heads=2, dropout=0.0), 12).eval()
+    v = model.interests(*left_pad([[3, 7, 2], [5]], 6)).vectors[:, 0]
+    for b, r in enumerate([[3, 7, 2], [5]]):
+        n = len(r)
+        x = model.emb(torch.tensor([r])) * 8 ** 0.5 + model.pos.weight[-n:]
+        causal = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)  # True: may not look
+        for block in model.blocks.layers:
+            x = block(x, src_mask=causal)
+        assert torch.allclose(v[b], model.norm(x[0, -1]), atol=1e-5)
+    # the newest item is read through attention: changing the oldest one changes the output
+    w = model.interests(*left_pad([[4, 7, 2]], 6)).vectors[0, 0]
+    assert not torch.allclose(w, v[0], atol=1e-4)
 
 
 @pytest.mark.parametrize("name", NEURAL)

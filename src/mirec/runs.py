@@ -242,14 +242,15 @@ def load_run(run_dir: str | Path, data: str | Path | Dataset | None = None) -> L
 
 def load_ranker(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The best checkpoint of a ranking run (its first seed when it has several), in eval mode,
-    and the checkpoint dict (config, features, profile codes)."""
+    and the checkpoint dict (config, features, profile codes; ``parsed_config`` the
+    :class:`RankRunConfig`)."""
     path = best_checkpoint(run_dir)
     if path is None:
         raise MirecConfigError(f"--ranker: {run_dir} has no best.pt (not a ranking run directory)")
     ck = load_checkpoint(path)
     if "features" not in ck:
         raise MirecConfigError(f"--ranker: {path} is not a ranking checkpoint (train one with --task ctr)")
-    cfg = ranker_config(ck)
+    ck["parsed_config"] = cfg = ranker_config(ck)  # parsed once; the pipeline reads it too
     model = build_ranker(cfg, features_from_dict(ck["features"]))
     model.load_state_dict(ck["model"])
     model.eval()

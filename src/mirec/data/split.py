@@ -142,7 +142,8 @@ def windows(item: np.ndarray, start: np.ndarray, stop: np.ndarray,
 def left_pad(hist: Sequence[int], max_len: int) -> np.ndarray:
     """One history's last ``max_len`` item ids, left-padded with 0: (max_len,) int64, the row
     :func:`windows` makes (what serving feeds the models)."""
-    h = np.asarray(hist, dtype=np.int64)
-    if len(h) == 0:
-        return np.zeros(max_len, dtype=np.int64)
-    return windows(h, np.zeros(1, dtype=np.int64), np.full(1, len(h)), max_len)[0][0]
+    out = np.zeros(max_len, dtype=np.int64)
+    recent = hist[-max_len:]
+    if len(recent):
+        out[max_len - len(recent):] = recent
+    return out

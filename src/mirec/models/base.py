@@ -56,9 +56,8 @@ def unit_interests(out: Interests) -> Interests:
 @torch.no_grad()
 def user_interests(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
                    cosine: bool) -> Interests:
-    """A retriever's interests at inference (eval mode), unit length when it scores by cosine:
-    what evaluation and serving compare with the item table."""
-    model.eval()
+    """A retriever's interests at inference (the model in eval mode), unit length when it scores
+    by cosine: what evaluation and serving compare with the item table."""
     out = model.interests(hist, mask)
     return unit_interests(out) if cosine else out
 
@@ -81,7 +80,7 @@ class VectorScorer:
     evaluation loop call :meth:`topn`, which keeps the (B, N) scores on the device."""
 
     def __init__(self, model: torch.nn.Module, cosine: bool, blocked: bool | None = None) -> None:
-        self.model, self.cosine = model, cosine
+        self.model, self.cosine = model.eval(), cosine
         self.device = model_device(model)
         self.items = item_table(model, cosine)  # (N, D), on the model's device
         self.blocked = self.device.type != "cpu" if blocked is None else blocked

@@ -27,6 +27,7 @@ from mirec.models.item_cf import ItemCF, ItemCFConfig
 from mirec.models.mimn import MIMN, MIMNConfig
 from mirec.models.mind import MIND, MINDConfig
 from mirec.models.most_popular import MostPopular, MostPopularConfig
+from mirec.models.sasrec import SASRec, SASRecConfig
 from mirec.models.youtube_dnn import YouTubeDNN, YouTubeDNNConfig
 
 TASKS = ("baseline", "retrieval", "ranking")
@@ -45,6 +46,7 @@ SPECS: dict[str, ModelSpec] = {s.name: s for s in (
     ModelSpec("item-cf", "baseline", ItemCFConfig, ItemCF),
     ModelSpec("youtube-dnn", "retrieval", YouTubeDNNConfig, YouTubeDNN),
     ModelSpec("gru4rec", "retrieval", GRU4RecConfig, GRU4Rec),
+    ModelSpec("sasrec", "retrieval", SASRecConfig, SASRec),
     ModelSpec("mind", "retrieval", MINDConfig, MIND),
     ModelSpec("comirec-dr", "retrieval", ComiRecDRConfig, ComiRecDR),
     ModelSpec("comirec-sa", "retrieval", ComiRecSAConfig, ComiRecSA),

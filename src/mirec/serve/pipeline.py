@@ -26,7 +26,7 @@ import torch
 from mirec.data.ctr import CTRBatch
 from mirec.data.split import left_pad
 from mirec.errors import MirecConfigError
-from mirec.runs import load_ranker, ranker_config
+from mirec.runs import load_ranker
 from mirec.serve.bundle import Bundle
 
 
@@ -51,7 +51,7 @@ class RankStage:
         if ck["features"]["num_items"] != bundle.trained_items:
             raise MirecConfigError(f"--ranker: {run_dir} knows {ck['features']['num_items'] - 1} items, "
                                    f"the bundle {bundle.trained_items - 1}")
-        cfg = ranker_config(ck)
+        cfg = ck["parsed_config"]
         stage = cls(model, ck, cfg.ctr.max_len, name=cfg.model)
         stage.run_dir = run_dir  # a reload opens it again
         return stage
