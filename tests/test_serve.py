@@ -200,9 +200,9 @@ def free_port() -> int:
 class Server:
     """uvicorn serving the app on 127.0.0.1:<free port> in a thread."""
 
-    def __init__(self, rec: Recommender, limits=None) -> None:
+    def __init__(self, rec: Recommender, limits=None, **app_options) -> None:
         self.port = free_port()
-        config = uvicorn.Config(create_app(rec, limits), host="127.0.0.1", port=self.port,
+        config = uvicorn.Config(create_app(rec, limits, **app_options), host="127.0.0.1", port=self.port,
                                 log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -239,7 +239,7 @@ def test_http_happy_paths(served, bundle):
     body = r.json()
     assert len(body["items"]) == 7 and body["known_user"]
     assert set(body["items"][0]) == {"item_id", "title", "categories", "score", "interest",
-                                     "because"}
+                                     "because", "new"}
     item = client.get(f"/items/{bundle.raw_id(2)}").json()
     assert item["item_id"] == bundle.raw_id(2) and item["categories"]
     schema = client.get("/openapi.json").json()

@@ -309,6 +309,23 @@ def _recommender(bundle: Path, kind: str, hnsw_above: int, store: Path | None, r
 RankerRun = Annotated[Optional[Path], typer.Option(
     help="A ranking run (`mirec train --task ctr`, same data set) for the two-stage pipeline: "
          "it re-scores the retrieved candidates before the diversity step.")]
+Unavailable = Annotated[Optional[Path], typer.Option(
+    help="File of raw item ids never to recommend (one per line, e.g. out of stock).")]
+NewItems = Annotated[Optional[Path], typer.Option(
+    help="Items added after training (CSV or JSONL: item_id, title, categories): they get "
+         "the mean vector of their categories' items and can be recommended.")]
+IdList = Annotated[Optional[str], typer.Option(help="Comma-separated.")]
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def _filters(exclude_items: str | None, exclude_categories: str | None, only_categories: str | None):
+    from mirec.serve.recommender import Filters
+
+    return Filters(_split(exclude_items), _split(exclude_categories),
+                   None if only_categories is None else _split(only_categories))
 
 
 @app.command("export")
@@ -348,28 +365,52 @@ def recommend_cmd(
     user: Annotated[Optional[str], typer.Option(help="Raw user id from the source data.")] = None,
     history: Annotated[Optional[str], typer.Option(help="Comma-separated raw item ids, oldest "
                                                         "first.")] = None,
+    all_users: Annotated[bool, typer.Option(help="Every known user's top-n into --out (Parquet: "
+                                                 "user_id, rank, item_id, score, interest, new).")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="The Parquet file of --all-users.")] = None,
     n: Annotated[int, typer.Option(help="How many items.")] = 20,
     lam: Annotated[float, typer.Option("--lambda", help="Diversity weight (0 = pure accuracy).")] = 0.0,
     exclude_history: Annotated[bool, typer.Option(help="Never recommend history items.")] = True,
+    exclude_items: IdList = None,
+    exclude_categories: IdList = None,
+    only_categories: IdList = None,
+    unavailable: Unavailable = None,
+    new_items: NewItems = None,
+    block: Annotated[int, typer.Option(help="--all-users: users per batch (memory ~ block).")] = 1024,
     store: Annotated[Optional[Path], typer.Option(help="SQLite event store with recent events "
                                                       "(an existing one: it is only read).")] = None,
     index: IndexKind = "auto",
     hnsw_above: HnswAbove = 50_000,
     ranker: RankerRun = None,
 ) -> None:
-    """Recommend for a known user or a given history; prints rank, title, interest, because."""
+    """Recommend for a known user or a given history (prints rank, title, interest, because),
+    or for every known user into a Parquet file (--all-users --out FILE)."""
     from mirec.report import served_table
 
-    if (user is None) == (history is None):
-        raise typer.BadParameter("give exactly one of --user or --history")
-    rec = _recommender(bundle, index, hnsw_above, store, ranker, create_store=False)
-    hist = [h.strip() for h in history.split(",") if h.strip()] if history is not None else None
+    if sum([user is not None, history is not None, all_users]) != 1:
+        raise MirecError("give exactly one of --user, --history or --all-users")
+    if all_users and out is None:
+        raise MirecError("--all-users: give the Parquet file to write with --out")
+    filters = _filters(exclude_items, exclude_categories, only_categories)
+    rec = _recommender(bundle, index, hnsw_above, store, ranker, create_store=False,
+                       unavailable=unavailable, new_items=new_items)
+    if all_users:
+        from mirec.serve.batch import write_recommendations
+
+        r = write_recommendations(rec, out, n, lam, ranker is not None, filters, block,
+                                  progress=sys.stderr.isatty())
+        console.print(f"{r['users']:,} users, {r['rows']:,} rows ({r['short']:,} lists shorter than "
+                      f"{n}); wrote [bold]{r['path']}[/bold]")
+        return
+    hist = _split(history) if history is not None else None
     r = rec.recommend(user_id=user, history=hist, n=n, diversity=lam, exclude_history=exclude_history,
-                      rank=ranker is not None)
+                      rank=ranker is not None, filters=filters)
     b = rec.bundle
     console.print(served_table(r, title=f"top-{n} for " + (f"user {user}" if user else "the history")
                                + f" (lambda {lam:g}" + (f", ranked by {rec.ranker.name})" if ranker else ")"),
                                name=lambda raw: b.item_title[b.item_ids[raw]]))
+    if r.short:
+        console.print(f"only {len(r.items)} items passed the filters")
 
 
 @app.command("serve")
@@ -393,8 +434,13 @@ def serve_cmd(
                                                    "worker (429 above; 0 = no limit).")] = 0.0,
     keep_events: Annotated[Optional[int], typer.Option(help="Keep only each user's newest N "
                                                             "events in the store.")] = None,
+    unavailable: Unavailable = None,
+    new_items: NewItems = None,
+    log_format: Annotated[str, typer.Option(help="'text' (uvicorn's warnings only) or 'json' (one "
+                                                 "JSON line per request on stderr).")] = "text",
 ) -> None:
-    """Serve POST /recommend, POST /events, GET /items/{id}, GET /health over HTTP."""
+    """Serve POST /recommend, POST /events, GET /items/{id}, GET /health, GET /metrics and
+    POST /admin/reload over HTTP; SIGHUP reloads the bundle (docs/production.md)."""
     import os
 
     import torch
@@ -402,23 +448,34 @@ def serve_cmd(
 
     from mirec.serve.app import create_app
     from mirec.serve.guard import Limits
+    from mirec.serve.observe import log_to_stderr
+    from mirec.serve.service import Live, reload_on_sighup
 
+    if log_format not in ("text", "json"):
+        raise MirecError(f"--log-format: expected 'text' or 'json', got {log_format!r}")
     limits = Limits(token=token, max_body=max_body, rate=rate_limit)
     limits.validate()
     torch.set_num_threads(1)  # one request = one core's work; concurrency comes from requests
     rec = _recommender(bundle, index, hnsw_above, store, ranker,  # also checks everything up front
-                       keep_events=keep_events)
+                       keep_events=keep_events, unavailable=unavailable, new_items=new_items)
     console.print(f"serving {bundle} ({rec.bundle.manifest['model']}, {rec.index.kind} index) on "
                   f"http://{host}:{port} with {workers} worker(s) (docs: /docs); events in {store}"
                   + ("; bearer token required" if token else ""))
+    if log_format == "json":
+        log_to_stderr()
     if workers == 1:
-        uvicorn.run(create_app(rec, limits), host=host, port=port, log_level="warning")
+        live = Live(rec)
+        reload_on_sighup(live)
+        uvicorn.run(create_app(live, limits, log_json=log_format == "json"), host=host, port=port,
+                    log_level="warning")
         return
     del rec
     os.environ.update(MIREC_BUNDLE=str(bundle), MIREC_STORE=str(store), MIREC_INDEX=index,
                       MIREC_HNSW_ABOVE=str(hnsw_above), MIREC_RANKER=str(ranker or ""),
                       MIREC_TOKEN=token or "", MIREC_MAX_BODY=str(max_body),
                       MIREC_RATE_LIMIT=str(rate_limit), MIREC_KEEP_EVENTS=str(keep_events or ""),
+                      MIREC_UNAVAILABLE=str(unavailable or ""), MIREC_NEW_ITEMS=str(new_items or ""),
+                      MIREC_LOG_FORMAT=log_format,
                       MIREC_SUPERVISOR_PID=str(os.getpid()))
     uvicorn.run("mirec.serve.app:app_from_env", factory=True, workers=workers, host=host,
                 port=port, log_level="warning")

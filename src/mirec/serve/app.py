@@ -4,12 +4,16 @@
 docs at ``/docs``)::
 
     POST /recommend   {"user_id": "..."} or {"history": ["id", ...]}, "n", "lambda",
-                      "exclude_history", "rank" -> items with item_id, title, categories, score,
-                      interest, because; ignored_items lists ids not in the catalogue
+                      "exclude_history", "rank", "exclude_items", "exclude_categories",
+                      "only_categories" -> items with item_id, title, categories, score,
+                      interest, because, new; ignored_items lists ids not in the catalogue;
+                      "short": true when fewer than n items passed the filters
     POST /events      {"user_id": "...", "events": [{"item_id": "...", "timestamp": 0}]}
     GET  /items/{id}  one item's title and categories (404 if unknown)
     GET  /health      model, catalogue size, index kind, stored events
     GET  /  and  GET /users, POST /interests: the web explorer (serve/explore.py)
+    POST /admin/reload  {"bundle": "path"} or {}: load, verify and swap the bundle (token only)
+    GET  /metrics     Prometheus text format (serve/observe.py)
 
 Ids are the source data's raw ids, as strings. Client mistakes are 4xx with the field named
 (malformed JSON and schema violations: FastAPI's 422 with ``loc``); unknown users and items are
@@ -21,13 +25,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from mirec.errors import MirecError
 from mirec.serve.guard import Limits, install
-from mirec.serve.recommender import Recommender
+from mirec.serve.observe import Metrics, Observe
+from mirec.serve.recommender import Filters, Recommender
+from mirec.serve.service import Live
 
 MAX_EVENTS = 1000  # per POST /events
 MAX_TIMESTAMP = 2**63 - 1  # SQLite INTEGER
@@ -57,6 +63,9 @@ class RecommendRequest(BaseModel):
     lambda_: float = Field(0.0, alias="lambda", ge=0.0, le=1000.0, allow_inf_nan=False)
     exclude_history: bool = True
     rank: bool = False  # score the candidates with the ranker (server started with --ranker)
+    exclude_items: list[Id] = Field(default_factory=list, max_length=10_000)
+    exclude_categories: list[Id] = Field(default_factory=list, max_length=1000)
+    only_categories: list[Id] | None = Field(None, max_length=1000)
 
     # strict: JSON types as the schema says (no true for 1, no "3" for 3)
     model_config = {"populate_by_name": True, "extra": "forbid", "strict": True}
@@ -78,6 +87,7 @@ class RecommendedItem(ItemInfo):
     score: float
     interest: int
     because: list[str]
+    new: bool = Field(description="added after training (cold-start vector)")
 
 
 class RecommendResponse(BaseModel):
@@ -89,6 +99,20 @@ class RecommendResponse(BaseModel):
     interests: int
     ranked: bool
     fallback: str | None = None  # "popular": unknown user or empty history
+    short: bool = Field(False, description="fewer than n items passed the filters")
+
+
+class ReloadRequest(BaseModel):
+    bundle: Annotated[str, Field(min_length=1, max_length=4096),
+                      AfterValidator(_no_lone_surrogates)] | None = None  # default: the same path
+
+    model_config = {"extra": "forbid", "strict": True}
+
+
+class ReloadResponse(BaseModel):
+    bundle: str
+    version: str
+    items: int
 
 
 class Event(BaseModel):
@@ -114,7 +138,8 @@ class EventsResponse(BaseModel):
 def app_from_env() -> FastAPI:
     """The app for ``uvicorn --factory`` (``mirec serve --workers N``): every worker process
     loads the bundle named by ``MIREC_BUNDLE`` (plus ``MIREC_STORE``, ``MIREC_INDEX``,
-    ``MIREC_HNSW_ABOVE``, ``MIREC_RANKER``, ``MIREC_KEEP_EVENTS`` and the limits of
+    ``MIREC_HNSW_ABOVE``, ``MIREC_RANKER``, ``MIREC_KEEP_EVENTS``, ``MIREC_UNAVAILABLE``,
+    ``MIREC_NEW_ITEMS``, ``MIREC_LOG_FORMAT`` and the limits of
     :meth:`Limits.from_env`); the SQLite store in WAL mode is shared between them. A worker
     stops when its supervisor (``MIREC_SUPERVISOR_PID``) dies."""
     import os
@@ -122,7 +147,8 @@ def app_from_env() -> FastAPI:
     import torch
 
     from mirec.serve.guard import watch_parent
-    from mirec.serve.service import open_recommender
+    from mirec.serve.observe import log_to_stderr
+    from mirec.serve.service import open_recommender, reload_on_sighup
 
     env = os.environ
     if env.get("MIREC_SUPERVISOR_PID"):
@@ -131,8 +157,15 @@ def app_from_env() -> FastAPI:
     keep = int(env.get("MIREC_KEEP_EVENTS") or 0) or None
     rec = open_recommender(env["MIREC_BUNDLE"], env.get("MIREC_INDEX", "auto"),
                            int(env.get("MIREC_HNSW_ABOVE", "50000")), env.get("MIREC_STORE") or None,
-                           env.get("MIREC_RANKER") or None, keep_events=keep)
-    return create_app(rec, Limits.from_env(env))
+                           env.get("MIREC_RANKER") or None, keep_events=keep,
+                           unavailable=env.get("MIREC_UNAVAILABLE") or None,
+                           new_items=env.get("MIREC_NEW_ITEMS") or None)
+    live = Live(rec)
+    reload_on_sighup(live)
+    log_json = env.get("MIREC_LOG_FORMAT") == "json"
+    if log_json:
+        log_to_stderr()
+    return create_app(live, Limits.from_env(env), log_json=log_json)
 
 
 def _field_error(field: str, msg: str, type_: str) -> HTTPException:
@@ -143,21 +176,32 @@ def _field_error(field: str, msg: str, type_: str) -> HTTPException:
 def _recommend_body(r) -> dict:
     return {"user_id": r.user_id, "known_user": r.known_user, "ignored_items": r.ignored_items,
             "history": r.history, "interests": r.interests, "ranked": r.ranked,
-            "fallback": r.fallback,
+            "fallback": r.fallback, "short": r.short,
             "items": [{"item_id": x.item_id, "title": x.title, "categories": x.categories,
-                       "score": x.score, "interest": x.interest, "because": x.because}
+                       "score": x.score, "interest": x.interest, "because": x.because, "new": x.new}
                       for x in r.items]}
 
 
 ERRORS = {400: {"model": ErrorBody, "description": "A request the recommender refuses"}}
 NOT_FOUND = {404: {"model": ErrorBody, "description": "Unknown item id"}}
 NO_STORE = {409: {"model": ErrorBody, "description": "The server runs without an event store"}}
+RELOAD = {400: {"model": ErrorBody, "description": "The new bundle failed to load; the old one is served"},
+          403: {"model": ErrorBody, "description": "The server runs without a token: reload by SIGHUP"}}
 
 
-def create_app(rec: Recommender, limits: Limits | None = None) -> FastAPI:
-    app = FastAPI(title="mirec", version=str(rec.bundle.manifest["versions"]["mirec"]),
+def create_app(rec: Recommender | Live, limits: Limits | None = None, log_json: bool = False) -> FastAPI:
+    """The app serving ``rec`` (a :class:`Live` holder when the caller reloads it, e.g. on
+    SIGHUP). Every endpoint takes ``live.rec`` once, so a reload never splits a request."""
+    live = rec if isinstance(rec, Live) else Live(rec)
+    limits = limits or Limits()
+    app = FastAPI(title="mirec", version=str(live.rec.bundle.manifest["versions"]["mirec"]),
                   description="Multi-interest retrieval with controllable diversity.")
-    install(app, limits or Limits())
+    install(app, limits)
+    metrics = Metrics()
+    metrics.served(live.rec)
+    live.on_swap.append(metrics.served)
+    app.add_middleware(Observe, metrics=metrics, log_json=log_json)
+    app.state.live, app.state.metrics = live, metrics
 
     @app.exception_handler(MirecError)
     def _client_error(request, exc: MirecError) -> JSONResponse:
@@ -167,40 +211,67 @@ def create_app(rec: Recommender, limits: Limits | None = None) -> FastAPI:
     # ranker) must not block the event loop, or cheap requests like /events wait behind it.
     # The response is serialised directly (the model still documents the schema).
     @app.post("/recommend", response_model=RecommendResponse, responses=ERRORS)
-    def recommend(req: RecommendRequest) -> JSONResponse:
+    def recommend(req: RecommendRequest, request: Request) -> JSONResponse:
+        rec = live.rec
         if req.n > rec.cfg.max_n:
             raise _field_error("n", f"n must be <= {rec.cfg.max_n}", "less_than_equal")
         if req.rank and rec.ranker is None:
             raise _field_error("rank", "this server has no ranker (start it with --ranker)",
                                "no_ranker")
+        filters = Filters(req.exclude_items, req.exclude_categories, req.only_categories)
         r = rec.recommend(user_id=req.user_id, history=req.history, n=req.n, diversity=req.lambda_,
-                          exclude_history=req.exclude_history, rank=req.rank)
+                          exclude_history=req.exclude_history, rank=req.rank, filters=filters)
+        if req.user_id is not None:
+            request.state.user_known = r.known_user
         return JSONResponse(_recommend_body(r))
 
     @app.post("/events", response_model=EventsResponse, responses={**ERRORS, **NO_STORE})
     def events(req: EventsRequest) -> EventsResponse:  # sync: the commit waits for fsync
+        rec = live.rec
         if rec.store is None:
             raise HTTPException(409, detail="this server runs without an event store")
         known = [(e.item_id, e.timestamp) for e in req.events if e.item_id in rec.bundle.item_ids]
         ignored = [e.item_id for e in req.events if e.item_id not in rec.bundle.item_ids]
         stored = rec.store.append(req.user_id, known) if known else 0
+        metrics.events.inc(stored)
         return EventsResponse(user_id=req.user_id, stored=stored, ignored_items=ignored)
 
     @app.get("/items/{item_id}", response_model=ItemInfo, responses=NOT_FOUND)
     def item(item_id: str) -> dict:
-        i = rec.bundle.item_ids.get(item_id)
+        b = live.rec.bundle
+        i = b.item_ids.get(item_id)
         if i is None:
             raise HTTPException(404, detail=f"item_id {item_id[:100]!r}: not in the catalogue")
-        return rec.bundle.item_info(i)
+        return b.item_info(i)
 
     @app.get("/health")
     def health() -> dict:
+        rec = live.rec
         return {"status": "ok", "model": rec.bundle.manifest["model"],
                 "items": rec.bundle.num_items - 1, "index": rec.index.kind,
                 "ranker": rec.ranker.name if rec.ranker else None,
-                "events": rec.store.count() if rec.store else None}
+                "events": rec.store.count() if rec.store else None, "version": rec.bundle.version}
+
+    @app.post("/admin/reload", response_model=ReloadResponse, responses=RELOAD)
+    def reload(req: ReloadRequest | None = None) -> ReloadResponse:
+        if not limits.token:
+            raise HTTPException(403, detail="/admin/reload needs a server started with --token "
+                                            "(or send the process SIGHUP)")
+        try:
+            new = live.reload(req.bundle if req else None)
+        except (MirecError, OSError) as e:  # the old bundle stays; the caller learns why
+            metrics.reloads.labels("error").inc()
+            raise HTTPException(400, detail=str(e)) from None
+        metrics.reloads.labels("ok").inc()
+        return ReloadResponse(bundle=str(new.bundle.path), version=new.bundle.version,
+                              items=new.bundle.num_items - 1)
+
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    def prometheus() -> Response:
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     from mirec.serve.explore import add_explorer
 
-    add_explorer(app, rec)
+    add_explorer(app, live)
     return app

@@ -18,6 +18,7 @@ fault.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import platform
@@ -60,6 +61,20 @@ class Bundle:
     item_raw: list[str]  # dense id -> raw id, [0] = "" (padding); plain lists: O(1) lookups
     item_title: list[str]
     item_categories: list[list[str]]
+    new_from: int | None = None  # dense ids >= this were added after training (serve/catalogue.py)
+
+    @property
+    def trained_items(self) -> int:
+        """Item ids below this have a row in the tower's embedding table."""
+        return self.new_from or self.num_items
+
+    def is_new(self, item: int) -> bool:
+        return self.new_from is not None and item >= self.new_from
+
+    @property
+    def version(self) -> str:
+        """First 12 hex digits of the SHA-256 of the manifest (it lists every file's checksum)."""
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
     def num_items(self) -> int:

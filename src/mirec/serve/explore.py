@@ -26,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, model_validator
 
 from mirec.serve.recommender import Recommender
+from mirec.serve.service import Live
 
 FORMED_BY = 5  # history items shown per interest, heaviest first
 
@@ -106,12 +107,19 @@ class UsersResponse(BaseModel):
     total: int = Field(description="known users starting with the prefix")
 
 
-def add_explorer(app: FastAPI, rec: Recommender) -> None:
-    """Mount the explorer page and add ``GET /users`` and ``POST /interests`` to ``app``."""
+def add_explorer(app: FastAPI, live: Live) -> None:
+    """Mount the explorer page and add ``GET /users`` and ``POST /interests`` to ``app``
+    (serving ``live.rec``, whichever bundle is loaded)."""
     static = resources.files("mirec.serve") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
-    b = rec.bundle
-    users = sorted(b.user_histories)
+    sorted_users: dict[int, list[str]] = {}  # id(bundle) -> its sorted user ids
+
+    def users() -> list[str]:
+        b = live.rec.bundle
+        if id(b) not in sorted_users:
+            sorted_users.clear()
+            sorted_users[id(b)] = sorted(b.user_histories)
+        return sorted_users[id(b)]
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -120,11 +128,13 @@ def add_explorer(app: FastAPI, rec: Recommender) -> None:
     @app.get("/users", response_model=UsersResponse)
     def find_users(prefix: Annotated[str, Query(max_length=256)] = "",
                    limit: Annotated[int, Query(ge=1, le=100)] = 20) -> UsersResponse:
-        found = [u for u in users if u.startswith(prefix)]
+        found = [u for u in users() if u.startswith(prefix)]
         return UsersResponse(users=found[:limit], total=len(found))
 
     @app.post("/interests", response_model=InterestsResponse)
     def interests(req: InterestsRequest) -> InterestsResponse:
+        rec = live.rec
+        b = rec.bundle
         if req.history is not None:
             if len(req.history) > rec.cfg.max_history:
                 raise HTTPException(422, detail=[{"loc": ["body", "history"],

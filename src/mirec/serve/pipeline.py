@@ -35,6 +35,7 @@ class RankStage:
         self.model = model.eval()
         self.max_len = max_len
         self.name = name
+        self.run_dir: str | Path | None = None
         self.profile = checkpoint["profile"]  # (U, F) long
         self.user_index = {raw: u for u, raw in enumerate(checkpoint.get("user_raw_ids", []))}
         self.unknown_user = checkpoint["features"]["num_users"]
@@ -47,11 +48,13 @@ class RankStage:
         if want and ck.get("dataset_checksum") and ck["dataset_checksum"] != want:
             raise MirecConfigError(f"--ranker: {run_dir} was trained on another data set than the bundle "
                                    f"(checksum {ck['dataset_checksum'][:12]} != {want[:12]})")
-        if ck["features"]["num_items"] != bundle.num_items:
+        if ck["features"]["num_items"] != bundle.trained_items:
             raise MirecConfigError(f"--ranker: {run_dir} knows {ck['features']['num_items'] - 1} items, "
-                                   f"the bundle {bundle.num_items - 1}")
+                                   f"the bundle {bundle.trained_items - 1}")
         cfg = ck["parsed_config"]
-        return cls(model, ck, cfg.ctr.max_len, name=cfg.model)
+        stage = cls(model, ck, cfg.ctr.max_len, name=cfg.model)
+        stage.run_dir = run_dir  # a reload opens it again
+        return stage
 
     @torch.no_grad()
     def score(self, user_id: str | None, hist: list[int], cand: np.ndarray) -> np.ndarray:

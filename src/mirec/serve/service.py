@@ -7,49 +7,121 @@ to build: build it offline), after checking the checksum, and builds it in memor
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from mirec.serve.bundle import Bundle, add_checksum, verify_checksum
 from mirec.serve.index import IndexConfig, ItemIndex, recall_at
+from mirec.serve.store import EventStore
+
+if TYPE_CHECKING:
+    from mirec.serve.recommender import Recommender
+
+log = logging.getLogger("mirec")
 
 
 def index_path(bundle: Bundle, kind: str) -> Path:
     return bundle.path / f"index-{kind}.faiss"
 
 
+def open_recommender(bundle: str | Path, kind: str = "auto", hnsw_above: int = 50_000,
+                     store: str | Path | None = None, ranker: str | Path | None = None,
+                     keep_events: int | None = None, create_store: bool = True,
+                     unavailable: str | Path | None = None, new_items: str | Path | None = None,
+                     events: EventStore | None = None) -> Recommender:
+    """Bundle [+ new items] + index (saved one if present) + event store [+ ranking run]
+    [+ unavailable items] -> a Recommender. ``keep_events``: per-user retention in the store;
+    ``create_store=False``: the store must exist (reading only); ``events``: an open store to
+    use instead of ``store`` (a reload keeps the server's). The options are kept on the
+    recommender (``rec.options``) so that :func:`reopen` can load a new bundle the same way."""
+    from mirec.serve.bundle import load_bundle
+    from mirec.serve.catalogue import add_new_items, read_unavailable
+    from mirec.serve.pipeline import RankStage
+    from mirec.serve.recommender import Recommender
+
+    options = dict(kind=kind, hnsw_above=hnsw_above, store=store, ranker=ranker,
+                   keep_events=keep_events, create_store=create_store, unavailable=unavailable,
+                   new_items=new_items)
+    cfg = IndexConfig(kind=kind, hnsw_above=hnsw_above)
+    cfg.validate()
+    b = load_bundle(bundle)
+    if new_items:
+        b = add_new_items(b, new_items)
+    if events is None and store:
+        events = EventStore(store, keep_events, create_store)
+    stage = RankStage.from_run(ranker, b) if ranker else None
+    blocked = read_unavailable(unavailable, b) if unavailable else None
+    rec = Recommender(b, open_index(b, cfg), events, ranker=stage, unavailable=blocked)
+    rec.options = options
+    return rec
+
+
 def open_index(bundle: Bundle, cfg: IndexConfig) -> ItemIndex:
+    """The saved index of the bundle when present (checksum verified), else built in memory.
+    With new items the saved index lacks them: it is built in memory."""
     kind = cfg.resolved_kind(bundle.num_items - 1)
     path = index_path(bundle, kind)
-    if path.exists():
+    if path.exists() and bundle.new_from is None:
         verify_checksum(bundle, path.name, f"rebuild it with `mirec index build {bundle.path} "
                                            f"--index {kind}` (or delete it)")
         return ItemIndex.load(path, cfg)
     return ItemIndex.build(bundle.item_vectors, replace(cfg, kind=kind))
 
 
-def open_recommender(bundle: str | Path, kind: str = "auto", hnsw_above: int = 50_000,
-                     store: str | Path | None = None, ranker: str | Path | None = None,
-                     keep_events: int | None = None, create_store: bool = True):
-    """Bundle + index (saved one if present) + event store [+ ranking run] -> a Recommender.
-    ``keep_events``: per-user retention in the store; ``create_store=False``: the store must
-    exist (reading only)."""
-    from mirec.serve.bundle import load_bundle
-    from mirec.serve.pipeline import RankStage
-    from mirec.serve.recommender import Recommender
-    from mirec.serve.store import EventStore
+def reopen(rec: Recommender, bundle: str | Path | None = None) -> Recommender:
+    """A new recommender for ``bundle`` (default: the same path again, e.g. after a new export)
+    with ``rec``'s options and event store; every file is verified before anything is returned."""
+    path = bundle if bundle is not None else rec.bundle.path
+    if rec.options is None:  # built by hand (tests, benchmarks): the index kind and ranker only
+        opts = {"kind": rec.index.kind, "ranker": getattr(rec.ranker, "run_dir", None)}
+    else:
+        opts = dict(rec.options)
+    rec2 = open_recommender(path, **opts, events=rec.store)
+    rec2.cfg = rec.cfg
+    return rec2
 
-    cfg = IndexConfig(kind=kind, hnsw_above=hnsw_above)
-    cfg.validate()
-    b = load_bundle(bundle)
-    events = EventStore(store, keep_events, create_store) if store else None
-    stage = RankStage.from_run(ranker, b) if ranker else None
-    return Recommender(b, open_index(b, cfg), events, ranker=stage)
+
+class Live:
+    """The recommender being served, swapped whole by :meth:`reload` (one reference
+    assignment: a request that already took ``live.rec`` finishes on the old one)."""
+
+    def __init__(self, rec: Recommender) -> None:
+        self.rec = rec
+        self.lock = threading.Lock()  # one reload at a time
+        self.on_swap: list = []  # callables(rec) run after a successful swap (metrics)
+
+    def reload(self, bundle: str | Path | None = None) -> Recommender:
+        """Load and verify, then swap; on any error the old recommender stays and it raises."""
+        with self.lock:
+            new = reopen(self.rec, bundle)
+            self.rec = new
+        for f in self.on_swap:
+            f(new)
+        log.info("reloaded %s (version %s)", new.bundle.path, new.bundle.version)
+        return new
+
+
+def reload_on_sighup(live: Live) -> None:
+    """SIGHUP reloads the bundle from its path in a background thread (a failed load is logged
+    and the old bundle stays). Only from the main thread, where Python allows handlers."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        return
+
+    def reload() -> None:
+        try:
+            live.reload()
+        except Exception as e:  # noqa: BLE001  any failure keeps the old bundle; say why
+            log.error("reload on SIGHUP failed, still serving %s: %s", live.rec.bundle.path, e)
+
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload, daemon=True).start())
 
 
 @torch.no_grad()

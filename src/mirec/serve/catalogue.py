@@ -1,0 +1,143 @@
+"""Catalogue changes after training: unavailable items and new (cold-start) items.
+
+``--unavailable FILE``: one raw item id per line (blank lines and ``#`` comments skipped), for
+example items out of stock. They are never recommended; ids not in the catalogue are ignored.
+
+``--new-items FILE``: items added after training, CSV (header ``item_id,title,categories``,
+categories separated by ``|``) or JSONL (``{"item_id": ..., "title": ..., "categories": [...]}``).
+A new item has no trained vector; it gets the mean of the item vectors of every catalogue item
+that shares one of its categories (re-normalised to unit length when the model scores by
+cosine). An item none of whose categories is known gets the mean of all item vectors. The
+tower never sees a new item (it has no embedding row): histories keep them for exclusion only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from mirec.data.dataset import category_csr
+from mirec.errors import MirecDataError
+from mirec.serve.bundle import Bundle
+
+
+def read_unavailable(path: str | Path, bundle: Bundle) -> np.ndarray:
+    """(N,) bool mask of the items listed in ``path``."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise MirecDataError(f"{path}: cannot read the unavailable-items file ({e})") from None
+    mask = np.zeros(bundle.num_items, dtype=bool)
+    for line in lines:
+        raw = line.strip()
+        if raw and not raw.startswith("#") and raw in bundle.item_ids:
+            mask[bundle.item_ids[raw]] = True
+    return mask
+
+
+def _rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) of a CSV or JSONL items file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MirecDataError(f"{path}: cannot read the new-items file ({e})") from None
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        rows = []
+        for no, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise MirecDataError(f"{path}:{no}: invalid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise MirecDataError(f"{path}:{no}: expected a JSON object")
+            rows.append((no, rec))
+        return rows
+    reader = csv.DictReader(text.splitlines())
+    if "item_id" not in (reader.fieldnames or []):
+        raise MirecDataError(f"{path}:1: the header has no 'item_id' column")
+    return [(no, rec) for no, rec in enumerate(reader, 2)]
+
+
+def _categories(value: object, where: str) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [c.strip() for c in value.split("|") if c.strip()]
+    if isinstance(value, list) and all(isinstance(c, str) for c in value):
+        return value
+    raise MirecDataError(f"{where}: field 'categories': expected a list of strings or 'a|b'")
+
+
+def read_new_items(path: str | Path, bundle: Bundle) -> list[tuple[str, str, list[str]]]:
+    """(item_id, title, categories) of each new item; a known or repeated id is an error."""
+    path, out, seen = Path(path), [], set()
+    for no, rec in _rows(path):
+        where = f"{path}:{no}"
+        raw = rec.get("item_id")
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            raw = str(raw)
+        if not isinstance(raw, str) or not raw.strip():
+            raise MirecDataError(f"{where}: field 'item_id': missing or empty")
+        raw = raw.strip()
+        if raw in bundle.item_ids or raw in seen:
+            raise MirecDataError(f"{where}: field 'item_id': {raw!r} is already in the catalogue")
+        seen.add(raw)
+        title = rec.get("title") or raw
+        if not isinstance(title, str):
+            raise MirecDataError(f"{where}: field 'title': expected a string")
+        out.append((raw, title, _categories(rec.get("categories"), where)))
+    return out
+
+
+def cold_vectors(bundle: Bundle, categories: list[list[str]],
+                 pool: np.ndarray | None = None) -> np.ndarray:
+    """(len(categories), D) vectors: the mean of the vectors of the catalogue items sharing a
+    category with each new item (all items when none is shared), unit length under cosine.
+    ``pool``: (N,) bool, the items that may contribute (default: every real item)."""
+    V = bundle.item_vectors
+    if pool is None:
+        pool = np.arange(bundle.num_items) > 0
+    names = {c: j for j, c in enumerate(bundle.category_names)}
+    counts = np.diff(bundle.category_indptr)
+    owner = np.repeat(np.arange(bundle.num_items), counts)  # (entries,) item of each entry
+    owner = np.where(pool[owner], owner, -1)
+    everyone = V[pool].mean(0)
+    out = np.empty((len(categories), V.shape[1]), dtype=np.float32)
+    for r, cats in enumerate(categories):
+        wanted = [names[c] for c in cats if c in names]
+        items = np.unique(owner[np.isin(bundle.category_ids, wanted)]) if wanted else np.zeros(0, int)
+        items = items[items > 0]
+        out[r] = V[items].mean(0) if len(items) else everyone
+    if bundle.cosine:
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def add_new_items(bundle: Bundle, path: str | Path) -> Bundle:
+    """The bundle with the items of ``path`` appended (dense ids N, N+1, ...), marked new."""
+    new = read_new_items(path, bundle)
+    if not new:
+        return bundle
+    vectors = np.ascontiguousarray(np.concatenate(
+        [bundle.item_vectors, cold_vectors(bundle, [c for _, _, c in new])]), dtype=np.float32)
+    N = bundle.num_items
+    items = pl.DataFrame({
+        "item": np.arange(1, N + len(new), dtype=np.int64),
+        "raw_id": bundle.item_raw[1:] + [r for r, _, _ in new],
+        "title": bundle.item_title[1:] + [t for _, t, _ in new],
+        "categories": pl.Series([list(c) for c in bundle.item_categories[1:]] + [c for _, _, c in new],
+                                dtype=pl.List(pl.String))})
+    indptr, cat_ids, names = category_csr(items)
+    raw = bundle.item_raw + [r for r, _, _ in new]
+    return replace(bundle, item_vectors=vectors, item_ids={r: i for i, r in enumerate(raw) if i},
+                   category_indptr=indptr, category_ids=cat_ids, category_names=names, item_raw=raw,
+                   item_title=bundle.item_title + [t for _, t, _ in new],
+                   item_categories=bundle.item_categories + [c for _, _, c in new], new_from=N)
