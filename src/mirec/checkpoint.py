@@ -1,4 +1,5 @@
-"""Checkpoints written atomically: model, optimiser, RNG states, epoch, best metric, config."""
+"""Checkpoints written atomically, without pickle and with a checksum: model, optimiser, epoch,
+best metric, config; and the rules for resuming a run from one."""
 
 from __future__ import annotations
 
