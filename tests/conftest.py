@@ -65,3 +65,26 @@ def left_pad(rows, length, fill=0):
             hist[b, -len(r):] = torch.tensor(r)
             mask[b, -len(r):] = True
     return hist, mask
+
+
+def write_lines(path, lines):
+    """A text file of ``lines``, newline-terminated."""
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def planted_comirec_run(root, seeds, epochs, seed):
+    """A small planted log (150 users, 6 categories x 12 items) and ComiRec-SA (d 16, K 2)
+    trained on it into ``root / "run"``; returns the data set's path."""
+    from mirec.data.synth import SynthConfig, synth_dataset
+    from mirec.experiment import train_seeds
+    from mirec.runs import RunConfig, TrainConfig
+
+    synth_dataset(SynthConfig(num_users=150, num_categories=6, items_per_category=12, max_interests=2,
+                              stickiness=0.9, noise=0.0, min_len=8, mean_len=14, seed=seed),
+                  root / "ds", progress=False)
+    rc = RunConfig(model="comirec-sa", model_args={"dim": 16, "num_interests": 2},
+                   train=TrainConfig(epochs=epochs, batch_size=128, lr=0.01, temperature=0.2,
+                                     patience=epochs))
+    train_seeds(rc, root / "ds", seeds, root / "run", progress=False)
+    return root / "ds"

@@ -13,6 +13,7 @@ from mirec.data.dataset import load_dataset
 from mirec.data.prepare import PrepareConfig, build_dataset
 from mirec.data.tabular import load_table
 from mirec.errors import MirecConfigError, MirecDataError
+from tests.conftest import write_lines as write
 
 CSV_ROWS = [
     "uid;song;when;genre;name",
@@ -22,10 +23,6 @@ CSV_ROWS = [
     "bob;s1;5;;",
 ]
 
-
-def write(path: Path, lines: list[str]) -> Path:
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def prepare(raw, tmp_path: Path):

@@ -10,6 +10,7 @@ from mirec.data.dataset import load_dataset
 from mirec.data.prepare import PrepareConfig, build_dataset
 from mirec.data.taobao import load_taobao
 from mirec.errors import MirecDataError
+from tests.conftest import write_lines as write
 
 # user,item,category,behavior,timestamp -- in file order
 ROWS = [
@@ -22,10 +23,6 @@ ROWS = [
     "2,20,5,fav,1511546000",
 ]
 
-
-def write(path: Path, rows: list[str]) -> Path:
-    path.write_text("\n".join(rows) + "\n")
-    return path
 
 
 def test_page_views(tmp_path: Path) -> None:

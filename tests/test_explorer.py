@@ -13,15 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from mirec.data.dataset import load_dataset
-from mirec.data.synth import SynthConfig, synth_dataset
-from mirec.runs import RunConfig, TrainConfig
 from mirec.serve.bundle import export_bundle, load_bundle
 from mirec.serve.explore import interest_views
 from mirec.serve.index import IndexConfig, ItemIndex
 from mirec.serve.recommender import Recommender
 from mirec.serve.store import EventStore
-from mirec.train.loop import train
+from tests.conftest import planted_comirec_run
 from tests.test_serve import Server
 
 torch.set_num_threads(1)
@@ -31,12 +28,7 @@ torch.set_num_threads(1)
 def bundle(tmp_path_factory):
     """ComiRec-SA, 2 interests, one epoch on a planted set of 6 categories x 12 items."""
     root = tmp_path_factory.mktemp("explorer")
-    synth_dataset(SynthConfig(num_users=150, num_categories=6, items_per_category=12, max_interests=2,
-                              stickiness=0.9, noise=0.0, min_len=8, mean_len=14, seed=3),
-                  root / "ds", progress=False)
-    rc = RunConfig(model="comirec-sa", model_args={"dim": 16, "num_interests": 2},
-                   train=TrainConfig(epochs=1, batch_size=128, lr=0.01, temperature=0.2))
-    train(rc, load_dataset(root / "ds"), root / "run", progress=False)
+    planted_comirec_run(root, [2020], epochs=1, seed=3)
     return load_bundle(export_bundle(root / "run", root / "bundle"))
 
 

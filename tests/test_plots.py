@@ -15,12 +15,10 @@ import torch
 from typer.testing import CliRunner
 
 from mirec.cli import app
-from mirec.data.synth import SynthConfig, synth_dataset
 from mirec.errors import MirecConfigError, MirecDataError
-from mirec.experiment import train_seeds
 from mirec.plots import interests_figure, pca_2d, training_figure
-from mirec.runs import RunConfig, TrainConfig
 from mirec.serve.bundle import export_bundle, load_bundle
+from tests.conftest import planted_comirec_run
 
 torch.set_num_threads(1)
 SEEDS = [1, 2]
@@ -30,13 +28,7 @@ EPOCHS = 3
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("plots")
-    synth_dataset(SynthConfig(num_users=150, num_categories=6, items_per_category=12, max_interests=2,
-                              stickiness=0.9, noise=0.0, min_len=8, mean_len=14, seed=4),
-                  root / "ds", progress=False)
-    rc = RunConfig(model="comirec-sa", model_args={"dim": 16, "num_interests": 2},
-                   train=TrainConfig(epochs=EPOCHS, batch_size=128, lr=0.01, temperature=0.2,
-                                     patience=EPOCHS))
-    train_seeds(rc, root / "ds", SEEDS, root / "run", progress=False)
+    planted_comirec_run(root, SEEDS, EPOCHS, seed=4)
     return root
 
 
