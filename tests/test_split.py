@@ -1,8 +1,11 @@
 """The protocol's split: disjoint users, targets after history, determinism, windows."""
 
 import numpy as np
+import pytest
 
 from mirec.data.split import SplitConfig, split_users, windows
+from mirec.errors import MirecConfigError
+from tests.conftest import make_dataset
 
 
 def test_users_disjoint_and_cover(random_dataset):
@@ -51,3 +54,43 @@ def test_windows_left_padded_and_truncated():
     hist, mask = windows(item, np.array([0, 5]), np.array([4, 6]), max_len=3)
     assert hist.tolist() == [[11, 12, 13], [0, 0, 20]]
     assert mask.tolist() == [[True, True, True], [False, False, True]]
+
+
+def test_leave_one_out_holds_out_each_users_last_two_items(tmp_path):
+    from mirec.models.most_popular import MostPopular
+
+    # user 0: items 1..5; user 1: 6, 7 (two events: a test target, no validation target); user 2: 8
+    ds = make_dataset(tmp_path / "ds", [0] * 5 + [1] * 2 + [2], [1, 2, 3, 4, 5, 6, 7, 8], list(range(8)))
+    sp = split_users(ds, SplitConfig(protocol="loo", max_len=3))
+    item = lambda lo, hi: ds.item[lo:hi].tolist()  # noqa: E731
+    raw = lambda ids: [int(ds.items["raw_id"][i - 1]) for i in ids]  # noqa: E731
+    # test: every user with a history; target = the last item, history = everything before it
+    assert [raw(item(s, c)) + [0] + raw(item(c, e)) for s, c, e in
+            zip(sp.test.hist_start, sp.test.cut, sp.test.end)] == [[1, 2, 3, 4, 0, 5], [6, 0, 7]]
+    assert [raw(item(c, e)) for c, e in zip(sp.valid.cut, sp.valid.end)] == [[4]]  # user 0 only
+    # training: cut points before the held-out items; what is never a target (6: user 1's only
+    # history item, 8: user 2's only event) is a training event
+    assert sorted(raw(ds.item[sp.example_pos].tolist())) == [2, 3]
+    assert raw(ds.item[sp.train_events(ds.offsets)].tolist()) == [1, 2, 3, 6, 8]
+    counts = MostPopular().fit(ds, sp).counts
+    assert counts[ds.item[[ds.offsets[1] - 1, ds.offsets[1] - 2, ds.offsets[2] - 1]]].tolist() == [0, 0, 0]
+    with pytest.raises(MirecConfigError, match="split.protocol"):
+        SplitConfig(protocol="random").validate()
+
+
+def test_comirec_protocol_train_events_are_the_training_users_events(random_dataset):
+    sp = split_users(random_dataset, SplitConfig(seed=3))
+    expected = np.isin(random_dataset.user, sp.train_users)
+    np.testing.assert_array_equal(sp.train_events(random_dataset.offsets), expected)
+
+
+def test_leave_one_out_runs_end_to_end(random_dataset, tmp_path):
+    import mirec
+
+    base = mirec.evaluate(model="most-popular", data=random_dataset, split={"protocol": "loo"})
+    assert base.seeds[0].extra["num_test_users"] == random_dataset.num_users  # every user is tested
+    run = mirec.fit(model="youtube-dnn", data=random_dataset, out=tmp_path / "r", seeds=[1], progress=False,
+                    split={"protocol": "loo"}, train={"epochs": 2})
+    assert run.seeds[0].extra["num_test_users"] == random_dataset.num_users
+    assert run.metrics["hit_rate@50"] == run.metrics["recall@50"]  # one target a user
+    assert mirec.evaluate(run=run.path).metrics == run.metrics  # the split is rebuilt from the run

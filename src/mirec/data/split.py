@@ -10,6 +10,12 @@ Users are shuffled with a seed and cut 80/10/10 into train, validation and test 
   ``item[start:start + k]`` (the model sees its last ``max_len`` items, and all of it is excluded
   from the ranking), the targets are ``item[start + k:end]``. Users with no target are dropped.
 
+``split.protocol = "loo"`` (leave-one-out, what SASRec-style papers publish on Amazon Beauty and
+MovieLens-1M) puts every user in all three parts instead: each user's last item is the test
+target (history: every item before it), the one before it the validation target, and the
+training examples are the cut points before those two. Users with fewer than 3 events have no
+validation target (and with 1, no test target either).
+
 Histories are left-padded: the most recent item is always in the last column, padding id 0 in
 front, with a boolean mask that is true on real items.
 """
@@ -24,6 +30,8 @@ import numpy as np
 from mirec.data.dataset import Dataset
 from mirec.errors import MirecConfigError
 
+PROTOCOLS = ("comirec", "loo")
+
 
 @dataclass
 class SplitConfig:
@@ -34,8 +42,12 @@ class SplitConfig:
     train_frac: float = 0.8
     valid_frac: float = 0.1
     history_frac: float = 0.8  # share of an evaluation user's events that form the history
+    protocol: str = "comirec"  # comirec (split by user) | loo (leave the last items out)
 
     def validate(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise MirecConfigError(f"split.protocol: expected one of {', '.join(PROTOCOLS)}, "
+                                   f"got {self.protocol!r}")
         if self.max_len < 1:
             raise MirecConfigError(f"split.max_len: must be >= 1, got {self.max_len}")
         if not (0 < self.train_frac < 1 and 0 <= self.valid_frac < 1
@@ -75,6 +87,7 @@ class Split:
     """Train/validation/test users and the training examples of one seed."""
 
     train_users: np.ndarray  # (U_t,) int32
+    train_end: np.ndarray  # (U_t,) int64: where each training user's training events end
     example_start: np.ndarray  # (X,) int64: start offset of the example's user sequence
     example_pos: np.ndarray  # (X,) int64: position of the example's target in the flat array
     valid: EvalUsers
@@ -85,12 +98,22 @@ class Split:
     def num_examples(self) -> int:
         return len(self.example_pos)
 
+    def train_events(self, offsets: np.ndarray) -> np.ndarray:
+        """(E,) bool: the events models may learn from (what baselines count)."""
+        starts = offsets[self.train_users]
+        mark = np.zeros(int(offsets[-1]) + 1, dtype=np.int64)
+        np.add.at(mark, starts, 1)
+        np.add.at(mark, self.train_end, -1)
+        return np.cumsum(mark)[:-1] > 0
+
 
 def split_users(ds: Dataset, cfg: SplitConfig | None = None) -> Split:
     """Split ``ds`` by user under the protocol (see the module docstring)."""
     cfg = cfg or SplitConfig()
     cfg.validate()
     n = ds.num_users
+    if cfg.protocol == "loo":
+        return _leave_one_out(ds.offsets, cfg)
     perm = np.random.default_rng(cfg.seed).permutation(n).astype(np.int32)
     n_train = int(cfg.train_frac * n)
     n_valid = int(cfg.valid_frac * n)
@@ -98,14 +121,30 @@ def split_users(ds: Dataset, cfg: SplitConfig | None = None) -> Split:
     valid = np.sort(perm[n_train:n_train + n_valid])
     test = np.sort(perm[n_train + n_valid:])
     start, pos = training_examples(ds.offsets, train)
-    return Split(train, start, pos, _eval_users(ds.offsets, valid, cfg.history_frac),
+    return Split(train, ds.offsets[train + 1], start, pos, _eval_users(ds.offsets, valid, cfg.history_frac),
                  _eval_users(ds.offsets, test, cfg.history_frac), cfg)
 
 
-def training_examples(offsets: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(start, pos)`` of every cut point t = 2..n of ``users``' sequences, vectorised."""
+def _leave_one_out(offsets: np.ndarray, cfg: SplitConfig) -> Split:
+    users = np.arange(len(offsets) - 1, dtype=np.int32)
+    start, end = offsets[:-1].astype(np.int64), offsets[1:].astype(np.int64)
+    n = end - start
+    train_end = end - (n >= 2) - (n >= 3)  # the test and validation targets a user has are held out
+    ex_start, ex_pos = training_examples(offsets, users, train_end)
+
+    def part(cut: np.ndarray) -> EvalUsers:
+        keep = cut > start  # at least one history item
+        return EvalUsers(users[keep], start[keep], cut[keep], cut[keep] + 1)
+
+    return Split(users, train_end, ex_start, ex_pos, part(end - 2), part(end - 1), cfg)
+
+
+def training_examples(offsets: np.ndarray, users: np.ndarray,
+                      ends: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(start, pos)`` of every cut point t = 2..n of ``users``' sequences (each cut at
+    ``ends`` when given), vectorised."""
     starts = offsets[users]
-    lens = offsets[users + 1] - starts
+    lens = (offsets[users + 1] if ends is None else ends) - starts
     per_user = np.maximum(lens - 1, 0)  # (U_t,) examples per user
     total = int(per_user.sum())
     ex_start = np.repeat(starts, per_user)  # (X,)

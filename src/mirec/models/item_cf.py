@@ -57,9 +57,7 @@ class ItemCF:
                 f"({4 * n * n / 1e9:.1f} GB) but max_items = {self.cfg.max_items}; raise it if "
                 f"the memory is there, or use another model")
         # training users' events only; rows follow ds.user, which is sorted
-        in_train = np.zeros(ds.num_users, dtype=bool)
-        in_train[split.train_users] = True
-        keep = in_train[ds.user]
+        keep = split.train_events(ds.offsets)
         user, item = ds.user[keep].astype(np.int64), ds.item[keep].astype(np.int64)
         if self.cfg.window is None:
             c = _all_pairs(user, item, n)

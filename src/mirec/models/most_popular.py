@@ -26,9 +26,7 @@ class MostPopular:
         self.counts: np.ndarray | None = None  # (N,) float32
 
     def fit(self, ds: Dataset, split: Split) -> MostPopular:
-        in_train = np.zeros(ds.num_users, dtype=bool)
-        in_train[split.train_users] = True
-        items = ds.item[in_train[ds.user]]
+        items = ds.item[split.train_events(ds.offsets)]
         self.counts = np.bincount(items, minlength=ds.num_items).astype(np.float32)
         return self
 
