@@ -483,3 +483,60 @@ def test_label_aware_attention_weighs_the_vectors_that_are_scored(cosine):
     table = F.normalize(items, dim=-1) if cosine else items
     user = F.normalize(user, dim=-1) if cosine else user
     torch.testing.assert_close(got, full_softmax_loss(user[None], table, target, 0.5))
+
+
+# ---------------------------------------------------------------------- REMI's training fixes
+
+
+def test_hard_negative_weights_are_remis_formula_and_zero_is_the_plain_loss():
+    """w_j = exp(beta s_j) / mean_k exp(beta s_k) multiplies negative j's term of the partition
+    function (hits excluded from the mean); beta = 0 is the plain loss bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    user, pos, neg_emb = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g), torch.randn(5, 4, generator=g)
+    target, negatives = torch.tensor([2, 7, 9]), torch.tensor([3, 7, 4, 4, 8])  # row 1 hits item 7
+    log_q = torch.log(torch.full((10,), 0.1))
+    plain = sampled_softmax_loss(user, pos, neg_emb, target, negatives, log_q, 0.5)
+    assert torch.equal(sampled_softmax_loss(user, pos, neg_emb, target, negatives, log_q, 0.5, 0.0), plain)
+    beta = 2.0
+    got = sampled_softmax_loss(user, pos, neg_emb, target, negatives, log_q, 0.5, beta)
+    losses = []
+    for b in range(3):
+        p = (user[b] @ pos[b]).item() / 0.5
+        s = (neg_emb @ user[b]) / 0.5  # (S,) logits
+        live = negatives != target[b]
+        w = torch.exp(beta * s[live]) / torch.exp(beta * s[live]).mean()
+        z = math.exp(p) + (w * torch.exp(s[live] - math.log(5) - log_q[negatives[live]])).sum().item()
+        losses.append(math.log(z) - p)
+    assert got.item() == pytest.approx(np.mean(losses), rel=1e-5)
+    assert got.item() > plain.item()  # hard negatives weigh more: the loss is larger
+
+
+def test_routing_penalty_is_the_squared_diagonal_of_the_attention_covariance():
+    from mirec.train.losses import routing_penalty
+
+    mask = torch.tensor([[False, True, True, True, True]])  # 4 real positions
+    collapsed = torch.tensor([[[0, 1.0, 0, 0, 0], [0, 0.25, 0.25, 0.25, 0.25]]])  # (1, K=2, L)
+    var_one_hot = np.var([1.0, 0, 0, 0])  # population variance over the real positions
+    assert routing_penalty(collapsed, mask).item() == pytest.approx(var_one_hot ** 2 + 0.0)
+    cfg = TrainConfig(routing_reg=0.5)
+    torch.manual_seed(0)
+    from mirec.models.comirec_sa import ComiRecSA, ComiRecSAConfig
+
+    model = ComiRecSA(ComiRecSAConfig(dim=8, num_interests=2, max_len=5), 12)
+    hist = torch.tensor([[0, 3, 4, 5, 6]])
+    base = batch_loss(model, hist, hist > 0, torch.tensor([7]), TrainConfig(), None, 12)
+    with_reg = batch_loss(model, hist, hist > 0, torch.tensor([7]), cfg, None, 12)
+    out = model.interests(hist, hist > 0)
+    assert with_reg.item() == pytest.approx(base.item() + 0.5 * routing_penalty(out.weights, hist > 0).item(),
+                                            rel=1e-6)
+
+
+def test_hard_negatives_need_the_sampled_softmax(random_dataset):
+    from mirec.errors import MirecConfigError
+    from mirec.train.loop import RunConfig, setup
+
+    with pytest.raises(MirecConfigError, match="train.hard_negative_beta"):
+        setup(RunConfig(train=TrainConfig(hard_negative_beta=1.0)), random_dataset)
+    setup(RunConfig(train=TrainConfig(hard_negative_beta=1.0, loss="sampled", num_negatives=10)), random_dataset)
+    with pytest.raises(MirecConfigError, match="train.routing_reg"):
+        TrainConfig(routing_reg=-1).validate()

@@ -58,6 +58,12 @@ class TrainConfig:
     num_negatives: int = 1000
     sampler: str = "log-uniform"  # uniform | log-uniform
     full_softmax_max_items: int = 20_000  # auto: full softmax up to this many items
+    # REMI (Xie et al., RecSys 2023), both off by default: interest-aware hard negatives weight
+    # the sampled negatives' terms by exp(beta s_j) / mean_k exp(beta s_k) (sampled softmax only),
+    # and routing_reg times sum_k var_k^2 of each interest's attention over the history
+    # penalises an interest that collapses onto one item (not the serving diversity lambda).
+    hard_negative_beta: float = 0.0
+    routing_reg: float = 0.0
     patience: int = 3
     threads: int = 1  # torch threads; 2 on a 2-core box stalls when anything else runs
     keep_freed_memory: bool = True  # see mirec.train.engine.keep_freed_memory: 20-40% faster steps
@@ -89,6 +95,9 @@ class TrainConfig:
             raise MirecConfigError(f"train.temperature: must be > 0, got {self.temperature}")
         if self.lr <= 0:
             raise MirecConfigError(f"train.lr: must be > 0, got {self.lr}")
+        for name in ("hard_negative_beta", "routing_reg"):
+            if getattr(self, name) < 0:
+                raise MirecConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from mirec.checkpoint import check_resume as check_resume_settings
 from mirec.checkpoint import check_resume_model_args, saved_config
 from mirec.data.dataset import Dataset
 from mirec.data.split import Split, split_users, windows
+from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import evaluate
 from mirec.models.base import VectorScorer, model_device, unit_interests
 from mirec.runs import RunConfig, TrainConfig, build_model, model_config  # noqa: F401 (re-exported)
@@ -33,7 +34,7 @@ from mirec.train.engine import (  # noqa: F401
     placement,
     setup_threads,
 )
-from mirec.train.losses import NegativeSampler, full_softmax_loss, sampled_softmax_loss
+from mirec.train.losses import NegativeSampler, full_softmax_loss, routing_penalty, sampled_softmax_loss
 
 
 def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
@@ -41,6 +42,7 @@ def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
                num_items: int) -> torch.Tensor:
     """The training loss of one batch (full or sampled softmax on the readout vector)."""
     out = model.interests(hist, mask)
+    reg = cfg.routing_reg * routing_penalty(out.weights, mask) if cfg.routing_reg else None
     items = model.item_embeddings()  # (N, D)
     B = len(target)
     neg = None if sampler is None else sampler.sample(cfg.num_negatives)  # (S,)
@@ -56,11 +58,13 @@ def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
         user = F.normalize(user, dim=-1)
     if neg is None:
         table = F.normalize(items, dim=-1) if cfg.cosine else items
-        return full_softmax_loss(user, table, target, cfg.temperature)
-    if cfg.cosine:
-        rows = F.normalize(rows, dim=-1)
-    return sampled_softmax_loss(user, rows[:B], rows[B:], target, neg, sampler.log_q,
-                                cfg.temperature)
+        loss = full_softmax_loss(user, table, target, cfg.temperature)
+    else:
+        if cfg.cosine:
+            rows = F.normalize(rows, dim=-1)
+        loss = sampled_softmax_loss(user, rows[:B], rows[B:], target, neg, sampler.log_q,
+                                    cfg.temperature, cfg.hard_negative_beta)
+    return loss if reg is None else loss + reg
 
 
 def use_sampled(cfg: TrainConfig, num_items: int) -> bool:
@@ -79,6 +83,9 @@ def setup(cfg: RunConfig, ds: Dataset, distributed: bool = False) -> tuple[
     model = build_model(cfg, ds.num_items).to(device)  # initialised on the CPU: same weights anywhere
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
     sampler = None
+    if tc.hard_negative_beta and not use_sampled(tc, ds.num_items):
+        raise MirecConfigError("train.hard_negative_beta: weights the sampled negatives; set "
+                               "train.loss=sampled (this catalogue trains with the full softmax)")
     if use_sampled(tc, ds.num_items):
         counts = np.bincount(ds.item[split.example_pos], minlength=ds.num_items)
         sampler = NegativeSampler(ds.num_items, tc.sampler, counts, device)

@@ -77,19 +77,41 @@ class NegativeSampler:
 
 def sampled_softmax_loss(user: torch.Tensor, pos_emb: torch.Tensor, neg_emb: torch.Tensor,
                          target: torch.Tensor, negatives: torch.Tensor, log_q: torch.Tensor,
-                         temperature: float = 1.0) -> torch.Tensor:
+                         temperature: float = 1.0, hard_beta: float = 0.0) -> torch.Tensor:
     """Sampled softmax with logQ correction and accidental hits removed.
 
     user (B, D); pos_emb (B, D) the targets' embeddings; neg_emb (S, D) the sampled items'
     embeddings; target (B,) and negatives (S,) their ids; log_q (N,) the proposal's
     log-probabilities. (Embeddings are passed gathered so a caller may normalise just these.)
+
+    ``hard_beta`` > 0: REMI's interest-aware hard negatives (Xie et al., RecSys 2023): negative
+    j's term of the partition function is weighted by ``w_j = exp(beta s_j) / mean_k exp(beta
+    s_k)`` over the row's sampled negatives, ``s_j`` its logit; the weights are constants for
+    the gradient. 0 leaves the loss exactly as without it.
     """
     s = negatives.shape[0]
     log_s = math.log(s)
     user = user / temperature  # (B, D): cheaper than dividing the (B, 1 + S) logits
     pos = (user * pos_emb).sum(-1)  # (B,), uncorrected: present exactly once
     neg = user @ neg_emb.T  # (B, S)
+    hit = negatives[None, :] == target[:, None]  # (B, S) accidental hits
+    if hard_beta:
+        score = (hard_beta * neg.detach()).masked_fill(hit, float("-inf"))  # (B, S)
+        live = (~hit).sum(1, keepdim=True).clamp(min=1)
+        neg = neg + score - (torch.logsumexp(score, 1, keepdim=True) - torch.log(live.to(neg.dtype)))
     neg = neg - (log_s + log_q[negatives])[None, :]
-    neg = neg.masked_fill(negatives[None, :] == target[:, None], float("-inf"))
+    neg = neg.masked_fill(hit, float("-inf"))
     logits = torch.cat([pos[:, None], neg], dim=1)  # (B, 1 + S)
     return -torch.log_softmax(logits, dim=1)[:, 0].mean()
+
+
+def routing_penalty(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """REMI's routing regulariser: the squared norm of the diagonal of each user's centred
+    attention covariance, i.e. ``sum_k var_k^2`` where ``var_k`` is the variance over the real
+    history positions of interest k's attention weights; mean over the batch. An interest whose
+    attention collapses onto one item has the largest variance. weights (B, K, L), mask (B, L)."""
+    m = mask[:, None, :].to(weights.dtype)  # (B, 1, L)
+    n = m.sum(-1).clamp(min=1)  # (B, 1)
+    mean = (weights * m).sum(-1) / n  # (B, K)
+    var = ((weights - mean[..., None]) ** 2 * m).sum(-1) / n  # (B, K)
+    return var.square().sum(-1).mean()
