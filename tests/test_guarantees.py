@@ -299,7 +299,9 @@ def user_errors(tmp_path) -> dict[str, list[list[str]]]:
         "report diversity": [["--run", gone], ["--run", gone, "--lambdas", "a,b"]],
         "report training": [["--run", gone]],
         "report interests": [["--bundle", gone, "--user", "1"]],
-        "data sources": [],  # takes no arguments: only the unknown option below
+        "data sources": [],
+        "tune": [["--data", gone, "--out", out], ["--model", "din", "--data", gone, "--out", out],
+                 ["--trials", "0", "--data", gone, "--out", out]],  # takes no arguments: only the unknown option below
     }
 
 

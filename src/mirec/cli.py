@@ -205,6 +205,29 @@ def train_cmd(
     console.print(f"wrote [bold]{out / 'results.json'}[/bold]")
 
 
+@app.command("tune")
+def tune_cmd(
+    model: Annotated[str, typer.Option(help="Retrieval model to tune, e.g. comirec-sa.")] = "comirec-sa",
+    data: Annotated[Path, typer.Option(help="Prepared data set directory.")] = Path("data/ml-100k"),
+    trials: Annotated[int, typer.Option(help="Trials to finish in total (a rerun continues the "
+                                             "study).")] = 20,
+    out: Annotated[Optional[Path], typer.Option(help="Study directory (default "
+                                                     "runs/tune-<model>).")] = None,
+    seed: Annotated[int, typer.Option(help="Split and initialisation seed of every trial.")] = 2020,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Fix a setting for every trial, e.g. train.epochs=20.")] = None,
+) -> None:
+    """Search temperature, learning rate, weight decay and the model's own settings on validation
+    users (Optuna TPE, median pruning per epoch); writes trials.csv and best.toml for
+    `mirec train --config`."""
+    from mirec.tune import tune
+
+    out = out or Path("runs") / f"tune-{model}"
+    study = tune(model, data, out, trials, seed, set_ or [], log=console.print)
+    console.print(f"best: trial {study.best_trial.number}, valid recall@50 {study.best_value:.4f}")
+    console.print(f"wrote [bold]{out / 'trials.csv'}[/bold] and [bold]{out / 'best.toml'}[/bold]")
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     model: Annotated[str, typer.Option(

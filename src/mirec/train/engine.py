@@ -72,9 +72,12 @@ class Fitted:
 
 
 def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress: bool = True,
-        log: Callable[[str], None] = lambda s: None, stop_after_epoch: int | None = None) -> Fitted:
+        log: Callable[[str], None] = lambda s: None, stop_after_epoch: int | None = None,
+        on_epoch: Callable[[int, float], None] | None = None) -> Fitted:
     """Train ``task`` into ``run_dir``; ``lc`` (a task's train config) gives ``epochs``,
-    ``patience``, ``seed`` and ``max_batches_per_epoch``.
+    ``patience``, ``seed`` and ``max_batches_per_epoch``. ``on_epoch(epoch, score)`` is called
+    after every epoch's checkpoints with its validation score (tuning prunes from there by
+    raising).
 
     ``resume`` continues from ``run_dir/last.pt``. ``stop_after_epoch`` ends the run after
     that epoch as if killed (tests of resuming use it). Ends with the best epoch's weights loaded.
@@ -148,6 +151,8 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
             save_checkpoint(last, {"model": on_cpu(model.state_dict()), "optimizer": on_cpu(opt.state_dict()),
                                    "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
                                    "history": history, **saved})
+        if on_epoch is not None:
+            on_epoch(epoch, score)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     barrier(w)  # process 0 has written best.pt

@@ -200,13 +200,18 @@ class TrainResult:
 
 def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False,
           progress: bool = True, log: Callable[[str], None] = lambda s: None,
-          stop_after_epoch: int | None = None) -> TrainResult:
-    """Train ``cfg.model`` on ``ds`` into ``run_dir`` and test the best epoch on the test users.
+          stop_after_epoch: int | None = None, on_epoch: Callable[[int, float], None] | None = None,
+          run_test: bool = True) -> TrainResult:
+    """Train ``cfg.model`` on ``ds`` into ``run_dir`` and test the best epoch on the test users
+    (``run_test=False``: not at all, as tuning does: its choice sees validation users only).
 
     Launched by ``torchrun``, the processes train data-parallel (:mod:`mirec.train.distributed`)
     and process 0 writes the files."""
     task = RetrievalTask(cfg, ds, log)
-    r = fit(task, run_dir, cfg.train, resume, progress, log, stop_after_epoch)
+    r = fit(task, run_dir, cfg.train, resume, progress, log, stop_after_epoch, on_epoch)
+    if not run_test:
+        return TrainResult(Path(run_dir), task.model, task.split, r.best_epoch, r.best_valid, {},
+                           np.zeros((0, 0), dtype=np.int64), r.history)
     test = evaluate(task.scorer(), ds, task.split.test, cfg.split.max_len, cfg.eval)
     return TrainResult(Path(run_dir), task.model, task.split, r.best_epoch, r.best_valid,
                        test.metrics, test.topn, r.history)
