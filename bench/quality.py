@@ -11,6 +11,11 @@ its test users out of training and of the choice).
     python bench/quality.py                          # all models, seeds 1,2,3
     python bench/quality.py --models comirec-sa,mind --seeds 1,2,3
     python bench/quality.py --tune --models youtube-dnn
+    python bench/quality.py --data data/beauty --models sasrec,comirec-sa   # any prepared data set
+
+A run whose results.json (same config and seeds) is already under ``--out`` is reused, and every
+finished run appends a line to ``--out/runs.jsonl``: an interrupted benchmark, started again,
+continues where it stopped. Run one benchmark at a time (two at once distort the speed figures).
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from mirec.config import load, to_dict
+from mirec.checkpoint import saved_config
+from mirec.config import load
 from mirec.data.dataset import load_dataset
 from mirec.experiment import evaluate_baseline, train_seeds
-from mirec.train.loop import RunConfig
+from mirec.runs import RunConfig, model_config
 
 BASELINES = ["most-popular", "item-cf"]
 NEURAL = ["youtube-dnn", "gru4rec", "sasrec", "mind", "comirec-dr", "comirec-sa"]
@@ -45,6 +51,22 @@ CHOSEN: dict[str, list[str]] = {
 GRID = {"train.temperature": ["0.05", "0.1", "0.2"], "train.lr": ["0.001", "0.003"]}
 
 
+def run_or_reuse(cfg: RunConfig, ds, seeds: list[int], run_dir: Path, log: Path) -> dict:
+    """``run_dir/results.json`` of ``cfg`` on ``seeds``: reused when a finished run with the same
+    config and seeds is there, else trained (one at a time; an interrupted benchmark resumes at
+    the first run it had not finished). Each finished run appends one JSON line to ``log``."""
+    done = run_dir / "results.json"
+    doc = json.loads(done.read_text()) if done.exists() else {}
+    if doc.get("config") == saved_config(cfg, model_config(cfg)) and doc.get("seeds") == seeds:
+        return doc
+    doc = train_seeds(cfg, ds, seeds, run_dir, progress=False).to_json()
+    row = {k: doc[k] for k in ("model", "data", "seeds", "metrics", "std", "valid", "best_epochs",
+                               "wall_seconds")}
+    with open(log, "a") as f:
+        f.write(json.dumps({"run_dir": str(run_dir), **row}) + "\n")
+    return doc
+
+
 def tune(model: str, ds, seeds: list[int], out: Path, console: Console,
          extra: list[str], grid: dict[str, list[str]] = GRID) -> tuple[list[str], dict]:
     """Train every grid setting on every seed; keep the setting with the best validation
@@ -58,11 +80,7 @@ def tune(model: str, ds, seeds: list[int], out: Path, console: Console,
         sets = [f"{k}={v}" for k, v in zip(grid, values)]
         run_dir = out / "tune" / model / "_".join(values)
         cfg = load(RunConfig, None, [f"model={model}", *sets, *extra])
-        done = run_dir / "results.json"
-        doc = json.loads(done.read_text()) if done.exists() else {}
-        if doc.get("config") != to_dict(cfg) or doc.get("seeds") != seeds:  # not this run's
-            train_seeds(cfg, ds, seeds, run_dir, progress=False)  # writes results.json
-            doc = json.loads(done.read_text())
+        doc = run_or_reuse(cfg, ds, seeds, run_dir, out / "runs.jsonl")
         valid = [s["valid"]["recall@50"] for s in doc["per_seed"]]
         score = sum(valid) / len(valid)
         console.print(f"  {model} {' '.join(sets)}: valid recall@50 {score:.4f} "
@@ -99,9 +117,8 @@ def main() -> None:
         else:
             sets = CHOSEN.get(model, []) + args.set
             cfg = load(RunConfig, None, [f"model={model}", *sets])
-            run = train_seeds(cfg, ds, seeds, out / model, progress=False)
-            mean, std = run.mean, run.std
-            epochs = ",".join(str(s.best_epoch) for s in run.seeds)
+            doc = run_or_reuse(cfg, ds, seeds, out / model, out / "runs.jsonl")
+            mean, std, epochs = doc["metrics"], doc["std"], ",".join(map(str, doc["best_epochs"]))
         cells = [f"{mean[k]:.3f} ± {std[k]:.3f}"
                  for k in ("recall@20", "recall@50", "ndcg@50", "hit_rate@50")]
         table.add_row(model, " ".join(sets) or "defaults", *cells, epochs,
