@@ -177,6 +177,9 @@ def train_cmd(
                                                         "threads beside other work stall).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a stopped run from its last checkpoint, "
                                               "with the settings it was started with.")] = False,
+    candidates: Annotated[Optional[Path], typer.Option(
+        help="--task ctr: train the ranker on this retrieval run's own candidates (seed s on its "
+             "seed-<s>; the cand.* settings).")] = None,
 ) -> None:
     """Train a model with early stopping (validation Recall@50, or AUC for --task ctr); test the best.
 
@@ -199,7 +202,7 @@ def train_cmd(
     console.quiet = not world().main  # under torchrun, process 0 reports
     chosen = _seeds(seed, seeds) if seed is not None or seeds else None  # None: the config's seed
     run = fit(model, data, out, chosen, config, resume, log=console.print,
-              task="ranking" if task == "ctr" else "retrieval", **settings)
+              task="ranking" if task == "ctr" else "retrieval", candidates=candidates, **settings)
     out = run.path
     console.print(ctr_table({run.model: run.to_json()}) if task == "ctr" else results_table({run.model: run}))
     console.print(f"wrote [bold]{out / 'results.json'}[/bold]")
@@ -220,12 +223,21 @@ def evaluate_cmd(
     max_len: Annotated[int, typer.Option(help="History window length.")] = 20,
     exclude_history: Annotated[bool, typer.Option(help="Exclude history items from the "
                                                        "ranking.")] = True,
+    ranker: Annotated[Optional[Path], typer.Option(
+        help="With --run: evaluate the two-stage pipeline, retrieval alone against retrieval + "
+             "this ranking run, seeds paired (results.json in --out).")] = None,
 ) -> None:
     """Evaluate a model under the protocol on test users; writes results.json."""
     from mirec.api import evaluate
-    from mirec.report import results_table
+    from mirec.report import pipeline_table, results_table
 
     ev = {"eval": {"exclude_history": exclude_history}}
+    if ranker is not None:
+        r = evaluate(run=run_dir, ranker=ranker, out=out, progress=True, **ev)
+        console.print(pipeline_table(r.doc))
+        if out is not None:
+            console.print(f"wrote [bold]{out / 'results.json'}[/bold]")
+        return
     if run_dir is not None:
         run = evaluate(run=run_dir, **ev)
         console.print(results_table({run.model: run}))

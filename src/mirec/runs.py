@@ -151,6 +151,28 @@ class RankTrainConfig:
 
 
 @dataclass
+class CandConfig:
+    """Training a ranker on a retrieval run's own candidates (``--candidates RUN``;
+    docs/ranking.md, "Trained on the retriever's candidates")."""
+
+    run: str = ""  # the retrieval run; "" = the plain CTR task
+    m: int = 200  # candidates per interest, as serving retrieves (serve.candidates_per_interest)
+    negatives: int = 8  # negatives per positive
+    random_share: float = 0.25  # share of them drawn uniformly from the catalogue
+    temperature: float = 0.1  # the rest: sampled from the candidates with P ~ exp(f / temperature)
+    examples_per_user: int = 10  # a training user's last cut points used (0 = every one)
+
+    def validate(self) -> None:
+        _positive("cand", self, ("m", "negatives"))
+        if not 0 <= self.random_share <= 1:
+            raise MirecConfigError(f"cand.random_share: must be in [0, 1], got {self.random_share}")
+        if self.temperature <= 0:
+            raise MirecConfigError(f"cand.temperature: must be > 0, got {self.temperature}")
+        if self.examples_per_user < 0:
+            raise MirecConfigError(f"cand.examples_per_user: must be >= 0, got {self.examples_per_user}")
+
+
+@dataclass
 class RankRunConfig:
     """Everything a ranking run needs; saved into every checkpoint and results.json."""
 
@@ -158,9 +180,14 @@ class RankRunConfig:
     model_args: dict[str, Any] = field(default_factory=dict)
     train: RankTrainConfig = field(default_factory=RankTrainConfig)
     ctr: CTRConfig = field(default_factory=CTRConfig)
+    cand: CandConfig = field(default_factory=CandConfig)
 
     def validate(self) -> None:
         spec(self.model, "ranking")
+        self.cand.validate()
+        if self.cand.run and self.model != "din":
+            raise MirecConfigError(f"--candidates: only din reads the candidate features so far, "
+                                   f"got --model {self.model}")
 
 
 def model_config(cfg: RunConfig | RankRunConfig) -> Any:
@@ -184,13 +211,22 @@ def build_ranker(cfg: RankRunConfig, features: RankFeatures) -> torch.nn.Module:
 
 
 def features_to_dict(f: RankFeatures) -> dict[str, Any]:
-    return {"num_items": f.num_items, "num_users": f.num_users, "profile_sizes": list(f.profile_sizes),
-            "item_categories": f.item_categories.clone()}
+    d = {"num_items": f.num_items, "num_users": f.num_users, "profile_sizes": list(f.profile_sizes),
+         "item_categories": f.item_categories.clone()}
+    if f.num_dense:  # a candidate-trained ranker
+        window = {k: torch.from_numpy(v) if hasattr(v, "dtype") else v for k, v in f.window.items()}
+        d.update(num_dense=f.num_dense, dense_mean=f.dense_mean, dense_std=f.dense_std, window=window)
+    return d
 
 
 def features_from_dict(d: dict[str, Any]) -> RankFeatures:
+    window = d.get("window")
+    if window is not None:
+        window = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in window.items()}
     return RankFeatures(num_items=d["num_items"], num_users=d["num_users"],
-                        profile_sizes=list(d["profile_sizes"]), item_categories=d["item_categories"])
+                        profile_sizes=list(d["profile_sizes"]), item_categories=d["item_categories"],
+                        num_dense=d.get("num_dense", 0), dense_mean=d.get("dense_mean"),
+                        dense_std=d.get("dense_std"), window=window)
 
 
 def saved_model_args(conf: dict[str, Any]) -> dict[str, Any]:

@@ -90,8 +90,13 @@ class DIN(nn.Module):
         self.profile = ProfileEncoder(features.num_users, features.profile_sizes, cfg.dim, cfg.use_user_id)
         E = self.items.dim
         self.attention = ActivationUnit(E, cfg.attention_hidden, cfg.activation)
-        self.head = ctr_mlp(self.profile.dim + (3 if cfg.product else 2) * E, cfg.hidden, cfg.activation,
-                            cfg.dropout)
+        # a ranker trained on a retriever's candidates also reads F standardised dense features
+        self.num_dense = features.num_dense
+        if self.num_dense:
+            self.register_buffer("dense_mean", features.dense_mean.float().clone())  # (F,)
+            self.register_buffer("dense_std", features.dense_std.float().clone())  # (F,)
+        self.head = ctr_mlp(self.profile.dim + (3 if cfg.product else 2) * E + self.num_dense, cfg.hidden,
+                            cfg.activation, cfg.dropout)
 
     def interest(self, table: torch.Tensor, hist: torch.Tensor, row: torch.Tensor,
                  t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +129,12 @@ class DIN(nn.Module):
         table, t, hist, row = self.encode(batch)  # (U, E), (B, E), (P,), (P,)
         pooled, _ = self.interest(table, hist, row, t)
         parts = [self.profile(batch.user, batch.profile), t, pooled]
-        x = torch.cat(parts + [t * pooled] if self.cfg.product else parts, dim=-1)
+        parts += [t * pooled] if self.cfg.product else []
+        if self.num_dense:
+            if batch.dense is None:
+                raise ValueError("DIN: this ranker was trained on candidate features; the batch has none")
+            parts.append((batch.dense - self.dense_mean) / self.dense_std)  # (B, F)
+        x = torch.cat(parts, dim=-1)
         return self.head(x).squeeze(-1)  # (B,) logits
 
     def loss(self, batch: CTRBatch, label: torch.Tensor) -> torch.Tensor:

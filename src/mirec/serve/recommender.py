@@ -148,7 +148,7 @@ class Recommender:
         V, live, W, window = self.interests(hist)
         rescore_fn = None
         if rank:
-            rescore_fn = lambda cand: self.ranker.score(user_id, hist, cand)  # noqa: E731
+            rescore_fn = lambda cand, f, k: self.ranker.score(user_id, hist, cand, f, k, len(V))  # noqa: E731
         items = self.recommend_dense(V, live, W, window, hist if exclude_history else [], n, diversity,
                                      rescore_fn)
         return RecommendResult(items, user_id, known, [self.bundle.raw_id(i) for i in
@@ -189,13 +189,15 @@ class Recommender:
 
     def recommend_dense(self, V: np.ndarray, live: np.ndarray, W: np.ndarray, window: np.ndarray,
                         exclude: list[int], n: int, lam: float,
-                        rank: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Recommendation]:
-        """Retrieve, optionally re-score with ``rank`` (candidate ids -> logits), diversify."""
+                        rank: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
+                        ) -> list[Recommendation]:
+        """Retrieve, optionally re-score with ``rank`` ((C,) candidate ids, their retrieval scores
+        and interests -> (C,) logits), diversify on the final scores."""
         b = self.bundle
         m = min(max(self.cfg.candidates_per_interest, n + len(set(exclude))), b.num_items - 1)
         cand, scores, k = self.retrieve(V, live, exclude, m)
         if rank is not None and len(cand):
-            scores = 0.5 * (1.0 + np.tanh(0.5 * rank(cand)))  # sigmoid of the logits
+            scores = 0.5 * (1.0 + np.tanh(0.5 * rank(cand, scores, k)))  # sigmoid of the logits
         if lam > 0:
             cats = category_matrix(b.category_indptr, b.category_ids, cand, len(b.category_names))
         else:  # plain top-n by score: categories are not needed
