@@ -444,6 +444,8 @@ def report_diversity(
     out: Annotated[Optional[Path], typer.Option(help="Where to write diversity.json/.png "
                                                      "(default: the run directory).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="The run's data set, if it moved.")] = None,
+    ranker: Annotated[Optional[Path], typer.Option(
+        help="A ranking run: the full pipeline's curve (lambda on the ranker's scores).")] = None,
 ) -> None:
     """Sweep lambda on test users: Recall@50 against Diversity@50, a table and a PNG plot."""
     from mirec.eval.diversity import diversity_report
@@ -452,7 +454,7 @@ def report_diversity(
         lams = [float(x) for x in lambdas.split(",")]
     except ValueError:
         raise MirecError(f"--lambdas: expected comma-separated numbers, got {lambdas!r}") from None
-    r = diversity_report(run_dir, lams, out or run_dir, data, progress=True)
+    r = diversity_report(run_dir, lams, out or run_dir, data, progress=True, ranker=ranker)
     console.print(r.table())
     console.print(f"wrote [bold]{r.json_path}[/bold] and [bold]{r.png_path}[/bold]")
 
