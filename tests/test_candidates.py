@@ -57,7 +57,11 @@ def test_candidate_data_follows_the_retrieval_split(runs):
     data = build_candidate_data(cand_cfg(ret), run)
     check_leakage(data, run.dataset, split)
     assert not np.isin(data.user, split.test.users).any()
-    assert set(data.user[data.part == TRAIN]) <= set(split.train_users)
+    # training states: validation users' history parts (cand.states=valid), never a target
+    tr = data.part == TRAIN
+    assert set(data.user[tr]) == set(split.valid.users)
+    cut = dict(zip(split.valid.users.tolist(), split.valid.cut.tolist()))
+    assert all(s < cut[u] for u, s in zip(data.user[tr], data.source[tr]))
     assert set(data.user[data.part == VALID]) == set(split.valid.users)
     # one positive per state: the real next item; negatives are neither it nor a history item
     pos = data.label == 1

@@ -157,10 +157,15 @@ class CandConfig:
 
     run: str = ""  # the retrieval run; "" = the plain CTR task
     m: int = 200  # candidates per interest, as serving retrieves (serve.candidates_per_interest)
-    negatives: int = 8  # negatives per positive
-    random_share: float = 0.25  # share of them drawn uniformly from the catalogue
-    temperature: float = 0.1  # the rest: sampled from the candidates with P ~ exp(f / temperature)
-    examples_per_user: int = 10  # a training user's last cut points used (0 = every one)
+    # defaults: the best validation AUC on MovieLens-100K among a few tried (docs/benchmarks.md)
+    negatives: int = 16  # negatives per positive
+    random_share: float = 0.1  # share of them drawn uniformly from the catalogue
+    temperature: float = 1.0  # the rest: sampled from the candidates with P ~ exp(f / temperature)
+    examples_per_user: int = 0  # a user's last cut points used (0 = every one)
+    # whose states the ranker learns from: the retriever's training users (whose next items it
+    # was trained on, so their retrieval scores are optimistic), the validation users' history
+    # parts (states the retriever never trained on, like the served ones), or both
+    states: str = "valid"  # train | valid | both
 
     def validate(self) -> None:
         _positive("cand", self, ("m", "negatives"))
@@ -168,6 +173,8 @@ class CandConfig:
             raise MirecConfigError(f"cand.random_share: must be in [0, 1], got {self.random_share}")
         if self.temperature <= 0:
             raise MirecConfigError(f"cand.temperature: must be > 0, got {self.temperature}")
+        if self.states not in ("train", "valid", "both"):
+            raise MirecConfigError(f"cand.states: expected train, valid or both, got {self.states!r}")
         if self.examples_per_user < 0:
             raise MirecConfigError(f"cand.examples_per_user: must be >= 0, got {self.examples_per_user}")
 

@@ -84,6 +84,15 @@ def retrieval_features(f: np.ndarray, k: np.ndarray, cand_f: np.ndarray, cand_k:
     return np.stack([f, np.log1p(rank), top_k, f - top_k, order[k]], axis=1).astype(np.float64)
 
 
+def item_categories(items: np.ndarray, cat_indptr: np.ndarray,
+                    cat_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (position in ``items``, category) pair of ``items`` (X,): two (P,) int64 arrays."""
+    lens = cat_indptr[items + 1] - cat_indptr[items]  # (X,)
+    row = np.repeat(np.arange(len(items)), lens)
+    at = np.repeat(cat_indptr[items] - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+    return row, cat_ids[at].astype(np.int64)
+
+
 def user_features(items: np.ndarray, hist: np.ndarray, own: np.ndarray, user: int, window: ItemWindow,
                   cat_indptr: np.ndarray, cat_ids: np.ndarray) -> np.ndarray:
     """Features 5-9 of ``items`` (X,) for a user (dense id, -1 if unknown) with dense history
@@ -96,16 +105,16 @@ def user_features(items: np.ndarray, hist: np.ndarray, own: np.ndarray, user: in
     mine = window.last_user[items] == user
     last = np.where(mine, window.other_ts[items], window.last_ts[items])
     age = np.where(last >= window.start, window.end - last, window.end - window.start + 1)
-    # events ago of the user's last event in each category: walk the recent history once
-    ago: dict[int, int] = {}
-    for pos, it in enumerate(recent[::-1]):  # most recent first
-        for c in cat_ids[cat_indptr[it]:cat_indptr[it + 1]]:
-            ago.setdefault(int(c), pos)
-    gap = np.full(len(items), -1, dtype=np.int64)
-    for x, it in enumerate(items):
-        gaps = [ago[int(c)] for c in cat_ids[cat_indptr[it]:cat_indptr[it + 1]] if int(c) in ago]
-        gap[x] = min(gaps) if gaps else -1
-    none = gap < 0
+    # events ago of the user's last event in each category (0 = the last event), then per item
+    # the smallest over its categories
+    never = HISTORY + 1
+    ago = np.full(int(cat_ids.max(initial=-1)) + 1, never, dtype=np.int64)  # (G,)
+    h_row, h_cat = item_categories(recent[::-1], cat_indptr, cat_ids)  # most recent first
+    np.minimum.at(ago, h_cat, h_row)
+    gap = np.full(len(items), never, dtype=np.int64)  # (X,)
+    x_row, x_cat = item_categories(items, cat_indptr, cat_ids)
+    np.minimum.at(gap, x_row, ago[x_cat])
+    none = gap == never
     cat_gap = np.where(none, 0.0, np.log1p(np.maximum(gap, 0)))
     return np.stack([np.log1p(pop), np.log1p(np.maximum(age, 0)), cat_gap,
                      none.astype(np.float64), np.full(len(items), np.log1p(len(recent)))],

@@ -35,7 +35,7 @@ from mirec.data import cand_features
 from mirec.data.cand_features import ItemWindow
 from mirec.data.ctr import TRAIN, VALID, CTRData, RankFeatures, category_table, profile_codes
 from mirec.data.dataset import Dataset
-from mirec.data.split import Split, split_users, windows
+from mirec.data.split import Split, split_users, training_examples, windows
 from mirec.errors import MirecConfigError, MirecDataError
 from mirec.models.base import item_table, user_interests
 from mirec.runs import CandConfig, LoadedRun, RankRunConfig, load_run, seed_dirs
@@ -116,14 +116,24 @@ def sample_negatives(got: Searched, pos: int, hist: np.ndarray, num_items: int, 
     return np.concatenate([hard, rand[np.sort(first)][:cc.negatives - n_cand]]).astype(np.int64)
 
 
-def example_states(ds: Dataset, split: Split, per_user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user, cut, part) of every example state: a training user's last ``per_user`` cut
-    points t (history item[start:t], positive item[t]); a validation user's history part."""
-    u, pos = ds.user[split.example_pos].astype(np.int64), split.example_pos
-    if per_user:
-        from_end = ds.offsets[u + 1] - 1 - pos  # 0 = the user's last event
-        u, pos = u[from_end < per_user], pos[from_end < per_user]
+def example_states(ds: Dataset, split: Split, per_user: int,
+                   states: str = "valid") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user, cut, part) of every example state: TRAIN, the last ``per_user`` cut points t
+    (history item[start:t], positive item[t]) of training users' sequences and/or validation
+    users' history parts (``states``); VALID, a validation user's whole history part."""
     v = split.valid
+    ends = np.zeros(ds.num_users, dtype=np.int64)  # one past the last event a positive may be
+    ends[split.train_users] = ds.offsets[split.train_users + 1]
+    ends[v.users] = v.cut
+    users = {"train": split.train_users, "valid": v.users,
+             "both": np.concatenate([split.train_users, v.users])}[states]
+    # (start, end) of each user interleaved: training_examples reads them as offsets[u], offsets[u + 1]
+    start, pos = training_examples(np.c_[ds.offsets[users], ends[users]].reshape(-1),
+                                   np.arange(0, 2 * len(users), 2))
+    u = ds.user[pos].astype(np.int64)
+    if per_user:
+        from_end = ends[u] - 1 - pos  # 0 = the last event the user may contribute
+        u, pos = u[from_end < per_user], pos[from_end < per_user]
     users = np.concatenate([u, v.users.astype(np.int64)])
     cuts = np.concatenate([pos, v.cut])
     part = np.concatenate([np.full(len(u), TRAIN, np.int8), np.full(len(v), VALID, np.int8)])
@@ -138,7 +148,7 @@ def build_candidate_data(cfg: RankRunConfig, run: LoadedRun, batch: int = 256) -
     window = ItemWindow.of(ds.user[keep], ds.item[keep], ds.ts[keep], ds.num_items)
     cat_indptr, cat_ids, _ = ds.category_index()
     search = CandidateSearch(run, cc.m)
-    users, cuts, parts = example_states(ds, split, cc.examples_per_user)
+    users, cuts, parts = example_states(ds, split, cc.examples_per_user, cc.states)
     valid_end = dict(zip(split.valid.users.tolist(), split.valid.cut.tolist()))
     rng = np.random.default_rng(cfg.train.seed)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "item", "label", "part", "stop", "dense")}
@@ -196,10 +206,12 @@ def check_leakage(data: CTRData, ds: Dataset, split: Split) -> None:
     own_start = ds.offsets[data.user]
     bad("history outside the user's own events", data.hist_start != own_start)
     tr = data.part == TRAIN
-    bad("a training example of a held-out user", tr & ~np.isin(data.user, split.train_users))
+    known = np.r_[split.train_users, split.valid.users]
+    bad("a training example of a test user", tr & ~np.isin(data.user, known))
     bad("a training example whose history reaches its positive", tr & (data.hist_stop > data.source))
-    cut = np.zeros(ds.num_users, dtype=np.int64)
+    cut = ds.offsets[1:].copy()  # one past the last event a user's examples may read
     cut[split.valid.users] = split.valid.cut
+    bad("a training example whose positive is a held-out target", tr & (data.source >= cut[data.user]))
     va = data.part == VALID
     bad("a validation example outside a validation user", va & ~np.isin(data.user, split.valid.users))
     bad("a validation example whose history reaches a target", va & (data.hist_stop > cut[data.user]))
