@@ -188,3 +188,16 @@ def test_evaluate_pipeline_reports_both_stages_with_the_protocols_keys(runs, tmp
     # retrieval alone through the served path reproduces the protocol's evaluation
     for k, v in protocol.items():
         assert doc["retrieval"][k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_diversity_report_with_a_ranker_sweeps_the_full_pipeline(runs, tmp_path):
+    from mirec.eval.diversity import diversity_report
+
+    ret, rank = runs
+    r = diversity_report(ret / "seed-1", [0.0, 1.0], tmp_path, ranker=rank / "seed-1")
+    doc = mirec.evaluate(run=ret / "seed-1", ranker=rank / "seed-1").doc
+    # lambda 0 is the pipeline's ranking by the ranker's scores; a larger lambda trades accuracy for spread
+    assert r.rows[0]["ndcg@50"] == pytest.approx(doc["pipeline"]["ndcg@50"])
+    assert r.rows[0]["ndcg@50"] != pytest.approx(doc["retrieval"]["ndcg@50"])
+    assert r.rows[1]["diversity@20"] >= r.rows[0]["diversity@20"]
+    assert r.png_path.exists() and json.loads(r.json_path.read_text())["ranker"] == str(rank / "seed-1")
