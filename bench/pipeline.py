@@ -190,6 +190,35 @@ def report(a: argparse.Namespace, names: list[str], seeds: list[int], console: C
         console.print(t)
 
 
+def markdown(a: argparse.Namespace, names: list[str], seeds: list[int]) -> None:
+    """The tables of docs/benchmarks.md, as Markdown."""
+    rows = recorded(Path(a.results))
+    print(f"| data | pipeline | Recall@{N} | NDCG@{N} | HitRate@{N} | NDCG@{N} ratio | rank 200 p50 / p99 |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        got = [rows[(name, s, "pipeline")] for s in seeds if (name, s, "pipeline") in rows]
+        lat = [rows[(name, s, "latency")] for s in seeds if (name, s, "latency") in rows]
+        for st in ("retrieval", "pipeline") if got else ():
+            col = [[g[st][f"{k}@{N}"] for g in got] for k in ("recall", "ndcg", "hit_rate")]
+            ratio = np.mean([g["pipeline"][f"ndcg@{N}"] / g["retrieval"][f"ndcg@{N}"] for g in got])
+            extra = ("- | -" if st == "retrieval" else
+                     f"{ratio:.3f} | {np.mean([x['rank200_p50_ms'] for x in lat]):.1f} / "
+                     f"{np.mean([x['rank200_p99_ms'] for x in lat]):.1f} ms")
+            stage = "retrieval alone" if st == "retrieval" else "+ DIN on candidates"
+            print(f"| {name} ({len(got)} seeds) | {stage}"
+                  f" | {' | '.join(f'{np.mean(c):.4f} ± {np.std(c):.4f}' for c in col)} | {extra} |")
+    for name in names:
+        abl = [(rows[(name, s, "pipeline")], rows[(name, s, "ablation")]) for s in seeds
+               if (name, s, "ablation") in rows]
+        if abl:
+            ref = np.mean([p["pipeline"][f"ndcg@{N}"] for p, _ in abl])
+            done = [s for s in seeds if (name, s, "ablation") in rows]
+            print(f"\n{name}, seeds {done}: NDCG@{N} {ref:.4f}")
+            for feat in abl[0][1]["pipeline_without"]:
+                v = np.mean([x["pipeline_without"][feat][f"ndcg@{N}"] for _, x in abl])
+                print(f"| `{feat}` | {v:.4f} | {(v - ref) / ref:+.1%} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", action="append", default=[], help="NAME=DIR of a prepared data set")
@@ -202,12 +231,15 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "pipeline"))
     ap.add_argument("--results", default=str(ROOT / "runs" / "pipeline" / "results.jsonl"))
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--markdown", action="store_true", help="print the tables as Markdown (no runs)")
     a = ap.parse_args()
     a.retrieval = dict(s.split("=", 1) for s in a.retrieval)
     torch.set_num_threads(1)
-    console = Console()
+    console = Console(width=160)
     seeds = [int(s) for s in a.seeds.split(",")]
     data = dict(s.split("=", 1) for s in a.data)
+    if a.markdown:
+        return markdown(a, list(data), seeds)
     if not a.report_only:
         for name, path in data.items():
             run_data(a, name, path, seeds, console)
