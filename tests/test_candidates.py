@@ -20,7 +20,7 @@ from mirec.data.split import split_users
 from mirec.data.synth import SynthConfig, synth_dataset
 from mirec.errors import MirecDataError
 from mirec.runs import RankRunConfig
-from mirec.serve.bundle import bundle_from_run
+from mirec.serve.bundle import bundle_from_run, load_bundle
 from mirec.serve.index import IndexConfig, ItemIndex
 from mirec.serve.pipeline import RankStage
 from mirec.serve.recommender import Recommender
@@ -80,7 +80,8 @@ def test_a_planted_held_out_target_fails_the_leakage_check(runs):
     check_leakage(clean, ds, split)
     t = split.test
     # a test user's held-out target as a training positive, with the user's history before it
-    planted = dataclasses.replace(clean, user=np.r_[clean.user, t.users[0]], item=np.r_[clean.item, ds.item[t.cut[0]]],
+    planted = dataclasses.replace(clean, user=np.r_[clean.user, t.users[0]],
+                                  item=np.r_[clean.item, ds.item[t.cut[0]]],
                                   label=np.r_[clean.label, 1.0], part=np.r_[clean.part, TRAIN],
                                   hist_start=np.r_[clean.hist_start, t.hist_start[0]],
                                   hist_stop=np.r_[clean.hist_stop, t.cut[0]], source=np.r_[clean.source, t.cut[0]])
@@ -201,3 +202,30 @@ def test_diversity_report_with_a_ranker_sweeps_the_full_pipeline(runs, tmp_path)
     assert r.rows[0]["ndcg@50"] != pytest.approx(doc["retrieval"]["ndcg@50"])
     assert r.rows[1]["diversity@20"] >= r.rows[0]["diversity@20"]
     assert r.png_path.exists() and json.loads(r.json_path.read_text())["ranker"] == str(rank / "seed-1")
+
+
+def test_http_rank_scores_the_live_history_with_the_candidate_ranker(runs, tmp_path):
+    """`"rank": true` over loopback: after new events, the ranker scores the candidates of the
+    live history (bundle history + stored events) with features computed from it."""
+    from mirec.serve.store import EventStore
+    from tests.test_serve import Server
+
+    ret, rank = runs
+    bundle = load_bundle(mirec.export(ret, tmp_path / "b"))
+    stage = RankStage.from_run(rank, bundle)
+    rec = Recommender(bundle, ItemIndex.build(bundle.item_vectors, IndexConfig(kind="exact")),
+                      EventStore(tmp_path / "e.sqlite"), ranker=stage)
+    user = sorted(bundle.user_histories)[0]
+    new = [bundle.raw_id(i) for i in (1, 2, 3)]
+    with Server(rec) as client:
+        events = {"user_id": user, "events": [{"item_id": i} for i in new]}
+        assert client.post("/events", json=events).is_success
+        body = client.post("/recommend", json={"user_id": user, "n": 5, "rank": True}).json()
+    hist = bundle.user_histories[user].tolist() + [1, 2, 3]
+    V, live, _, _ = rec.interests(hist)
+    cand, f, k = rec.retrieve(V, live, hist, rec.cfg.candidates_per_interest)
+    prob = 1 / (1 + np.exp(-stage.score(user, hist, cand, f, k, len(V))))
+    best = np.argsort(-prob, kind="stable")[:5]
+    assert body["ranked"]
+    assert [r["item_id"] for r in body["items"]] == [bundle.raw_id(int(c)) for c in cand[best]]
+    np.testing.assert_allclose([r["score"] for r in body["items"]], prob[best], rtol=1e-5)
