@@ -229,3 +229,16 @@ def test_http_rank_scores_the_live_history_with_the_candidate_ranker(runs, tmp_p
     assert body["ranked"]
     assert [r["item_id"] for r in body["items"]] == [bundle.raw_id(int(c)) for c in cand[best]]
     np.testing.assert_allclose([r["score"] for r in body["items"]], prob[best], rtol=1e-5)
+
+
+def test_horizon_makes_the_next_items_positives_within_the_window(runs):
+    ret, _ = runs
+    run = retrieval_seed_run(ret, 1)
+    ds, split = run.dataset, split_users(run.dataset, run.config.split)
+    cfg = load(RankRunConfig, None, [f"cand.run={ret}", "cand.horizon=3", *(f"{k}={v}" for k, v in CAND.items())])
+    data = build_candidate_data(cfg, run)
+    check_leakage(data, ds, split)
+    pos = data.label == 1
+    assert np.array_equal(data.item[pos], ds.item[data.source[pos]])
+    per_state = np.unique(np.c_[data.user[pos], data.hist_stop[pos]], axis=0, return_counts=True)[1]
+    assert per_state.max() == 3 and (data.source[pos] - data.hist_stop[pos]).max() == 2

@@ -166,9 +166,12 @@ class CandConfig:
     # was trained on, so their retrieval scores are optimistic), the validation users' history
     # parts (states the retriever never trained on, like the served ones), or both
     states: str = "valid"  # train | valid | both
+    # positives per state: the next `horizon` items (1 = the next one); the protocol's Recall
+    # counts every held-out item, not only the next
+    horizon: int = 1
 
     def validate(self) -> None:
-        _positive("cand", self, ("m", "negatives"))
+        _positive("cand", self, ("m", "negatives", "horizon"))
         if not 0 <= self.random_share <= 1:
             raise MirecConfigError(f"cand.random_share: must be in [0, 1], got {self.random_share}")
         if self.temperature <= 0:

@@ -101,19 +101,21 @@ class CandidateSearch:
         return found
 
 
-def sample_negatives(got: Searched, pos: int, hist: np.ndarray, num_items: int, cc: CandConfig,
+def sample_negatives(got: Searched, pos: np.ndarray, hist: np.ndarray, num_items: int, cc: CandConfig,
                      rng: np.random.Generator) -> np.ndarray:
-    """``cc.negatives`` item ids for one example (see the module docstring)."""
-    n_rand = int(round(cc.negatives * cc.random_share))
-    pool = got.cand[got.cand != pos]
-    n_cand = min(cc.negatives - n_rand, len(pool))
-    keys = got.f[got.cand != pos] / cc.temperature + rng.gumbel(size=len(pool))  # Gumbel top-k
+    """``cc.negatives`` item ids per positive of one state (see the module docstring)."""
+    want = cc.negatives * len(pos)
+    n_rand = int(round(want * cc.random_share))
+    other = ~np.isin(got.cand, pos)
+    pool = got.cand[other]
+    n_cand = min(want - n_rand, len(pool))
+    keys = got.f[other] / cc.temperature + rng.gumbel(size=len(pool))  # Gumbel top-k
     hard = pool[np.argpartition(-keys, n_cand - 1)[:n_cand]] if n_cand else pool[:0]
-    banned = np.concatenate([hist, [pos], hard])
-    rand = rng.integers(1, num_items, size=4 * (cc.negatives - n_cand) + 8)
+    banned = np.concatenate([hist, pos, hard])
+    rand = rng.integers(1, num_items, size=4 * (want - n_cand) + 8)
     rand = rand[~np.isin(rand, banned)]
     _, first = np.unique(rand, return_index=True)
-    return np.concatenate([hard, rand[np.sort(first)][:cc.negatives - n_cand]]).astype(np.int64)
+    return np.concatenate([hard, rand[np.sort(first)][:want - n_cand]]).astype(np.int64)
 
 
 def example_states(ds: Dataset, split: Split, per_user: int,
@@ -151,27 +153,35 @@ def build_candidate_data(cfg: RankRunConfig, run: LoadedRun, batch: int = 256) -
     users, cuts, parts = example_states(ds, split, cc.examples_per_user, cc.states)
     valid_end = dict(zip(split.valid.users.tolist(), split.valid.cut.tolist()))
     rng = np.random.default_rng(cfg.train.seed)
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "item", "label", "part", "stop", "dense")}
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "item", "label", "part", "stop", "source",
+                                                                 "dense")}
     for s in range(0, len(users), batch):
         u, t = users[s:s + batch], cuts[s:s + batch]
         start = ds.offsets[u]
         for b, got in enumerate(search.search(ds.item, start, t)):
             uu, tt = int(u[b]), int(t[b])
             hist = ds.item[start[b]:tt].astype(np.int64)
-            pos = int(ds.item[tt])
-            items = np.concatenate([[pos], sample_negatives(got, pos, hist, ds.num_items, cc, rng)])
+            own_stop = valid_end.get(uu, int(ds.offsets[uu + 1]))  # the user's events in the window
+            # positives: the next cand.horizon items (a VALID state's come from its targets)
+            lim = own_stop if parts[s + b] == TRAIN else int(ds.offsets[uu + 1])
+            at = np.arange(tt, min(tt + cc.horizon, lim))
+            pos, first = np.unique(ds.item[at], return_index=True)
+            at = np.sort(at[first])
+            pos = ds.item[at].astype(np.int64)
+            neg = sample_negatives(got, pos, hist, ds.num_items, cc, rng)
+            items = np.concatenate([pos, neg])
             f_all = got.sims[:, items]  # (K_live, X)
             K = len(got.live)
-            own_stop = valid_end.get(uu, int(ds.offsets[uu + 1]))  # the user's events in the window
             dense = cand_features.features(items, f_all.max(0), np.flatnonzero(got.live)[f_all.argmax(0)],
                                            got.f, got.k, K, hist, ds.item[start[b]:own_stop], uu, window,
                                            cat_indptr, cat_ids)
             X = len(items)
             cols["user"].append(np.full(X, uu))
             cols["item"].append(items)
-            cols["label"].append((np.arange(X) == 0).astype(np.float32))
+            cols["label"].append((np.arange(X) < len(pos)).astype(np.float32))
             cols["part"].append(np.full(X, parts[s + b], np.int8))
             cols["stop"].append(np.full(X, tt))
+            cols["source"].append(np.r_[at, np.full(len(neg), tt)])
             cols["dense"].append(dense)
     cat = {k: np.concatenate(v) for k, v in cols.items()}
     train_dense = cat["dense"][cat["part"] == TRAIN]
@@ -189,7 +199,7 @@ def build_candidate_data(cfg: RankRunConfig, run: LoadedRun, batch: int = 256) -
                    profile=codes, profile_names=names,
                    user_raw_ids=[str(x) for x in ds.users["raw_id"].to_list()], features=features,
                    max_len=cfg.ctr.max_len, sampled_negatives=cc.negatives, dense=cat["dense"],
-                   source=cat["stop"].astype(np.int64))
+                   source=cat["source"].astype(np.int64))
 
 
 def check_leakage(data: CTRData, ds: Dataset, split: Split) -> None:
