@@ -242,3 +242,21 @@ def test_horizon_makes_the_next_items_positives_within_the_window(runs):
     assert np.array_equal(data.item[pos], ds.item[data.source[pos]])
     per_state = np.unique(np.c_[data.user[pos], data.hist_stop[pos]], axis=0, return_counts=True)[1]
     assert per_state.max() == 3 and (data.source[pos] - data.hist_stop[pos]).max() == 2
+
+
+@pytest.mark.parametrize("n_hist", [0, 1, 6])
+def test_din_one_user_path_equals_the_batch_path(runs, n_hist):
+    from mirec.data.ctr import CTRBatch
+    from mirec.runs import load_ranker
+
+    _, rank = runs
+    model, ck = load_ranker(rank / "seed-1")
+    C, L = 9, 8
+    g = torch.Generator().manual_seed(n_hist)
+    hist = torch.zeros(L, dtype=torch.long)
+    hist[L - n_hist:] = torch.randint(1, 80, (n_hist,), generator=g)
+    batch = CTRBatch(user=torch.full((C,), 3), profile=ck["profile"][3][None].expand(C, -1),
+                     item=torch.randint(1, 80, (C,), generator=g), hist=hist[None].expand(C, -1),
+                     mask=(hist > 0)[None].expand(C, -1), dense=torch.randn(C, model.num_dense, generator=g))
+    with torch.no_grad():
+        torch.testing.assert_close(model.score_one_user(batch), model(batch), rtol=1e-5, atol=1e-5)

@@ -137,5 +137,23 @@ class DIN(nn.Module):
         x = torch.cat(parts, dim=-1)
         return self.head(x).squeeze(-1)  # (B,) logits
 
+    def score_one_user(self, batch: CTRBatch) -> torch.Tensor:
+        """:meth:`forward` for a batch whose rows all share row 0's user, profile and history
+        (serving: one user's C candidates), computed per (candidate, history item) pair as
+        batched matmuls over the L live positions instead of C x L gathered rows: (C,) logits."""
+        live = batch.hist[0][batch.mask[0]]  # (L,) the shared history's items
+        h = self.items(live)  # (L, E)
+        t = self.items(batch.item)  # (C, E)
+        w_h, w_t, w_p = self.attention.parts()  # each (H, E)
+        z = (F.linear(h, w_h)[None] + F.linear(t, w_t, self.attention.first.bias)[:, None]
+             + torch.matmul(h[None], t[:, :, None] * w_p.T[None]))  # (C, L, H)
+        a = self.attention.rest(z).squeeze(-1)  # (C, L), no softmax
+        pooled = a @ h  # (C, E)
+        parts = [self.profile(batch.user, batch.profile), t, pooled]
+        parts += [t * pooled] if self.cfg.product else []
+        if self.num_dense:
+            parts.append((batch.dense - self.dense_mean) / self.dense_std)  # (C, F)
+        return self.head(torch.cat(parts, dim=-1)).squeeze(-1)
+
     def loss(self, batch: CTRBatch, label: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(self(batch), label)

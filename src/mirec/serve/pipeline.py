@@ -97,4 +97,5 @@ class RankStage:
                          item=torch.from_numpy(np.asarray(cand, dtype=np.int64)),
                          hist=window[None].expand(C, -1), mask=(window > 0)[None].expand(C, -1),
                          dense=dense)
-        return self.model(batch).numpy().astype(np.float64)  # (C,)
+        one = getattr(self.model, "score_one_user", self.model)  # DIN: one history, C candidates
+        return one(batch).numpy().astype(np.float64)  # (C,)
