@@ -260,3 +260,17 @@ def test_din_one_user_path_equals_the_batch_path(runs, n_hist):
                      mask=(hist > 0)[None].expand(C, -1), dense=torch.randn(C, model.num_dense, generator=g))
     with torch.no_grad():
         torch.testing.assert_close(model.score_one_user(batch), model(batch), rtol=1e-5, atol=1e-5)
+
+
+def test_positives_from_the_candidates_only(runs):
+    from mirec.train.candidates import CandidateSearch
+
+    ret, _ = runs
+    run = retrieval_seed_run(ret, 1)
+    sets = [f"cand.run={ret}", *(f"{k}={v}" for k, v in CAND.items())]
+    data = build_candidate_data(load(RankRunConfig, None, [*sets, "cand.positives=candidates"]), run)
+    everything = build_candidate_data(load(RankRunConfig, None, sets), run)
+    pos = np.flatnonzero(data.label == 1)
+    found = CandidateSearch(run, CAND["cand.m"]).search(run.dataset.item, data.hist_start[pos], data.hist_stop[pos])
+    assert all(data.item[j] in got.cand for j, got in zip(pos, found))
+    assert 0 < len(pos) < (everything.label == 1).sum()

@@ -169,6 +169,10 @@ class CandConfig:
     # positives per state: the next `horizon` items (1 = the next one); the protocol's Recall
     # counts every held-out item, not only the next
     horizon: int = 1
+    # all: every positive; candidates: only positives the retriever found (a served ranker only
+    # ever orders candidates; where retrieval misses most next items, as on Amazon Beauty, the
+    # others teach it what out-of-reach items look like), states without one dropped
+    positives: str = "all"  # all | candidates
 
     def validate(self) -> None:
         _positive("cand", self, ("m", "negatives", "horizon"))
@@ -176,6 +180,8 @@ class CandConfig:
             raise MirecConfigError(f"cand.random_share: must be in [0, 1], got {self.random_share}")
         if self.temperature <= 0:
             raise MirecConfigError(f"cand.temperature: must be > 0, got {self.temperature}")
+        if self.positives not in ("all", "candidates"):
+            raise MirecConfigError(f"cand.positives: expected all or candidates, got {self.positives!r}")
         if self.states not in ("train", "valid", "both"):
             raise MirecConfigError(f"cand.states: expected train, valid or both, got {self.states!r}")
         if self.examples_per_user < 0:

@@ -167,6 +167,10 @@ def build_candidate_data(cfg: RankRunConfig, run: LoadedRun, batch: int = 256) -
             at = np.arange(tt, min(tt + cc.horizon, lim))
             pos, first = np.unique(ds.item[at], return_index=True)
             at = np.sort(at[first])
+            if cc.positives == "candidates":  # only what the served ranker could be asked about
+                at = at[np.isin(ds.item[at], got.cand)]
+                if not len(at):
+                    continue
             pos = ds.item[at].astype(np.int64)
             neg = sample_negatives(got, pos, hist, ds.num_items, cc, rng)
             items = np.concatenate([pos, neg])
