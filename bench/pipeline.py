@@ -1,26 +1,26 @@
-"""The two-stage pipeline on the retrieval protocol: retrieval alone vs retrieval + ranking.
+"""The two-stage pipeline, end to end: retrieval alone against retrieval + a DIN ranker trained on
+the retriever's own candidates (``mirec train --task ctr --candidates``), on the protocol's test
+users, per data set and seed.
 
-For each seed, the retrieval run ``--retrieval/seed-<s>`` (trained with split seed s) serves its
-test users through :class:`mirec.serve.recommender.Recommender` (exact index, 200 candidates per
-interest, history excluded, lambda 0): once ranked by f(u, i), once re-scored by a ranker. The
-ranker (DIN by default) is trained here on the same data set with the retrieval validation and
-test users' *target* events removed (only what the retriever may see: training users' whole
-sequences and held-out users' history parts), with ``ctr.history=all`` as in serving, and one
-of two label definitions:
+Per (data set, seed) the stages run in order, one training at a time, one thread:
 
-- ``rating``: P(rating >= 4 | shown), the CTR task of the ranking protocol (README, "Ranking");
-- ``implicit``: P(interaction), every event a positive and one uniform negative per positive,
-  which is what Recall counts.
+    retrieval  ComiRec-SA, split seed s                      (skipped with --retrieval NAME=DIR)
+    ranker     DIN on that run's candidates (cand.* settings)
+    pipeline   mirec evaluate --run ... --ranker ...: Recall/NDCG/... of both stages
+    ablation   the pipeline again with each candidate feature replaced by its training mean
+               (no retraining: what the trained ranker leans on)
+    latency    ranking 200 retrieved candidates for one user, in process, one thread
 
-Prints Recall/NDCG/HitRate@20 (mean ± std over seeds) per variant, and the in-process latency
-of ranking 200 candidates for one user and of the whole pipeline.
+Every finished (data set, seed, stage) appends one JSON line to ``--results``; a rerun skips
+what is recorded there, so an interrupted run resumes. Then the table (mean ± std over seeds).
 
-    python bench/pipeline.py --retrieval runs/quality/comirec-sa --seeds 1,2,3
+    python bench/pipeline.py --data ml-100k=data/ml-100k --data synth=data/synth --seeds 1,2,3
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -33,110 +33,217 @@ ROOT = Path(__file__).resolve().parent.parent
 N = 20
 
 
-def held_out_targets(ds, split) -> np.ndarray:
-    """(E,) bool: False on the target events of validation and test users."""
-    keep = np.ones(len(ds.item), dtype=bool)
-    for users in (split.valid, split.test):
-        lens = users.end - users.cut
-        pos = np.repeat(users.cut, lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))
-        keep[pos] = False
-    return keep
+def recorded(path: Path) -> dict[tuple[str, int, str], dict]:
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(r["data"], r["seed"], r["stage"]): r for r in rows}
 
 
-def run_seed(a: argparse.Namespace, seed: int, console: Console) -> dict:
-    from mirec.config import load
-    from mirec.data.ctr import build_ctr
+def append(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def pipeline_metrics(ret: Path, rank: Path, ablate: int | None = None) -> dict:
+    """Both stages' test metrics; ``ablate`` replaces that candidate feature by its mean."""
     from mirec.data.split import split_users
     from mirec.eval.evaluate import targets_csr
-    from mirec.eval.metrics import accuracy
+    from mirec.eval.metrics import topn_metrics
+    from mirec.eval.pipeline import served_topn
     from mirec.serve.bundle import bundle_from_run
     from mirec.serve.index import IndexConfig, ItemIndex
     from mirec.serve.pipeline import RankStage
     from mirec.serve.recommender import Recommender
-    from mirec.train.ctr import RankRunConfig, load_ranker, train_ctr
 
-    bundle, ds = bundle_from_run(Path(a.retrieval) / f"seed-{seed}")
-    split = split_users(ds, bundle.config.split)
-    test = split.test
-    keep = held_out_targets(ds, split)
-    rec = Recommender(bundle, ItemIndex.build(bundle.item_vectors, IndexConfig(kind="exact")))
-    raw_users = [str(x) for x in ds.users["raw_id"].to_list()]
-    hists = [ds.item[s:c].tolist() for s, c in zip(test.hist_start, test.cut)]
+    bundle, ds = bundle_from_run(ret)
+    stage = RankStage.from_run(rank, bundle)
+    if ablate is not None:
+        dense, mean = stage.dense, stage.model.dense_mean.numpy()
+
+        def without(*args, dense=dense):  # the feature at its training mean
+            x = dense(*args)
+            x[:, ablate] = mean[ablate]
+            return x
+
+        stage.dense = without
+    rec = Recommender(bundle, ItemIndex.build(bundle.item_vectors, IndexConfig(kind="exact")), ranker=stage)
+    test = split_users(ds, bundle.config.split).test
     indptr, targets = targets_csr(ds, test)
-
-    def topn(stage: RankStage | None) -> tuple[np.ndarray, list[float]]:
-        rows, times = [], []
-        for u, hist in zip(test.users, hists):
-            t0 = time.perf_counter()
-            V, live, W, window = rec.interests(hist)
-            rank = None if stage is None else (lambda c, u=u, h=hist: stage.score(raw_users[u], h, c))
-            items = rec.recommend_dense(V, live, W, window, hist, N, 0.0, rank)
-            times.append(time.perf_counter() - t0)
-            rows.append([x.item for x in items])
-        return np.asarray(rows, dtype=np.int64), times
-
+    cat_indptr, cat_ids, _ = ds.category_index()
     out = {}
-    base, t_base = topn(None)
-    out["retrieval only"] = {k: float(v.mean()) for k, v in accuracy(base, indptr, targets).items()}
-    out["retrieval only"]["p50_ms"] = float(np.percentile(t_base, 50) * 1e3)
-    for labels in a.labels.split(","):
-        run_dir = Path(a.out) / f"seed-{seed}" / f"{a.ranker}-{labels}"
-        cfg = load(RankRunConfig, None, [f"model={a.ranker}", f"ctr.labels={labels}", "ctr.history=all",
-                                         f"train.seed={seed}", f"ctr.seed={seed}", *a.set])
-        data = build_ctr(ds, cfg.ctr, keep=keep)
-        r = train_ctr(cfg, data, run_dir, progress=False, data_path=str(ds.path), data_checksum=ds.checksum)
-        model, ck = load_ranker(run_dir)
-        stage = RankStage(model, ck, cfg.ctr.max_len, name=a.ranker)
-        ranked, t_rank = topn(stage)
-        name = f"+ {a.ranker} ({labels} labels)"
-        out[name] = {k: float(v.mean()) for k, v in accuracy(ranked, indptr, targets).items()}
-        out[name]["p50_ms"] = float(np.percentile(t_rank, 50) * 1e3)
-        out[name]["ranker_test_auc"] = r.test["auc"]
-        # ranking exactly 200 candidates for one user
-        times = []
-        for j, (u, hist) in enumerate(zip(test.users, hists)):
-            cand = np.random.default_rng(j).choice(np.arange(1, ds.num_items), 200, replace=False)
-            for _ in range(3):
-                t0 = time.perf_counter()
-                stage.score(raw_users[u], hist, cand)
-                times.append(time.perf_counter() - t0)
-        out[name]["rank200_p50_ms"] = float(np.percentile(times, 50) * 1e3)
-        out[name]["rank200_p99_ms"] = float(np.percentile(times, 99) * 1e3)
-        console.print(f"  seed {seed} {name}: recall@{N} {out[name]['recall']:.4f} (retrieval only "
-                      f"{out['retrieval only']['recall']:.4f}); ranker test AUC {r.test['auc']:.4f}; "
-                      f"rank 200 p50 {out[name]['rank200_p50_ms']:.2f} ms")
+    for name, rank_on in (("retrieval", False), ("pipeline", True)):
+        if ablate is not None and not rank_on:
+            continue
+        topn = served_topn(rec, ds, test, 50, rank=rank_on)
+        out[name] = topn_metrics(topn, indptr, targets, cat_indptr, cat_ids, ds.num_items - 1, (20, 50))
     return out
+
+
+def latency(ret: Path, rank: Path, users: int = 200) -> dict:
+    """p50/p99 ms of ranking the first 200 retrieved candidates of test users (3 runs each)."""
+    from mirec.data.split import split_users
+    from mirec.serve.bundle import bundle_from_run
+    from mirec.serve.index import IndexConfig, ItemIndex
+    from mirec.serve.pipeline import RankStage
+    from mirec.serve.recommender import Recommender
+
+    bundle, ds = bundle_from_run(ret)
+    stage = RankStage.from_run(rank, bundle)
+    rec = Recommender(bundle, ItemIndex.build(bundle.item_vectors, IndexConfig(kind="exact")), ranker=stage)
+    test = split_users(ds, bundle.config.split).test
+    raw = [str(x) for x in ds.users["raw_id"].to_list()]
+    times = []
+    for j in range(min(users, len(test))):
+        hist = ds.item[test.hist_start[j]:test.cut[j]].tolist()
+        V, live, _, _ = rec.interests(hist)
+        cand, f, k = rec.retrieve(V, live, hist, rec.cfg.candidates_per_interest)
+        top = np.argsort(-f, kind="stable")[:200]
+        for _ in range(3):
+            t0 = time.perf_counter()
+            stage.score(raw[test.users[j]], hist, cand[top], f[top], k[top], len(V))
+            times.append(time.perf_counter() - t0)
+    return {"rank200_p50_ms": float(np.percentile(times, 50) * 1e3),
+            "rank200_p99_ms": float(np.percentile(times, 99) * 1e3), "candidates": 200}
+
+
+def run_data(a: argparse.Namespace, name: str, path: str, seeds: list[int], console: Console) -> None:
+    base = Path(a.out) / name
+    ret = Path(a.retrieval[name]) if name in a.retrieval else base / "retrieval"
+    for seed in seeds:
+        run_seed(a, name, path, ret, base / "din", seed, console)
+
+
+def run_seed(a: argparse.Namespace, name: str, path: str, ret: Path, rank: Path, seed: int,
+             console: Console) -> None:
+    import mirec
+    from mirec.data.cand_features import NAMES
+
+    done = recorded(Path(a.results))
+    r, k = ret / f"seed-{seed}", rank / f"seed-{seed}"
+
+    def stage(what: str, fn) -> None:
+        if (name, seed, what) in done:
+            return
+        t0 = time.perf_counter()
+        row = fn()
+        append(Path(a.results), {"data": name, "seed": seed, "stage": what, **row,
+                                 "seconds": round(time.perf_counter() - t0, 1)})
+        console.print(f"{name} seed {seed} {what}: done in {time.perf_counter() - t0:.0f} s")
+
+    def settings(pairs: list[str]) -> dict:
+        return {"train.threads": 1, **dict(s.split("=", 1) for s in pairs)}
+
+    if name not in a.retrieval:
+        stage("retrieval", lambda: {"test": mirec.fit(model="comirec-sa", data=path, out=r, seeds=[seed],
+                                                      progress=False, **settings(a.retrieval_set)).metrics})
+    stage("ranker", lambda: {"valid": mirec.fit(model="din", data=path, out=k, seeds=[seed], progress=False,
+                                                candidates=ret, **settings(a.set)).to_json()["valid"]})
+    stage("pipeline", lambda: pipeline_metrics(r, k))
+    if a.ablate:
+        stage("ablation", lambda: {"pipeline_without": {f: pipeline_metrics(r, k, j)["pipeline"]
+                                                        for j, f in enumerate(NAMES)}})
+    stage("latency", lambda: latency(r, k))
+
+
+def cell(xs: list[float]) -> str:
+    return f"{np.mean(xs):.4f} ± {np.std(xs):.4f}"
+
+
+def report(a: argparse.Namespace, names: list[str], seeds: list[int], console: Console) -> None:
+    rows = recorded(Path(a.results))
+    t = Table(title=f"test users, N = {N}, lambda 0, mean ± std over seeds {a.seeds}")
+    for h in ("data", "stage", f"Recall@{N}", f"NDCG@{N}", f"HitRate@{N}", "NDCG ratio",
+              "rank 200 p50 / p99 ms"):
+        t.add_column(h)
+    for name in names:
+        got = [rows[(name, s, "pipeline")] for s in seeds if (name, s, "pipeline") in rows]
+        if not got:
+            continue
+        lat = [rows[(name, s, "latency")] for s in seeds if (name, s, "latency") in rows]
+        ratio = [g["pipeline"][f"ndcg@{N}"] / g["retrieval"][f"ndcg@{N}"] for g in got]
+        for st in ("retrieval", "pipeline"):
+            col = lambda k, st=st, got=got: [g[st][f"{k}@{N}"] for g in got]  # noqa: E731
+            t.add_row(f"{name} ({len(got)} seeds)", st if st == "retrieval" else "+ DIN on candidates",
+                      cell(col("recall")), cell(col("ndcg")), cell(col("hit_rate")),
+                      "-" if st == "retrieval" else f"{np.mean(ratio):.3f}",
+                      "-" if st == "retrieval" or not lat else
+                      f"{np.mean([x['rank200_p50_ms'] for x in lat]):.2f} / "
+                      f"{np.mean([x['rank200_p99_ms'] for x in lat]):.2f}")
+    console.print(t)
+    for name in names:
+        abl = [rows[(name, s, "ablation")] for s in seeds if (name, s, "ablation") in rows]
+        full = [rows[(name, s, "pipeline")] for s in seeds if (name, s, "ablation") in rows]
+        if not abl:
+            continue
+        t = Table(title=f"{name}: pipeline NDCG@{N} with one feature at its training mean ({len(abl)} seeds)")
+        t.add_column("feature")
+        t.add_column(f"NDCG@{N}")
+        t.add_column("change")
+        ref = np.mean([f["pipeline"][f"ndcg@{N}"] for f in full])
+        t.add_row("(none)", f"{ref:.4f}", "")
+        for feat in abl[0]["pipeline_without"]:
+            v = np.mean([x["pipeline_without"][feat][f"ndcg@{N}"] for x in abl])
+            t.add_row(feat, f"{v:.4f}", f"{(v - ref) / ref:+.1%}")
+        console.print(t)
+
+
+def markdown(a: argparse.Namespace, names: list[str], seeds: list[int]) -> None:
+    """The tables of docs/benchmarks.md, as Markdown."""
+    rows = recorded(Path(a.results))
+    print(f"| data | pipeline | Recall@{N} | NDCG@{N} | HitRate@{N} | NDCG@{N} ratio | rank 200 p50 / p99 |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        got = [rows[(name, s, "pipeline")] for s in seeds if (name, s, "pipeline") in rows]
+        lat = [rows[(name, s, "latency")] for s in seeds if (name, s, "latency") in rows]
+        for st in ("retrieval", "pipeline") if got else ():
+            col = [[g[st][f"{k}@{N}"] for g in got] for k in ("recall", "ndcg", "hit_rate")]
+            ratio = np.mean([g["pipeline"][f"ndcg@{N}"] / g["retrieval"][f"ndcg@{N}"] for g in got])
+            extra = ("- | -" if st == "retrieval" else
+                     f"{ratio:.3f} | {np.mean([x['rank200_p50_ms'] for x in lat]):.1f} / "
+                     f"{np.mean([x['rank200_p99_ms'] for x in lat]):.1f} ms")
+            stage = "retrieval alone" if st == "retrieval" else "+ DIN on candidates"
+            print(f"| {name} ({len(got)} seeds) | {stage}"
+                  f" | {' | '.join(f'{np.mean(c):.4f} ± {np.std(c):.4f}' for c in col)} | {extra} |")
+    for name in names:
+        abl = [(rows[(name, s, "pipeline")], rows[(name, s, "ablation")]) for s in seeds
+               if (name, s, "ablation") in rows]
+        if abl:
+            ref = np.mean([p["pipeline"][f"ndcg@{N}"] for p, _ in abl])
+            done = [s for s in seeds if (name, s, "ablation") in rows]
+            print(f"\n{name}, seeds {done}: NDCG@{N} {ref:.4f}")
+            for feat in abl[0][1]["pipeline_without"]:
+                v = np.mean([x["pipeline_without"][feat][f"ndcg@{N}"] for _, x in abl])
+                print(f"| `{feat}` | {v:.4f} | {(v - ref) / ref:+.1%} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--retrieval", default=str(ROOT / "runs" / "quality" / "comirec-sa"),
-                    help="a multi-seed retrieval run directory (seed-<s>/best.pt)")
+    ap.add_argument("--data", action="append", default=[], help="NAME=DIR of a prepared data set")
+    ap.add_argument("--retrieval", action="append", default=[],
+                    help="NAME=DIR: a finished multi-seed retrieval run to use for data set NAME")
+    ap.add_argument("--retrieval-set", action="append", default=[], help="retrieval setting, key=value")
+    ap.add_argument("--set", action="append", default=[], help="ranker setting, key=value")
     ap.add_argument("--seeds", default="1,2,3")
-    ap.add_argument("--ranker", default="din")
-    ap.add_argument("--labels", default="rating,implicit")
-    ap.add_argument("--set", action="append", default=[], help="ranker config override")
+    ap.add_argument("--ablate", action="store_true", help="also the per-feature ablation")
     ap.add_argument("--out", default=str(ROOT / "runs" / "pipeline"))
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--results", default=str(ROOT / "runs" / "pipeline" / "results.jsonl"))
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--markdown", action="store_true", help="print the tables as Markdown (no runs)")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    console = Console()
+    a.retrieval = dict(s.split("=", 1) for s in a.retrieval)
+    torch.set_num_threads(1)
+    console = Console(width=160)
     seeds = [int(s) for s in a.seeds.split(",")]
-    per_seed = [run_seed(a, s, console) for s in seeds]
-    t = Table(title=f"pipeline on {Path(a.retrieval).name}'s test users, N = {N}, lambda 0, "
-                    f"mean ± std over seeds {a.seeds}")
-    for h in ("pipeline", f"Recall@{N}", f"NDCG@{N}", f"HR@{N}", "ranker test AUC", "p50 ms/user",
-              "rank 200: p50 / p99 ms"):
-        t.add_column(h, justify="left" if h == "pipeline" else "right")
-    for name in per_seed[0]:
-        col = {k: [p[name][k] for p in per_seed] for k in per_seed[0][name]}
-        cell = lambda k, col=col: f"{np.mean(col[k]):.4f} ± {np.std(col[k]):.4f}"  # noqa: E731
-        t.add_row(name, cell("recall"), cell("ndcg"), cell("hit_rate"),
-                  cell("ranker_test_auc") if "ranker_test_auc" in col else "-",
-                  f"{np.mean(col['p50_ms']):.2f}",
-                  f"{np.mean(col['rank200_p50_ms']):.2f} / {np.mean(col['rank200_p99_ms']):.2f}"
-                  if "rank200_p50_ms" in col else "-")
-    console.print(t)
+    data = dict(s.split("=", 1) for s in a.data)
+    if a.markdown:
+        return markdown(a, list(data), seeds)
+    if not a.report_only:
+        for name, path in data.items():
+            run_data(a, name, path, seeds, console)
+    report(a, list(data), seeds, console)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ def _task(model: str) -> str:
 def fit(model: str | None = None, data: str | Path | Dataset = "data/ml-100k", out: str | Path | None = None,
         seeds: list[int] | None = None, *, config: str | Path | None = None, resume: bool = False,
         progress: bool = True, log: Callable[[str], None] = lambda s: None, task: str | None = None,
-        settings: dict[str, Any] | None = None, **more: Any) -> RunResult:
+        candidates: str | Path | None = None, settings: dict[str, Any] | None = None,
+        **more: Any) -> RunResult:
     """Train ``model`` on a prepared data set (its path or a loaded :class:`Dataset`) once per
     seed into ``out`` (default ``runs/<model>``) and test the best validation epoch.
 
@@ -77,6 +78,9 @@ def fit(model: str | None = None, data: str | Path | Dataset = "data/ml-100k", o
     new, empty or a run directory, whose old checkpoints and results are replaced. Returns the
     run: ``.path``, ``.metrics`` (mean over seeds of the test metrics, keys like
     ``"recall@50"``), ``.std``, ``.seeds``; ``results.json`` in ``out``.
+
+    ``candidates`` (a finished retrieval run; rankers only) trains the ranker on that run's own
+    candidates, seed s on its ``seed-<s>`` (the ``cand`` settings; docs/ranking.md).
     """
     settings = normalised({**(settings or {}), **more})
     model = model or settings.pop("model", None)
@@ -85,6 +89,10 @@ def fit(model: str | None = None, data: str | Path | Dataset = "data/ml-100k", o
         raise MirecConfigError(f"--model: {model!r} is a {kind} model" + (
             "; use --task ctr" if kind == "ranking" else
             "; use `mirec evaluate --model` for baselines" if kind == "baseline" else "; drop --task ctr"))
+    if candidates is not None:
+        if kind != "ranking":
+            raise MirecConfigError("--candidates: trains a ranker (--task ctr), not a retrieval model")
+        settings = {**settings, "cand.run": str(candidates)}
     if kind == "baseline":
         return evaluate(model=model, data=data, out=out, seeds=seeds, settings=settings)
     cls = RankRunConfig if kind == "ranking" else RunConfig
@@ -121,13 +129,26 @@ def normalised(settings: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate(run: str | Path | None = None, model: str = "most-popular",
              data: str | Path | Dataset | None = None, out: str | Path | None = None,
-             seeds: list[int] | None = None, progress: bool = False, *,
-             settings: dict[str, Any] | None = None, **more: Any) -> RunResult:
+             seeds: list[int] | None = None, progress: bool = False, ranker: str | Path | None = None, *,
+             settings: dict[str, Any] | None = None, **more: Any) -> Any:
     """Re-evaluate a finished training run (``run``; ``data`` if its data set moved) on its test
     users, with its own ``eval`` settings unless ``eval`` overrides some; or fit and evaluate a
     baseline ``model`` on ``data`` (``split`` and ``eval`` settings as in :func:`fit`;
-    ``results.json`` into ``out`` when given)."""
+    ``results.json`` into ``out`` when given).
+
+    With ``ranker`` (a ranking run, e.g. trained with ``candidates=run``) the two-stage pipeline
+    is evaluated instead: retrieval alone and retrieval + ranking on the same test users, seeds
+    paired; returns a ``PipelineResult`` whose ``doc`` is ``out/results.json``."""
     settings = normalised({**(settings or {}), **more})
+    if ranker is not None:
+        from mirec.eval.pipeline import evaluate_pipeline
+
+        if run is None:
+            raise MirecConfigError("--ranker: give the retrieval run too (--run)")
+        ec = load(EvalConfig, None, overrides(settings["eval"])) if "eval" in settings else None
+        if out is not None:
+            check_output_dir(out, may_hold=lambda p: (p / "results.json").exists())
+        return evaluate_pipeline(run, ranker, out, data, ec, progress)
     ev = overrides(settings.pop("eval", {}))  # ["exclude_history=False", ...]
     if run is not None:
         if settings:

@@ -177,6 +177,9 @@ def train_cmd(
                                                         "threads beside other work stall).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a stopped run from its last checkpoint, "
                                               "with the settings it was started with.")] = False,
+    candidates: Annotated[Optional[Path], typer.Option(
+        help="--task ctr: train the ranker on this retrieval run's own candidates (seed s on its "
+             "seed-<s>; the cand.* settings).")] = None,
 ) -> None:
     """Train a model with early stopping (validation Recall@50, or AUC for --task ctr); test the best.
 
@@ -199,7 +202,7 @@ def train_cmd(
     console.quiet = not world().main  # under torchrun, process 0 reports
     chosen = _seeds(seed, seeds) if seed is not None or seeds else None  # None: the config's seed
     run = fit(model, data, out, chosen, config=config, resume=resume, log=console.print,
-              task="ranking" if task == "ctr" else "retrieval", settings=settings)
+              task="ranking" if task == "ctr" else "retrieval", candidates=candidates, settings=settings)
     out = run.path
     console.print(ctr_table({run.model: run.to_json()}) if task == "ctr" else results_table({run.model: run}))
     console.print(f"wrote [bold]{out / 'results.json'}[/bold]")
@@ -243,12 +246,21 @@ def evaluate_cmd(
     max_len: Annotated[int, typer.Option(help="History window length.")] = 20,
     exclude_history: Annotated[bool, typer.Option(help="Exclude history items from the "
                                                        "ranking.")] = True,
+    ranker: Annotated[Optional[Path], typer.Option(
+        help="With --run: evaluate the two-stage pipeline, retrieval alone against retrieval + "
+             "this ranking run, seeds paired (results.json in --out).")] = None,
 ) -> None:
     """Evaluate a model under the protocol on test users; writes results.json."""
     from mirec.api import evaluate
-    from mirec.report import results_table
+    from mirec.report import pipeline_table, results_table
 
     ev = {"eval": {"exclude_history": exclude_history}}
+    if ranker is not None:
+        r = evaluate(run=run_dir, ranker=ranker, out=out, progress=True, **ev)
+        console.print(pipeline_table(r.doc))
+        if out is not None:
+            console.print(f"wrote [bold]{out / 'results.json'}[/bold]")
+        return
     if run_dir is not None:
         run = evaluate(run=run_dir, **ev)
         console.print(results_table({run.model: run}))
@@ -512,6 +524,8 @@ def report_diversity(
     out: Annotated[Optional[Path], typer.Option(help="Where to write diversity.json/.png "
                                                      "(default: the run directory).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="The run's data set, if it moved.")] = None,
+    ranker: Annotated[Optional[Path], typer.Option(
+        help="A ranking run: the full pipeline's curve (lambda on the ranker's scores).")] = None,
 ) -> None:
     """Sweep lambda on test users: Recall@50 against Diversity@50, a table and a PNG plot."""
     from mirec.eval.diversity import diversity_report
@@ -520,7 +534,7 @@ def report_diversity(
         lams = [float(x) for x in lambdas.split(",")]
     except ValueError:
         raise MirecError(f"--lambdas: expected comma-separated numbers, got {lambdas!r}") from None
-    r = diversity_report(run_dir, lams, out or run_dir, data, progress=True)
+    r = diversity_report(run_dir, lams, out or run_dir, data, progress=True, ranker=ranker)
     console.print(r.table())
     console.print(f"wrote [bold]{r.json_path}[/bold] and [bold]{r.png_path}[/bold]")
 

@@ -182,11 +182,20 @@ def train_ctr_seeds(cfg: RankRunConfig, data: str | Path | Dataset, seeds: list[
     time split does not depend on it); test AUC/GAUC/log-loss mean and std over seeds."""
     from mirec.train.ctr import train_ctr
 
+    if cfg.cand.run and "use_user_id" not in cfg.model_args:  # held-out users are unknown to it
+        cfg = dataclasses.replace(cfg, model_args={**cfg.model_args, "use_user_id": False})
+
     def one(ds: Dataset, seed: int, run_dir: Path | None) -> SeedResult:
         c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed),
                                 ctr=dataclasses.replace(cfg.ctr, seed=seed))
-        r = train_ctr(c, ds, run_dir, resume=resume and (run_dir / "last.pt").exists(), progress=progress,
-                      log=log)
+        data: Dataset | Any = ds
+        if c.cand.run:  # the retrieval run's seed-<seed>: its split, its candidates
+            from mirec.train.candidates import candidate_data
+
+            log(f"building ranker examples from {c.cand.run}'s candidates (seed {seed})")
+            data, _ = candidate_data(c, seed, ds)
+        r = train_ctr(c, data, run_dir, resume=resume and (run_dir / "last.pt").exists(), progress=progress,
+                      log=log, data_path=str(ds.path), data_checksum=ds.checksum)
         test = dict(r.test)
         n = test.pop("examples")
         return SeedResult(seed, test, {k: v for k, v in r.best_valid.items() if k != "examples"},
@@ -198,6 +207,11 @@ def train_ctr_seeds(cfg: RankRunConfig, data: str | Path | Dataset, seeds: list[
                 else f"{cfg.ctr.negatives} uniform negative(s) per positive",
                 "split": f"per user by time: last {cfg.ctr.test_fraction:.0%} test, "
                          f"{cfg.ctr.valid_fraction:.0%} before it validation"}
+    if cfg.cand.run:
+        protocol = {"labels": f"the next item against {cfg.cand.negatives} negatives from {cfg.cand.run}'s "
+                              f"candidates ({cfg.cand.random_share:.0%} uniform)",
+                    "split": "the retrieval run's users; validation users' first target for early stopping; "
+                             "test: `mirec evaluate --run RETRIEVAL --ranker RUN`"}
     conf = saved_config(cfg, model_config(cfg))
     return run_seeds("ranking", cfg.model, ds, seeds, one, out, protocol, conf, log)
 

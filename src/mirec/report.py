@@ -58,12 +58,16 @@ def ctr_table(runs: dict[str, dict[str, Any]]) -> Table:
     """One row per ranker from ``results.json`` documents of ``--task ctr`` runs."""
     first = next(iter(runs.values()))
     n = len(first["seeds"])
-    t = Table(title=f"test events ({first['per_seed'][0]['test_examples']:,}), "
-                    f"{'seed ' + str(first['seeds'][0]) if n == 1 else f'mean ± std over {n} seeds'}")
+    tested = bool(first["metrics"])  # a ranker trained on candidates is tested as a pipeline
+    what = f"test events ({first['per_seed'][0]['test_examples']:,})" if tested else \
+        "validation users' candidates (test: mirec evaluate --run RETRIEVAL --ranker RUN)"
+    t = Table(title=f"{what}, {'seed ' + str(first['seeds'][0]) if n == 1 else f'mean ± std over {n} seeds'}")
     for header in ("model", "AUC", "GAUC", "log-loss", "examples/s", "s/epoch"):
         t.add_column(header, justify="left" if header == "model" else "right")
     for name, doc in runs.items():
-        m, sd, speed = doc["metrics"], doc["std"], doc["speed"]
+        m, sd, speed = (doc["metrics"], doc["std"], doc["speed"]) if tested else (doc["valid"], {},
+                                                                                  doc["speed"])
+        n = n if tested else 1
         cells = [f"{m[k]:.4f}" + (f"±{sd[k]:.4f}" if n > 1 else "") for k in ("auc", "gauc", "logloss")]
         t.add_row(name, *cells, f"{speed['examples_per_s']:,.0f}", f"{speed['seconds_per_epoch']:.1f}")
     return t
@@ -139,3 +143,20 @@ def sources_table(sources: Mapping[str, Any]) -> Table:
                          for o in src.options)
         table.add_row(src.name, src.help, opts or "-")
     return table
+
+
+def pipeline_table(doc: dict[str, Any], ns: tuple[int, ...] = (20, 50)) -> Table:
+    """Retrieval alone against retrieval + ranking, from a pipeline ``results.json`` document."""
+    k = len(doc["seeds"])
+    t = Table(title=f"test users ({doc['per_seed'][0]['test_users']}), "
+                    f"{'seed ' + str(doc['seeds'][0]) if k == 1 else f'mean ± std over {k} seeds'}")
+    t.add_column("stage", no_wrap=True)
+    t.add_column("N", justify="right")
+    for header in ("Recall", "NDCG", "HitRate", "Diversity", "Coverage"):
+        t.add_column(header, justify="right")
+    for name in ("retrieval", "pipeline"):
+        mean, std = doc[name], doc[f"{name}_std"]
+        for n in ns:
+            t.add_row(name, str(n), *(f"{mean[f'{m}@{n}']:.3f}" + (f"±{std[f'{m}@{n}']:.3f}" if k > 1 else "")
+                                      for m in METRICS))
+    return t

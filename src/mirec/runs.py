@@ -160,6 +160,44 @@ class RankTrainConfig:
 
 
 @dataclass
+class CandConfig:
+    """Training a ranker on a retrieval run's own candidates (``--candidates RUN``;
+    docs/ranking.md, "Trained on the retriever's candidates")."""
+
+    run: str = ""  # the retrieval run; "" = the plain CTR task
+    m: int = 200  # candidates per interest, as serving retrieves (serve.candidates_per_interest)
+    # defaults: the best validation AUC on MovieLens-100K among a few tried (docs/benchmarks.md)
+    negatives: int = 16  # negatives per positive
+    random_share: float = 0.1  # share of them drawn uniformly from the catalogue
+    temperature: float = 1.0  # the rest: sampled from the candidates with P ~ exp(f / temperature)
+    examples_per_user: int = 0  # a user's last cut points used (0 = every one)
+    # whose states the ranker learns from: the retriever's training users (whose next items it
+    # was trained on, so their retrieval scores are optimistic), the validation users' history
+    # parts (states the retriever never trained on, like the served ones), or both
+    states: str = "valid"  # train | valid | both
+    # positives per state: the next `horizon` items (1 = the next one); the protocol's Recall
+    # counts every held-out item, not only the next
+    horizon: int = 1
+    # all: every positive; candidates: only positives the retriever found (a served ranker only
+    # ever orders candidates; where retrieval misses most next items, as on Amazon Beauty, the
+    # others teach it what out-of-reach items look like), states without one dropped
+    positives: str = "all"  # all | candidates
+
+    def validate(self) -> None:
+        _positive("cand", self, ("m", "negatives", "horizon"))
+        if not 0 <= self.random_share <= 1:
+            raise MirecConfigError(f"cand.random_share: must be in [0, 1], got {self.random_share}")
+        if self.temperature <= 0:
+            raise MirecConfigError(f"cand.temperature: must be > 0, got {self.temperature}")
+        if self.positives not in ("all", "candidates"):
+            raise MirecConfigError(f"cand.positives: expected all or candidates, got {self.positives!r}")
+        if self.states not in ("train", "valid", "both"):
+            raise MirecConfigError(f"cand.states: expected train, valid or both, got {self.states!r}")
+        if self.examples_per_user < 0:
+            raise MirecConfigError(f"cand.examples_per_user: must be >= 0, got {self.examples_per_user}")
+
+
+@dataclass
 class RankRunConfig:
     """Everything a ranking run needs; saved into every checkpoint and results.json."""
 
@@ -167,9 +205,14 @@ class RankRunConfig:
     model_args: dict[str, Any] = field(default_factory=dict)
     train: RankTrainConfig = field(default_factory=RankTrainConfig)
     ctr: CTRConfig = field(default_factory=CTRConfig)
+    cand: CandConfig = field(default_factory=CandConfig)
 
     def validate(self) -> None:
         spec(self.model, "ranking")
+        self.cand.validate()
+        if self.cand.run and self.model != "din":
+            raise MirecConfigError(f"--candidates: only din reads the candidate features so far, "
+                                   f"got --model {self.model}")
 
 
 def model_config(cfg: RunConfig | RankRunConfig) -> Any:
@@ -193,13 +236,22 @@ def build_ranker(cfg: RankRunConfig, features: RankFeatures) -> torch.nn.Module:
 
 
 def features_to_dict(f: RankFeatures) -> dict[str, Any]:
-    return {"num_items": f.num_items, "num_users": f.num_users, "profile_sizes": list(f.profile_sizes),
-            "item_categories": f.item_categories.clone()}
+    d = {"num_items": f.num_items, "num_users": f.num_users, "profile_sizes": list(f.profile_sizes),
+         "item_categories": f.item_categories.clone()}
+    if f.num_dense:  # a candidate-trained ranker
+        window = {k: torch.from_numpy(v) if hasattr(v, "dtype") else v for k, v in f.window.items()}
+        d.update(num_dense=f.num_dense, dense_mean=f.dense_mean, dense_std=f.dense_std, window=window)
+    return d
 
 
 def features_from_dict(d: dict[str, Any]) -> RankFeatures:
+    window = d.get("window")
+    if window is not None:
+        window = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in window.items()}
     return RankFeatures(num_items=d["num_items"], num_users=d["num_users"],
-                        profile_sizes=list(d["profile_sizes"]), item_categories=d["item_categories"])
+                        profile_sizes=list(d["profile_sizes"]), item_categories=d["item_categories"],
+                        num_dense=d.get("num_dense", 0), dense_mean=d.get("dense_mean"),
+                        dense_std=d.get("dense_std"), window=window)
 
 
 def saved_model_args(conf: dict[str, Any]) -> dict[str, Any]:

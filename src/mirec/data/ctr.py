@@ -46,6 +46,13 @@ class RankFeatures:
     num_users: int  # dense user ids 0..num_users-1
     profile_sizes: list[int]  # cardinality of each profile field, code 0 = unknown
     item_categories: torch.Tensor  # (N, C) long, category ids + 1, 0 = padding; row 0 all 0
+    # A ranker trained on a retriever's candidates (mirec.train.candidates) also reads F dense
+    # features per example (mirec.data.cand_features), standardised with the training mean/std;
+    # ``window`` holds the training window's item statistics that serving computes them with.
+    num_dense: int = 0
+    dense_mean: torch.Tensor | None = None  # (F,) float
+    dense_std: torch.Tensor | None = None  # (F,) float
+    window: dict | None = None  # ItemWindow.to_dict()
 
     @property
     def num_categories(self) -> int:
@@ -62,6 +69,7 @@ class CTRBatch:
     item: torch.Tensor  # (B,) long, candidate item id
     hist: torch.Tensor  # (B, L) long, earlier positives, left-padded with 0, most recent last
     mask: torch.Tensor  # (B, L) bool, True on real history items
+    dense: torch.Tensor | None = None  # (B, F) float, candidate features (rankers with num_dense)
 
 
 @dataclass
@@ -108,6 +116,8 @@ class CTRData:
     features: RankFeatures
     max_len: int
     sampled_negatives: int  # 0 when labels came from ratings
+    dense: np.ndarray | None = None  # (M, F) float32 candidate features (mirec.train.candidates)
+    source: np.ndarray | None = None  # (M,) int64 event position of the example's positive
 
     def indices(self, part: int) -> np.ndarray:
         return np.flatnonzero(self.part == part)
@@ -118,7 +128,8 @@ class CTRData:
         user = self.user[idx]
         return CTRBatch(user=torch.from_numpy(user), profile=torch.from_numpy(self.profile[user]),
                         item=torch.from_numpy(self.item[idx]), hist=torch.from_numpy(hist),
-                        mask=torch.from_numpy(mask))
+                        mask=torch.from_numpy(mask),
+                        dense=None if self.dense is None else torch.from_numpy(self.dense[idx]))
 
 
 def profile_codes(users: pl.DataFrame) -> tuple[np.ndarray, list[str], list[int]]:

@@ -5,6 +5,9 @@ exact per-interest search -> union minus history -> max over interests -> greedy
 with lambda) and the protocol's metrics are computed on the resulting top-50. lambda = 0 is
 plain max-over-interests aggregation, so its row reproduces ``mirec evaluate --run``.
 Writes ``diversity.json`` and ``diversity.png`` (Recall@50 against Diversity@50).
+
+With a ranker (``--ranker RUN``) the full pipeline runs: the candidates are re-scored by the
+ranker and the lambda aggregation runs on the ranker's scores.
 """
 
 from __future__ import annotations
@@ -12,19 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from mirec.data.split import split_users, windows
+from mirec.data.split import split_users
 from mirec.eval.evaluate import targets_csr
 from mirec.eval.metrics import topn_metrics
+from mirec.eval.pipeline import served_topn
 from mirec.io import atomic_write_json
-from mirec.models.base import user_interests
 from mirec.plots import diversity_figure, save_png
 from mirec.serve.bundle import bundle_from_run
 from mirec.serve.index import IndexConfig, ItemIndex
+from mirec.serve.pipeline import RankStage
 from mirec.serve.recommender import Recommender
 
 N = 50
@@ -49,29 +51,24 @@ class DiversityReport:
 
 
 def diversity_report(run_dir: str | Path, lambdas: list[float], out: str | Path,
-                     data: str | Path | None = None, progress: bool = False) -> DiversityReport:
+                     data: str | Path | None = None, progress: bool = False,
+                     ranker: str | Path | None = None) -> DiversityReport:
     bundle, ds = bundle_from_run(run_dir, data)
     cfg = bundle.config
     test = split_users(ds, cfg.split).test
-    rec = Recommender(bundle, ItemIndex.build(bundle.item_vectors, IndexConfig(kind="exact")))
-    hist, mask = windows(ds.item, test.hist_start, test.cut, cfg.split.max_len)  # (U, L)
-    out_ = user_interests(bundle.model, torch.from_numpy(hist), torch.from_numpy(mask), bundle.cosine)
-    V = out_.vectors
-    V, live, W = V.numpy().astype(np.float32), out_.mask.numpy(), out_.weights.numpy()
+    stage = None if ranker is None else RankStage.from_run(ranker, bundle)
+    rec = Recommender(bundle, ItemIndex.build(bundle.item_vectors, IndexConfig(kind="exact")), ranker=stage)
     indptr, targets = targets_csr(ds, test)
     cat_indptr, cat_ids, _ = ds.category_index()
     rows = []
     for lam in tqdm(lambdas, desc="lambda", disable=None if progress else True, leave=False):
-        topn = np.zeros((len(test), N), dtype=np.int64)
-        for j in range(len(test)):
-            seen = ds.item[test.hist_start[j]:test.cut[j]].tolist()
-            recs = rec.recommend_dense(V[j], live[j], W[j], hist[j], seen, N, lam)
-            topn[j, :len(recs)] = [r.item for r in recs]
+        topn = served_topn(rec, ds, test, N, lam, rank=stage is not None)
         m = topn_metrics(topn, indptr, targets, cat_indptr, cat_ids, ds.num_items - 1, (20, N))
         rows.append({"lambda": lam, **m})
     out = Path(out)
-    report = DiversityReport(cfg.model, rows, out / "diversity.json", out / "diversity.png")
-    atomic_write_json(report.json_path, {"model": cfg.model, "run": str(run_dir),
+    name = cfg.model if stage is None else f"{cfg.model} + {stage.name}"
+    report = DiversityReport(name, rows, out / "diversity.json", out / "diversity.png")
+    atomic_write_json(report.json_path, {"model": cfg.model, "run": str(run_dir), "ranker": str(ranker or ""),
                                          "test_users": len(test), "rows": rows})
-    save_png(diversity_figure(cfg.model, rows), report.png_path)
+    save_png(diversity_figure(name, rows), report.png_path)
     return report

@@ -90,8 +90,13 @@ class DIN(nn.Module):
         self.profile = ProfileEncoder(features.num_users, features.profile_sizes, cfg.dim, cfg.use_user_id)
         E = self.items.dim
         self.attention = ActivationUnit(E, cfg.attention_hidden, cfg.activation)
-        self.head = ctr_mlp(self.profile.dim + (3 if cfg.product else 2) * E, cfg.hidden, cfg.activation,
-                            cfg.dropout)
+        # a ranker trained on a retriever's candidates also reads F standardised dense features
+        self.num_dense = features.num_dense
+        if self.num_dense:
+            self.register_buffer("dense_mean", features.dense_mean.float().clone())  # (F,)
+            self.register_buffer("dense_std", features.dense_std.float().clone())  # (F,)
+        self.head = ctr_mlp(self.profile.dim + (3 if cfg.product else 2) * E + self.num_dense, cfg.hidden,
+                            cfg.activation, cfg.dropout)
 
     def interest(self, table: torch.Tensor, hist: torch.Tensor, row: torch.Tensor,
                  t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,8 +129,31 @@ class DIN(nn.Module):
         table, t, hist, row = self.encode(batch)  # (U, E), (B, E), (P,), (P,)
         pooled, _ = self.interest(table, hist, row, t)
         parts = [self.profile(batch.user, batch.profile), t, pooled]
-        x = torch.cat(parts + [t * pooled] if self.cfg.product else parts, dim=-1)
+        parts += [t * pooled] if self.cfg.product else []
+        if self.num_dense:
+            if batch.dense is None:
+                raise ValueError("DIN: this ranker was trained on candidate features; the batch has none")
+            parts.append((batch.dense - self.dense_mean) / self.dense_std)  # (B, F)
+        x = torch.cat(parts, dim=-1)
         return self.head(x).squeeze(-1)  # (B,) logits
+
+    def score_one_user(self, batch: CTRBatch) -> torch.Tensor:
+        """:meth:`forward` for a batch whose rows all share row 0's user, profile and history
+        (serving: one user's C candidates), computed per (candidate, history item) pair as
+        batched matmuls over the L live positions instead of C x L gathered rows: (C,) logits."""
+        live = batch.hist[0][batch.mask[0]]  # (L,) the shared history's items
+        h = self.items(live)  # (L, E)
+        t = self.items(batch.item)  # (C, E)
+        w_h, w_t, w_p = self.attention.parts()  # each (H, E)
+        z = (F.linear(h, w_h)[None] + F.linear(t, w_t, self.attention.first.bias)[:, None]
+             + torch.matmul(h[None], t[:, :, None] * w_p.T[None]))  # (C, L, H)
+        a = self.attention.rest(z).squeeze(-1)  # (C, L), no softmax
+        pooled = a @ h  # (C, E)
+        parts = [self.profile(batch.user, batch.profile), t, pooled]
+        parts += [t * pooled] if self.cfg.product else []
+        if self.num_dense:
+            parts.append((batch.dense - self.dense_mean) / self.dense_std)  # (C, F)
+        return self.head(torch.cat(parts, dim=-1)).squeeze(-1)
 
     def loss(self, batch: CTRBatch, label: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(self(batch), label)

@@ -211,11 +211,14 @@ class Recommender:
         return RecommendResult(items, user_id, known, [], ignored, fallback="popular",
                                short=len(items) < n)
 
-    def rank_fn(self, user_id: str | None, hist: list[int]) -> Callable[[np.ndarray], np.ndarray]:
-        """Candidate ids -> the ranker's logits for this user."""
+    def rank_fn(self, user_id: str | None, hist: list[int],
+                num_interests: int) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+        """(C,) candidate ids, their retrieval scores and interests -> the ranker's logits for
+        this user (a candidate-trained ranker reads the scores and interests as features)."""
         trained, tower_hist = self.bundle.trained_items, self.tower_history(hist)
         # a new item has no row in the ranker's item table either: it is scored as padding
-        return lambda c: self.ranker.score(user_id, tower_hist, np.where(c < trained, c, 0))
+        return lambda c, f, k: self.ranker.score(user_id, tower_hist, np.where(c < trained, c, 0), f, k,
+                                                 num_interests)
 
     def result(self, user_id: str | None, known: bool, hist: list[int], ignored: list[str],
                tower: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], n: int, lam: float,
@@ -223,7 +226,7 @@ class Recommender:
         """One user's result from the tower's output."""
         V, live, W, window = tower
         items = self.recommend_dense(V, live, W, window, hist if exclude_history else [], n, lam,
-                                     self.rank_fn(user_id, hist) if rank else None, blocked)
+                                     self.rank_fn(user_id, hist, len(V)) if rank else None, blocked)
         return RecommendResult(items, user_id, known, [self.bundle.raw_id(i) for i in window[window > 0]],
                                ignored, int(live.sum()), ranked=rank, short=len(items) < n)
 
@@ -252,7 +255,7 @@ class Recommender:
                     rows = slice(ends[b] - int(live[b].sum()), ends[b])
                     exclude = hists[j] if exclude_history else []
                     got = self.topn(V[b], live[b], exclude, n, diversity,
-                                    self.rank_fn(ids[j], hists[j]) if rank else None, blocked,
+                                    self.rank_fn(ids[j], hists[j], V.shape[1]) if rank else None, blocked,
                                     (scores[rows, :ms[b]], found[rows, :ms[b]]))
                     out[j] = TopN(ids[j], *got, short=len(got[0]) < n)
             for j in range(len(ids)):
@@ -352,20 +355,20 @@ class Recommender:
         return cand, scores, k
 
     def topn(self, V: np.ndarray, live: np.ndarray, exclude: list[int], n: int, lam: float,
-             rank: Callable[[np.ndarray], np.ndarray] | None = None,
+             rank: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
              blocked: np.ndarray | None = None, found: Found | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Retrieve, optionally re-score with ``rank`` (candidate ids -> logits), diversify:
         (n',) ids, scores and interests, best first."""
         cand, scores, k = self.retrieve(V, live, exclude, self.first_m(n, exclude), blocked, n, found)
         if rank is not None and len(cand):
-            scores = 0.5 * (1.0 + np.tanh(0.5 * rank(cand)))  # sigmoid of the logits
+            scores = 0.5 * (1.0 + np.tanh(0.5 * rank(cand, scores, k)))  # sigmoid of the logits
         picked = self.pick(cand, scores, n, lam)
         return cand[picked], scores[picked], k[picked]
 
     def recommend_dense(self, V: np.ndarray, live: np.ndarray, W: np.ndarray, window: np.ndarray,
                         exclude: list[int], n: int, lam: float,
-                        rank: Callable[[np.ndarray], np.ndarray] | None = None,
+                        rank: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
                         blocked: np.ndarray | None = None) -> list[Recommendation]:
         """:meth:`topn` as Recommendations, each with the history items behind its interest."""
         b = self.bundle

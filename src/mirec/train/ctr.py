@@ -84,7 +84,8 @@ def to_device(x: CTRBatch | dict[str, torch.Tensor], place: Placement) -> Any:
     """A batch (or :func:`stream_inputs`) made on the host, on ``place``'s device."""
     if isinstance(x, dict):
         return {k: place.batch(v) for k, v in x.items()}
-    return CTRBatch(**{f.name: place.batch(getattr(x, f.name)) for f in dataclasses.fields(x)})
+    return CTRBatch(**{f.name: None if getattr(x, f.name) is None else place.batch(getattr(x, f.name))
+                       for f in dataclasses.fields(x)})
 
 
 @torch.no_grad()
@@ -293,5 +294,7 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
         data = ds
     task = RankingTask(cfg, data, data_path, data_checksum, log)
     r = fit(task, run_dir, cfg.train, resume, progress, log, stop_after_epoch)
-    test = evaluate_ctr(task.model, data, TEST, cfg.train)
+    # a candidate-trained ranker has no test examples: its test is the pipeline's
+    # (`mirec evaluate --run RETRIEVAL --ranker RUN`)
+    test = evaluate_ctr(task.model, data, TEST, cfg.train) if len(data.indices(TEST)) else {"examples": 0}
     return RankTrainResult(Path(run_dir), task.model, r.best_epoch, r.best_valid, test, r.history, data)
