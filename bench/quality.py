@@ -37,7 +37,7 @@ from mirec.runs import RunConfig, model_config
 
 BASELINES = ["most-popular", "item-cf"]
 NEURAL = ["youtube-dnn", "gru4rec", "sasrec", "mind", "comirec-dr", "comirec-sa"]
-# The settings ``--tune`` chose on validation users (seeds 1, 2, 3; see the README's table), so
+# The settings ``--tune`` chose on validation users (seeds 1, 2, 3; see docs/benchmarks.md's table), so
 # that a run without ``--tune`` reproduces the table's rows; the TrainConfig defaults otherwise.
 CHOSEN: dict[str, list[str]] = {
     "youtube-dnn": ["train.temperature=0.2", "train.lr=0.003"],

@@ -1,4 +1,4 @@
-"""Click-through examples for the rankers, from a prepared data set (the ranking protocol: README, "Ranking").
+"""Click-through examples for the rankers, from a prepared data set (the ranking protocol: docs/ranking.md).
 
 Labels: with ratings (MovieLens), ``rating >= positive_rating`` is a positive and a lower rating
 a negative (both were shown). A log without ratings (Taobao pv, Amazon) has only positives;

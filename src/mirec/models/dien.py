@@ -52,7 +52,7 @@ class DIENConfig:
     dim: int = 32
     hidden: list[int] = field(default_factory=lambda: [200, 80])
     # prelu | dice (head). Dice, as in the DIEN authors' code: it raised validation GAUC on each
-    # of seeds 1-3 (README, Ranking)
+    # of seeds 1-3 (docs/benchmarks.md, Ranking)
     activation: str = "dice"
     dropout: float = 0.0
     use_user_id: bool = True

@@ -1,10 +1,10 @@
-"""The training loop for rankers (click-through prediction): Adam on the model's loss, early
-stopping on validation AUC, the same run directory as retrieval.
+"""Ranking (click-through prediction) as a task of the engine (:mod:`mirec.train.engine`): Adam
+on the model's loss, early stopping on validation AUC, the same run directory as retrieval.
 
 A run directory holds ``metrics.jsonl`` (one line per epoch), ``last.pt`` (everything needed to
 ``--resume``), ``best.pt`` (the best validation AUC: weights, config, the feature space and the
 users' profile codes, so that a pipeline can rank with it without the data set) and, from
-:func:`train_ctr_seeds`, ``results.json``.
+:func:`mirec.experiment.train_ctr_seeds`, ``results.json``.
 
 Each seed sets the initialisation, the batch order and (for logs without ratings) the sampled
 negatives; the time split itself does not depend on it.
