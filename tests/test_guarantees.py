@@ -287,6 +287,7 @@ def user_errors(tmp_path) -> dict[str, list[list[str]]]:
         "data info": [[gone]],
         "train": [["--data", gone, "--out", out], ["--task", "nope"], ["--seeds", "a,b", "--data", gone],
                   ["--set", "train.lr=fast", "--data", gone], ["--resume", "--data", gone, "--out", out],
+                  ["--set", "train.optimizer=lazy", "--data", gone],
                   ["--candidates", gone, "--out", out],
                   ["--task", "ctr", "--candidates", gone, "--data", gone, "--out", out]],
         "evaluate": [["--data", gone, "--out", out], ["--model", "nope", "--data", gone], ["--run", gone],

@@ -128,16 +128,18 @@ def assert_same_weights(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
 
 
-def retrieval_cfg(name: str) -> RunConfig:
+def retrieval_cfg(name: str, loss: str = "auto") -> RunConfig:
     spec = SPECS[name]
     return RunConfig(model=name, model_args={k: v for k, v in small_args(spec.config).items() if k != "max_len"},
-                     train=TrainConfig(epochs=2, batch_size=32, max_batches_per_epoch=3, patience=10),
+                     train=TrainConfig(epochs=2, batch_size=32, max_batches_per_epoch=3, patience=10,
+                                       loss=loss, num_negatives=10),
                      split=SplitConfig(max_len=L))
 
 
+@pytest.mark.parametrize("loss", ["auto", "sampled"])  # sampled: the row-wise optimiser's sparse table
 @pytest.mark.parametrize("name", sorted(of_task("retrieval")))
-def test_retriever_resume_equals_uninterrupted(name, random_dataset, tmp_path):
-    cfg = retrieval_cfg(name)
+def test_retriever_resume_equals_uninterrupted(name, loss, random_dataset, tmp_path):
+    cfg = retrieval_cfg(name, loss)
     train(cfg, random_dataset, tmp_path / "a", progress=False)
     train(cfg, random_dataset, tmp_path / "b", progress=False, stop_after_epoch=0)
     train(cfg, random_dataset, tmp_path / "b", progress=False, resume=True)

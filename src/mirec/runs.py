@@ -82,11 +82,18 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16
     seed: int = 2020
     max_batches_per_epoch: int = 0  # 0 = all; for smoke tests and benchmarks
+    # adam: dense Adam over every parameter; sparse: the item table's gradient holds the rows a
+    # batch read and a row-wise lazy Adam steps just those (dense Adam for the rest), so a step
+    # costs the same at 12k or 1.7M items. Sampled softmax only (the full softmax reads every
+    # row: dense Adam there). mirec.train.optim; docs/scale.md has the evidence.
+    optimizer: str = "sparse"
 
     def validate(self) -> None:
         if self.loss not in ("auto", "full", "sampled"):
             raise MirecConfigError(f"train.loss: expected auto, full or sampled, got {self.loss!r}")
         check_device(self)
+        if self.optimizer not in ("adam", "sparse"):
+            raise MirecConfigError(f"train.optimizer: expected adam or sparse, got {self.optimizer!r}")
         if self.sampler not in ("uniform", "log-uniform"):
             raise MirecConfigError(f"train.sampler: expected uniform or log-uniform, "
                                    f"got {self.sampler!r}")

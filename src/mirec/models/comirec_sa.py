@@ -78,8 +78,10 @@ class ComiRecSA(nn.Module):
         """``W1 (H + P)``, (B, L, 4D), for item embeddings H (B, L, D) of ids hist (B, L) and
         positions P (L, D). W1 (H + P) = W1 H + W1 P. When the catalogue has fewer rows than
         the batch has positions, projecting the whole item table once and gathering its rows
-        is the same product for fewer multiply-adds (N x D x 4D instead of B x L x D x 4D)."""
-        if self.item_emb.num_embeddings < hist.numel():
+        is the same product for fewer multiply-adds (N x D x 4D instead of B x L x D x 4D);
+        not with a sparse item table (``train.optimizer=sparse``), whose gradient must stay on
+        the rows the batch read."""
+        if not self.item_emb.sparse and self.item_emb.num_embeddings < hist.numel():
             return F.embedding(hist, F.linear(self.item_emb.weight, W1)).add_(F.linear(P, W1))
         return F.linear(H + P, W1)
 

@@ -98,8 +98,8 @@ class MIND(nn.Module):
         hist = hist.masked_fill(~mask, 0)  # padding -> item 0, whose embedding row is zero
         # u_i = S e_i. S is linear, so when the catalogue has fewer rows than the batch has
         # positions, mapping the item table once and gathering its rows is the same product
-        # for fewer multiply-adds.
-        if self.item_emb.num_embeddings < B * L:
+        # for fewer multiply-adds (not with a sparse table: its gradient stays on the rows read).
+        if not self.item_emb.sparse and self.item_emb.num_embeddings < B * L:
             u = F.embedding(hist, self.S(self.item_emb.weight))  # (B, L, D)
         else:
             u = self.S(self.item_emb(hist))  # (B, L, D)

@@ -39,17 +39,18 @@ class YouTubeDNNConfig:
             raise MirecConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
 
 
-def masked_mean(table: torch.Tensor, hist: torch.Tensor,
-                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_mean(table: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor,
+                sparse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of the rows ``table[hist]`` over the real positions of ``mask`` (both (B, L)).
 
     Returns ``(mean (B, D), weights (B, L))`` with weights 1/n on the n real items and 0 on
     padding. An empty history gives a zero mean (n is clamped to 1), never NaN. One
-    ``embedding_bag`` does the gather and the weighted sum without a (B, L, D) intermediate.
+    ``embedding_bag`` does the gather and the weighted sum without a (B, L, D) intermediate;
+    ``sparse``: the table's gradient is sparse (its rows in ``hist``).
     """
     m = mask.to(table.dtype)  # (B, L)
     w = m / m.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, L)
-    return F.embedding_bag(hist, table, per_sample_weights=w, mode="sum"), w
+    return F.embedding_bag(hist, table, per_sample_weights=w, mode="sum", sparse=sparse), w
 
 
 class YouTubeDNN(nn.Module):
@@ -66,7 +67,7 @@ class YouTubeDNN(nn.Module):
         The interest is always live, also for an empty history (it is then ``mlp(0)``).
         """
         hist = hist.masked_fill(~mask, 0)  # ids at masked positions never matter
-        mean, w = masked_mean(self.emb.weight, hist, mask)  # (B, D), (B, L)
+        mean, w = masked_mean(self.emb.weight, hist, mask, self.emb.sparse)  # (B, D), (B, L)
         v = self.mlp(mean)  # (B, D)
         return Interests(v[:, None], torch.ones_like(mask[:, :1]), w[:, None])  # K = 1
 

@@ -35,20 +35,24 @@ from mirec.train.engine import (  # noqa: F401
     setup_threads,
 )
 from mirec.train.losses import NegativeSampler, full_softmax_loss, routing_penalty, sampled_softmax_loss
+from mirec.train.optim import make_optimizer, table_is_sparse
 
 
 def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
                target: torch.Tensor, cfg: TrainConfig, sampler: NegativeSampler | None,
-               num_items: int) -> torch.Tensor:
-    """The training loss of one batch (full or sampled softmax on the readout vector)."""
+               num_items: int, sparse: bool = False) -> torch.Tensor:
+    """The training loss of one batch (full or sampled softmax on the readout vector).
+    ``sparse``: the item table's gradient is sparse (only the rows gathered here and by the
+    model; :mod:`mirec.train.optim`)."""
     out = model.interests(hist, mask)
     reg = cfg.routing_reg * routing_penalty(out.weights, mask) if cfg.routing_reg else None
     items = model.item_embeddings()  # (N, D)
     B = len(target)
     neg = None if sampler is None else sampler.sample(cfg.num_negatives)  # (S,)
-    # One gather for the targets and the negatives: the backward of every gather zero-fills a
-    # whole (N, D) gradient table, which dominates a step on a large catalogue.
-    rows = items[target if neg is None else torch.cat([target, neg])]  # (B [+ S], D)
+    # One gather for the targets and the negatives: the backward of every dense gather
+    # zero-fills a whole (N, D) gradient table; a sparse one holds just these rows.
+    rows = F.embedding(target if neg is None else torch.cat([target, neg]), items,
+                       sparse=sparse)  # (B [+ S], D)
     if cfg.cosine and out.vectors.shape[1] > 1:  # one interest: the readout is the vector
         # Serving ranks items by each interest's cosine: the readout must compare the same unit
         # vectors to pick the interest that answers for the target, or it favours long ones.
@@ -72,16 +76,17 @@ def use_sampled(cfg: TrainConfig, num_items: int) -> bool:
 
 
 def setup(cfg: RunConfig, ds: Dataset, distributed: bool = False) -> tuple[
-        Split, torch.nn.Module, torch.optim.Optimizer, NegativeSampler | None]:
-    """Threads, split, seeded model on ``train.device``, Adam, and the negative sampler (drawing
-    on the device) when the loss samples."""
+        Split, torch.nn.Module, Any, NegativeSampler | None]:
+    """Threads, split, seeded model on ``train.device``, the optimiser ``train.optimizer``
+    names (:mod:`mirec.train.optim`), and the negative sampler (drawing on the device) when the
+    loss samples."""
     tc = cfg.train
     setup_threads(tc.threads, tc.keep_freed_memory)
     device = placement(tc.device, tc.precision, distributed).device
     split = split_users(ds, cfg.split)
     torch.manual_seed(tc.seed)
     model = build_model(cfg, ds.num_items).to(device)  # initialised on the CPU: same weights anywhere
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
+    opt = make_optimizer(model, tc.optimizer, tc.lr, tc.weight_decay, use_sampled(tc, ds.num_items))
     sampler = None
     if tc.hard_negative_beta and not use_sampled(tc, ds.num_items):
         raise MirecConfigError("train.hard_negative_beta: weights the sampled negatives; set "
@@ -101,16 +106,18 @@ class LossModule(torch.nn.Module):
         super().__init__()
         self.model, self.cfg, self.sampler, self.num_items = model, cfg, sampler, num_items
         self.place = placement(model_device(model), cfg.precision)  # the model's device
+        self.sparse = table_is_sparse(model)
 
     def forward(self, hist: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with self.place.autocast():
-            loss = batch_loss(self.model, hist, mask, target, self.cfg, self.sampler, self.num_items)
+            loss = batch_loss(self.model, hist, mask, target, self.cfg, self.sampler, self.num_items,
+                              self.sparse)
         return loss.float()  # a no-op in fp32
 
 
-def train_step(opt: torch.optim.Optimizer, ds: Dataset, split: Split, idx: np.ndarray, cfg: RunConfig,
+def train_step(opt: Any, ds: Dataset, split: Split, idx: np.ndarray, cfg: RunConfig,
                loss_fn: Callable, weight: float | None = None, place: Placement | None = None) -> float:
-    """One Adam step on the training examples ``idx``; returns their mean loss.
+    """One optimiser step on the training examples ``idx``; returns their mean loss.
 
     ``loss_fn(hist, mask, target)`` is the :class:`LossModule`, maybe compiled or in
     ``DistributedDataParallel``. Under ``torchrun`` ``idx`` is this process's slice of the

@@ -1,0 +1,148 @@
+"""The row-wise optimiser (train.optimizer=sparse): a step touches only the rows a batch read,
+follows lazy Adam's rule on them, and the negative sampler draws from the distribution its logQ
+correction assumes in O(S)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mirec.data.split import SplitConfig
+from mirec.models.registry import of_task
+from mirec.runs import RunConfig, TrainConfig
+from mirec.train.loop import LossModule, setup, train_step
+from mirec.train.losses import NegativeSampler
+from mirec.train.optim import RowwiseAdam, item_table, make_optimizer
+
+torch.set_num_threads(1)
+S = 7  # negatives
+
+
+def sparse_cfg(name: str, **train) -> RunConfig:
+    return RunConfig(model=name, model_args={"dim": 8},
+                     train=TrainConfig(loss="sampled", num_negatives=S, batch_size=16, **train),
+                     split=SplitConfig(max_len=8))
+
+
+@pytest.mark.parametrize("name", sorted(of_task("retrieval")))
+def test_one_sparse_step_changes_only_the_rows_the_batch_read(name, random_dataset):
+    """Every retriever: the item table's gradient is sparse, and after one step the rows outside
+    history + targets + negatives, and their Adam moments, are exactly as they were."""
+    cfg = sparse_cfg(name, weight_decay=0.01)
+    split, model, opt, sampler = setup(cfg, random_dataset)
+    assert isinstance(opt, RowwiseAdam) and item_table(model).sparse
+    fn = LossModule(model, cfg.train, sampler, random_dataset.num_items)
+    idx = np.arange(16)
+    ds = random_dataset
+    start, pos = split.example_start[idx], split.example_pos[idx]
+    read = {int(i) for s, p in zip(start, pos) for i in ds.item[max(s, p - 8):p + 1]}  # history + target
+    draw, drawn = sampler.sample, []
+    sampler.sample = lambda s, generator=None: drawn.append(draw(s, generator)) or drawn[-1]  # records
+    before = model.item_embeddings().detach().clone()
+    train_step(opt, ds, split, idx, cfg, fn)
+    read |= set(torch.cat(drawn).tolist())  # the negatives the loss drew
+    changed = set(torch.nonzero((model.item_embeddings().detach() != before).any(1)).flatten().tolist())
+    assert changed and changed <= read
+    untouched = sorted(set(range(ds.num_items)) - read)
+    assert len(untouched) > 10
+    moments = opt.rows.state[model.item_embeddings()]
+    assert (moments["exp_avg"][untouched] == 0).all() and (moments["exp_avg_sq"][untouched] == 0).all()
+    assert (moments["exp_avg_sq"][sorted(changed)] > 0).all()
+
+
+class Table(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(5, 2)
+        self.w = nn.Parameter(torch.ones(2))
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.emb.weight
+
+
+def test_rowwise_rule_on_touched_rows_matches_a_hand_computation():
+    """Two steps of lazy Adam with L2 on the touched rows: step 1 reads rows 1 and 2, step 2
+    reads rows 2 and 3. Row 1 stays where step 1 left it; row 3 takes its first update with the
+    bias correction of step 2; rows 0 and 4 never move."""
+    torch.manual_seed(0)
+    m = Table()
+    lr, wd, b1, b2, eps = 0.1, 0.5, 0.9, 0.999, 1e-8
+    opt = make_optimizer(m, "sparse", lr, wd, sampled=True)
+    assert isinstance(opt, RowwiseAdam) and m.emb.sparse
+    w0 = m.emb.weight.detach().clone()
+    c1, c2 = torch.tensor([[1.0, -2.0], [3.0, 0.5]]), torch.tensor([[-1.0, 1.0], [2.0, 2.0]])
+
+    def step(rows: list[int], coef: torch.Tensor) -> None:
+        opt.zero_grad()
+        ((m.emb(torch.tensor(rows)) * coef).sum() + m.w.square().sum()).backward()  # d/d row = coef
+        opt.step()
+        assert m.emb.weight.grad is not None and m.emb.weight.grad.is_sparse
+
+    step([1, 2], c1)
+    w1 = m.emb.weight.detach().clone()
+    step([2, 3], c2)
+    w2 = m.emb.weight.detach()
+
+    def adam(p: torch.Tensor, grads: list[torch.Tensor], steps: list[int]) -> torch.Tensor:
+        """Lazy Adam on one row: its moments move on the steps listed (global step numbers)."""
+        mom, sq = torch.zeros_like(p), torch.zeros_like(p)
+        for g, t in zip(grads, steps):
+            g = g + wd * p  # L2 on a touched row
+            mom, sq = b1 * mom + (1 - b1) * g, b2 * sq + (1 - b2) * g * g
+            p = p - lr * math.sqrt(1 - b2**t) / (1 - b1**t) * mom / (sq.sqrt() + eps)
+        return p
+
+    torch.testing.assert_close(w1[1], adam(w0[1], [c1[0]], [1]))
+    torch.testing.assert_close(w2[1], w1[1], rtol=0, atol=0)  # not read in step 2: unchanged
+    torch.testing.assert_close(w2[2], adam(w0[2], [c1[1], c2[0]], [1, 2]))
+    torch.testing.assert_close(w2[3], adam(w0[3], [c2[1]], [2]))
+    torch.testing.assert_close(w2[[0, 4]], w0[[0, 4]], rtol=0, atol=0)
+    # the dense parameter steps with dense Adam
+    assert not torch.equal(m.w.detach(), torch.ones(2))
+
+
+def test_state_dict_round_trip_continues_identically():
+    """A fresh optimiser loaded from the state dict takes the same next step."""
+    def run(reload: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        m = Table()
+        opt = make_optimizer(m, "sparse", 0.1, 0.0, sampled=True)
+        for t, rows in enumerate([[1, 2], [2, 3], [1, 4]]):
+            if reload and t == 2:
+                st = opt.state_dict()
+                opt = make_optimizer(m, "sparse", 0.1, 0.0, sampled=True)
+                opt.load_state_dict(st)
+            opt.zero_grad()
+            m.emb(torch.tensor(rows)).sum().mul(m.w.sum()).backward()
+            opt.step()
+        return torch.cat([m.emb.weight.detach().flatten(), m.w.detach()])
+
+    torch.testing.assert_close(run(True), run(False), rtol=0, atol=0)
+
+
+def test_full_softmax_and_adam_use_dense_adam():
+    """The full softmax reads every row: the table keeps dense Adam (and a dense gradient)."""
+    for kind, sampled in (("sparse", False), ("adam", True)):
+        m = Table()
+        opt = make_optimizer(m, kind, 0.1, 0.0, sampled=sampled)
+        assert isinstance(opt, torch.optim.Adam) and not m.emb.sparse
+
+
+@pytest.mark.parametrize("kind,threshold", [("uniform", 84.04), ("log-uniform", 84.04)])
+def test_sampler_draws_follow_its_log_q(kind, threshold):
+    """200k seeded draws over 49 real items: the chi-square statistic against exp(log_q) stays
+    under chi2(48)'s 99.9% quantile; item 0 (padding) is never drawn."""
+    n = 50
+    counts = np.random.default_rng(0).zipf(1.5, n).astype(np.int64)
+    s = NegativeSampler(n, kind, counts)
+    draws = s.sample(200_000, generator=torch.Generator().manual_seed(1))
+    freq = torch.bincount(draws, minlength=n).double()
+    assert freq[0] == 0
+    expected = 200_000 * s.log_q[1:].double().exp()
+    assert float(s.log_q[1:].double().exp().sum()) == pytest.approx(1.0, abs=1e-6)
+    chi = float(((freq[1:] - expected) ** 2 / expected).sum())
+    assert chi < threshold
