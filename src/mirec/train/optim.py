@@ -79,10 +79,10 @@ class RowwiseAdam:
         rows, grad = g.indices()[0], g.values()  # (R,), (R, D): a row read twice sums its gradients
         w = self.table.detach()
         if self.weight_decay:
-            grad = grad + self.weight_decay * w[rows]  # L2 on the touched rows only
+            grad = grad + self.weight_decay * w.index_select(0, rows)  # L2 on the touched rows only
         (b1, b2), self.steps = self.betas, self.steps + 1
-        m = self.exp_avg[rows].mul_(b1).add_(grad, alpha=1 - b1)  # (R, D)
-        v = self.exp_avg_sq[rows].mul_(b2).addcmul_(grad, grad, value=1 - b2)  # (R, D)
+        m = self.exp_avg.index_select(0, rows).mul_(b1).add_(grad, alpha=1 - b1)  # (R, D)
+        v = self.exp_avg_sq.index_select(0, rows).mul_(b2).addcmul_(grad, grad, value=1 - b2)  # (R, D)
         self.exp_avg.index_copy_(0, rows, m)
         self.exp_avg_sq.index_copy_(0, rows, v)
         step = self.lr * math.sqrt(1 - b2**self.steps) / (1 - b1**self.steps)
