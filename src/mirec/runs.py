@@ -85,7 +85,7 @@ class TrainConfig:
     # adam: dense Adam over every parameter; sparse: the item table's gradient holds the rows a
     # batch read and a row-wise lazy Adam steps just those (dense Adam for the rest), so a step
     # costs the same at 12k or 1.7M items. Sampled softmax only (the full softmax reads every
-    # row: dense Adam there). mirec.train.optim; docs/scale.md has the evidence.
+    # row: dense Adam there). mirec.train.optim; docs/models.md#training-at-scale.
     optimizer: str = "sparse"
 
     def validate(self) -> None:
