@@ -133,7 +133,8 @@ def setting(v: Any) -> str:
 
 # Settings a resumed run may change: how long it goes on and how it runs, never what it computes.
 SAFE_ON_RESUME = ("train.epochs", "train.patience", "train.threads", "train.keep_freed_memory",
-                  "train.compile", "train.eval_batch_size", "eval.batch_size")
+                  "train.compile", "train.eval_batch_size", "eval.batch_size",
+                  "train.checkpoint_minutes", "train.checkpoint_every_steps")
 
 
 def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
