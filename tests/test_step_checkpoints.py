@@ -55,12 +55,14 @@ def kill_when(p: subprocess.Popen, ready, timeout: float = 120) -> None:
 
 
 # The retrieval and the ranking task through the one engine: many small batches, so that an
-# epoch lasts long enough to be killed after its first step checkpoint.
+# epoch lasts long enough to be killed after its first step checkpoint; sampled negatives and
+# dropout, so that the rest of the epoch depends on the torch generator's state.
 TASKS = {  # the first two words are what --resume needs
-    "retrieval": ["--model", "comirec-sa", *sets("model_args.dim=8", "train.batch_size=8",
-                                                 "train.lr=0.005")],
+    "retrieval": ["--model", "comirec-sa", *sets("model_args.dim=8", "train.batch_size=8", "train.lr=0.005",
+                                                 "train.loss=sampled", "train.num_negatives=20",
+                                                 "model_args.dropout=0.2")],
     "ctr": ["--task", "ctr", "--model", "din", *sets("model_args.dim=8", "train.batch_size=16",
-                                                     "ctr.max_len=6")],
+                                                     "ctr.max_len=6", "model_args.dropout=0.2")],
 }
 
 
