@@ -16,7 +16,7 @@ import torch
 
 from mirec.config import from_dict, load, to_dict
 from mirec.errors import MirecConfigError, MirecDataError
-from mirec.io import atomic_write_bytes
+from mirec.io import atomic_path
 
 T = TypeVar("T")
 
@@ -29,11 +29,28 @@ TRAILER_LEN = len(TRAILER) + 64
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Serialise ``state`` (made plain: tensors, numbers, strings, lists, dicts) with torch.save
-    into memory, append its checksum, then write it atomically."""
-    buf = io.BytesIO()
-    torch.save(plain(state), buf)
-    data = buf.getvalue()
-    atomic_write_bytes(path, data + TRAILER + hashlib.sha256(data).hexdigest().encode())
+    straight into a temporary file, hashing the bytes on their way, append the checksum and move
+    the file into place (:func:`mirec.io.atomic_path`). No copy of the serialised checkpoint is
+    held in memory: a step checkpoint of a large item table and its optimiser state would
+    otherwise double the process's peak for a moment, twice."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        out = HashingWriter(f)
+        torch.save(plain(state), out)
+        f.write(TRAILER + out.sha256.hexdigest().encode())
+
+
+class HashingWriter:
+    """A binary file's ``write`` that also feeds the SHA-256 of everything written."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.sha256 = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def plain(x: Any) -> Any:
