@@ -150,3 +150,17 @@ def test_negative_checkpoint_intervals_are_refused(field):
 
     with pytest.raises(MirecConfigError, match=f"train.{field}: must be >= 0"):
         RankTrainConfig(**{field: -1}).validate()
+
+
+def test_a_new_run_clears_the_step_log_of_the_one_before(tmp_path):
+    """`mirec train --out` over an earlier run removes its files, steps.jsonl too, so that a seed
+    directory the new run does not use goes (none is left holding a stale step log)."""
+    from mirec.api import clear_run
+
+    for d in (tmp_path, tmp_path / "seed-2"):
+        d.mkdir(exist_ok=True)
+        for name in ("last.pt", "metrics.jsonl", "steps.jsonl"):
+            (d / name).write_text("x")
+    (tmp_path / "notes.txt").write_text("mine")
+    clear_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -117,16 +117,21 @@ def set_rng_state(st: dict[str, Any]) -> None:
 class StepClock:
     """When a step checkpoint is due: every ``checkpoint_every_steps`` batches of an epoch and
     every ``checkpoint_minutes`` since the last checkpoint (0 turns either off). Under
-    ``torchrun`` process 0's clock decides for all, since all join in summing the counts."""
+    ``torchrun`` process 0's clock decides for all (one scalar broadcast a step), since all join
+    in summing the counts."""
 
     def __init__(self, lc: Any, w: World) -> None:
         self.every, self.seconds, self.w = lc.checkpoint_every_steps, lc.checkpoint_minutes * 60, w
         self.since = time.monotonic()
 
     def due(self, done: int) -> bool:
-        late = self.seconds > 0 and time.monotonic() - self.since >= self.seconds
-        due = (self.every > 0 and done % self.every == 0) or late
-        return from_main(float(due), self.w) > 0 if self.w.size > 1 else due
+        """Whether to checkpoint after ``done`` batches of the epoch."""
+        if self.every and done % self.every == 0:
+            return True  # the same batch in every process
+        if not self.seconds:
+            return False
+        late = time.monotonic() - self.since >= self.seconds
+        return from_main(float(late), self.w) > 0 if self.w.size > 1 else late
 
     def reset(self) -> None:
         self.since = time.monotonic()
