@@ -164,3 +164,18 @@ def test_a_new_run_clears_the_step_log_of_the_one_before(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     clear_run(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_run_killed_in_its_first_checkpoint_write_can_be_trained_over(tmp_path):
+    """All a kill during the first write of last.pt leaves is its temporary file: `--out` still
+    takes the directory as a run's (instead of refusing it as someone else's files)."""
+    from mirec.checkpoint import is_run_dir
+    from mirec.io import check_output_dir
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".last.pt.tmp-abc123").write_bytes(b"PK\x03\x04")
+    assert check_output_dir(tmp_path / "run", may_hold=is_run_dir) == tmp_path / "run"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(MirecConfigError, match="is not written by mirec"):
+        check_output_dir(tmp_path / "other", may_hold=is_run_dir)

@@ -215,6 +215,8 @@ def resume_config(cls: type[T], run_dir: str | Path, file: str | Path | None,
 
 
 def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` holds what ``mirec train`` writes (checkpoints, metrics, results)."""
+    """Whether ``path`` holds what ``mirec train`` writes (checkpoints, metrics, results; or
+    only the temporary file of a first checkpoint that a kill interrupted)."""
     names = ("last.pt", "best.pt", "metrics.jsonl", "results.json")
-    return any((path / n).exists() for n in names) or any(path.glob("seed-*/last.pt"))
+    return any((path / n).exists() for n in names) or any(path.glob("seed-*/last.pt")) \
+        or any(path.glob(".last.pt.tmp-*"))
