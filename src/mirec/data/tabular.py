@@ -28,6 +28,7 @@ from mirec.data.reader import (
     Col,
     OnBadRows,
     csv_locator,
+    parquet_files,
     parquet_locator,
     read_validated,
     scan_text,
@@ -89,12 +90,9 @@ def _scan(path: Path, fmt: str, separator: str,
         return scan_text(path, separator, has_header=True), csv_locator(path, 2)
     if not path.exists():
         raise MirecDataError(f"{path}: file not found")
-    if fmt == "parquet":
-        try:
-            locate = parquet_locator(path)
-        except (OSError, ValueError) as e:
-            raise MirecDataError(f"{path}: not a readable Parquet file: {e}") from None
-        return pl.scan_parquet(path), locate
+    if fmt == "parquet":  # one file or a directory of part files
+        files = parquet_files(path)
+        return pl.scan_parquet(files), parquet_locator(files)
     return _scan_jsonl(path, text_cols), _jsonl_locator(path)
 
 
@@ -218,7 +216,7 @@ COLUMN_OPTIONS = (
 SEPARATOR = Option("separator", "field separator", ",")
 register(Source("csv", "CSV with a header row, one event a row",
                 functools.partial(load_table, fmt="csv"), COLUMN_OPTIONS + (SEPARATOR,)))
-register(Source("parquet", "Parquet file, one event a row",
+register(Source("parquet", "Parquet file or directory of part files, one event a row",
                 functools.partial(load_table, fmt="parquet"), COLUMN_OPTIONS))
 register(Source("jsonl", "JSON lines, one event object a line",
                 functools.partial(load_table, fmt="jsonl"), COLUMN_OPTIONS))
