@@ -76,11 +76,19 @@ def load_table(
         raise MirecDataError(f"{locate(0)}: no events (a header, blank lines"
                              + (f" and {n_bad} bad row(s) skipped)" if n_bad else " only)"))
     return RawLog(
-        events=df.select("user", "item", "ts"),
+        events=_narrow_ids(df.select("user", "item", "ts")),
         source={"name": "table", "path": str(path), "format": fmt},
         items=_items(df) if category_col or title_col else None,
         bad_rows_skipped=n_bad,
     )
+
+
+def _narrow_ids(events: pl.DataFrame) -> pl.DataFrame:
+    """Integer ids that fit in Int32 as Int32: 8 bytes an event less for the whole preparation
+    (85M events: 0.7 GB)."""
+    small = [c for c in ("user", "item") if events[c].dtype.is_integer()
+             and events.height and -2**31 <= events[c].min() and events[c].max() < 2**31]
+    return events.with_columns([pl.col(c).cast(pl.Int32) for c in small]) if small else events
 
 
 def _scan(path: Path, fmt: str, separator: str,
@@ -190,10 +198,11 @@ def _join_lists(lf: pl.LazyFrame, names: Sequence[str]) -> pl.LazyFrame:
 def _items(df: pl.DataFrame) -> pl.DataFrame:
     """item, title, categories: the first non-empty value per item, categories split on ``|``."""
     text = [c for c in ("title", "category") if c in df.columns]
+    # filtered inside the aggregation: no cleaned copy of a column of one string an event
     firsts = (
-        df.with_columns([pl.col(c).str.strip_chars().replace("", None) for c in text])
-        .group_by("item", maintain_order=True)
-        .agg([pl.col(c).drop_nulls().first() for c in text])
+        df.group_by("item", maintain_order=True)
+        .agg([pl.col(c).filter(pl.col(c).str.strip_chars() != "").first() for c in text])
+        .with_columns([pl.col(c).str.strip_chars() for c in text])
     )
     out = [pl.col("item")]
     if "title" in text:
