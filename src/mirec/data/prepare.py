@@ -71,19 +71,22 @@ def kcore(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
 
     ``users`` and ``items`` are non-negative integer codes. Each round drops the events of items
     with fewer than ``k`` events and of users with fewer than ``k`` events (counted on the events
-    still kept), until a round drops nothing.
+    still kept), until a round drops nothing. The counts are updated by the dropped events only,
+    and each round reads one byte an event per side (is the id below k?), no gathered counts.
     """
     keep = np.ones(len(users), dtype=bool)
     if k <= 1:
         return keep
     n_u, n_i = int(users.max(initial=-1)) + 1, int(items.max(initial=-1)) + 1
+    ci = np.bincount(items, minlength=n_i)
+    cu = np.bincount(users, minlength=n_u)
     while True:
-        ci = np.bincount(items[keep], minlength=n_i)
-        cu = np.bincount(users[keep], minlength=n_u)
-        new = keep & (ci[items] >= k) & (cu[users] >= k)
-        if new.sum() == keep.sum():
+        drop = keep & ((ci < k)[items] | (cu < k)[users])  # (E,)
+        if not drop.any():
             return keep
-        keep = new
+        keep &= ~drop
+        ci -= np.bincount(items[drop], minlength=n_i)
+        cu -= np.bincount(users[drop], minlength=n_u)
 
 
 def _codes(col: pl.Series) -> tuple[np.ndarray, pl.Series]:
