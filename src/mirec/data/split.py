@@ -155,10 +155,10 @@ class Split:
     def train_events(self, offsets: np.ndarray) -> np.ndarray:
         """(E,) bool: the events models may learn from (what baselines count)."""
         starts = offsets[self.train_users]
-        mark = np.zeros(int(offsets[-1]) + 1, dtype=np.int64)
+        mark = np.zeros(int(offsets[-1]) + 1, dtype=np.int8)  # ranges are disjoint: sums in 0..1
         np.add.at(mark, starts, 1)
         np.add.at(mark, self.train_end, -1)
-        return np.cumsum(mark)[:-1] > 0
+        return np.cumsum(mark, dtype=np.int8)[:-1] > 0
 
 
 def split_users(ds: Dataset, cfg: SplitConfig | None = None) -> Split:
