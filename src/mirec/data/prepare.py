@@ -146,7 +146,8 @@ def build_dataset(raw: RawLog, out: str | Path, cfg: PrepareConfig | None = None
         u_code, i_code, ts = u_code[keep], i_code[keep], ts[keep]
         order = order[keep] if order is not None else None
     del keep
-    dense = pl.DataFrame({"user": u_map[u_code], "item": i_map[i_code], "ts": ts.astype(np.int64)})
+    dense = pl.DataFrame({"user": u_map[u_code], "item": i_map[i_code],
+                          "ts": ts.astype(np.int64, copy=False)})
     del u_code, i_code, ts
     if "rating" in ev.columns:  # order: the source rows of the kept events, in final order
         dense = dense.with_columns(pl.Series("rating", ev["rating"].to_numpy()[order]).cast(pl.Float32))

@@ -195,7 +195,7 @@ class SynthChunk:
 # category item popularity is Zipf (zipf_a), so most items are rare: on both presets the top 1%
 # of items hold about 30% of the events and the median item gets about a quarter of the mean.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Taobao UserBehavior: 976,779 users, 1,708,530 items, ~9,400 categories, 85.4M events
+    # Taobao UserBehavior: 976,779 users, 1,708,530 items, about 9,000 categories, 85.4M events
     "taobao": {"num_users": 976_779, "num_categories": 9_000, "items_per_category": 190,
                "zipf_a": 1.1, "mean_len": 87.4, "mean_gap_s": 3_600.0},
     # Amazon Books: 459,133 users, 313,966 items, 8.9M events
