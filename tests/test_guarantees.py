@@ -280,10 +280,11 @@ def user_errors(tmp_path) -> dict[str, list[list[str]]]:
     gone, out = str(tmp_path / "missing"), str(tmp_path / "out")
     return {
         "data prepare": [["csv", gone + ".csv", "--out", out], ["csv", str(csv), "--k-core", "0", "--out", out],
-                         ["csv", str(csv), "--separator", ";;", "--out", out], ["nope", str(csv)]],
+                         ["csv", str(csv), "--separator", ";;", "--out", out], ["nope", str(csv)],
+                         ["parquet", str(tmp_path), "--out", out]],  # a directory without parts
         "data fetch": [["nope", "--out", out], ["ml-100k", "--source", "nope", "--out", out]],
         "data synth": [["--set", "num_users=-1", "--out", out], ["--config", gone + ".toml"],
-                       ["--raw", "xml", "--out", out + ".xml"]],
+                       ["--raw", "xml", "--out", out + ".xml"], ["--preset", "tmall", "--out", out]],
         "data info": [[gone]],
         "train": [["--data", gone, "--out", out], ["--task", "nope"], ["--seeds", "a,b", "--data", gone],
                   ["--set", "train.lr=fast", "--data", gone], ["--resume", "--data", gone, "--out", out],

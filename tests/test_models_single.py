@@ -104,9 +104,10 @@ def test_learns_two_clusters(tmp_path, name):
         ts += list(range(8))
     ds = make_dataset(tmp_path / "ds", users, items, ts)
     sp = split_users(ds, SplitConfig(seed=0, max_len=5))
-    hist, mask = windows(ds.item, sp.example_start, sp.example_pos, 5)
+    start, pos = sp.examples[np.arange(sp.num_examples)]
+    hist, mask = windows(ds.item, start, pos, 5)
     hist, mask = torch.from_numpy(hist), torch.from_numpy(mask)
-    target = torch.from_numpy(ds.item[sp.example_pos].astype(np.int64))
+    target = torch.from_numpy(ds.item[pos].astype(np.int64))
     model = NEURAL[name](ds.num_items)
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
 

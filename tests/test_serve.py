@@ -79,6 +79,29 @@ def test_bundle_holds_what_serving_needs(bundle, run):
     assert bundle.user_histories[u].tolist() == ds.item[ds.offsets[0]:ds.offsets[1]].tolist()
 
 
+def test_bundle_keeps_each_users_last_items(run, tmp_path, monkeypatch):
+    """Every user's kept history is the last HISTORY_KEEP items of their log, oldest first
+    (here 5, so long histories are cut), read back from the flat CSR arrays."""
+    import mirec.serve.bundle as bundle_mod
+
+    root, ds = run
+    monkeypatch.setattr(bundle_mod, "HISTORY_KEEP", 5)
+    b = load_bundle(export_bundle(root / "run", tmp_path / "b5"))
+    raw = ds.users["raw_id"].cast(str).to_list()
+    assert list(b.user_histories) == raw and len(b.user_histories) == ds.num_users
+    cut = 0
+    for u, s, e in zip(raw, ds.offsets[:-1], ds.offsets[1:]):
+        want = ds.item[max(s, e - 5):e].tolist()
+        cut += e - s > 5
+        got = b.user_histories[u]
+        assert got.dtype == np.int64 and got.tolist() == want
+    assert cut > 0
+    assert b.user_histories.get("no such user") is None
+    flat = b.user_histories.flat  # one flat int32 array, not an object per user or per event
+    assert flat.dtype == np.int32 and len(flat) == sum(min(5, e - s) for s, e in
+                                                       zip(ds.offsets[:-1], ds.offsets[1:]))
+
+
 def test_bundle_tower_equals_the_trained_model(bundle, run):
     root, ds = run
     from mirec.checkpoint import load_checkpoint

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mirec.data.split import SplitConfig, split_users, windows
+from mirec.data.split import Examples, SplitConfig, permutation, split_users, training_examples, windows
 from mirec.errors import MirecConfigError
 from tests.conftest import make_dataset
 
@@ -21,7 +21,7 @@ def test_determinism_per_seed(random_dataset):
     b = split_users(random_dataset, SplitConfig(seed=7))
     c = split_users(random_dataset, SplitConfig(seed=8))
     assert np.array_equal(a.test.users, b.test.users)
-    assert np.array_equal(a.example_pos, b.example_pos)
+    assert np.array_equal(a.examples[np.arange(a.num_examples)][1], b.examples[np.arange(b.num_examples)][1])
     assert not np.array_equal(a.test.users, c.test.users)
 
 
@@ -31,9 +31,10 @@ def test_training_examples_one_per_cut_point(random_dataset):
     lens = ds.offsets[sp.train_users + 1] - ds.offsets[sp.train_users]
     assert sp.num_examples == int((lens - 1).sum())
     # every target has its own user's start, and is not the user's first event
-    assert np.all(sp.example_pos > sp.example_start)
-    assert np.all(ds.user[sp.example_pos] == ds.user[sp.example_start])
-    assert sp.example_pos.dtype == np.int64
+    start, pos = sp.examples[np.arange(sp.num_examples)]
+    assert np.all(pos > start)
+    assert np.all(ds.user[pos] == ds.user[start])
+    assert pos.dtype == np.int64
 
 
 def test_eval_targets_after_history(random_dataset):
@@ -70,7 +71,7 @@ def test_leave_one_out_holds_out_each_users_last_two_items(tmp_path):
     assert [raw(item(c, e)) for c, e in zip(sp.valid.cut, sp.valid.end)] == [[4]]  # user 0 only
     # training: cut points before the held-out items; what is never a target (6: user 1's only
     # history item, 8: user 2's only event) is a training event
-    assert sorted(raw(ds.item[sp.example_pos].tolist())) == [2, 3]
+    assert sorted(raw(ds.item[sp.examples[np.arange(sp.num_examples)][1]].tolist())) == [2, 3]
     assert raw(ds.item[sp.train_events(ds.offsets)].tolist()) == [1, 2, 3, 6, 8]
     counts = MostPopular().fit(ds, sp).counts
     assert counts[ds.item[[ds.offsets[1] - 1, ds.offsets[1] - 2, ds.offsets[2] - 1]]].tolist() == [0, 0, 0]
@@ -94,3 +95,44 @@ def test_leave_one_out_runs_end_to_end(random_dataset, tmp_path):
     assert run.seeds[0].extra["num_test_users"] == random_dataset.num_users
     assert run.metrics["hit_rate@50"] == run.metrics["recall@50"]  # one target a user
     assert mirec.evaluate(run=run.path).metrics == run.metrics  # the split is rebuilt from the run
+
+
+@pytest.mark.parametrize("protocol", ["comirec", "loo"])
+def test_examples_are_the_per_example_arrays_without_storing_them(random_dataset, protocol):
+    """Examples (O(users)) gives exactly the (start, pos) pairs, in the same order, that the
+    per-example arrays of training_examples (16 bytes an example) held, for any index batch."""
+    ds = random_dataset
+    sp = split_users(ds, SplitConfig(seed=4, protocol=protocol))
+    old_start, old_pos = training_examples(ds.offsets, sp.train_users, sp.train_end)
+    assert sp.num_examples == len(old_pos) > 0
+    idx = np.random.default_rng(0).permutation(len(old_pos))[:500]
+    start, pos = sp.examples[idx]
+    assert np.array_equal(start, old_start[idx]) and np.array_equal(pos, old_pos[idx])
+    # the (history, target) pairs a training batch reads
+    h_new, m_new = windows(ds.item, start, pos, 5)
+    h_old, m_old = windows(ds.item, old_start[idx], old_pos[idx], 5)
+    assert np.array_equal(h_new, h_old) and np.array_equal(m_new, m_old)
+    assert np.array_equal(ds.item[pos], ds.item[old_pos[idx]])
+    blocks = list(sp.examples.blocks(size=37))
+    assert np.array_equal(np.concatenate([p for _, p in blocks]), old_pos)
+    assert np.array_equal(sp.target_counts(ds.item, ds.num_items),
+                          np.bincount(ds.item[old_pos], minlength=ds.num_items))
+    # memory: two arrays per training user, none per example
+    assert sp.examples.seq_start.nbytes + sp.examples.first.nbytes <= 16 * (len(sp.train_users) + 1)
+
+
+def test_examples_skip_users_without_a_cut_point():
+    """Sequences of length 0 or 1 have no example; the binary search never lands on them."""
+    ex = Examples.of(np.array([0, 1, 1, 4, 9]), np.array([1, 1, 4, 9, 10]))  # lengths 1, 0, 3, 5, 1
+    start, pos = ex[np.arange(len(ex))]
+    assert len(ex) == 6
+    assert start.tolist() == [1, 1, 4, 4, 4, 4] and pos.tolist() == [2, 3, 5, 6, 7, 8]
+
+
+def test_permutation_is_rng_permutation_in_four_bytes():
+    """The batch order of a seed is unchanged, and so is the generator afterwards."""
+    for n in (1, 10, 100_003):
+        a, b = np.random.default_rng(n), np.random.default_rng(n)
+        perm = permutation(a, n)
+        assert perm.dtype == np.int32
+        assert np.array_equal(perm, b.permutation(n)) and a.random() == b.random()

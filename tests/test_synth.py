@@ -16,6 +16,7 @@ from mirec.data.synth import (
     SynthConfig,
     iter_chunks,
     num_chunks,
+    preset,
     synth_dataset,
     synth_raw,
 )
@@ -279,3 +280,58 @@ def test_bad_config_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(MirecConfigError, match="^noise:"):
         synth_dataset(_small(noise=2.0), tmp_path / "d", progress=False)
     assert not any(tmp_path.iterdir())
+
+
+# -- presets ---------------------------------------------------------------------------------
+
+def _preset_cfg(name: str, **kw) -> SynthConfig:
+    from mirec.config import load
+
+    return load(SynthConfig, None, [f"{k}={v}" for k, v in kw.items()], base=preset(name))
+
+
+def test_presets_have_the_public_logs_shape() -> None:
+    """Full-size presets: users, catalogue and expected events of the published logs."""
+    tb, bk = _preset_cfg("taobao"), _preset_cfg("books")
+    assert tb.num_users == 976_779 and abs(tb.num_items - 1_708_530) / 1_708_530 < 0.01
+    assert 8_500 <= tb.num_categories <= 9_500
+    assert abs(tb.num_users * tb.mean_len - 85.4e6) / 85.4e6 < 0.01
+    assert bk.num_users == 459_133 and abs(bk.num_items - 313_966) / 313_966 < 0.01
+    assert abs(bk.num_users * bk.mean_len - 8.9e6) / 8.9e6 < 0.01
+    with pytest.raises(MirecConfigError, match="--preset: unknown preset 'tmall'"):
+        preset("tmall")
+
+
+def test_preset_with_overrides_is_heavy_tailed_and_deterministic(tmp_path: Path) -> None:
+    """--preset taobao --set num_users=... keeps the preset's shape (mean length, items per
+    category, heavy tail: the top 1% of items hold a large share, the median item is rare) and
+    the part files are identical per seed, different across seeds."""
+    cfg = _preset_cfg("taobao", num_users=1500, num_categories=40, chunk_users=1024)
+    a = synth_raw(cfg, tmp_path / "a", fmt="parts", progress=False)
+    b = synth_raw(cfg, tmp_path / "b", fmt="parts", progress=False)
+    c = synth_raw(_preset_cfg("taobao", num_users=1500, num_categories=40, chunk_users=1024,
+                              seed=1), tmp_path / "c", fmt="parts", progress=False)
+    names = sorted(p.name for p in a.iterdir())
+    assert names == ["_SUCCESS", "part-00000.parquet", "part-00001.parquet"]  # one a chunk
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert (a / names[1]).read_bytes() != (c / names[1]).read_bytes()
+    ev = pl.read_parquet(sorted(a.glob("part-*.parquet")))
+    assert ev.columns == ["user", "item", "category", "timestamp"]
+    assert ev["user"].n_unique() == 1500 and ev["user"].max() == 1499
+    assert ev["category"].n_unique() == 40
+    assert abs(ev.height / 1500 - cfg.mean_len) < 5  # 87.4 events a user
+    counts = np.zeros(cfg.num_items + 1, dtype=np.int64)
+    np.add.at(counts, ev["item"].to_numpy(), 1)
+    counts = np.sort(counts[1:])[::-1]  # (N,) every catalogue item, most popular first
+    top = counts[: len(counts) // 100].sum() / counts.sum()
+    assert top > 0.2  # Zipf over 190 items a category: ~30% (uniform: 1%)
+    assert np.median(counts) < 0.4 * counts.mean()  # the median item is rare (~a quarter)
+
+
+def test_parts_match_the_single_file(tmp_path: Path) -> None:
+    cfg = _small(num_users=1500, chunk_users=500)
+    parts = synth_raw(cfg, tmp_path / "parts", fmt="parts", progress=False)
+    one = pl.read_parquet(synth_raw(cfg, tmp_path / "one.parquet", fmt="parquet", progress=False))
+    assert len(list(parts.glob("part-*.parquet"))) == num_chunks(cfg) == 2
+    assert pl.read_parquet(sorted(parts.glob("part-*.parquet"))).equals(one)

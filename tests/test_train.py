@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,8 +154,9 @@ def test_compiled_training_loss_equals_plain_loss_and_gradients(synth):
     split, model, _, _ = setup(cfg, synth)
     plain = LossModule(model, cfg.train, None, synth.num_items)
     fast = compiled(plain, dynamic=False)
-    hist, mask = windows(synth.item, split.example_start[:96], split.example_pos[:96], cfg.split.max_len)
-    target = torch.from_numpy(synth.item[split.example_pos[:96]].astype("int64"))
+    start, pos = split.examples[np.arange(96)]
+    hist, mask = windows(synth.item, start, pos, cfg.split.max_len)
+    target = torch.from_numpy(synth.item[pos].astype("int64"))
     out = []
     for fn in (plain, fast):
         model.zero_grad()
@@ -178,8 +180,9 @@ def test_bf16_precision_is_a_close_low_precision_copy_of_the_fp32_loss(synth, mo
     rounding alone moves it (~1e-7 relative), so the matmuls did run in bfloat16."""
     cfg = small(model, loss=loss, num_negatives=30)
     split, net, _, sampler = setup(cfg, synth)
-    hist, mask = windows(synth.item, split.example_start[:96], split.example_pos[:96], cfg.split.max_len)
-    target = torch.from_numpy(synth.item[split.example_pos[:96]].astype("int64"))
+    start, pos = split.examples[np.arange(96)]
+    hist, mask = windows(synth.item, start, pos, cfg.split.max_len)
+    target = torch.from_numpy(synth.item[pos].astype("int64"))
     out = []
     for precision in ("fp32", "bf16"):
         tc = TrainConfig(**{**vars(cfg.train), "precision": precision})

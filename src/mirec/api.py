@@ -118,7 +118,7 @@ def clear_run(out: Path) -> None:
             d.rmdir()
 
 
-RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "results.json")
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "steps.jsonl", "results.json")
 
 
 def normalised(settings: dict[str, Any]) -> dict[str, Any]:

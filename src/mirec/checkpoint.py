@@ -16,7 +16,7 @@ import torch
 
 from mirec.config import from_dict, load, to_dict
 from mirec.errors import MirecConfigError, MirecDataError
-from mirec.io import atomic_write_bytes
+from mirec.io import atomic_path
 
 T = TypeVar("T")
 
@@ -29,11 +29,28 @@ TRAILER_LEN = len(TRAILER) + 64
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Serialise ``state`` (made plain: tensors, numbers, strings, lists, dicts) with torch.save
-    into memory, append its checksum, then write it atomically."""
-    buf = io.BytesIO()
-    torch.save(plain(state), buf)
-    data = buf.getvalue()
-    atomic_write_bytes(path, data + TRAILER + hashlib.sha256(data).hexdigest().encode())
+    straight into a temporary file, hashing the bytes on their way, append the checksum and move
+    the file into place (:func:`mirec.io.atomic_path`). No copy of the serialised checkpoint is
+    held in memory: a step checkpoint of a large item table and its optimiser state would
+    otherwise double the process's peak for a moment, twice."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        out = HashingWriter(f)
+        torch.save(plain(state), out)
+        f.write(TRAILER + out.sha256.hexdigest().encode())
+
+
+class HashingWriter:
+    """A binary file's ``write`` that also feeds the SHA-256 of everything written."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.sha256 = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def plain(x: Any) -> Any:
@@ -133,7 +150,8 @@ def setting(v: Any) -> str:
 
 # Settings a resumed run may change: how long it goes on and how it runs, never what it computes.
 SAFE_ON_RESUME = ("train.epochs", "train.patience", "train.threads", "train.keep_freed_memory",
-                  "train.compile", "train.eval_batch_size", "eval.batch_size")
+                  "train.compile", "train.eval_batch_size", "eval.batch_size",
+                  "train.checkpoint_minutes", "train.checkpoint_every_steps")
 
 
 def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -197,6 +215,8 @@ def resume_config(cls: type[T], run_dir: str | Path, file: str | Path | None,
 
 
 def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` holds what ``mirec train`` writes (checkpoints, metrics, results)."""
+    """Whether ``path`` holds what ``mirec train`` writes (checkpoints, metrics, results; or
+    only the temporary file of a first checkpoint that a kill interrupted)."""
     names = ("last.pt", "best.pt", "metrics.jsonl", "results.json")
-    return any((path / n).exists() for n in names) or any(path.glob("seed-*/last.pt"))
+    return any((path / n).exists() for n in names) or any(path.glob("seed-*/last.pt")) \
+        or any(path.glob(".last.pt.tmp-*"))

@@ -127,14 +127,21 @@ def data_synth(
     config: Annotated[Optional[Path], typer.Option(help="TOML file with SynthConfig fields.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field: "
                                                                      "key=value (repeatable).")] = None,
-    raw: Annotated[Optional[str], typer.Option(help="Write a raw log instead (csv or parquet) to "
-                                                    "--out as a file.")] = None,
+    raw: Annotated[Optional[str], typer.Option(help="Write a raw log instead to --out: csv or "
+                                                    "parquet (a file), parts (a directory of "
+                                                    "Parquet part files).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Start from a public log's shape: taobao "
+                                                       "(1M users, 1.7M items, 85M events) or "
+                                                       "books (460k users, 314k items, 8.9M "
+                                                       "events); --config and --set apply on "
+                                                       "top.")] = None,
 ) -> None:
     """Generate a synthetic log with planted multi-interest structure (see SynthConfig)."""
     from mirec.config import load
     from mirec.data.synth import SynthConfig, synth_dataset, synth_raw
+    from mirec.data.synth import preset as preset_fields
 
-    cfg = load(SynthConfig, config, set_ or [])
+    cfg = load(SynthConfig, config, set_ or [], base=preset_fields(preset))
     if raw:
         written = synth_raw(cfg, out, fmt=raw)
     else:

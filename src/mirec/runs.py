@@ -38,6 +38,13 @@ def check_device(train: Any) -> None:
         raise MirecConfigError(f"train.precision: expected auto, fp32 or bf16, got {train.precision!r}")
 
 
+def check_checkpoints(train: Any) -> None:
+    """``train.checkpoint_minutes`` and ``train.checkpoint_every_steps`` are >= 0."""
+    for name in ("checkpoint_minutes", "checkpoint_every_steps"):
+        if getattr(train, name) < 0:
+            raise MirecConfigError(f"train.{name}: must be >= 0 (0 = off), got {getattr(train, name)}")
+
+
 def _positive(section: str, obj: Any, names: tuple[str, ...]) -> None:
     for name in names:
         if getattr(obj, name) < 1:
@@ -82,6 +89,12 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16
     seed: int = 2020
     max_batches_per_epoch: int = 0  # 0 = all; for smoke tests and benchmarks
+    # Step checkpoints (docs/models.md, "Long runs"): last.pt is also written mid-epoch every
+    # checkpoint_minutes (0 = at epoch ends only) and every checkpoint_every_steps batches of an
+    # epoch (0 = off; for tests and for runs that must lose at most N steps), so --resume after
+    # a kill continues from that batch. Neither changes what the run computes.
+    checkpoint_minutes: float = 10.0
+    checkpoint_every_steps: int = 0
     # adam: dense Adam over every parameter; sparse: the item table's gradient holds the rows a
     # batch read and a row-wise lazy Adam steps just those (dense Adam for the rest), so a step
     # costs the same at 12k or 1.7M items. Sampled softmax only (the full softmax reads every
@@ -105,6 +118,7 @@ class TrainConfig:
         for name in ("hard_negative_beta", "routing_reg"):
             if getattr(self, name) < 0:
                 raise MirecConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+        check_checkpoints(self)
 
 
 @dataclass
@@ -155,6 +169,8 @@ class RankTrainConfig:
     # auto: bf16 autocast on a CUDA GPU that supports it, fp32 on the CPU (where bf16 measured
     # no faster for the rankers: docs/benchmarks.md, Ranking)
     precision: str = "auto"  # auto | fp32 | bf16
+    checkpoint_minutes: float = 10.0  # see TrainConfig.checkpoint_minutes
+    checkpoint_every_steps: int = 0
 
     def validate(self) -> None:
         check_device(self)
@@ -164,6 +180,7 @@ class RankTrainConfig:
             raise MirecConfigError(f"train.lr: must be > 0, got {self.lr}")
         if self.embedding_l2 < 0:
             raise MirecConfigError(f"train.embedding_l2: must be >= 0, got {self.embedding_l2}")
+        check_checkpoints(self)
 
 
 @dataclass

@@ -103,17 +103,25 @@ def load_dataset(path: str | Path, verify: bool = True) -> Dataset:
                     f"{path / name}: checksum does not match meta.json (file changed or "
                     f"corrupt); prepare the data set again"
                 )
-    inter = pl.read_parquet(path / "interactions.parquet")
     items = pl.read_parquet(path / "items.parquet").sort("item")
     users = pl.read_parquet(path / "users.parquet").sort("user")
-    user = inter["user"].to_numpy().astype(np.int32, copy=False)
+    inter = path / "interactions.parquet"
+    user = _column(inter, "user", np.int32)
     counts = np.bincount(user, minlength=users.height)
     offsets = np.zeros(users.height + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    rating = inter["rating"].to_numpy() if "rating" in inter.columns else None
+    has_rating = "rating" in pl.read_parquet_schema(inter)
     return Dataset(
-        path=path, meta=meta, user=user,
-        item=inter["item"].to_numpy().astype(np.int32, copy=False),
-        ts=inter["ts"].to_numpy().astype(np.int64, copy=False),
-        offsets=offsets, items=items, users=users, rating=rating,
+        path=path, meta=meta, user=user, item=_column(inter, "item", np.int32),
+        ts=_column(inter, "ts", np.int64), offsets=offsets, items=items, users=users,
+        rating=_column(inter, "rating", np.float32) if has_rating else None,
     )
+
+
+def _column(path: Path, name: str, dtype: type) -> np.ndarray:
+    """One column as a compact NumPy array, read on its own so that only one column's decoding
+    buffers exist at a time (85M events: 1.4 GB held, not twice that at the peak)."""
+    import polars as pl
+
+    return pl.read_parquet(path, columns=[name])[name].to_numpy().astype(
+        dtype, copy=False)

@@ -51,7 +51,7 @@ class PrepareConfig:
 class RawLog:
     """What a source loader returns.
 
-    ``events``: columns ``user``, ``item`` (raw ids, Int64 or String), ``ts`` (Int64 seconds), in
+    ``events``: columns ``user``, ``item`` (raw ids, integers or String), ``ts`` (Int64 seconds), in
     file order; optional ``category`` (String, the item's category on this event, e.g. Taobao)
     and ``rating`` (Float64, kept for the click-through task).
     ``items``: optional, ``item`` (raw id), ``title`` (String or null), ``categories``
@@ -71,31 +71,35 @@ def kcore(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
 
     ``users`` and ``items`` are non-negative integer codes. Each round drops the events of items
     with fewer than ``k`` events and of users with fewer than ``k`` events (counted on the events
-    still kept), until a round drops nothing.
+    still kept), until a round drops nothing. The counts are updated by the dropped events only,
+    and each round reads one byte an event per side (is the id below k?), no gathered counts.
     """
     keep = np.ones(len(users), dtype=bool)
     if k <= 1:
         return keep
     n_u, n_i = int(users.max(initial=-1)) + 1, int(items.max(initial=-1)) + 1
+    ci = np.bincount(items, minlength=n_i)
+    cu = np.bincount(users, minlength=n_u)
     while True:
-        ci = np.bincount(items[keep], minlength=n_i)
-        cu = np.bincount(users[keep], minlength=n_u)
-        new = keep & (ci[items] >= k) & (cu[users] >= k)
-        if new.sum() == keep.sum():
+        drop = keep & ((ci < k)[items] | (cu < k)[users])  # (E,)
+        if not drop.any():
             return keep
-        keep = new
+        keep &= ~drop
+        ci -= np.bincount(items[drop], minlength=n_i)
+        cu -= np.bincount(users[drop], minlength=n_u)
 
 
 def _codes(col: pl.Series) -> tuple[np.ndarray, pl.Series]:
-    """Dense 0-based codes of a raw id column in sorted raw-id order, and the sorted unique ids."""
+    """Dense 0-based int32 codes of a raw id column in sorted raw-id order, and the sorted unique
+    ids."""
     uniq = col.unique().sort()
     if col.dtype.is_integer() and len(uniq) and uniq[0] >= 0 and uniq[-1] < 4 * len(col) + 1024:
         # small non-negative ints: a lookup table is O(n), no hashing
-        lut = np.full(int(uniq[-1]) + 1, -1, dtype=np.int64)
-        lut[uniq.to_numpy()] = np.arange(len(uniq))
+        lut = np.full(int(uniq[-1]) + 1, -1, dtype=np.int32)
+        lut[uniq.to_numpy()] = np.arange(len(uniq), dtype=np.int32)
         return lut[col.to_numpy()], uniq
     codes = pl.DataFrame({"v": col}).select(pl.col("v").rank("dense") - 1)["v"].to_numpy()
-    return codes.astype(np.int64), uniq
+    return codes.astype(np.int32), uniq
 
 
 def build_dataset(raw: RawLog, out: str | Path, cfg: PrepareConfig | None = None) -> Path:
@@ -112,15 +116,18 @@ def build_dataset(raw: RawLog, out: str | Path, cfg: PrepareConfig | None = None
     if ev.height == 0:
         raise MirecDataError(f"{src}: no events read")
     n_raw = ev.height
-    u_code, u_raw = _codes(ev["user"])
+    u_code, u_raw = _codes(ev["user"])  # (E,) int32 each: 8 bytes an event, not 16
     i_code, i_raw = _codes(ev["item"])
-    ts = ev["ts"].to_numpy()
-    # one stable sort by (user, time): ties keep file order; duplicates become neighbours
-    order = _time_order(u_code, ts)
-    u_code, i_code, ts = u_code[order], i_code[order], ts[order]
+    # one stable sort by (user, time): ties keep file order; duplicates become neighbours. The
+    # source row order is kept only where a per-event column (rating, category) must follow.
+    need_rows = "rating" in ev.columns or "category" in ev.columns
+    u_code, i_code, ts, order = _time_sorted(u_code, i_code, ev["ts"].to_numpy(), need_rows)
     first = _first_occurrences(u_code, i_code, ts)
-    order, u_code, i_code, ts = order[first], u_code[first], i_code[first], ts[first]
-    n_dedup = len(order)
+    if not first.all():
+        u_code, i_code, ts = u_code[first], i_code[first], ts[first]
+        order = order[first] if order is not None else None
+    del first
+    n_dedup = len(ts)
 
     before = {"events": n_dedup, "users": len(u_raw), "items": len(i_raw)}
     keep = kcore(u_code, i_code, cfg.k_core)
@@ -133,20 +140,21 @@ def build_dataset(raw: RawLog, out: str | Path, cfg: PrepareConfig | None = None
     # compact codes: dense users 0..U-1, items 1..N, in sorted raw-id order
     u_present = np.bincount(u_code[keep], minlength=len(u_raw)) > 0
     i_present = np.bincount(i_code[keep], minlength=len(i_raw)) > 0
-    u_map = np.cumsum(u_present) - 1
-    i_map = np.cumsum(i_present)  # 1-based
-    rows = order[keep]  # source rows of the kept events, in final order
-    dense = pl.DataFrame({
-        "user": u_map[u_code[keep]].astype(np.int32),
-        "item": i_map[i_code[keep]].astype(np.int32),
-        "ts": ts[keep].astype(np.int64),
-    })
-    if "rating" in ev.columns:
-        dense = dense.with_columns(pl.Series("rating", ev["rating"].to_numpy()[rows]).cast(pl.Float32))
+    u_map = (np.cumsum(u_present) - 1).astype(np.int32)
+    i_map = np.cumsum(i_present).astype(np.int32)  # 1-based
+    if not keep.all():
+        u_code, i_code, ts = u_code[keep], i_code[keep], ts[keep]
+        order = order[keep] if order is not None else None
+    del keep
+    dense = pl.DataFrame({"user": u_map[u_code], "item": i_map[i_code],
+                          "ts": ts.astype(np.int64, copy=False)})
+    del u_code, i_code, ts
+    if "rating" in ev.columns:  # order: the source rows of the kept events, in final order
+        dense = dense.with_columns(pl.Series("rating", ev["rating"].to_numpy()[order]).cast(pl.Float32))
     per_event = None
     if "category" in ev.columns:
-        per_event = pl.DataFrame({"_key": ev["item"].gather(rows), "c": ev["category"].gather(rows)})
-    del u_code, i_code, ts, order
+        per_event = pl.DataFrame({"_key": ev["item"].gather(order), "c": ev["category"].gather(order)})
+    del order
 
     items = _items_table(raw, per_event, i_raw, i_present, i_map)
     users = _users_table(raw, u_raw, u_present)
@@ -190,15 +198,30 @@ def _raw_str(s: pl.Series) -> pl.Series:
     return s.cast(pl.String)
 
 
-def _time_order(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """Row order sorting events by (user, ts), ties in file order (a stable sort)."""
-    span = int(ts.max()) - int(ts.min()) + 1
-    df = pl.DataFrame({"i": np.arange(len(ts), dtype=np.int64)})
+def _time_sorted(user: np.ndarray, item: np.ndarray, ts: np.ndarray, rows: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(user, item, ts, order)`` sorted by (user, ts), ties in file order (a stable sort);
+    ``order`` (the source rows, int64) only when ``rows``.
+
+    When (user, ts) fit one int64 key, only that key and the int32 items (and the row numbers,
+    if asked) are sorted: 12 bytes an event instead of a 16-byte (key, row) pair plus gathers.
+    """
+    cols = {"i": item}
+    if rows:
+        cols["r"] = np.arange(len(ts), dtype=np.int64)
+    t0 = int(ts.min())
+    span = int(ts.max()) - t0 + 1
     if (int(user.max()) + 1) * span < 2**62:  # one int64 key sorts fastest
-        df = df.with_columns(k=pl.Series(user.astype(np.int64) * span + (ts - ts.min())))
-        return df.sort(["k", "i"])["i"].to_numpy()
-    df = df.with_columns(u=pl.Series(user), t=pl.Series(ts))
-    return df.sort(["u", "t", "i"])["i"].to_numpy()
+        key = user.astype(np.int64) * span + (ts - t0)
+        df = pl.DataFrame({"k": key, **cols}).sort("k", maintain_order=True)
+        del key
+        k = df["k"].to_numpy()
+        u, t = (k // span).astype(np.int32), k % span + t0
+    else:
+        df = pl.DataFrame({"u": user, "t": ts, **cols}).sort(["u", "t"], maintain_order=True)
+        u, t = df["u"].to_numpy(), df["t"].to_numpy()
+    order = df["r"].to_numpy() if rows else None
+    return u, df["i"].to_numpy(), t, order
 
 
 def _first_occurrences(user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:

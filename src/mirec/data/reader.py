@@ -82,22 +82,47 @@ def csv_locator(path: Path, first_line: int) -> Callable[[int], str]:
     return lambda row: f"{path}:{max(row + first_line, 1)}"
 
 
-def parquet_locator(path: Path) -> Callable[[int], str]:
-    """Row index -> ``file: row group g, row r`` using the file's row-group sizes."""
+def parquet_files(path: Path) -> list[Path]:
+    """``path`` itself, or a directory's Parquet part files in name order (what Spark and other
+    engines write: ``part-*.parquet``; ``_SUCCESS``, ``_metadata`` and hidden files are skipped).
+    Raises :class:`MirecDataError` for a directory without any."""
+    if not path.is_dir():
+        return [path]
+    parts = sorted(p for p in path.iterdir()
+                   if p.suffix == ".parquet" and p.is_file() and p.name[0] not in "._")
+    if not parts:
+        raise MirecDataError(f"{path}: a directory without Parquet part files (*.parquet)")
+    return parts
+
+
+def parquet_locator(path: Path | Sequence[Path]) -> Callable[[int], str]:
+    """Row index -> ``file: row group g, row r`` using the row-group sizes of ``path`` (one file
+    or the part files of a directory, read one after the other)."""
     import pyarrow.parquet as pq
 
-    sizes = [pq.ParquetFile(path).metadata.row_group(i).num_rows
-             for i in range(pq.ParquetFile(path).metadata.num_row_groups)]
+    files = [path] if isinstance(path, (str, Path)) else list(path)
+    groups = []  # (file, row group, first row of the whole scan, rows)
+    start = 0
+    for f in files:
+        try:
+            meta = pq.ParquetFile(f).metadata
+        except (OSError, ValueError) as e:
+            raise MirecDataError(f"{f}: not a readable Parquet file: {e}") from None
+        for g in range(meta.num_row_groups):
+            groups.append((f, g, start, meta.row_group(g).num_rows))
+            start += meta.row_group(g).num_rows
+
+    file_start = {}
+    for f, _, first, _ in groups:
+        file_start.setdefault(f, first)
 
     def locate(row: int) -> str:
         if row < 0:
-            return f"{path}: schema"
-        start = 0
-        for g, n in enumerate(sizes):
-            if row < start + n:
-                return f"{path}: row group {g}, row {row - start} (row {row} of the file)"
-            start += n
-        return f"{path}: row {row}"
+            return f"{files[0]}: schema"
+        for f, g, first, n in groups:
+            if row < first + n:
+                return f"{f}: row group {g}, row {row - first} (row {row - file_start[f]} of the file)"
+        return f"{files[-1]}: row {row}"
 
     return locate
 

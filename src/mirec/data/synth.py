@@ -22,8 +22,12 @@ events depend only on the configuration's seed and model parameters, never on ``
 
 Two writers: :func:`synth_dataset` writes a prepared data set directory (the format of
 :mod:`mirec.data.prepare`, loadable by :func:`mirec.data.dataset.load_dataset`) and
-:func:`synth_raw` writes the same events as a raw CSV or Parquet log (for the preparation
-benchmark).
+:func:`synth_raw` writes the same events as a raw CSV or Parquet log, or as a directory of
+Parquet part files, one per chunk, as Spark writes them (for the preparation benchmark).
+
+:data:`PRESETS` hold the shapes of the public logs the seeds' papers use (``taobao``,
+``books``); a preset is a base that ``--set`` overrides apply on top of
+(:func:`preset`).
 """
 
 from __future__ import annotations
@@ -184,6 +188,32 @@ class SynthChunk:
     @property
     def num_users(self) -> int:
         return len(self.num_interests)
+
+
+# Shapes of the public logs (counts after the papers' filtering): the catalogue is
+# num_categories * items_per_category items, users * mean_len events in expectation. Within a
+# category item popularity is Zipf (zipf_a), so most items are rare: on both presets the top 1%
+# of items hold about 30% of the events and the median item gets about a quarter of the mean.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Taobao UserBehavior: 976,779 users, 1,708,530 items, about 9,000 categories, 85.4M events
+    "taobao": {"num_users": 976_779, "num_categories": 9_000, "items_per_category": 190,
+               "zipf_a": 1.1, "mean_len": 87.4, "mean_gap_s": 3_600.0},
+    # Amazon Books: 459,133 users, 313,966 items, 8.9M events
+    "books": {"num_users": 459_133, "num_categories": 1_570, "items_per_category": 200,
+              "zipf_a": 1.1, "mean_len": 19.4, "mean_gap_s": 86_400.0},
+}
+
+
+def preset(name: str | None) -> dict[str, Any]:
+    """The :class:`SynthConfig` fields of preset ``name`` (``{}`` for None), a base for ``--set``.
+
+    Raises :class:`MirecConfigError` naming the known presets when ``name`` is not one.
+    """
+    if name is None:
+        return {}
+    if name not in PRESETS:
+        raise MirecConfigError(f"--preset: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    return dict(PRESETS[name])
 
 
 def _zipf_cdf(m: int, a: float) -> np.ndarray:
@@ -408,18 +438,26 @@ def synth_dataset(cfg: SynthConfig, out: str | Path, progress: bool = True) -> P
     return out
 
 
-def synth_raw(cfg: SynthConfig, path: str | Path, fmt: Literal["csv", "parquet"] = "csv",
+RAW_FORMATS = ("csv", "parquet", "parts")
+_RAW_SCHEMA = pa.schema([("user", pa.int32()), ("item", pa.int32()),
+                         ("category", pa.string()), ("timestamp", pa.int64())])
+
+
+def synth_raw(cfg: SynthConfig, path: str | Path, fmt: Literal["csv", "parquet", "parts"] = "csv",
               progress: bool = True) -> Path:
-    """Write the same events as :func:`synth_dataset` as a raw log file.
+    """Write the same events as :func:`synth_dataset` as a raw log.
 
     Parameters
     ----------
     cfg : SynthConfig
         What to generate (validated).
     path : str or Path
-        Output file, written to a temporary sibling and renamed into place.
-    fmt : {"csv", "parquet"}
-        File format.
+        Output file (``csv``, ``parquet``) or directory (``parts``), written to a temporary
+        sibling and renamed into place.
+    fmt : {"csv", "parquet", "parts"}
+        One CSV or Parquet file, or a directory of Parquet part files (``part-00000.parquet``,
+        one per chunk of users, and an empty ``_SUCCESS``), the layout Spark writes and the
+        fastest to prepare (no text to parse; read in parallel).
     progress : bool
         Show a tqdm bar over chunks.
 
@@ -429,30 +467,42 @@ def synth_raw(cfg: SynthConfig, path: str | Path, fmt: Literal["csv", "parquet"]
         ``path``: columns ``user`` (int, the user id), ``item`` (int, the item id),
         ``category`` (string ``"c<k>"``) and ``timestamp`` (int seconds). Rows are sorted by
         timestamp within each chunk of users (stable), so users interleave as in a real log;
-        the row order (not the set of rows) depends on ``chunk_users``.
+        the row order (not the set of rows) depends on ``chunk_users``. Memory is bounded by one
+        chunk.
     """
     cfg.validate()
-    if fmt not in ("csv", "parquet"):
-        raise MirecConfigError(f"fmt: expected 'csv' or 'parquet', got {fmt!r}")
+    if fmt not in RAW_FORMATS:
+        raise MirecConfigError(f"fmt: expected one of {', '.join(RAW_FORMATS)}, got {fmt!r}")
     path = Path(path)
     names = pa.array([f"c{i}" for i in range(cfg.num_categories)], type=pa.string())
-    schema = pa.schema([("user", pa.int32()), ("item", pa.int32()),
-                        ("category", pa.string()), ("timestamp", pa.int64())])
+    tables = (_raw_table(ch, names) for ch in tqdm(
+        iter_chunks(cfg), total=num_chunks(cfg), disable=None if progress else True,
+        desc="synth raw", unit="chunk"))
+    if fmt == "parts":
+        with atomic_dir(path) as tmp:
+            for i, table in enumerate(tables):
+                pq.write_table(table, tmp / f"part-{i:05d}.parquet", compression="zstd")
+            (tmp / "_SUCCESS").touch()
+        return path
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         if fmt == "csv":
             # plain header and unquoted values (ids and "c<k>" hold no separators)
-            f.write((",".join(schema.names) + "\n").encode())
-            writer = pacsv.CSVWriter(f, schema, write_options=pacsv.WriteOptions(
+            f.write((",".join(_RAW_SCHEMA.names) + "\n").encode())
+            writer = pacsv.CSVWriter(f, _RAW_SCHEMA, write_options=pacsv.WriteOptions(
                 include_header=False, quoting_style="none"))
         else:
-            writer = pq.ParquetWriter(f, schema, compression="zstd")
+            writer = pq.ParquetWriter(f, _RAW_SCHEMA, compression="zstd")
         with writer:
-            for ch in tqdm(iter_chunks(cfg), total=num_chunks(cfg), disable=None if progress else True,
-                           desc="synth raw", unit="chunk"):
-                order = np.argsort(ch.ts, kind="stable")  # (E,)
-                writer.write_table(pa.table({
-                    "user": ch.user[order], "item": ch.item[order],
-                    "category": names.take(pa.array(ch.category[order])),
-                    "timestamp": ch.ts[order],
-                }, schema=schema))
+            for table in tables:
+                writer.write_table(table)
     return path
+
+
+def _raw_table(ch: SynthChunk, names: pa.Array) -> pa.Table:
+    """One chunk's events as a raw table, sorted by time (stable)."""
+    order = np.argsort(ch.ts, kind="stable")  # (E,)
+    return pa.table({
+        "user": ch.user[order], "item": ch.item[order],
+        "category": names.take(pa.array(ch.category[order])),
+        "timestamp": ch.ts[order],
+    }, schema=_RAW_SCHEMA)

@@ -28,6 +28,7 @@ from mirec.data.reader import (
     Col,
     OnBadRows,
     csv_locator,
+    parquet_files,
     parquet_locator,
     read_validated,
     scan_text,
@@ -75,11 +76,19 @@ def load_table(
         raise MirecDataError(f"{locate(0)}: no events (a header, blank lines"
                              + (f" and {n_bad} bad row(s) skipped)" if n_bad else " only)"))
     return RawLog(
-        events=df.select("user", "item", "ts"),
+        events=_narrow_ids(df.select("user", "item", "ts")),
         source={"name": "table", "path": str(path), "format": fmt},
         items=_items(df) if category_col or title_col else None,
         bad_rows_skipped=n_bad,
     )
+
+
+def _narrow_ids(events: pl.DataFrame) -> pl.DataFrame:
+    """Integer ids that fit in Int32 as Int32: 8 bytes an event less for the whole preparation
+    (85M events: 0.7 GB)."""
+    small = [c for c in ("user", "item") if events[c].dtype.is_integer()
+             and events.height and -2**31 <= events[c].min() and events[c].max() < 2**31]
+    return events.with_columns([pl.col(c).cast(pl.Int32) for c in small]) if small else events
 
 
 def _scan(path: Path, fmt: str, separator: str,
@@ -89,12 +98,9 @@ def _scan(path: Path, fmt: str, separator: str,
         return scan_text(path, separator, has_header=True), csv_locator(path, 2)
     if not path.exists():
         raise MirecDataError(f"{path}: file not found")
-    if fmt == "parquet":
-        try:
-            locate = parquet_locator(path)
-        except (OSError, ValueError) as e:
-            raise MirecDataError(f"{path}: not a readable Parquet file: {e}") from None
-        return pl.scan_parquet(path), locate
+    if fmt == "parquet":  # one file or a directory of part files
+        files = parquet_files(path)
+        return pl.scan_parquet(files), parquet_locator(files)
     return _scan_jsonl(path, text_cols), _jsonl_locator(path)
 
 
@@ -192,11 +198,16 @@ def _join_lists(lf: pl.LazyFrame, names: Sequence[str]) -> pl.LazyFrame:
 def _items(df: pl.DataFrame) -> pl.DataFrame:
     """item, title, categories: the first non-empty value per item, categories split on ``|``."""
     text = [c for c in ("title", "category") if c in df.columns]
-    firsts = (
-        df.with_columns([pl.col(c).str.strip_chars().replace("", None) for c in text])
-        .group_by("item", maintain_order=True)
-        .agg([pl.col(c).drop_nulls().first() for c in text])
-    )
+    firsts = df.select(pl.col("item").unique(maintain_order=True))
+    for c in text:
+        # the row of each item's first non-blank value, found on (item, row number) alone: no
+        # string an event is copied or hashed (85M events), only one string an item gathered
+        first = (df.select("item", pl.col(c).str.contains(r"\S").alias("__ok"))
+                 .with_row_index("__r").filter("__ok")
+                 .group_by("item").agg(pl.col("__r").min()))
+        value = df[c].gather(first["__r"]).str.strip_chars()
+        firsts = firsts.join(first.select("item", value.alias(c)), on="item", how="left",
+                             maintain_order="left")
     out = [pl.col("item")]
     if "title" in text:
         out.append(pl.col("title"))
@@ -218,7 +229,7 @@ COLUMN_OPTIONS = (
 SEPARATOR = Option("separator", "field separator", ",")
 register(Source("csv", "CSV with a header row, one event a row",
                 functools.partial(load_table, fmt="csv"), COLUMN_OPTIONS + (SEPARATOR,)))
-register(Source("parquet", "Parquet file, one event a row",
+register(Source("parquet", "Parquet file or directory of part files, one event a row",
                 functools.partial(load_table, fmt="parquet"), COLUMN_OPTIONS))
 register(Source("jsonl", "JSON lines, one event object a line",
                 functools.partial(load_table, fmt="jsonl"), COLUMN_OPTIONS))

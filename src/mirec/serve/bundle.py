@@ -23,12 +23,15 @@ import io
 import json
 import platform
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 import mirec
@@ -44,6 +47,39 @@ FILES = ("tower.pt", "item_vectors.npy", "items.parquet", "users.parquet")
 HISTORY_KEEP = 200  # per known user: enough for the tower (max_len) and history exclusion
 
 
+class UserHistories(Mapping[str, np.ndarray]):
+    """Raw user id -> that user's kept history, (<= HISTORY_KEEP,) int64 dense item ids.
+
+    Held as one flat int32 array with offsets (CSR), not an array per user: at a million users
+    that is 4 bytes an event and one dict entry a user, and opening the bundle builds no Python
+    object per event."""
+
+    def __init__(self, raw_ids: list[str], indptr: np.ndarray, items: np.ndarray) -> None:
+        self.row = {u: i for i, u in enumerate(raw_ids)}
+        self.indptr, self.flat = indptr, items  # (U + 1,) int64, (E,) int32: all histories
+
+    def __getitem__(self, user: str) -> np.ndarray:
+        i = self.row[user]
+        return self.flat[self.indptr[i]:self.indptr[i + 1]].astype(np.int64)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.row)
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    @classmethod
+    def from_frame(cls, users: pl.DataFrame) -> UserHistories:
+        """From ``users.parquet``'s columns: raw_id, history (a list of dense ids per user)."""
+        hist = users.get_column("history").to_arrow()
+        hist = hist.combine_chunks() if isinstance(hist, pa.ChunkedArray) else hist
+        lengths = pc.list_value_length(hist).fill_null(0).to_numpy(zero_copy_only=False)
+        indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        items = pc.list_flatten(hist).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        return cls(users.get_column("raw_id").cast(pl.String).to_list(), indptr, items)
+
+
 @dataclass
 class Bundle:
     """A loaded bundle. ``N`` item ids including padding 0, ``D`` vector size."""
@@ -54,7 +90,7 @@ class Bundle:
     model: torch.nn.Module  # eval mode
     item_vectors: np.ndarray  # (N, D) float32
     item_ids: dict[str, int]  # raw id -> dense id
-    user_histories: dict[str, np.ndarray]  # raw user id -> (<= HISTORY_KEEP,) dense item ids
+    user_histories: UserHistories  # raw user id -> (<= HISTORY_KEEP,) dense item ids
     category_indptr: np.ndarray  # (N + 1,) CSR over items -> category ids
     category_ids: np.ndarray
     category_names: list[str]
@@ -139,12 +175,16 @@ def export_bundle(run_dir: str | Path, out: str | Path, data: str | Path | None 
 
 
 def _user_histories(ds: Dataset) -> pl.DataFrame:
-    """Each user's last HISTORY_KEEP items (dense ids, oldest first)."""
-    ends = ds.offsets[1:]
-    starts = np.maximum(ds.offsets[:-1], ends - HISTORY_KEEP)
-    hist = [ds.item[s:e].astype(np.int32) for s, e in zip(starts, ends)]
+    """Each user's last HISTORY_KEEP items (dense ids, oldest first), gathered in one pass."""
+    ends = np.asarray(ds.offsets[1:], dtype=np.int64)
+    starts = np.maximum(np.asarray(ds.offsets[:-1], dtype=np.int64), ends - HISTORY_KEEP)
+    lengths = ends - starts
+    indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    pos = np.arange(indptr[-1]) + np.repeat(starts - indptr[:-1], lengths)  # event positions
+    hist = pa.LargeListArray.from_arrays(pa.array(indptr), pa.array(ds.item[pos].astype(np.int32)))
     return pl.DataFrame({"raw_id": ds.users["raw_id"].cast(pl.String),
-                         "history": pl.Series(hist, dtype=pl.List(pl.Int32))})
+                         "history": pl.from_arrow(hist).cast(pl.List(pl.Int32))})
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -206,8 +246,7 @@ def assemble(path: Path, manifest: dict[str, Any], cfg: RunConfig, model: torch.
     """A Bundle from its parts: ``items`` (item, raw_id, title, categories), ``users`` (raw_id,
     history). Used by loading, by reports, and by benchmarks that make synthetic bundles."""
     items = items.sort("item")
-    histories = {u: np.asarray(h, dtype=np.int64) for u, h in
-                 zip(users["raw_id"].to_list(), users["history"].to_list())}
+    histories = UserHistories.from_frame(users)
     raw = [""] + items["raw_id"].cast(pl.String).to_list()
     titles = [t or r for t, r in zip([""] + items["title"].to_list(), raw)]
     cats = [[]] + [c or [] for c in items["categories"].to_list()]

@@ -294,8 +294,7 @@ class Recommender:
     @cached_property
     def popularity(self) -> np.ndarray:
         """(N,) share of the bundle's history events that each item has (padding 0)."""
-        hists = list(self.bundle.user_histories.values())
-        ids = np.concatenate(hists) if hists else np.zeros(0, dtype=np.int64)
+        ids = self.bundle.user_histories.flat
         counts = np.bincount(ids, minlength=self.bundle.num_items).astype(np.float64)
         counts[0] = 0
         return counts / max(counts.sum(), 1.0)

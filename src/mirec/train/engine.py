@@ -7,26 +7,30 @@ task:
 
     for epoch:                       reseed torch and NumPy from (seed, epoch)
         for batch in task.batches:   task.step(batch) -> (mean loss, examples); progress bar
+            every checkpoint_minutes: last.pt mid-epoch (atomic), a row in steps.jsonl
         task.validate()              -> metrics; one row in metrics.jsonl
         best so far? -> best.pt      (atomic) ; last.pt every epoch (atomic, for --resume)
         stop after `patience` epochs without improvement
     reload best.pt
 
 Repeatability: every epoch reseeds from ``(seed, epoch)``, so a run resumed from ``last.pt``
-takes exactly the steps an uninterrupted run takes. Under ``torchrun`` every process runs the
-loop on the same parameters; process 0 alone writes files and its validation score decides
-(:mod:`mirec.train.distributed`).
+takes exactly the steps an uninterrupted run takes. A step checkpoint (``last.pt`` written
+mid-epoch) adds where the epoch stands: batches done, the loss and examples so far and the
+torch generators, so a run killed mid-epoch continues from that batch as if never stopped.
+Under ``torchrun`` every process runs the loop on the same parameters; process 0 alone writes
+files and its validation score decides (:mod:`mirec.train.distributed`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -37,7 +41,7 @@ from tqdm.auto import tqdm
 from mirec.checkpoint import load_checkpoint, save_checkpoint
 from mirec.errors import MirecConfigError
 from mirec.io import atomic_write_bytes
-from mirec.train.distributed import all_sum, barrier, from_main, world
+from mirec.train.distributed import World, all_sum, barrier, from_main, world
 
 
 class Task(Protocol):
@@ -71,16 +75,79 @@ class Fitted:
         return self.history[self.best_epoch]["valid"]
 
 
+@dataclass
+class Standing:
+    """The run's record across epochs: the best validation score so far, its epoch, the epochs
+    since it (early stopping) and one metrics row per finished epoch."""
+
+    best: float = -1.0
+    best_epoch: int = -1
+    bad: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class EpochSoFar:
+    """How far an epoch has got: what a step checkpoint records so that ``--resume`` continues
+    the epoch exactly. The batch order itself is not stored: it is redrawn from ``(seed, epoch)``
+    and the first ``batches`` are skipped."""
+
+    epoch: int
+    batches: int = 0  # batches done
+    loss_sum: float = 0.0  # sum of loss x examples over them (every process's)
+    examples: int = 0  # every process's
+    train_seconds: float = 0.0  # without the time spent writing checkpoints
+    rng: dict[str, Any] = field(default_factory=dict)  # torch generators: negatives, dropout
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch generators a step draws from (negative samples, dropout masks)."""
+    st = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["cpu"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+class StepClock:
+    """When a step checkpoint is due: every ``checkpoint_every_steps`` batches of an epoch and
+    every ``checkpoint_minutes`` since the last checkpoint (0 turns either off). Under
+    ``torchrun`` process 0's clock decides for all (one scalar broadcast a step), since all join
+    in summing the counts."""
+
+    def __init__(self, lc: Any, w: World) -> None:
+        self.every, self.seconds, self.w = lc.checkpoint_every_steps, lc.checkpoint_minutes * 60, w
+        self.since = time.monotonic()
+
+    def due(self, done: int) -> bool:
+        """Whether to checkpoint after ``done`` batches of the epoch."""
+        if self.every and done % self.every == 0:
+            return True  # the same batch in every process
+        if not self.seconds:
+            return False
+        late = time.monotonic() - self.since >= self.seconds
+        return from_main(float(late), self.w) > 0 if self.w.size > 1 else late
+
+    def reset(self) -> None:
+        self.since = time.monotonic()
+
+
 def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress: bool = True,
         log: Callable[[str], None] = lambda s: None, stop_after_epoch: int | None = None,
         on_epoch: Callable[[int, float], None] | None = None) -> Fitted:
     """Train ``task`` into ``run_dir``; ``lc`` (a task's train config) gives ``epochs``,
-    ``patience``, ``seed`` and ``max_batches_per_epoch``. ``on_epoch(epoch, score)`` is called
-    after every epoch's checkpoints with its validation score (tuning prunes from there by
-    raising).
+    ``patience``, ``seed``, ``max_batches_per_epoch``, ``checkpoint_minutes`` and
+    ``checkpoint_every_steps``. ``on_epoch(epoch, score)`` is called after every epoch's
+    checkpoints with its validation score (tuning prunes from there by raising).
 
-    ``resume`` continues from ``run_dir/last.pt``. ``stop_after_epoch`` ends the run after
-    that epoch as if killed (tests of resuming use it). Ends with the best epoch's weights loaded.
+    ``resume`` continues from ``run_dir/last.pt``, at the batch its last step checkpoint
+    reached when it has one. ``stop_after_epoch`` ends the run after that epoch as if killed
+    (tests of resuming use it). Ends with the best epoch's weights loaded.
     """
     w = world()
     if not w.main:
@@ -88,8 +155,10 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model, opt = task.model, task.optimizer
-    start_epoch, best, best_epoch, bad, history = 0, -1.0, -1, 0, []
-    last, metrics = run_dir / "last.pt", run_dir / "metrics.jsonl"
+    run, so_far, start_epoch = Standing(), None, 0
+    last, metrics, steps = run_dir / "last.pt", run_dir / "metrics.jsonl", run_dir / "steps.jsonl"
+    if w.main:
+        drop_unfinished_writes(run_dir)
     if resume:
         if not last.exists():
             raise MirecConfigError(f"--resume: {last} does not exist")
@@ -97,33 +166,60 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
         task.check_resume(last, st)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
-        start_epoch, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
-        history = st["history"]
+        start_epoch = st["epoch"] + 1
+        run = Standing(st["best"], st["best_epoch"], st["bad"], st["history"])
+        so_far = EpochSoFar(**st["partial"]) if "partial" in st else None
         if w.main:  # the epochs last.pt holds, whatever a kill left after them
-            atomic_write_bytes(metrics, "".join(json.dumps(r) + "\n" for r in history).encode())
-        log(f"resumed from {last} after epoch {st['epoch']}")
-    elif w.main and metrics.exists():
-        metrics.unlink()
+            atomic_write_bytes(metrics, "".join(json.dumps(r) + "\n" for r in run.history).encode())
+        where = f", batch {so_far.batches} of epoch {so_far.epoch}" if so_far else ""
+        log(f"resumed from {last} after epoch {st['epoch']}{where}")
+    elif w.main:
+        for f in (metrics, steps):
+            f.unlink(missing_ok=True)
     saved = task.saved()
+
+    def save_last(epoch_done: int, part: EpochSoFar | None = None) -> None:
+        if w.main:
+            st = {"model": on_cpu(model.state_dict()), "optimizer": on_cpu(opt.state_dict()),
+                  "epoch": epoch_done, "best": run.best, "best_epoch": run.best_epoch,
+                  "bad": run.bad, "history": run.history, **saved}
+            save_checkpoint(last, st if part is None else {**st, "partial": dataclasses.asdict(part)})
+
+    clock = StepClock(lc, w)
     for epoch in range(start_epoch, lc.epochs):
-        if bad >= lc.patience:
+        if run.bad >= lc.patience:
             break
         torch.manual_seed(lc.seed * 100_003 + epoch)
         batches = task.batches(np.random.default_rng([lc.seed, epoch]))
         if lc.max_batches_per_epoch:
             batches = batches[:lc.max_batches_per_epoch]
+        part = so_far if so_far is not None and so_far.epoch == epoch else EpochSoFar(epoch)
+        so_far = None
+        if part.rng:
+            set_rng_state(part.rng)  # where the killed run's generators were
         model.train()
-        t0, total, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch",
-                   disable=None if progress and w.main else True, leave=False)
-        for b, batch in enumerate(bar):
+        # the accounting so far is every process's: process 0 carries it on
+        total, seen = (part.loss_sum, part.examples) if w.main else (0.0, 0)
+        t0, paused = time.perf_counter() - part.train_seconds, 0.0
+        bar = tqdm(batches[part.batches:], desc=f"epoch {epoch}", unit="batch", initial=part.batches,
+                   total=len(batches), disable=None if progress and w.main else True, leave=False)
+        for b, batch in enumerate(bar, start=part.batches + 1):  # b: batches done after this one
             loss, n = task.step(batch)
             total += loss * n
             seen += n
-            if b % 20 == 0 and seen:
-                rate = seen * w.size / max(time.perf_counter() - t0, 1e-9)
+            if b % 20 == 1 and seen:
+                rate = seen * w.size / max(time.perf_counter() - t0 - paused, 1e-9)
                 bar.set_postfix(loss=f"{total / seen:.4f}", ex_s=f"{rate:,.0f}")
-        train_s = time.perf_counter() - t0
+            if b < len(batches) and clock.due(b):
+                t = time.perf_counter()
+                sums = all_sum([total, seen], w)
+                part = EpochSoFar(epoch, b, sums[0], int(sums[1]), t - t0 - paused, rng_state())
+                save_last(epoch - 1, part)
+                paused += time.perf_counter() - t
+                clock.reset()
+                if w.main:
+                    append_row(steps, step_row(part, len(batches), time.perf_counter() - t))
+        train_s = time.perf_counter() - t0 - paused
         total, seen = all_sum([total, seen], w)  # every process's examples and loss
         seen = int(seen)
         valid = task.validate()
@@ -132,32 +228,51 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
                "valid": valid}
         if w.size > 1:
             row["processes"] = w.size
-        history.append(row)
+        run.history.append(row)
         if w.main:
-            with open(metrics, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_row(metrics, row)
         # Every process holds the same parameters; process 0's score decides, so all stop together.
         score = from_main(valid[task.score_name], w)
-        if score > best:
-            best, best_epoch, bad = score, epoch, 0
+        if score > run.best:
+            run.best, run.best_epoch, run.bad = score, epoch, 0
             if w.main:
                 save_checkpoint(run_dir / "best.pt", {"model": on_cpu(model.state_dict()), "epoch": epoch,
                                                       **saved})
         else:
-            bad += 1
+            run.bad += 1
         log(f"epoch {epoch}: loss {row['loss']:.4f}, {row['examples_per_s']:,.0f} ex/s, "
-            f"valid {task.score_name} {score:.4f} (best {best:.4f} @ {best_epoch})")
-        if w.main:
-            save_checkpoint(last, {"model": on_cpu(model.state_dict()), "optimizer": on_cpu(opt.state_dict()),
-                                   "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
-                                   "history": history, **saved})
+            f"valid {task.score_name} {score:.4f} (best {run.best:.4f} @ {run.best_epoch})")
+        save_last(epoch)
+        clock.reset()
         if on_epoch is not None:
             on_epoch(epoch, score)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     barrier(w)  # process 0 has written best.pt
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
-    return Fitted(best_epoch, history)
+    return Fitted(run.best_epoch, run.history)
+
+
+def step_row(part: EpochSoFar, batches: int, write_s: float) -> dict[str, Any]:
+    """A line of ``steps.jsonl``: where a step checkpoint was taken and the epoch's figures so far."""
+    return {"epoch": part.epoch, "batch": part.batches, "batches": batches,
+            "loss": part.loss_sum / max(part.examples, 1), "examples": part.examples,
+            "train_seconds": round(part.train_seconds, 3),
+            "examples_per_s": round(part.examples / max(part.train_seconds, 1e-9), 1),
+            "checkpoint_seconds": round(write_s, 3)}
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def drop_unfinished_writes(run_dir: Path) -> None:
+    """Remove the temporary files a run killed while writing left (``.last.pt.tmp-*``, as big as a
+    checkpoint); the files under their final names are whole (:func:`mirec.io.atomic_path`)."""
+    for name in ("last.pt", "best.pt", "metrics.jsonl"):
+        for tmp in run_dir.glob(f".{name}.tmp-*"):
+            tmp.unlink(missing_ok=True)
 
 
 def on_cpu(state: Any) -> Any:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from mirec.checkpoint import check_resume as check_resume_settings
 from mirec.checkpoint import check_resume_model_args, saved_config
 from mirec.data.dataset import Dataset
-from mirec.data.split import Split, split_users, windows
+from mirec.data.split import Split, permutation, split_users, windows
 from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import evaluate
 from mirec.models.base import VectorScorer, model_device, unit_interests
@@ -92,7 +92,7 @@ def setup(cfg: RunConfig, ds: Dataset, distributed: bool = False) -> tuple[
         raise MirecConfigError("train.hard_negative_beta: weights the sampled negatives; set "
                                "train.loss=sampled (this catalogue trains with the full softmax)")
     if use_sampled(tc, ds.num_items):
-        counts = np.bincount(ds.item[split.example_pos], minlength=ds.num_items)
+        counts = split.target_counts(ds.item, ds.num_items)
         sampler = NegativeSampler(ds.num_items, tc.sampler, counts, device)
     return split, model, opt, sampler
 
@@ -123,9 +123,9 @@ def train_step(opt: Any, ds: Dataset, split: Split, idx: np.ndarray, cfg: RunCon
     ``DistributedDataParallel``. Under ``torchrun`` ``idx`` is this process's slice of the
     batch and ``weight`` scales its loss (see :func:`mirec.train.distributed.shard`). The
     batch goes to ``place``'s device (the CPU when None)."""
-    hist, mask = windows(ds.item, split.example_start[idx], split.example_pos[idx],
-                         cfg.split.max_len)  # (B, L) each
-    target = ds.item[split.example_pos[idx]].astype(np.int64)  # (B,)
+    start, pos = split.examples[idx]  # (B,) each
+    hist, mask = windows(ds.item, start, pos, cfg.split.max_len)  # (B, L) each
+    target = ds.item[pos].astype(np.int64)  # (B,)
     move = place.batch if place is not None else lambda t: t
     loss = loss_fn(*(move(torch.from_numpy(a)) for a in (hist, mask, target)))
     scaled = loss if weight is None else loss * weight  # the averaged gradient is the batch's
@@ -159,7 +159,7 @@ class RetrievalTask:
         self.score_name = "recall@50" if 50 in ns else f"recall@{ns[0]}"
 
     def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
-        perm = rng.permutation(self.split.num_examples)
+        perm = permutation(rng, self.split.num_examples)  # int32: rng.permutation's order
         bs = self.cfg.train.batch_size
         return [perm[i:i + bs] for i in range(0, len(perm), bs)]
 
