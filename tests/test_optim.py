@@ -38,7 +38,7 @@ def test_one_sparse_step_changes_only_the_rows_the_batch_read(name, random_datas
     fn = LossModule(model, cfg.train, sampler, random_dataset.num_items)
     idx = np.arange(16)
     ds = random_dataset
-    start, pos = split.example_start[idx], split.example_pos[idx]
+    start, pos = split.examples[idx]  # (B,) each
     read = {int(i) for s, p in zip(start, pos) for i in ds.item[max(s, p - 8):p + 1]}  # history + target
     draw, drawn = sampler.sample, []
     sampler.sample = lambda s, generator=None: drawn.append(draw(s, generator)) or drawn[-1]  # records
