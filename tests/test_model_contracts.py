@@ -132,7 +132,7 @@ def retrieval_cfg(name: str, loss: str = "auto") -> RunConfig:
     spec = SPECS[name]
     return RunConfig(model=name, model_args={k: v for k, v in small_args(spec.config).items() if k != "max_len"},
                      train=TrainConfig(epochs=2, batch_size=32, max_batches_per_epoch=3, patience=10,
-                                       loss=loss, num_negatives=10),
+                                       loss=loss, num_negatives=10, optimizer="sparse"),
                      split=SplitConfig(max_len=L))
 
 

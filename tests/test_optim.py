@@ -24,7 +24,8 @@ S = 7  # negatives
 
 def sparse_cfg(name: str, **train) -> RunConfig:
     return RunConfig(model=name, model_args={"dim": 8},
-                     train=TrainConfig(loss="sampled", num_negatives=S, batch_size=16, **train),
+                     train=TrainConfig(loss="sampled", optimizer="sparse", num_negatives=S, batch_size=16,
+                                       **train),
                      split=SplitConfig(max_len=8))
 
 

@@ -52,7 +52,7 @@ class RowwiseAdam:
         w_r = w_r - lr sqrt(1 - b2^t) / (1 - b1^t) * m_r / (sqrt(v_r) + eps)
 
     Gathering the touched rows, updating them as dense (R, D) blocks and writing them back is
-    ~10x cheaper than SparseAdam's sparse-tensor arithmetic at a few thousand rows. The table's
+    much cheaper than SparseAdam's sparse-tensor arithmetic at a few thousand rows. The table's
     gradient should be sparse; a dense one (a model that runs the table through a dense op) is
     cut to its non-zero rows first, which costs O(N) as that op already did.
     """
