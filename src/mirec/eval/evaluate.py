@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from mirec.data.dataset import Dataset
 from mirec.data.split import EvalUsers, windows
 from mirec.errors import MirecConfigError
+from mirec.eval.blocked import scores_topn
 from mirec.eval.metrics import topn_metrics
 
 
@@ -82,9 +84,7 @@ def rank_topn(scorer: Scorer, ds: Dataset, users: EvalUsers, n: int, max_len: in
         scores = np.array(scorer.score(hist, mask), dtype=np.float32, copy=True)  # (B, N)
         scores[:, 0] = -np.inf
         scores[rows, seen] = -np.inf
-        part = np.argpartition(-scores, n - 1, axis=1)[:, :n]  # (B, n) unordered
-        order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
-        out[s:s + len(b)] = np.take_along_axis(part, order, 1)
+        out[s:s + len(b)] = scores_topn(torch.from_numpy(scores), n).numpy()  # ties: lower id
     return out
 
 
