@@ -40,12 +40,17 @@ class EvalConfig:
     ns: tuple[int, ...] = (20, 50)
     exclude_history: bool = True
     batch_size: int = 512
+    # Validation during training ranks a seeded sample of this many validation users (the same
+    # users every epoch and after a resume); 0 = all. Final validation and test use all users.
+    max_users: int = 0
 
     def validate(self) -> None:
         if not self.ns or min(self.ns) < 1:
             raise MirecConfigError(f"eval.ns: need positive list sizes, got {list(self.ns)}")
         if self.batch_size < 1:
             raise MirecConfigError(f"eval.batch_size: must be >= 1, got {self.batch_size}")
+        if self.max_users < 0:
+            raise MirecConfigError(f"eval.max_users: must be >= 0 (0 = all), got {self.max_users}")
 
 
 @dataclass
@@ -86,6 +91,15 @@ def rank_topn(scorer: Scorer, ds: Dataset, users: EvalUsers, n: int, max_len: in
         scores[rows, seen] = -np.inf
         out[s:s + len(b)] = scores_topn(torch.from_numpy(scores), n).numpy()  # ties: lower id
     return out
+
+
+def sample_users(users: EvalUsers, max_users: int, seed: int) -> EvalUsers:
+    """A seeded sample of ``max_users`` of ``users`` in their original order (all of them when
+    ``max_users`` is 0 or not smaller): the same sample for the same seed, whatever ran before."""
+    if not 0 < max_users < len(users):
+        return users
+    pick = np.random.default_rng([seed, 25]).choice(len(users), max_users, replace=False)
+    return users.select(np.sort(pick))
 
 
 def targets_csr(ds: Dataset, users: EvalUsers) -> tuple[np.ndarray, np.ndarray]:
