@@ -4,6 +4,8 @@ full score matrix, ties by the lower id), bounded block shapes, the validation s
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,11 @@ from mirec.eval.blocked import blocked_topn, edges, scores_topn, topn_exact, vec
 from mirec.eval.evaluate import EvalConfig, evaluate, rank_topn, sample_users
 from mirec.models.base import VectorScorer
 from mirec.runs import RunConfig, build_model
+from mirec.serve.bundle import load_bundle
+from mirec.serve.index import IndexConfig, ItemIndex
+from mirec.serve.service import build_index_report
 from mirec.train.loop import RetrievalTask, train
+from tests import test_serve as shared
 
 
 def reference_topn(v, live, items, n, rows, seen):
@@ -146,3 +152,44 @@ def test_training_validates_on_the_sample_and_tests_on_every_user(random_dataset
     assert r.history[-1]["valid"] == on_sample  # the last epoch is the best here (one epoch)
     assert len(r.test_topn) == len(r.split.test) > 6  # the final test ranks every test user
     assert r.test == evaluate(scorer, random_dataset, r.split.test, 20, cfg.eval).metrics
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_faiss_evaluation_with_an_exact_index_has_recall_one(random_dataset, exclude):
+    ds = random_dataset
+    sp = split_users(ds, SplitConfig(seed=0))
+    torch.manual_seed(0)
+    scorer = VectorScorer(build_model(small_cfg(), ds.num_items), cosine=True)
+    exact = evaluate(scorer, ds, sp.test, 20, EvalConfig(ns=(5, 10), exclude_history=exclude))
+    cfg = EvalConfig(ns=(5, 10), exclude_history=exclude, index="faiss", faiss_kind="exact",
+                     recall_users=8)
+    got = evaluate(scorer, ds, sp.test, 20, cfg)
+    assert got.metrics.pop("index_recall@10") == 1.0
+    assert got.metrics == pytest.approx(exact.metrics, abs=0.02)  # float sums may swap near ties
+    assert (np.sort(got.topn, 1) == np.sort(exact.topn, 1)).mean() > 0.97
+    if exclude:  # no history item is recommended (10 < the 30+ items every user has not seen)
+        hist = [set(ds.item[a:c]) for a, c in zip(sp.test.hist_start, sp.test.cut)]
+        assert not any(h & set(row) for h, row in zip(hist, got.topn))
+
+
+def test_faiss_evaluation_reports_the_recall_of_an_ivf_index(random_dataset):
+    ds = random_dataset
+    sp = split_users(ds, SplitConfig(seed=0))
+    torch.manual_seed(0)
+    scorer = VectorScorer(build_model(small_cfg(), ds.num_items), cosine=True)
+    got = evaluate(scorer, ds, sp.test, 20, EvalConfig(index="faiss", faiss_kind="ivf"))
+    assert 0 < got.metrics["index_recall@50"] <= 1
+    with pytest.raises(Exception, match="eval.index"):
+        EvalConfig(index="annoy").validate()
+
+
+run, bundle_dir = shared.run, shared.bundle_dir  # test_serve.py's trained run and its bundle
+
+
+@pytest.mark.slow  # trains test_serve.py's small run (~8 s on a loaded machine)
+def test_index_build_tunes_ivf_nprobe_and_reports_recall_per_recommendation(bundle_dir, tmp_path):
+    b = shutil.copytree(bundle_dir, tmp_path / "b")
+    r = build_index_report(load_bundle(b), IndexConfig(kind="ivf", ivf_nlist=2), num_users=30)
+    assert r["kind"] == "ivf" and r["nlist"] == 2 and r["nprobe"] in (1, 2)
+    assert r["recommend_recall@50"] >= 0.95 and r["users"] == 30
+    assert ItemIndex.load(r["path"], IndexConfig()).index.nprobe == r["nprobe"]  # kept in the file

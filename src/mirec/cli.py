@@ -322,7 +322,8 @@ def demo(
 
 
 IndexKind = Annotated[str, typer.Option("--index", help="auto (exact up to --hnsw-above items, "
-                                                        "HNSW above), exact, hnsw or ivf.")]
+                                                        "HNSW above, IVF above 500,000), exact, "
+                                                        "hnsw or ivf.")]
 HnswAbove = Annotated[int, typer.Option(help="auto switches to HNSW above this many items.")]
 
 
@@ -389,9 +390,11 @@ def index_build(
 
     b = load_bundle(bundle)
     r = build_index_report(b, _index_config(index, hnsw_above), queries)
-    console.print(f"{r['kind']} index over {r['items']:,} items: built in {r['build_s']:.2f} s, "
-                  f"{r['bytes'] / 2**20:.1f} MiB, recall@50 vs exact {r['recall@50']:.3f} "
-                  f"({r['queries']} interest vectors of held-out users); wrote {r['path']}")
+    ivf = f" (nlist {r['nlist']}, nprobe {r['nprobe']})" if r["kind"] == "ivf" else ""
+    console.print(f"{r['kind']} index{ivf} over {r['items']:,} items: built in {r['build_s']:.2f} s, "
+                  f"{r['bytes'] / 2**20:.1f} MiB, recall@50 vs exact {r['recommend_recall@50']:.3f} "
+                  f"per recommendation ({r['users']} users, max over interests), "
+                  f"{r['recall@50']:.3f} per interest query ({r['queries']}); wrote {r['path']}")
 
 
 @app.command("recommend")

@@ -43,6 +43,12 @@ class EvalConfig:
     # Validation during training ranks a seeded sample of this many validation users (the same
     # users every epoch and after a resume); 0 = all. Final validation and test use all users.
     max_users: int = 0
+    # exact (the blocked scan) | faiss: top-N from the serving index (mirec.eval.faiss_eval),
+    # of kind faiss_kind (serving's auto | exact | hnsw | ivf), with its recall@N against exact
+    # on a seeded sample of recall_users users reported as index_recall@N
+    index: str = "exact"
+    faiss_kind: str = "auto"
+    recall_users: int = 200
 
     def validate(self) -> None:
         if not self.ns or min(self.ns) < 1:
@@ -51,6 +57,13 @@ class EvalConfig:
             raise MirecConfigError(f"eval.batch_size: must be >= 1, got {self.batch_size}")
         if self.max_users < 0:
             raise MirecConfigError(f"eval.max_users: must be >= 0 (0 = all), got {self.max_users}")
+        if self.index not in ("exact", "faiss"):
+            raise MirecConfigError(f"eval.index: expected exact or faiss, got {self.index!r}")
+        if self.faiss_kind not in ("auto", "exact", "hnsw", "ivf"):
+            raise MirecConfigError(f"eval.faiss_kind: expected auto, exact, hnsw or ivf, "
+                                   f"got {self.faiss_kind!r}")
+        if self.recall_users < 1:
+            raise MirecConfigError(f"eval.recall_users: must be >= 1, got {self.recall_users}")
 
 
 @dataclass
@@ -93,13 +106,20 @@ def rank_topn(scorer: Scorer, ds: Dataset, users: EvalUsers, n: int, max_len: in
     return out
 
 
+def sample_index(count: int, k: int, seed: int) -> np.ndarray:
+    """A seeded, sorted sample of ``k`` of ``range(count)`` (all when ``k`` is 0 or not smaller):
+    the same for the same seed, whatever ran before."""
+    if not 0 < k < count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng([seed, 25]).choice(count, k, replace=False))
+
+
 def sample_users(users: EvalUsers, max_users: int, seed: int) -> EvalUsers:
-    """A seeded sample of ``max_users`` of ``users`` in their original order (all of them when
-    ``max_users`` is 0 or not smaller): the same sample for the same seed, whatever ran before."""
+    """A seeded sample of ``max_users`` of ``users`` in their original order (see
+    :func:`sample_index`); ``users`` itself when that is all of them."""
     if not 0 < max_users < len(users):
         return users
-    pick = np.random.default_rng([seed, 25]).choice(len(users), max_users, replace=False)
-    return users.select(np.sort(pick))
+    return users.select(sample_index(len(users), max_users, seed))
 
 
 def targets_csr(ds: Dataset, users: EvalUsers) -> tuple[np.ndarray, np.ndarray]:
@@ -119,10 +139,31 @@ def evaluate(scorer: Scorer, ds: Dataset, users: EvalUsers, max_len: int,
     if len(users) == 0:
         raise MirecConfigError("no users to evaluate (every user lacks a target)")
     n_max = max(cfg.ns)
-    topn = rank_topn(scorer, ds, users, n_max, max_len, cfg.exclude_history, cfg.batch_size,
+    ranker = scorer
+    if cfg.index == "faiss":
+        from mirec.eval.faiss_eval import IndexScorer  # Faiss only when asked for
+
+        if not hasattr(scorer, "interests"):
+            raise MirecConfigError("eval.index=faiss: needs a retrieval model's interest vectors; "
+                                   "this scorer only scores (a baseline)")
+        ranker = IndexScorer(scorer, cfg.faiss_kind)
+    topn = rank_topn(ranker, ds, users, n_max, max_len, cfg.exclude_history, cfg.batch_size,
                      progress)
     indptr, items = targets_csr(ds, users)
     cat_indptr, cat_ids, _ = ds.category_index()
     metrics = topn_metrics(topn, indptr, items, cat_indptr, cat_ids, ds.num_items - 1,
                            tuple(sorted(cfg.ns)))
+    if ranker is not scorer:
+        metrics[f"index_recall@{n_max}"] = index_recall_on_sample(scorer, ds, users, topn, max_len, cfg)
     return EvalResult(metrics, topn, len(users))
+
+
+def index_recall_on_sample(scorer: Scorer, ds: Dataset, users: EvalUsers, topn: np.ndarray,
+                           max_len: int, cfg: EvalConfig) -> float:
+    """Recall of ``topn`` (U_e, n) against the exact top-n on a seeded sample of the users."""
+    from mirec.eval.faiss_eval import index_recall
+
+    pick = sample_index(len(users), cfg.recall_users, 0)
+    exact = rank_topn(scorer, ds, users.select(pick), topn.shape[1], max_len, cfg.exclude_history,
+                      cfg.batch_size)
+    return index_recall(topn[pick], exact)
