@@ -2,7 +2,10 @@
 
 A model is evaluated through the :class:`Scorer` contract: given left-padded histories it scores
 every item id. Padding id 0 and (by default) every item of the user's history part are set to
--inf before the top-N cut, so they are never recommended.
+-inf before the top-N cut, so they are never recommended; equal scores rank by the lower id. A
+retriever's :class:`mirec.models.base.VectorScorer` never forms the (B, N) matrix: it ranks in
+blocks of users x items (:mod:`mirec.eval.blocked`). ``eval.index = "faiss"`` ranks through the
+serving index instead and reports its recall against exact (:mod:`mirec.eval.faiss_eval`).
 """
 
 from __future__ import annotations
