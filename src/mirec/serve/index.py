@@ -242,7 +242,11 @@ def recommend_recall(index: ItemIndex, exact: ItemIndex, queries: np.ndarray, ow
     """Mean over users of |approx top-m ∩ exact top-m| / |exact top-m| for one recommendation
     (max over the user's interests). The exact max-over-interests top m is the merge of each
     interest's exact top m: an item in it is in the top m of the interest that gives its max."""
-    got, want = merged_topm(index, queries, owner, m), merged_topm(exact, queries, owner, m)
+    return list_recall(merged_topm(index, queries, owner, m), merged_topm(exact, queries, owner, m))
+
+
+def list_recall(got: list[np.ndarray], want: list[np.ndarray]) -> float:
+    """Mean over users of |got ∩ want| / |want|."""
     return float(np.mean([np.isin(w, g).sum() / max(len(w), 1) for g, w in zip(got, want)]))
 
 
@@ -251,10 +255,11 @@ def tune_nprobe(index: ItemIndex, exact: ItemIndex, queries: np.ndarray, owner: 
     """Set an IVF index's nprobe to the smallest power of two whose recommendation recall@m
     (:func:`recommend_recall`) reaches ``target`` (all lists at worst); returns (nprobe, recall)."""
     ivf = index.index
+    want = merged_topm(exact, queries, owner, m)  # searched once
     nprobe, recall = 1, 0.0
     while True:
         ivf.nprobe = min(nprobe, ivf.nlist)
-        recall = recommend_recall(index, exact, queries, owner, m)
+        recall = list_recall(merged_topm(index, queries, owner, m), want)
         if recall >= target or ivf.nprobe == ivf.nlist:
             return int(ivf.nprobe), recall
         nprobe *= 2
