@@ -193,3 +193,16 @@ def test_index_build_tunes_ivf_nprobe_and_reports_recall_per_recommendation(bund
     assert r["kind"] == "ivf" and r["nlist"] == 2 and r["nprobe"] in (1, 2)
     assert r["recommend_recall@50"] >= 0.95 and r["users"] == 30
     assert ItemIndex.load(r["path"], IndexConfig()).index.nprobe == r["nprobe"]  # kept in the file
+
+
+def test_reevaluating_a_run_with_faiss_reports_its_recall(random_dataset, tmp_path):
+    import mirec
+
+    mirec.fit(model="comirec-sa", data=random_dataset, out=tmp_path / "run", progress=False,
+              model_args={"dim": 8, "num_interests": 2}, train={"epochs": 1, "batch_size": 64})
+    run = mirec.evaluate(run=tmp_path / "run", eval={"index": "faiss", "faiss_kind": "exact",
+                                                      "ns": "[5, 10]"})
+    exact = mirec.evaluate(run=tmp_path / "run", eval={"ns": "[5, 10]"})
+    got = dict(run.mean)  # (a property: recomputed on every read)
+    assert got.pop("index_recall@10") == 1.0  # stored with the metrics, as results.json has them
+    assert got == pytest.approx(exact.mean, abs=0.02)
