@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from mirec.errors import MirecConfigError, MirecDataError
-from mirec.serve.index import IndexConfig, ItemIndex, recall_at
+from mirec.serve.index import (
+    IndexConfig,
+    ItemIndex,
+    merged_topm,
+    recall_at,
+    recommend_recall,
+    tune_nprobe,
+)
 
 faiss.omp_set_num_threads(1)
 
@@ -149,3 +156,41 @@ def test_config_validate_names_field(field, value):
     cfg = IndexConfig(**{field: value})
     with pytest.raises(MirecConfigError, match=f"index.{field}"):
         cfg.validate()
+
+
+def test_merged_recommendation_is_the_max_over_interests_top_m():
+    rng = np.random.default_rng(7)
+    v = rng.standard_normal((300, 8)).astype(np.float32)
+    q = rng.standard_normal((6, 8)).astype(np.float32)
+    owner = np.array([0, 0, 0, 1, 2, 2])  # users with 3, 1 and 2 interests
+    got = merged_topm(ItemIndex.build(v, IndexConfig(kind="exact")), q, owner, 10)
+    for u in range(3):
+        best = (q[owner == u] @ v[1:].T).max(0)  # (N - 1,) max over the user's interests
+        np.testing.assert_array_equal(got[u], np.argsort(-best, kind="stable")[:10] + 1)
+
+
+def test_ivf_nprobe_is_tuned_to_the_target_and_kept_in_the_file(tmp_path):
+    rng = np.random.default_rng(8)
+    v, centres = clustered(rng, 20_000, 32, 60, noise=0.8)
+    q = centres[rng.integers(0, 60, 120)] + 0.8 * rng.standard_normal((120, 32)).astype(np.float32)
+    owner = np.repeat(np.arange(30), 4)  # 30 users with 4 interests each
+    cfg = IndexConfig(kind="ivf", ivf_nlist=256)
+    ivf, exact = ItemIndex.build(v, cfg), ItemIndex.build(v, IndexConfig(kind="exact"))
+    assert ivf.index.nprobe == 16  # untuned: the default
+    assert recommend_recall(exact, exact, q, owner) == 1.0
+    nprobe, recall = tune_nprobe(ivf, exact, q, owner, 0.95)
+    assert recall >= 0.95 and ivf.index.nprobe == nprobe > 1
+    ivf.index.nprobe = nprobe // 2  # the next smaller power of two misses the target
+    assert recommend_recall(ivf, exact, q, owner) < 0.95
+    ivf.index.nprobe = nprobe
+    ivf.save(tmp_path / "ivf.faiss")
+    assert ItemIndex.load(tmp_path / "ivf.faiss", IndexConfig()).index.nprobe == nprobe
+    assert ItemIndex.load(tmp_path / "ivf.faiss", IndexConfig(ivf_nprobe=3)).index.nprobe == 3
+
+
+def test_auto_builds_ivf_above_its_threshold_whatever_approximate_says():
+    cfg = IndexConfig(hnsw_above=10, ivf_above=100)
+    assert cfg.resolved_kind(10) == "exact" and cfg.resolved_kind(100) == "hnsw"
+    assert cfg.resolved_kind(101) == "ivf"
+    with pytest.raises(MirecConfigError, match="index.target_recall"):
+        IndexConfig(target_recall=1.5).validate()

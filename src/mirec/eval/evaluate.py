@@ -2,7 +2,10 @@
 
 A model is evaluated through the :class:`Scorer` contract: given left-padded histories it scores
 every item id. Padding id 0 and (by default) every item of the user's history part are set to
--inf before the top-N cut, so they are never recommended.
+-inf before the top-N cut, so they are never recommended; equal scores rank by the lower id. A
+retriever's :class:`mirec.models.base.VectorScorer` never forms the (B, N) matrix: it ranks in
+blocks of users x items (:mod:`mirec.eval.blocked`). ``eval.index = "faiss"`` ranks through the
+serving index instead and reports its recall against exact (:mod:`mirec.eval.faiss_eval`).
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from mirec.data.dataset import Dataset
 from mirec.data.split import EvalUsers, windows
 from mirec.errors import MirecConfigError
+from mirec.eval.blocked import scores_topn
 from mirec.eval.metrics import topn_metrics
 
 
@@ -38,12 +43,30 @@ class EvalConfig:
     ns: tuple[int, ...] = (20, 50)
     exclude_history: bool = True
     batch_size: int = 512
+    # Validation during training ranks a seeded sample of this many validation users (the same
+    # users every epoch and after a resume); 0 = all. Final validation and test use all users.
+    max_users: int = 0
+    # exact (the blocked scan) | faiss: top-N from the serving index (mirec.eval.faiss_eval),
+    # of kind faiss_kind (serving's auto | exact | hnsw | ivf), with its recall@N against exact
+    # on a seeded sample of recall_users users reported as index_recall@N
+    index: str = "exact"
+    faiss_kind: str = "auto"
+    recall_users: int = 200
 
     def validate(self) -> None:
         if not self.ns or min(self.ns) < 1:
             raise MirecConfigError(f"eval.ns: need positive list sizes, got {list(self.ns)}")
         if self.batch_size < 1:
             raise MirecConfigError(f"eval.batch_size: must be >= 1, got {self.batch_size}")
+        if self.max_users < 0:
+            raise MirecConfigError(f"eval.max_users: must be >= 0 (0 = all), got {self.max_users}")
+        if self.index not in ("exact", "faiss"):
+            raise MirecConfigError(f"eval.index: expected exact or faiss, got {self.index!r}")
+        if self.faiss_kind not in ("auto", "exact", "hnsw", "ivf"):
+            raise MirecConfigError(f"eval.faiss_kind: expected auto, exact, hnsw or ivf, "
+                                   f"got {self.faiss_kind!r}")
+        if self.recall_users < 1:
+            raise MirecConfigError(f"eval.recall_users: must be >= 1, got {self.recall_users}")
 
 
 @dataclass
@@ -82,10 +105,24 @@ def rank_topn(scorer: Scorer, ds: Dataset, users: EvalUsers, n: int, max_len: in
         scores = np.array(scorer.score(hist, mask), dtype=np.float32, copy=True)  # (B, N)
         scores[:, 0] = -np.inf
         scores[rows, seen] = -np.inf
-        part = np.argpartition(-scores, n - 1, axis=1)[:, :n]  # (B, n) unordered
-        order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
-        out[s:s + len(b)] = np.take_along_axis(part, order, 1)
+        out[s:s + len(b)] = scores_topn(torch.from_numpy(scores), n).numpy()  # ties: lower id
     return out
+
+
+def sample_index(count: int, k: int, seed: int) -> np.ndarray:
+    """A seeded, sorted sample of ``k`` of ``range(count)`` (all when ``k`` is 0 or not smaller):
+    the same for the same seed, whatever ran before."""
+    if not 0 < k < count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng([seed, 25]).choice(count, k, replace=False))
+
+
+def sample_users(users: EvalUsers, max_users: int, seed: int) -> EvalUsers:
+    """A seeded sample of ``max_users`` of ``users`` in their original order (see
+    :func:`sample_index`); ``users`` itself when that is all of them."""
+    if not 0 < max_users < len(users):
+        return users
+    return users.select(sample_index(len(users), max_users, seed))
 
 
 def targets_csr(ds: Dataset, users: EvalUsers) -> tuple[np.ndarray, np.ndarray]:
@@ -105,10 +142,31 @@ def evaluate(scorer: Scorer, ds: Dataset, users: EvalUsers, max_len: int,
     if len(users) == 0:
         raise MirecConfigError("no users to evaluate (every user lacks a target)")
     n_max = max(cfg.ns)
-    topn = rank_topn(scorer, ds, users, n_max, max_len, cfg.exclude_history, cfg.batch_size,
+    ranker = scorer
+    if cfg.index == "faiss":
+        from mirec.eval.faiss_eval import IndexScorer  # Faiss only when asked for
+
+        if not hasattr(scorer, "interests"):
+            raise MirecConfigError("eval.index=faiss: needs a retrieval model's interest vectors; "
+                                   "this scorer only scores (a baseline)")
+        ranker = IndexScorer(scorer, cfg.faiss_kind)
+    topn = rank_topn(ranker, ds, users, n_max, max_len, cfg.exclude_history, cfg.batch_size,
                      progress)
     indptr, items = targets_csr(ds, users)
     cat_indptr, cat_ids, _ = ds.category_index()
     metrics = topn_metrics(topn, indptr, items, cat_indptr, cat_ids, ds.num_items - 1,
                            tuple(sorted(cfg.ns)))
+    if ranker is not scorer:
+        metrics[f"index_recall@{n_max}"] = index_recall_on_sample(scorer, ds, users, topn, max_len, cfg)
     return EvalResult(metrics, topn, len(users))
+
+
+def index_recall_on_sample(scorer: Scorer, ds: Dataset, users: EvalUsers, topn: np.ndarray,
+                           max_len: int, cfg: EvalConfig) -> float:
+    """Recall of ``topn`` (U_e, n) against the exact top-n on a seeded sample of the users."""
+    from mirec.eval.faiss_eval import index_recall
+
+    pick = sample_index(len(users), cfg.recall_users, 0)
+    exact = rank_topn(scorer, ds, users.select(pick), topn.shape[1], max_len, cfg.exclude_history,
+                      cfg.batch_size)
+    return index_recall(topn[pick], exact)

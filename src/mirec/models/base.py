@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from mirec.data.ctr import CTRBatch, RankFeatures  # noqa: F401 (the ranker contract's types)
+from mirec.eval.blocked import ITEM_BLOCK, USER_BLOCK, blocked_topn
 
 
 @dataclass
@@ -76,15 +77,18 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 class VectorScorer:
     """Evaluation adapter: a retriever scores items by max over its interests (exact search),
-    on the model's device. ``blocked`` (default: when that device is not the CPU) makes the
-    evaluation loop call :meth:`topn`, which keeps the (B, N) scores on the device."""
+    on the model's device. ``blocked`` (the default) makes the evaluation loop call
+    :meth:`topn`: exact top-n in blocks of users x items (:mod:`mirec.eval.blocked`), memory
+    bounded whatever the catalogue; ``blocked=False`` scores the whole (B, N) matrix."""
 
-    def __init__(self, model: torch.nn.Module, cosine: bool, blocked: bool | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, cosine: bool, blocked: bool = True) -> None:
         self.model, self.cosine = model.eval(), cosine
         self.device = model_device(model)
         self.items = item_table(model, cosine)  # (N, D), on the model's device
-        self.blocked = self.device.type != "cpu" if blocked is None else blocked
-        self.block = 32_768  # items scored at a time by topn: (B, K, block) floats on the device
+        self.blocked = blocked
+        # items per block: cache-sized on the CPU, larger on an accelerator (fewer launches)
+        self.block = ITEM_BLOCK if self.device.type == "cpu" else 32_768
+        self.user_block = USER_BLOCK if self.device.type == "cpu" else 4_096
 
     def interests(self, hist: np.ndarray, mask: np.ndarray) -> Interests:
         return user_interests(self.model, torch.from_numpy(hist).to(self.device),
@@ -98,32 +102,11 @@ class VectorScorer:
     def topn(self, hist: np.ndarray, mask: np.ndarray, n: int,
              seen: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """Top-``n`` item ids (B, n), best first; padding and the ``seen`` (row, item) pairs are
-        never ranked. See :func:`blocked_topn`."""
+        never ranked. See :func:`mirec.eval.blocked.blocked_topn`."""
         rows, items = (torch.from_numpy(a).to(self.device) for a in seen)
         out = self.interests(hist, mask)
-        return blocked_topn(out, self.items, n, rows, items, self.block).cpu().numpy()  # (B, n)
-
-
-def blocked_topn(out: Interests, items: torch.Tensor, n: int, seen_rows: torch.Tensor,
-                 seen_items: torch.Tensor, block: int = 32_768) -> torch.Tensor:
-    """Exact top-``n`` by max over interests, ``block`` items at a time: each block's (B, block)
-    scores are cut to their top ``n`` with ``torch.topk`` and merged into the running top ``n``,
-    so memory stays O(B K block) on any device however large the catalogue. Item 0 (padding)
-    and the pairs ``(seen_rows[j], seen_items[j])`` score -inf. Returns (B, n) long ids."""
-    B, N = out.vectors.shape[0], items.shape[0]
-    best = torch.full((B, 0), float("-inf"), device=items.device)  # (B, <= n) scores, sorted
-    ids = torch.zeros((B, 0), dtype=torch.long, device=items.device)  # (B, <= n) their items
-    for lo in range(0, N, block):
-        hi = min(lo + block, N)
-        s = max_over_interests(out, items[lo:hi])  # (B, C)
-        if lo == 0:
-            s[:, 0] = float("-inf")
-        hit = (seen_items >= lo) & (seen_items < hi)
-        s[seen_rows[hit], seen_items[hit] - lo] = float("-inf")
-        top, at = torch.topk(s, min(n, hi - lo), dim=1)  # (B, <= n)
-        best, j = torch.topk(torch.cat([best, top], 1), min(n, best.shape[1] + top.shape[1]), dim=1)
-        ids = torch.cat([ids, at + lo], 1).gather(1, j)
-    return ids
+        return blocked_topn(out.vectors, out.mask, self.items, n, rows, items, self.block,
+                            self.user_block).cpu().numpy()  # (B, n)
 
 
 def max_over_interests(out: Interests, items: torch.Tensor) -> torch.Tensor:

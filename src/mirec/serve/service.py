@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mirec.serve.bundle import Bundle, add_checksum, verify_checksum
-from mirec.serve.index import IndexConfig, ItemIndex, recall_at
+from mirec.serve.index import IndexConfig, ItemIndex, recall_at, recommend_recall, tune_nprobe
 from mirec.serve.store import EventStore
 
 if TYPE_CHECKING:
@@ -125,8 +125,9 @@ def reload_on_sighup(live: Live) -> None:
 
 
 @torch.no_grad()
-def user_queries(bundle: Bundle, num_users: int, seed: int = 0) -> np.ndarray:
-    """Live interest vectors of up to ``num_users`` random known users: (Q, D) float32."""
+def user_queries(bundle: Bundle, num_users: int, seed: int = 0, owners: bool = False):
+    """Live interest vectors of up to ``num_users`` random known users: (Q, D) float32 (and,
+    with ``owners``, the (Q,) user number of each row)."""
     from mirec.serve.recommender import Recommender
 
     users = sorted(bundle.user_histories)
@@ -137,21 +138,32 @@ def user_queries(bundle: Bundle, num_users: int, seed: int = 0) -> np.ndarray:
     for p in pick:
         V, live, _, _ = rec.interests(bundle.user_histories[users[p]].tolist())
         qs.append(V[live])
-    return np.ascontiguousarray(np.concatenate(qs), dtype=np.float32)
+    q = np.ascontiguousarray(np.concatenate(qs), dtype=np.float32)
+    return (q, np.repeat(np.arange(len(qs)), [len(x) for x in qs])) if owners else q
 
 
 def build_index_report(bundle: Bundle, cfg: IndexConfig, num_users: int = 200,
                        m: int = 50) -> dict[str, Any]:
-    """Build, save into the bundle, and measure: build seconds, bytes, recall@m vs exact."""
+    """Build, save into the bundle, and measure: build seconds, bytes, recall@m vs exact (per
+    interest query, and per recommendation: max over a user's interests). An IVF index without
+    a configured nprobe gets the smallest one reaching ``cfg.target_recall`` per recommendation
+    on these users, saved in the file."""
     kind = cfg.resolved_kind(bundle.num_items - 1)
     t = time.perf_counter()
     index = ItemIndex.build(bundle.item_vectors, replace(cfg, kind=kind))
     build_s = time.perf_counter() - t
+    queries, owner = user_queries(bundle, num_users, owners=True)
+    exact = index if kind == "exact" else ItemIndex.build(bundle.item_vectors, replace(cfg, kind="exact"))
+    nprobe = None
+    if kind == "ivf":
+        nprobe = int(index.index.nprobe)
+        if not cfg.ivf_nprobe:
+            nprobe, _ = tune_nprobe(index, exact, queries, owner, cfg.target_recall, m)
     path = index_path(bundle, kind)
     index.save(path)
     add_checksum(bundle, path.name)
-    queries = user_queries(bundle, num_users)
-    exact = index if kind == "exact" else ItemIndex.build(bundle.item_vectors, replace(cfg, kind="exact"))
     return {"kind": kind, "items": bundle.num_items - 1, "build_s": build_s,
             "bytes": path.stat().st_size, "recall@50": recall_at(index, exact, queries, m),
-            "queries": len(queries), "path": str(path)}
+            "recommend_recall@50": recommend_recall(index, exact, queries, owner, m),
+            "nlist": int(index.index.nlist) if kind == "ivf" else None, "nprobe": nprobe,
+            "queries": len(queries), "users": int(len(np.unique(owner))), "path": str(path)}

@@ -21,7 +21,7 @@ from mirec.checkpoint import check_resume_model_args, saved_config
 from mirec.data.dataset import Dataset
 from mirec.data.split import Split, permutation, split_users, windows
 from mirec.errors import MirecConfigError
-from mirec.eval.evaluate import evaluate
+from mirec.eval.evaluate import evaluate, sample_users
 from mirec.models.base import VectorScorer, model_device, unit_interests
 from mirec.runs import RunConfig, TrainConfig, build_model, model_config  # noqa: F401 (re-exported)
 from mirec.train.distributed import World, shard, world
@@ -155,6 +155,8 @@ class RetrievalTask:
         if cfg.train.compile:
             self.full_fn = compiled(self.loss_fn, dynamic=False)
             log("train.compile: the first batch compiles the loss (~20 s)")
+        # validation ranks a seeded sample (eval.max_users): the same users every epoch and resume
+        self.valid_users = sample_users(self.split.valid, cfg.eval.max_users, cfg.split.seed)
         ns = cfg.eval.ns
         self.score_name = "recall@50" if 50 in ns else f"recall@{ns[0]}"
 
@@ -176,7 +178,7 @@ class RetrievalTask:
 
     def validate(self) -> dict[str, float]:
         # every process evaluates the same users on identical parameters
-        return evaluate(self.scorer(), self.ds, self.split.valid, self.cfg.split.max_len,
+        return evaluate(self.scorer(), self.ds, self.valid_users, self.cfg.split.max_len,
                         self.cfg.eval).metrics
 
     def saved(self) -> dict[str, Any]:
