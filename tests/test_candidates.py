@@ -274,3 +274,52 @@ def test_positives_from_the_candidates_only(runs):
     found = CandidateSearch(run, CAND["cand.m"]).search(run.dataset.item, data.hist_start[pos], data.hist_stop[pos])
     assert all(data.item[j] in got.cand for j, got in zip(pos, found))
     assert 0 < len(pos) < (everything.label == 1).sum()
+
+
+@pytest.fixture(scope="module")
+def other_rankers(runs, synth, tmp_path_factory):
+    """DIEN and MIMN trained on the same retrieval run's candidates (seed 1, one epoch; one seed: no seed-1 folder)."""
+    ret, _ = runs
+    root = tmp_path_factory.mktemp("other")
+    for name in ("dien", "mimn"):
+        mirec.fit(model=name, data=synth, out=root / name, seeds=[1], progress=False, candidates=ret,
+                  **{"train.epochs": 1, "model_args.dim": 8, **CAND})
+    return root
+
+
+@pytest.mark.parametrize("name", ["dien", "mimn"])
+def test_dien_and_mimn_train_on_candidates_and_rank_served_candidates(runs, other_rankers, name):
+    """`--candidates` with DIEN or MIMN: the run reads the candidate features, and serving ranks
+    the retrieved candidates with them (only a reorder; the features move the logits)."""
+    ret, _ = runs
+    bundle, _ = bundle_from_run(ret / "seed-1")
+    stage = RankStage.from_run(other_rankers / name, bundle)
+    assert stage.uses_candidates and stage.model.num_dense == 10
+    rec = Recommender(bundle, ItemIndex.build(bundle.item_vectors, IndexConfig(kind="exact")), ranker=stage)
+    user = next(iter(bundle.user_histories))
+    hist = bundle.user_histories[user].tolist()
+    V, live, _, _ = rec.interests(hist)
+    cand, f, k = rec.retrieve(V, live, hist, rec.cfg.candidates_per_interest)
+    ranked = rec.recommend(user_id=user, n=len(cand), rank=True)
+    assert ranked.ranked and sorted(r.item for r in ranked.items) == sorted(cand.tolist())
+    scores = stage.score(user, hist, cand, f, k, len(V))
+    assert not np.allclose(stage.score(user, hist, cand, f[::-1].copy(), k, len(V)), scores)
+
+
+def test_mimn_streams_candidate_features_as_the_per_example_path(other_rankers):
+    """MIMN's streaming path (whole user sequences) feeds each example its own candidate features:
+    its logits equal the per-example path's, where the windows hold the whole history."""
+    from mirec.runs import load_ranker
+    from mirec.train.candidates import candidate_data
+    from mirec.train.ctr import predict
+
+    model, ck = load_ranker(other_rankers / "mimn")
+    cfg = ck["parsed_config"]
+    data, _ = candidate_data(cfg, 1)
+    idx = data.indices(VALID)
+    assert (data.hist_stop[idx] - data.hist_start[idx]).max() <= cfg.ctr.max_len  # windows hold it all
+    streamed = predict(model, data, idx, cfg=cfg.train)
+    per_example = predict(model, data, idx, cfg=dataclasses.replace(cfg.train, stream=False))
+    np.testing.assert_allclose(streamed, per_example, rtol=1e-4, atol=1e-4)
+    shuffled = dataclasses.replace(data, dense=data.dense[::-1].copy())
+    assert not np.allclose(predict(model, shuffled, idx, cfg=cfg.train), streamed, atol=1e-3)

@@ -21,7 +21,7 @@ from torch import nn
 
 from mirec.errors import MirecConfigError
 from mirec.models.base import CTRBatch, RankFeatures
-from mirec.models.layers import ItemEncoder, ProfileEncoder, activation, ctr_mlp
+from mirec.models.layers import ItemEncoder, ProfileEncoder, activation, ctr_mlp, dense_part, register_dense
 
 
 @dataclass
@@ -91,10 +91,7 @@ class DIN(nn.Module):
         E = self.items.dim
         self.attention = ActivationUnit(E, cfg.attention_hidden, cfg.activation)
         # a ranker trained on a retriever's candidates also reads F standardised dense features
-        self.num_dense = features.num_dense
-        if self.num_dense:
-            self.register_buffer("dense_mean", features.dense_mean.float().clone())  # (F,)
-            self.register_buffer("dense_std", features.dense_std.float().clone())  # (F,)
+        register_dense(self, features.num_dense, features.dense_mean, features.dense_std)
         self.head = ctr_mlp(self.profile.dim + (3 if cfg.product else 2) * E + self.num_dense, cfg.hidden,
                             cfg.activation, cfg.dropout)
 
@@ -130,11 +127,7 @@ class DIN(nn.Module):
         pooled, _ = self.interest(table, hist, row, t)
         parts = [self.profile(batch.user, batch.profile), t, pooled]
         parts += [t * pooled] if self.cfg.product else []
-        if self.num_dense:
-            if batch.dense is None:
-                raise ValueError("DIN: this ranker was trained on candidate features; the batch has none")
-            parts.append((batch.dense - self.dense_mean) / self.dense_std)  # (B, F)
-        x = torch.cat(parts, dim=-1)
+        x = torch.cat(parts + dense_part(self, batch.dense), dim=-1)  # (B, F) candidate features last
         return self.head(x).squeeze(-1)  # (B,) logits
 
     def score_one_user(self, batch: CTRBatch) -> torch.Tensor:
@@ -151,9 +144,7 @@ class DIN(nn.Module):
         pooled = a @ h  # (C, E)
         parts = [self.profile(batch.user, batch.profile), t, pooled]
         parts += [t * pooled] if self.cfg.product else []
-        if self.num_dense:
-            parts.append((batch.dense - self.dense_mean) / self.dense_std)  # (C, F)
-        return self.head(torch.cat(parts, dim=-1)).squeeze(-1)
+        return self.head(torch.cat(parts + dense_part(self, batch.dense), dim=-1)).squeeze(-1)
 
     def loss(self, batch: CTRBatch, label: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(self(batch), label)
