@@ -323,3 +323,26 @@ def test_mimn_streams_candidate_features_as_the_per_example_path(other_rankers):
     np.testing.assert_allclose(streamed, per_example, rtol=1e-4, atol=1e-4)
     shuffled = dataclasses.replace(data, dense=data.dense[::-1].copy())
     assert not np.allclose(predict(model, shuffled, idx, cfg=cfg.train), streamed, atol=1e-3)
+
+
+def test_serving_reads_a_streaming_rankers_whole_history(runs, other_rankers):
+    """MIMN trained on whole user sequences (train.stream) is served the whole history it is given,
+    not the last ctr.max_len items; DIEN, trained on windows, gets the window."""
+    from mirec.data.ctr import CTRBatch
+
+    ret, _ = runs
+    bundle, _ = bundle_from_run(ret / "seed-1")
+    mimn = RankStage.from_run(other_rankers / "mimn", bundle)
+    assert mimn.whole_history and not RankStage.from_run(other_rankers / "dien", bundle).whole_history
+    mimn.max_len = 2  # a window that would cut the history below
+    user = next(u for u, h in bundle.user_histories.items() if len(h) > 4)
+    hist = bundle.user_histories[user].tolist()
+    cand, f, k = np.array([1, 5, 9]), np.array([0.5, 0.2, 0.1]), np.array([0, 1, 0])
+    dense = torch.from_numpy(mimn.dense(mimn.user_index.get(user, -1), hist, cand, f, k, 2))
+    h = torch.tensor(hist)
+    whole = CTRBatch(user=torch.full((3,), mimn.unknown_user), profile=mimn.profile[mimn.user_index[user]][None].expand(3, -1),
+                     item=torch.from_numpy(cand), hist=h[None].expand(3, -1), mask=torch.ones(3, len(h), dtype=torch.bool),
+                     dense=dense)
+    with torch.no_grad():
+        expect = mimn.model(whole).numpy()
+    np.testing.assert_allclose(mimn.score(user, hist, cand, f, k, 2), expect, rtol=1e-5, atol=1e-5)

@@ -208,6 +208,11 @@ class PReLU(nn.PReLU):
 
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            # inference (serving): torch's fused kernel over (M, H) rows, whose channel dim 1 is
+            # the last one here; one pass instead of the form below's four (~10x faster on a
+            # (10000, 36) activation, one thread)
+            return F.prelu(x.reshape(-1, x.shape[-1]), self.weight).view(x.shape)
         # relu(x) - a relu(-x) equals prelu(x); its backward is ~3x faster than torch's fused
         # prelu backward on CPU (measured on a (12800, 80) activation, one thread).
         return torch.relu(x) - self.weight * torch.relu(-x)
