@@ -177,19 +177,22 @@ def per_model(rows: dict, name: str, seeds: list[int]) -> list[tuple[str, list[d
 
 
 def table_rows(rows: dict, name: str, seeds: list[int]) -> list[list[str]]:
-    """Retrieval alone, then each ranker: data, stage, Recall, NDCG, HitRate, NDCG ratio, latency."""
+    """Retrieval alone (every seed any ranker was measured on), then each ranker: data, stage,
+    Recall, NDCG, HitRate, NDCG ratio, latency."""
+    models = per_model(rows, name, seeds)
+    ret = {g["seed"]: g for _, got, _ in models for g in got}  # a seed's retrieval, from any ranker
     out = []
-    for j, (m, got, lat) in enumerate(per_model(rows, name, seeds)):
-        stages = ("retrieval", "pipeline") if j == 0 else ("pipeline",)
+    for m, got, lat in [("", list(ret.values()), [])] + models:
+        st = "pipeline" if m else "retrieval"
+        col = [cell([g[st][f"{k}@{N}"] for g in got]) for k in ("recall", "ndcg", "hit_rate")]
+        if not m:
+            out.append([f"{name} ({len(got)} seeds)", "retrieval alone", *col, "-", "-"])
+            continue
         ratio = np.mean([g["pipeline"][f"ndcg@{N}"] / g["retrieval"][f"ndcg@{N}"] for g in got])
-        for st in stages:
-            col = [cell([g[st][f"{k}@{N}"] for g in got]) for k in ("recall", "ndcg", "hit_rate")]
-            ms = ("-" if not lat else f"{np.mean([x['rank200_p50_ms'] for x in lat]):.1f} / "
-                  f"{np.mean([x['rank200_p99_ms'] for x in lat]):.1f} ms")
-            label = "retrieval alone" if st == "retrieval" else f"+ {m.upper()} on candidates"
-            out.append([f"{name} ({len(got)} seeds)", label, *col,
-                        *(["-", "-"] if st == "retrieval" else [f"{ratio:.3f}", ms])])
-    return out
+        ms = ("-" if not lat else f"{np.mean([x['rank200_p50_ms'] for x in lat]):.1f} / "
+              f"{np.mean([x['rank200_p99_ms'] for x in lat]):.1f} ms")
+        out.append([f"{name} ({len(got)} seeds)", f"+ {m.upper()} on candidates", *col, f"{ratio:.3f}", ms])
+    return out if models else []
 
 
 def ablations(rows: dict, name: str, seeds: list[int]) -> list[tuple[str, list[int], float, list]]:
