@@ -80,7 +80,8 @@ class RankStage:
             raise MirecConfigError(f"--ranker: {run_dir} knows {ck['features']['num_items'] - 1} items, "
                                    f"the bundle {bundle.trained_items - 1}")
         cfg = ck["parsed_config"]
-        stage = cls(model, ck, cfg.ctr.max_len, name=cfg.model, whole_history=streams(model, cfg.train.stream))
+        stage = cls(model, ck, cfg.ctr.max_len, name=cfg.model,
+                    whole_history=streams(model, cfg.train.stream))
         stage.run_dir = run_dir  # a reload opens it again
         return stage
 
