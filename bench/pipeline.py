@@ -1,11 +1,11 @@
-"""The two-stage pipeline, end to end: retrieval alone against retrieval + a DIN ranker trained on
-the retriever's own candidates (``mirec train --task ctr --candidates``), on the protocol's test
-users, per data set and seed.
+"""The two-stage pipeline, end to end: retrieval alone against retrieval + a ranker (``--model``:
+din, dien or mimn) trained on the retriever's own candidates (``mirec train --task ctr
+--candidates``), on the protocol's test users, per data set and seed.
 
 Per (data set, seed) the stages run in order, one training at a time, one thread:
 
     retrieval  ComiRec-SA, split seed s                      (skipped with --retrieval NAME=DIR)
-    ranker     DIN on that run's candidates (cand.* settings)
+    ranker     --model on that run's candidates (cand.* settings), into OUT/NAME/MODEL
     pipeline   mirec evaluate --run ... --ranker ...: Recall/NDCG/... of both stages
     ablation   the pipeline again with each candidate feature replaced by its training mean
                (no retraining: what the trained ranker leans on)
@@ -15,6 +15,10 @@ Every finished (data set, seed, stage) appends one JSON line to ``--results``; a
 what is recorded there, so an interrupted run resumes. Then the table (mean ± std over seeds).
 
     python bench/pipeline.py --data ml-100k=data/ml-100k --data synth=data/synth --seeds 1,2,3
+    python bench/pipeline.py --data ml-100k=data/ml-100k --retrieval ml-100k=runs/ret-ml --model dien
+
+``--latency RETRIEVAL_SEED_RUN=RANKER_SEED_RUN`` (repeatable) only times ranking with saved runs
+(no training) and prints p50 / p99.
 """
 
 from __future__ import annotations
@@ -33,11 +37,15 @@ ROOT = Path(__file__).resolve().parent.parent
 N = 20
 
 
-def recorded(path: Path) -> dict[tuple[str, int, str], dict]:
+MODELS = ("din", "dien", "mimn")
+
+
+def recorded(path: Path) -> dict[tuple[str, int, str, str], dict]:
+    """(data, seed, stage, ranker) -> the row; rows without a ranker were DIN's."""
     if not path.exists():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {(r["data"], r["seed"], r["stage"]): r for r in rows}
+    return {(r["data"], r["seed"], r["stage"], r.get("model", "din")): r for r in rows}
 
 
 def append(path: Path, row: dict) -> None:
@@ -83,7 +91,9 @@ def pipeline_metrics(ret: Path, rank: Path, ablate: int | None = None) -> dict:
 
 
 def latency(ret: Path, rank: Path, users: int = 200) -> dict:
-    """p50/p99 ms of ranking the first 200 retrieved candidates of test users (3 runs each)."""
+    """p50/p99 ms of ranking the first 200 retrieved candidates of test users (3 runs each), in
+    process, on the thread count set (one, in :func:`main`): wall time, and the thread's CPU
+    time, which on a busy machine is closer to what a quiet one's wall time would be."""
     from mirec.data.split import split_users
     from mirec.serve.bundle import bundle_from_run
     from mirec.serve.index import IndexConfig, ItemIndex
@@ -95,25 +105,28 @@ def latency(ret: Path, rank: Path, users: int = 200) -> dict:
     rec = Recommender(bundle, ItemIndex.build(bundle.item_vectors, IndexConfig(kind="exact")), ranker=stage)
     test = split_users(ds, bundle.config.split).test
     raw = [str(x) for x in ds.users["raw_id"].to_list()]
-    times = []
+    times, cpu = [], []
     for j in range(min(users, len(test))):
         hist = ds.item[test.hist_start[j]:test.cut[j]].tolist()
         V, live, _, _ = rec.interests(hist)
         cand, f, k = rec.retrieve(V, live, hist, rec.cfg.candidates_per_interest)
         top = np.argsort(-f, kind="stable")[:200]
         for _ in range(3):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             stage.score(raw[test.users[j]], hist, cand[top], f[top], k[top], len(V))
             times.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
     return {"rank200_p50_ms": float(np.percentile(times, 50) * 1e3),
-            "rank200_p99_ms": float(np.percentile(times, 99) * 1e3), "candidates": 200}
+            "rank200_p99_ms": float(np.percentile(times, 99) * 1e3), "candidates": 200, "calls": len(times),
+            "rank200_cpu_p50_ms": float(np.percentile(cpu, 50) * 1e3),
+            "rank200_cpu_p99_ms": float(np.percentile(cpu, 99) * 1e3)}
 
 
 def run_data(a: argparse.Namespace, name: str, path: str, seeds: list[int], console: Console) -> None:
     base = Path(a.out) / name
     ret = Path(a.retrieval[name]) if name in a.retrieval else base / "retrieval"
     for seed in seeds:
-        run_seed(a, name, path, ret, base / "din", seed, console)
+        run_seed(a, name, path, ret, base / a.model, seed, console)
 
 
 def run_seed(a: argparse.Namespace, name: str, path: str, ret: Path, rank: Path, seed: int,
@@ -125,11 +138,11 @@ def run_seed(a: argparse.Namespace, name: str, path: str, ret: Path, rank: Path,
     r, k = ret / f"seed-{seed}", rank / f"seed-{seed}"
 
     def stage(what: str, fn) -> None:
-        if (name, seed, what) in done:
+        if (name, seed, what, a.model) in done or (what == "retrieval" and (name, seed, what, "din") in done):
             return
         t0 = time.perf_counter()
         row = fn()
-        append(Path(a.results), {"data": name, "seed": seed, "stage": what, **row,
+        append(Path(a.results), {"data": name, "seed": seed, "stage": what, "model": a.model, **row,
                                  "seconds": round(time.perf_counter() - t0, 1)})
         console.print(f"{name} seed {seed} {what}: done in {time.perf_counter() - t0:.0f} s")
 
@@ -139,7 +152,7 @@ def run_seed(a: argparse.Namespace, name: str, path: str, ret: Path, rank: Path,
     if name not in a.retrieval:
         stage("retrieval", lambda: {"test": mirec.fit(model="comirec-sa", data=path, out=r, seeds=[seed],
                                                       progress=False, **settings(a.retrieval_set)).metrics})
-    stage("ranker", lambda: {"valid": mirec.fit(model="din", data=path, out=k, seeds=[seed], progress=False,
+    stage("ranker", lambda: {"valid": mirec.fit(model=a.model, data=path, out=k, seeds=[seed], progress=False,
                                                 candidates=ret, **settings(a.set)).to_json()["valid"]})
     stage("pipeline", lambda: pipeline_metrics(r, k))
     if a.ablate:
@@ -152,42 +165,70 @@ def cell(xs: list[float]) -> str:
     return f"{np.mean(xs):.4f} ± {np.std(xs):.4f}"
 
 
+def per_model(rows: dict, name: str, seeds: list[int]) -> list[tuple[str, list[dict], list[dict]]]:
+    """(ranker, its pipeline rows, its latency rows) for each ranker measured on data set ``name``."""
+    out = []
+    for m in MODELS:
+        got = [rows[(name, s, "pipeline", m)] for s in seeds if (name, s, "pipeline", m) in rows]
+        lat = [rows[(name, s, "latency", m)] for s in seeds if (name, s, "latency", m) in rows]
+        if got:
+            out.append((m, got, lat))
+    return out
+
+
+def table_rows(rows: dict, name: str, seeds: list[int]) -> list[list[str]]:
+    """Retrieval alone (every seed any ranker was measured on), then each ranker: data, stage,
+    Recall, NDCG, HitRate, NDCG ratio, latency."""
+    models = per_model(rows, name, seeds)
+    ret = {g["seed"]: g for _, got, _ in models for g in got}  # a seed's retrieval, from any ranker
+    out = []
+    for m, got, lat in [("", list(ret.values()), [])] + models:
+        st = "pipeline" if m else "retrieval"
+        col = [cell([g[st][f"{k}@{N}"] for g in got]) for k in ("recall", "ndcg", "hit_rate")]
+        if not m:
+            out.append([f"{name} ({len(got)} seeds)", "retrieval alone", *col, "-", "-"])
+            continue
+        ratio = np.mean([g["pipeline"][f"ndcg@{N}"] / g["retrieval"][f"ndcg@{N}"] for g in got])
+        ms = ("-" if not lat else f"{np.mean([x['rank200_p50_ms'] for x in lat]):.1f} / "
+              f"{np.mean([x['rank200_p99_ms'] for x in lat]):.1f} ms")
+        out.append([f"{name} ({len(got)} seeds)", f"+ {m.upper()} on candidates", *col, f"{ratio:.3f}", ms])
+    return out if models else []
+
+
+def ablations(rows: dict, name: str, seeds: list[int]) -> list[tuple[str, list[int], float, list]]:
+    """(ranker, seeds, pipeline NDCG, [(feature, NDCG without it)]) per ranker with an ablation."""
+    out = []
+    for m in MODELS:
+        done = [s for s in seeds if (name, s, "ablation", m) in rows]
+        if not done:
+            continue
+        ref = float(np.mean([rows[(name, s, "pipeline", m)]["pipeline"][f"ndcg@{N}"] for s in done]))
+        feats = rows[(name, done[0], "ablation", m)]["pipeline_without"]
+        out.append((m, done, ref, [(f, float(np.mean([rows[(name, s, "ablation", m)]["pipeline_without"][f]
+                                                      [f"ndcg@{N}"] for s in done]))) for f in feats]))
+    return out
+
+
 def report(a: argparse.Namespace, names: list[str], seeds: list[int], console: Console) -> None:
     rows = recorded(Path(a.results))
     t = Table(title=f"test users, N = {N}, lambda 0, mean ± std over seeds {a.seeds}")
     for h in ("data", "stage", f"Recall@{N}", f"NDCG@{N}", f"HitRate@{N}", "NDCG ratio",
-              "rank 200 p50 / p99 ms"):
+              "rank 200 p50 / p99"):
         t.add_column(h)
     for name in names:
-        got = [rows[(name, s, "pipeline")] for s in seeds if (name, s, "pipeline") in rows]
-        if not got:
-            continue
-        lat = [rows[(name, s, "latency")] for s in seeds if (name, s, "latency") in rows]
-        ratio = [g["pipeline"][f"ndcg@{N}"] / g["retrieval"][f"ndcg@{N}"] for g in got]
-        for st in ("retrieval", "pipeline"):
-            col = lambda k, st=st, got=got: [g[st][f"{k}@{N}"] for g in got]  # noqa: E731
-            t.add_row(f"{name} ({len(got)} seeds)", st if st == "retrieval" else "+ DIN on candidates",
-                      cell(col("recall")), cell(col("ndcg")), cell(col("hit_rate")),
-                      "-" if st == "retrieval" else f"{np.mean(ratio):.3f}",
-                      "-" if st == "retrieval" or not lat else
-                      f"{np.mean([x['rank200_p50_ms'] for x in lat]):.2f} / "
-                      f"{np.mean([x['rank200_p99_ms'] for x in lat]):.2f}")
+        for r in table_rows(rows, name, seeds):
+            t.add_row(*r)
     console.print(t)
     for name in names:
-        abl = [rows[(name, s, "ablation")] for s in seeds if (name, s, "ablation") in rows]
-        full = [rows[(name, s, "pipeline")] for s in seeds if (name, s, "ablation") in rows]
-        if not abl:
-            continue
-        t = Table(title=f"{name}: pipeline NDCG@{N} with one feature at its training mean ({len(abl)} seeds)")
-        t.add_column("feature")
-        t.add_column(f"NDCG@{N}")
-        t.add_column("change")
-        ref = np.mean([f["pipeline"][f"ndcg@{N}"] for f in full])
-        t.add_row("(none)", f"{ref:.4f}", "")
-        for feat in abl[0]["pipeline_without"]:
-            v = np.mean([x["pipeline_without"][feat][f"ndcg@{N}"] for x in abl])
-            t.add_row(feat, f"{v:.4f}", f"{(v - ref) / ref:+.1%}")
-        console.print(t)
+        for m, done, ref, feats in ablations(rows, name, seeds):
+            t = Table(title=f"{name}, {m}: pipeline NDCG@{N} with one feature at its training mean "
+                            f"({len(done)} seeds)")
+            for h in ("feature", f"NDCG@{N}", "change"):
+                t.add_column(h)
+            t.add_row("(none)", f"{ref:.4f}", "")
+            for f, v in feats:
+                t.add_row(f, f"{v:.4f}", f"{(v - ref) / ref:+.1%}")
+            console.print(t)
 
 
 def markdown(a: argparse.Namespace, names: list[str], seeds: list[int]) -> None:
@@ -196,27 +237,23 @@ def markdown(a: argparse.Namespace, names: list[str], seeds: list[int]) -> None:
     print(f"| data | pipeline | Recall@{N} | NDCG@{N} | HitRate@{N} | NDCG@{N} ratio | rank 200 p50 / p99 |")
     print("|---|---|---|---|---|---|---|")
     for name in names:
-        got = [rows[(name, s, "pipeline")] for s in seeds if (name, s, "pipeline") in rows]
-        lat = [rows[(name, s, "latency")] for s in seeds if (name, s, "latency") in rows]
-        for st in ("retrieval", "pipeline") if got else ():
-            col = [[g[st][f"{k}@{N}"] for g in got] for k in ("recall", "ndcg", "hit_rate")]
-            ratio = np.mean([g["pipeline"][f"ndcg@{N}"] / g["retrieval"][f"ndcg@{N}"] for g in got])
-            extra = ("- | -" if st == "retrieval" else
-                     f"{ratio:.3f} | {np.mean([x['rank200_p50_ms'] for x in lat]):.1f} / "
-                     f"{np.mean([x['rank200_p99_ms'] for x in lat]):.1f} ms")
-            stage = "retrieval alone" if st == "retrieval" else "+ DIN on candidates"
-            print(f"| {name} ({len(got)} seeds) | {stage}"
-                  f" | {' | '.join(f'{np.mean(c):.4f} ± {np.std(c):.4f}' for c in col)} | {extra} |")
+        for r in table_rows(rows, name, seeds):
+            print(f"| {' | '.join(r)} |")
     for name in names:
-        abl = [(rows[(name, s, "pipeline")], rows[(name, s, "ablation")]) for s in seeds
-               if (name, s, "ablation") in rows]
-        if abl:
-            ref = np.mean([p["pipeline"][f"ndcg@{N}"] for p, _ in abl])
-            done = [s for s in seeds if (name, s, "ablation") in rows]
-            print(f"\n{name}, seeds {done}: NDCG@{N} {ref:.4f}")
-            for feat in abl[0][1]["pipeline_without"]:
-                v = np.mean([x["pipeline_without"][feat][f"ndcg@{N}"] for _, x in abl])
-                print(f"| `{feat}` | {v:.4f} | {(v - ref) / ref:+.1%} |")
+        for m, done, ref, feats in ablations(rows, name, seeds):
+            print(f"\n{name}, {m}, seeds {done}: NDCG@{N} {ref:.4f}")
+            for f, v in feats:
+                print(f"| `{f}` | {v:.4f} | {(v - ref) / ref:+.1%} |")
+
+
+def latency_only(pairs: list[str], console: Console) -> None:
+    """``--latency RET=RANK``: time ranking with saved runs, no training."""
+    for pair in pairs:
+        ret, rank = pair.split("=", 1)
+        r = latency(Path(ret), Path(rank))
+        console.print(f"{rank}: rank 200 p50 {r['rank200_p50_ms']:.2f} ms, p99 {r['rank200_p99_ms']:.2f} ms; "
+                      f"thread CPU p50 {r['rank200_cpu_p50_ms']:.2f} ms, p99 {r['rank200_cpu_p99_ms']:.2f} ms"
+                      f" (one thread, {r['calls']} calls)")
 
 
 def main() -> None:
@@ -226,6 +263,9 @@ def main() -> None:
                     help="NAME=DIR: a finished multi-seed retrieval run to use for data set NAME")
     ap.add_argument("--retrieval-set", action="append", default=[], help="retrieval setting, key=value")
     ap.add_argument("--set", action="append", default=[], help="ranker setting, key=value")
+    ap.add_argument("--model", default="din", choices=MODELS, help="the ranker trained on the candidates")
+    ap.add_argument("--latency", action="append", default=[], metavar="RET=RANK",
+                    help="only time ranking: a retrieval seed run and a ranker seed run (no training)")
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--ablate", action="store_true", help="also the per-feature ablation")
     ap.add_argument("--out", default=str(ROOT / "runs" / "pipeline"))
@@ -238,6 +278,8 @@ def main() -> None:
     console = Console(width=160)
     seeds = [int(s) for s in a.seeds.split(",")]
     data = dict(s.split("=", 1) for s in a.data)
+    if a.latency:
+        return latency_only(a.latency, console)
     if a.markdown:
         return markdown(a, list(data), seeds)
     if not a.report_only:

@@ -274,3 +274,75 @@ def test_positives_from_the_candidates_only(runs):
     found = CandidateSearch(run, CAND["cand.m"]).search(run.dataset.item, data.hist_start[pos], data.hist_stop[pos])
     assert all(data.item[j] in got.cand for j, got in zip(pos, found))
     assert 0 < len(pos) < (everything.label == 1).sum()
+
+
+@pytest.fixture(scope="module")
+def other_rankers(runs, synth, tmp_path_factory):
+    """DIEN and MIMN trained on the same retrieval run's candidates (seed 1, one epoch; one seed: no seed-1 folder)."""
+    ret, _ = runs
+    root = tmp_path_factory.mktemp("other")
+    for name in ("dien", "mimn"):
+        mirec.fit(model=name, data=synth, out=root / name, seeds=[1], progress=False, candidates=ret,
+                  **{"train.epochs": 1, "model_args.dim": 8, **CAND})
+    return root
+
+
+@pytest.mark.parametrize("name", ["dien", "mimn"])
+def test_dien_and_mimn_train_on_candidates_and_rank_served_candidates(runs, other_rankers, name):
+    """`--candidates` with DIEN or MIMN: the run reads the candidate features, and serving ranks
+    the retrieved candidates with them (only a reorder; the features move the logits)."""
+    ret, _ = runs
+    bundle, _ = bundle_from_run(ret / "seed-1")
+    stage = RankStage.from_run(other_rankers / name, bundle)
+    assert stage.uses_candidates and stage.model.num_dense == 10
+    rec = Recommender(bundle, ItemIndex.build(bundle.item_vectors, IndexConfig(kind="exact")), ranker=stage)
+    user = next(iter(bundle.user_histories))
+    hist = bundle.user_histories[user].tolist()
+    V, live, _, _ = rec.interests(hist)
+    cand, f, k = rec.retrieve(V, live, hist, rec.cfg.candidates_per_interest)
+    ranked = rec.recommend(user_id=user, n=len(cand), rank=True)
+    assert ranked.ranked and sorted(r.item for r in ranked.items) == sorted(cand.tolist())
+    scores = stage.score(user, hist, cand, f, k, len(V))
+    assert not np.allclose(stage.score(user, hist, cand, f[::-1].copy(), k, len(V)), scores)
+
+
+def test_mimn_streams_candidate_features_as_the_per_example_path(other_rankers):
+    """MIMN's streaming path (whole user sequences) feeds each example its own candidate features:
+    its logits equal the per-example path's, where the windows hold the whole history."""
+    from mirec.runs import load_ranker
+    from mirec.train.candidates import candidate_data
+    from mirec.train.ctr import predict
+
+    model, ck = load_ranker(other_rankers / "mimn")
+    cfg = ck["parsed_config"]
+    data, _ = candidate_data(cfg, 1)
+    idx = data.indices(VALID)
+    assert (data.hist_stop[idx] - data.hist_start[idx]).max() <= cfg.ctr.max_len  # windows hold it all
+    streamed = predict(model, data, idx, cfg=cfg.train)
+    per_example = predict(model, data, idx, cfg=dataclasses.replace(cfg.train, stream=False))
+    np.testing.assert_allclose(streamed, per_example, rtol=1e-4, atol=1e-4)
+    shuffled = dataclasses.replace(data, dense=data.dense[::-1].copy())
+    assert not np.allclose(predict(model, shuffled, idx, cfg=cfg.train), streamed, atol=1e-3)
+
+
+def test_serving_reads_a_streaming_rankers_whole_history(runs, other_rankers):
+    """MIMN trained on whole user sequences (train.stream) is served the whole history it is given,
+    not the last ctr.max_len items; DIEN, trained on windows, gets the window."""
+    from mirec.data.ctr import CTRBatch
+
+    ret, _ = runs
+    bundle, _ = bundle_from_run(ret / "seed-1")
+    mimn = RankStage.from_run(other_rankers / "mimn", bundle)
+    assert mimn.whole_history and not RankStage.from_run(other_rankers / "dien", bundle).whole_history
+    mimn.max_len = 2  # a window that would cut the history below
+    user = next(u for u, h in bundle.user_histories.items() if len(h) > 4)
+    hist = bundle.user_histories[user].tolist()
+    cand, f, k = np.array([1, 5, 9]), np.array([0.5, 0.2, 0.1]), np.array([0, 1, 0])
+    dense = torch.from_numpy(mimn.dense(mimn.user_index.get(user, -1), hist, cand, f, k, 2))
+    h = torch.tensor(hist)
+    whole = CTRBatch(user=torch.full((3,), mimn.unknown_user), profile=mimn.profile[mimn.user_index[user]][None].expand(3, -1),
+                     item=torch.from_numpy(cand), hist=h[None].expand(3, -1), mask=torch.ones(3, len(h), dtype=torch.bool),
+                     dense=dense)
+    with torch.no_grad():
+        expect = mimn.model(whole).numpy()
+    np.testing.assert_allclose(mimn.score(user, hist, cand, f, k, 2), expect, rtol=1e-5, atol=1e-5)

@@ -20,7 +20,7 @@ from mirec.data.ctr import CTRBatch, RankFeatures
 from mirec.data.split import SplitConfig, split_users
 from mirec.models.base import Interests
 from mirec.models.registry import SPECS, ModelSpec, of_task
-from mirec.runs import RankRunConfig, RankTrainConfig, RunConfig, TrainConfig
+from mirec.runs import CANDIDATE_RANKERS, RankRunConfig, RankTrainConfig, RunConfig, TrainConfig
 from mirec.train.ctr import train_ctr
 from mirec.train.loop import train
 
@@ -104,6 +104,49 @@ def test_ranker_contract(name):
     torch.testing.assert_close(model(b), out, rtol=0, atol=0)
     assert hasattr(model, "items") and hasattr(model, "profile")  # read by the regulariser
     params_finite_and_reproducible(lambda: build(spec, features()))
+
+
+NUM_DENSE = 3
+
+
+def dense_features() -> RankFeatures:
+    """The feature space of a ranker trained on a retriever's candidates: NUM_DENSE features."""
+    return dataclasses.replace(features(), num_dense=NUM_DENSE, dense_mean=torch.tensor([0.5, -1.0, 2.0]),
+                               dense_std=torch.tensor([1.0, 2.0, 0.5]))
+
+
+def one_user_batch(C: int, n_hist: int, dense: torch.Tensor, seed: int = 0) -> CTRBatch:
+    """C candidates of one user: every row the same user, profile and history of n_hist items."""
+    g = torch.Generator().manual_seed(seed)
+    hist = torch.zeros(L, dtype=torch.long)
+    hist[L - n_hist:] = torch.randint(1, N, (n_hist,), generator=g)
+    return CTRBatch(user=torch.full((C,), 2), profile=torch.full((C, 1), 2), item=torch.randint(1, N, (C,), generator=g),
+                    hist=hist[None].expand(C, -1), mask=(hist > 0)[None].expand(C, -1), dense=dense)
+
+
+@pytest.mark.parametrize("name", CANDIDATE_RANKERS)
+def test_candidate_rankers_read_the_candidate_features(name):
+    """A ranker built for candidate features: its logits move with each feature of a row (and
+    only that row's), it refuses a batch without them, and its one-user serving path equals the
+    batch path."""
+    spec = SPECS[name]
+    model = build(spec, dense_features()).eval()
+    b = ctr_batch()
+    dense = torch.randn(B, NUM_DENSE, generator=torch.Generator().manual_seed(3))
+    out = model(dataclasses.replace(b, dense=dense))
+    assert out.shape == (B,) and torch.isfinite(out).all()
+    for f in range(NUM_DENSE):
+        moved = dense.clone()
+        moved[1, f] += 3.0
+        diff = model(dataclasses.replace(b, dense=moved)) - out
+        assert diff[1].abs() > 1e-4, f"feature {f} does not reach the logit"
+        torch.testing.assert_close(diff[[0, 2, 3, 4]], torch.zeros(4), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="candidate features"):
+        model(b)
+    for n_hist in (0, 1, L):
+        one = one_user_batch(7, n_hist, torch.randn(7, NUM_DENSE, generator=torch.Generator().manual_seed(n_hist)))
+        with torch.no_grad():
+            torch.testing.assert_close(model.score_one_user(one), model(one), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(of_task("baseline")))

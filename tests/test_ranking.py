@@ -439,3 +439,20 @@ def test_embedding_l2_config_errors():
         load(RankRunConfig, None, ["train.embedding_l2=-1"])
     with pytest.raises(ValueError, match="needs the training data"):
         make_loss(EmbeddingMLP(EmbeddingMLPConfig(dim=8), features()), RankTrainConfig(embedding_l2=0.1))
+
+
+def test_prelu_inference_kernel_equals_the_training_form():
+    """Without autograd PReLU runs torch's fused kernel over the last dimension; it equals the
+    relu form that training differentiates, slopes per unit of the last dim, on 3-d input."""
+    from mirec.models.layers import PReLU
+
+    act = PReLU(5, init=0.25)
+    with torch.no_grad():
+        act.weight.copy_(torch.tensor([0.1, -0.5, 0.0, 2.0, 0.25]))
+    x = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    trained = act(x)
+    with torch.no_grad():
+        served = act(x)
+    expect = torch.where(x > 0, x, act.weight * x)
+    torch.testing.assert_close(trained, expect, rtol=0, atol=1e-7)
+    torch.testing.assert_close(served, expect, rtol=0, atol=1e-7)

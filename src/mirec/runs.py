@@ -183,6 +183,10 @@ class RankTrainConfig:
         check_checkpoints(self)
 
 
+# the rankers whose heads read the candidate features (mirec.data.cand_features)
+CANDIDATE_RANKERS = ("din", "dien", "mimn")
+
+
 @dataclass
 class CandConfig:
     """Training a ranker on a retrieval run's own candidates (``--candidates RUN``;
@@ -234,9 +238,9 @@ class RankRunConfig:
     def validate(self) -> None:
         spec(self.model, "ranking")
         self.cand.validate()
-        if self.cand.run and self.model != "din":
-            raise MirecConfigError(f"--candidates: only din reads the candidate features so far, "
-                                   f"got --model {self.model}")
+        if self.cand.run and self.model not in CANDIDATE_RANKERS:
+            raise MirecConfigError(f"--candidates: only {', '.join(CANDIDATE_RANKERS)} read the candidate "
+                                   f"features, got --model {self.model}")
 
 
 def model_config(cfg: RunConfig | RankRunConfig) -> Any:

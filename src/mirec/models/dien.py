@@ -13,7 +13,9 @@ Three stages over the user's earlier positives ``e_1..e_L`` (most recent last):
    scaled by ``a_t``: ``u'_t = a_t u_t``, ``h'_t = (1 - u'_t) h'_{t-1} + u'_t h~_t``.
 
 ``[profile, candidate, h'_L, candidate * h'_L]`` goes through an MLP to one logit; the
-product term is the explicit candidate-interest interaction DIN's head also gets.
+product term is the explicit candidate-interest interaction DIN's head also gets. A ranker
+trained on a retriever's candidates (``--candidates``) also feeds the head its standardised
+candidate features (:mod:`mirec.data.cand_features`), as DIN does.
 
 The seed notes write the AUGRU with ``h_t = z~_t h_{t-1} + (1 - z~_t) h~_t``, so that
 ``a_t = 0`` would *replace* the state; we follow the paper, where ``a_t = 0`` keeps it.
@@ -44,7 +46,15 @@ from torch import nn
 
 from mirec.errors import MirecConfigError
 from mirec.models.base import CTRBatch, RankFeatures
-from mirec.models.layers import AUGRU, ItemEncoder, ProfileEncoder, ctr_mlp, pack_left_padded
+from mirec.models.layers import (
+    AUGRU,
+    ItemEncoder,
+    ProfileEncoder,
+    ctr_mlp,
+    dense_part,
+    pack_left_padded,
+    register_dense,
+)
 
 
 @dataclass
@@ -84,7 +94,8 @@ class DIEN(nn.Module):
         self.extractor = AUGRU(E, E)  # run with no attention: a plain GRU
         self.attention = nn.Linear(E, E, bias=False)  # W in h_t W e_target
         self.evolution = AUGRU(E, E)
-        self.head = ctr_mlp(self.profile.dim + 3 * E, cfg.hidden, cfg.activation, cfg.dropout)
+        F_ = register_dense(self, features.num_dense, features.dense_mean, features.dense_std)
+        self.head = ctr_mlp(self.profile.dim + 3 * E + F_, cfg.hidden, cfg.activation, cfg.dropout)
 
     def scores_and_aux(self, batch: CTRBatch, with_aux: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B,) and the auxiliary loss (a scalar; 0 without ``with_aux`` or when no row
@@ -112,14 +123,36 @@ class DIEN(nn.Module):
         a = torch.softmax(dense.view(B, L), dim=1).view(-1)[pk.src]  # (T,), over each row's real steps
         evolved = self.evolution(h, a, pk.sizes)  # (T, E)
         final = t.new_zeros(B, t.shape[1]).index_copy(0, pk.row[n_pairs:], evolved[n_pairs:])  # h'_L
-        z = torch.cat([self.profile(batch.user, batch.profile), t, final, t * final], dim=-1)
-        logits = self.head(z).squeeze(-1)  # (B,)
+        logits = self.logits(batch, t, final)  # (B,)
         aux = logits.new_zeros(())
         if with_aux and n_pairs:
             pos = (h[:n_pairs] * F.embedding(inv[2], enc)).sum(-1)  # (n_pairs,)
             neg = (h[:n_pairs] * F.embedding(inv[3], enc)).sum(-1)
             aux = (F.softplus(-pos) + F.softplus(neg)).mean()  # BCE with labels 1 and 0
         return logits, aux
+
+    def logits(self, batch: CTRBatch, t: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+        """The head on candidates t (B, E) and final evolved interests h'_L (B, E): (B,) logits."""
+        z = torch.cat([self.profile(batch.user, batch.profile), t, final, t * final,
+                       *dense_part(self, batch.dense)], dim=-1)
+        return self.head(z).squeeze(-1)
+
+    def score_one_user(self, batch: CTRBatch) -> torch.Tensor:
+        """:meth:`forward` for a batch whose rows all share row 0's user, profile and history
+        (serving: one user's C candidates): the interest extractor runs once on the shared
+        history; only the attention and the AUGRU depend on the candidate. -> (C,) logits."""
+        C = len(batch.item)
+        live = batch.hist[0][batch.mask[0]]  # (T,) the shared history's items
+        T = len(live)
+        t = self.items(batch.item)  # (C, E)
+        if T == 0:
+            return self.logits(batch, t, torch.zeros_like(t))
+        h = self.extractor.scan(self.extractor.project(self.items(live)), None, [1] * T)  # (T, E)
+        a = torch.softmax(self.attention(t) @ h.T, dim=1)  # (C, T)
+        E = h.shape[1]
+        xp = self.evolution.project(h)[:, None].expand(T, C, 3 * E).reshape(T * C, 3 * E)  # step-major
+        evolved = self.evolution.scan(xp, a.T.reshape(-1), [C] * T)  # (T C, E)
+        return self.logits(batch, t, evolved[-C:])
 
     def forward(self, batch: CTRBatch) -> torch.Tensor:
         return self.scores_and_aux(batch, with_aux=False)[0]  # (B,) logits

@@ -21,7 +21,7 @@ from torch import nn
 
 from mirec.errors import MirecConfigError
 from mirec.models.base import CTRBatch, RankFeatures
-from mirec.models.layers import ItemEncoder, ProfileEncoder, activation, ctr_mlp
+from mirec.models.layers import ItemEncoder, ProfileEncoder, activation, ctr_mlp, dense_part, register_dense
 
 
 @dataclass
@@ -91,10 +91,7 @@ class DIN(nn.Module):
         E = self.items.dim
         self.attention = ActivationUnit(E, cfg.attention_hidden, cfg.activation)
         # a ranker trained on a retriever's candidates also reads F standardised dense features
-        self.num_dense = features.num_dense
-        if self.num_dense:
-            self.register_buffer("dense_mean", features.dense_mean.float().clone())  # (F,)
-            self.register_buffer("dense_std", features.dense_std.float().clone())  # (F,)
+        register_dense(self, features.num_dense, features.dense_mean, features.dense_std)
         self.head = ctr_mlp(self.profile.dim + (3 if cfg.product else 2) * E + self.num_dense, cfg.hidden,
                             cfg.activation, cfg.dropout)
 
@@ -130,30 +127,29 @@ class DIN(nn.Module):
         pooled, _ = self.interest(table, hist, row, t)
         parts = [self.profile(batch.user, batch.profile), t, pooled]
         parts += [t * pooled] if self.cfg.product else []
-        if self.num_dense:
-            if batch.dense is None:
-                raise ValueError("DIN: this ranker was trained on candidate features; the batch has none")
-            parts.append((batch.dense - self.dense_mean) / self.dense_std)  # (B, F)
-        x = torch.cat(parts, dim=-1)
+        x = torch.cat(parts + dense_part(self, batch.dense), dim=-1)  # (B, F) candidate features last
         return self.head(x).squeeze(-1)  # (B,) logits
 
     def score_one_user(self, batch: CTRBatch) -> torch.Tensor:
         """:meth:`forward` for a batch whose rows all share row 0's user, profile and history
-        (serving: one user's C candidates), computed per (candidate, history item) pair as
-        batched matmuls over the L live positions instead of C x L gathered rows: (C,) logits."""
+        (serving: one user's C candidates): (C,) logits.
+
+        The activation unit's first layer over ``[h, t, h - t, h * t]`` is linear, so for history
+        item l and candidate c it is ``t_c (W_t + diag(h_l) W_p)^T + (h_l W_h^T + b)``: the matrix
+        and the bias are made once per history item, and the pairs are L batched matmuls of all C
+        candidates (C x L gathered rows and the 4E-wide concat are never built)."""
         live = batch.hist[0][batch.mask[0]]  # (L,) the shared history's items
         h = self.items(live)  # (L, E)
         t = self.items(batch.item)  # (C, E)
         w_h, w_t, w_p = self.attention.parts()  # each (H, E)
-        z = (F.linear(h, w_h)[None] + F.linear(t, w_t, self.attention.first.bias)[:, None]
-             + torch.matmul(h[None], t[:, :, None] * w_p.T[None]))  # (C, L, H)
-        a = self.attention.rest(z).squeeze(-1)  # (C, L), no softmax
-        pooled = a @ h  # (C, E)
+        per_item = torch.addcmul(w_t.t()[None], h[:, :, None], w_p.t()[None])  # (L, E, H)
+        bias = F.linear(h, w_h, self.attention.first.bias)[:, None]  # (L, 1, H)
+        z = torch.baddbmm(bias, t[None].expand(len(h), -1, -1), per_item)  # (L, C, H)
+        a = self.attention.rest(z).squeeze(-1)  # (L, C), no softmax
+        pooled = a.t() @ h  # (C, E)
         parts = [self.profile(batch.user, batch.profile), t, pooled]
         parts += [t * pooled] if self.cfg.product else []
-        if self.num_dense:
-            parts.append((batch.dense - self.dense_mean) / self.dense_std)  # (C, F)
-        return self.head(torch.cat(parts, dim=-1)).squeeze(-1)
+        return self.head(torch.cat(parts + dense_part(self, batch.dense), dim=-1)).squeeze(-1)
 
     def loss(self, batch: CTRBatch, label: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(self(batch), label)

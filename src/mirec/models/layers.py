@@ -208,6 +208,11 @@ class PReLU(nn.PReLU):
 
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            # inference (serving): torch's fused kernel over (M, H) rows, whose channel dim 1 is
+            # the last one here; one pass instead of the form below's four (~10x faster on a
+            # (10000, 36) activation, one thread)
+            return F.prelu(x.reshape(-1, x.shape[-1]), self.weight).view(x.shape)
         # relu(x) - a relu(-x) equals prelu(x); its backward is ~3x faster than torch's fused
         # prelu backward on CPU (measured on a (12800, 80) activation, one thread).
         return torch.relu(x) - self.weight * torch.relu(-x)
@@ -232,6 +237,30 @@ def ctr_mlp(in_dim: int, hidden: Sequence[int], act: str = "prelu", dropout: flo
             layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(hidden[-1] if hidden else in_dim, 1))
     return nn.Sequential(*layers)
+
+
+def register_dense(module: nn.Module, num_dense: int, mean: torch.Tensor | None,
+                   std: torch.Tensor | None) -> int:
+    """A ranker trained on a retriever's candidates (:mod:`mirec.train.candidates`) reads
+    ``num_dense`` = F candidate features, standardised with their training mean and std (F,),
+    which this keeps as the buffers ``dense_mean``, ``dense_std`` (saved in the checkpoint).
+    Sets and returns ``module.num_dense`` (0: the ranker reads none)."""
+    module.num_dense = num_dense
+    if num_dense:
+        module.register_buffer("dense_mean", mean.float().clone())  # (F,)
+        module.register_buffer("dense_std", std.float().clone())  # (F,)
+    return num_dense
+
+
+def dense_part(module: nn.Module, dense: torch.Tensor | None) -> list[torch.Tensor]:
+    """``[(dense - mean) / std]`` (B, F) for a ranker with candidate features (see
+    :func:`register_dense`), ``[]`` for one without: what its head concatenates."""
+    if not module.num_dense:
+        return []
+    if dense is None:
+        raise ValueError(f"{type(module).__name__}: this ranker was trained on candidate features; "
+                         "the batch has none")
+    return [(dense - module.dense_mean) / module.dense_std]
 
 
 class ItemEncoder(nn.Module):

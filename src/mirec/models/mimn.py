@@ -37,7 +37,8 @@ Prediction: the candidate attends over the m memory slots and over the m MIU sta
 (``softmax_i(q . M(i) / sqrt(E))`` with a learned query per part); the pooled vectors, their
 products with the candidate, the mean history encoding (a running sum in the state, as the
 authors' model also feeds the summed history), the candidate and the profile go through an
-MLP to one logit.
+MLP to one logit. A ranker trained on a retriever's candidates (``--candidates``) also feeds the
+head its standardised candidate features (:mod:`mirec.data.cand_features`), as DIN does.
 
 Padding: a step with ``live`` False leaves the state exactly unchanged, so left padding (and
 whatever ids sit under the mask) cannot reach the logits.
@@ -62,7 +63,7 @@ from torch import nn
 
 from mirec.errors import MirecConfigError
 from mirec.models.base import CTRBatch, RankFeatures
-from mirec.models.layers import ItemEncoder, ProfileEncoder, ctr_mlp
+from mirec.models.layers import ItemEncoder, ProfileEncoder, ctr_mlp, dense_part, register_dense
 
 
 @dataclass
@@ -170,7 +171,8 @@ class MIMN(nn.Module):
         self.query_mem = nn.Linear(E, E, bias=False)
         self.query_miu = nn.Linear(E, E, bias=False) if cfg.use_miu else None
         parts = 4 + (2 if cfg.use_miu else 0)  # t, mean history, memory read, t * read (+ MIU)
-        self.head = ctr_mlp(self.profile.dim + parts * E, cfg.hidden, cfg.activation, cfg.dropout)
+        F_ = register_dense(self, features.num_dense, features.dense_mean, features.dense_std)
+        self.head = ctr_mlp(self.profile.dim + parts * E + F_, cfg.hidden, cfg.activation, cfg.dropout)
 
     # -- the per-user state -------------------------------------------------------------------
 
@@ -264,8 +266,9 @@ class MIMN(nn.Module):
         return (torch.softmax(logits, dim=1) * slots).sum(1)  # (B, E)
 
     def score_state(self, state: MIMNState, user: torch.Tensor, profile: torch.Tensor,
-                    item: torch.Tensor) -> torch.Tensor:
-        """Logits (B,) of candidates item (B,) for users (B,), profile (B, F) in ``state``."""
+                    item: torch.Tensor, dense: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B,) of candidates item (B,) for users (B,), profile (B, F) in ``state``;
+        ``dense`` (B, F') their candidate features, for a ranker trained on them."""
         t = self.items(item)  # (B, E)
         mean_hist = state.hist_sum / state.count.clamp(min=1)[:, None]  # (B, E)
         mem = self._attend(self.query_mem, t, state.memory)  # (B, E)
@@ -273,18 +276,30 @@ class MIMN(nn.Module):
         if self.query_miu is not None:
             miu = self._attend(self.query_miu, t, state.interest)  # (B, E)
             parts += [miu, t * miu]
-        return self.head(torch.cat(parts, dim=-1)).squeeze(-1)  # (B,) logits
+        return self.head(torch.cat(parts + dense_part(self, dense), dim=-1)).squeeze(-1)  # (B,) logits
+
+    def score_one_user(self, batch: CTRBatch) -> torch.Tensor:
+        """:meth:`forward` for a batch whose rows all share row 0's user, profile and history
+        (serving: one user's C candidates): the memory is read from the history once, and only
+        the candidate attention runs per candidate. -> (C,) logits."""
+        C = len(batch.item)
+        one = self.state_from_history(batch.hist[:1], batch.mask[:1])
+        state = MIMNState(**{f.name: getattr(one, f.name).expand(C, *getattr(one, f.name).shape[1:])
+                             for f in fields(one)})
+        return self.score_state(state, batch.user, batch.profile, batch.item, batch.dense)
 
     # -- training on whole user sequences ------------------------------------------------------
 
     def stream_logits(self, seq: torch.Tensor, seq_mask: torch.Tensor, user: torch.Tensor,
                       profile: torch.Tensor, ex_row: torch.Tensor, ex_stop: torch.Tensor,
-                      ex_item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                      ex_item: torch.Tensor, ex_dense: torch.Tensor | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Score many events of a few users with one pass over each user's sequence.
 
         ``seq`` (B, T) are B users' behaviours, *right*-padded (``seq_mask`` (B, T)); example x
         belongs to row ``ex_row[x]``, sees the state after its user's first ``ex_stop[x]``
-        behaviours (0..T) and scores candidate ``ex_item[x]``. This is what the per-user state
+        behaviours (0..T) and scores candidate ``ex_item[x]`` (with its candidate features
+        ``ex_dense[x]``, for a ranker trained on them). This is what the per-user state
         is for: a user's T behaviours are read once for all of the user's examples, instead of
         once per example, and the state covers the whole sequence rather than a window.
         Returns logits (X,) and the utilisation penalty of the final states.
@@ -309,22 +324,23 @@ class MIMN(nn.Module):
         z = at["hist_sum"].new_zeros
         picked = MIMNState(memory=at["memory"], controller=z(0), read=z(0), interest=at["interest"],
                            usage=z(0), hist_sum=at["hist_sum"], count=at["count"])
-        logits = self.score_state(picked, user[ex_row], profile[ex_row], ex_item)
+        logits = self.score_state(picked, user[ex_row], profile[ex_row], ex_item, ex_dense)
         return logits, utilisation_penalty(state.usage, state.count)
 
     def stream_loss(self, seq: torch.Tensor, seq_mask: torch.Tensor, user: torch.Tensor,
                     profile: torch.Tensor, ex_row: torch.Tensor, ex_stop: torch.Tensor,
-                    ex_item: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        logits, penalty = self.stream_logits(seq, seq_mask, user, profile, ex_row, ex_stop, ex_item)
+                    ex_item: torch.Tensor, label: torch.Tensor, ex_dense: torch.Tensor | None = None,
+                    ) -> torch.Tensor:
+        logits, penalty = self.stream_logits(seq, seq_mask, user, profile, ex_row, ex_stop, ex_item, ex_dense)
         return F.binary_cross_entropy_with_logits(logits, label) + self.cfg.util_weight * penalty
 
     def forward(self, batch: CTRBatch) -> torch.Tensor:
         state = self.state_from_history(batch.hist, batch.mask)
-        return self.score_state(state, batch.user, batch.profile, batch.item)
+        return self.score_state(state, batch.user, batch.profile, batch.item, batch.dense)
 
     def loss(self, batch: CTRBatch, label: torch.Tensor) -> torch.Tensor:
         state = self.state_from_history(batch.hist, batch.mask)
-        logits = self.score_state(state, batch.user, batch.profile, batch.item)
+        logits = self.score_state(state, batch.user, batch.profile, batch.item, batch.dense)
         bce = F.binary_cross_entropy_with_logits(logits, label)
         if self.cfg.util_weight == 0:
             return bce

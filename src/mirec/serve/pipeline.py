@@ -11,9 +11,10 @@ retrieved candidates with it::
 The ranker must have been trained on the same prepared data set as the bundle's retriever
 (same dense item ids; checked by the data set checksum). Its user features (dense id, profile
 codes) come from its checkpoint; a user it has not seen gets the "unknown" user row and profile
-code 0. The history it sees is the one the retriever sees (the last ``ctr.max_len`` events),
-so a ranker for the pipeline should be trained with ``ctr.history=all``: a served event log
-has no ratings to pick the positives with.
+code 0. The history it sees is the one the retriever sees (the last ``ctr.max_len`` events;
+all of it for a ranker trained on whole user sequences, MIMN with ``train.stream``, as it
+learnt), so a ranker for the pipeline should be trained with ``ctr.history=all``: a served
+event log has no ratings to pick the positives with.
 
 A ranker trained on the retriever's candidates (``--candidates``) also reads the candidate
 features of :mod:`mirec.data.cand_features` (retrieval score and rank, the interest, item
@@ -33,14 +34,17 @@ from mirec.data.cand_features import ItemWindow
 from mirec.data.ctr import CTRBatch
 from mirec.data.split import left_pad
 from mirec.errors import MirecConfigError
+from mirec.models.base import streams
 from mirec.runs import load_ranker
 from mirec.serve.bundle import Bundle
 
 
 class RankStage:
-    def __init__(self, model: torch.nn.Module, checkpoint: dict, max_len: int, name: str = "") -> None:
+    def __init__(self, model: torch.nn.Module, checkpoint: dict, max_len: int, name: str = "",
+                 whole_history: bool = False) -> None:
         self.model = model.eval()
         self.max_len = max_len
+        self.whole_history = whole_history  # trained on whole user sequences: read all of it
         self.name = name
         self.run_dir: str | Path | None = None
         self.profile = checkpoint["profile"]  # (U, F) long
@@ -76,17 +80,18 @@ class RankStage:
             raise MirecConfigError(f"--ranker: {run_dir} knows {ck['features']['num_items'] - 1} items, "
                                    f"the bundle {bundle.trained_items - 1}")
         cfg = ck["parsed_config"]
-        stage = cls(model, ck, cfg.ctr.max_len, name=cfg.model)
+        stage = cls(model, ck, cfg.ctr.max_len, name=cfg.model,
+                    whole_history=streams(model, cfg.train.stream))
         stage.run_dir = run_dir  # a reload opens it again
         return stage
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score(self, user_id: str | None, hist: list[int], cand: np.ndarray, f: np.ndarray | None = None,
               k: np.ndarray | None = None, num_interests: int = 0) -> np.ndarray:
         """Logits of the candidates ``cand`` (C,) for this user and dense history: (C,).
         A candidate-trained ranker also needs their retrieval scores ``f`` (C,) and interests
         ``k`` (C,) out of ``num_interests``."""
-        C, L = len(cand), self.max_len
+        C, L = len(cand), max(len(hist), 1) if self.whole_history else self.max_len
         u = self.user_index.get(user_id, -1) if user_id is not None else -1
         dense = None
         if self.uses_candidates:

@@ -74,10 +74,13 @@ def stream_inputs(data: CTRData, ex: np.ndarray) -> dict[str, torch.Tensor]:
     cols = np.arange(T)
     mask = cols[None, :] < lens[:, None]  # (B, T)
     seq = np.where(mask, data.pos_item[np.minimum(starts[:, None] + cols, max(len(data.pos_item) - 1, 0))], 0)
-    return {"seq": torch.from_numpy(seq.astype(np.int64)), "seq_mask": torch.from_numpy(mask),
-            "user": torch.from_numpy(users.astype(np.int64)),
-            "profile": torch.from_numpy(data.profile[users]), "ex_row": torch.from_numpy(row),
-            "ex_stop": torch.from_numpy(stop.astype(np.int64)), "ex_item": torch.from_numpy(data.item[ex])}
+    out = {"seq": torch.from_numpy(seq.astype(np.int64)), "seq_mask": torch.from_numpy(mask),
+           "user": torch.from_numpy(users.astype(np.int64)),
+           "profile": torch.from_numpy(data.profile[users]), "ex_row": torch.from_numpy(row),
+           "ex_stop": torch.from_numpy(stop.astype(np.int64)), "ex_item": torch.from_numpy(data.item[ex])}
+    if data.dense is not None:  # candidate features (mirec.train.candidates)
+        out["ex_dense"] = torch.from_numpy(data.dense[ex])
+    return out
 
 
 def to_device(x: CTRBatch | dict[str, torch.Tensor], place: Placement) -> Any:
