@@ -1,6 +1,7 @@
 """Data-parallel training over several processes or machines, on ``torch.distributed``.
 
-Launch the ordinary ``mirec train`` command with ``torchrun``; nothing else changes::
+Launch the ordinary ``mirec train`` command (retrieval, or a ranker with ``--task ctr``) with
+``torchrun``; nothing else changes::
 
     torchrun --standalone --nproc-per-node 2 -m mirec.cli train --model comirec-sa ...
     torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
