@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from mirec.config import from_dict
+from mirec.data.ctr import build_ctr
 from mirec.data.dataset import load_dataset
 from mirec.data.synth import SynthConfig, synth_dataset
+from mirec.train.ctr import RankingTask, RankRunConfig
 from mirec.train.distributed import World, shard
 from mirec.train.loop import RunConfig, setup
 
@@ -29,16 +31,21 @@ def test_shard_weights_give_the_whole_batch_mean(n, size):
     assert averaged == pytest.approx(loss[idx].mean(), rel=1e-12)
 
 
+def run_cli(args, launcher):
+    """``mirec ARGS`` in a subprocess, under ``launcher`` (e.g. torchrun's module) if given."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1", "COLUMNS": "150"}
+    p = subprocess.run([sys.executable, *launcher, "-m", "mirec.cli", *args], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
 def train_cli(data, out, launcher, optimizer="sparse"):
-    args = ["-m", "mirec.cli", "train", "--model", "comirec-sa", "--data", str(data), "--out", str(out),
+    args = ["train", "--model", "comirec-sa", "--data", str(data), "--out", str(out),
             "--set", f"train.optimizer={optimizer}", "--set", "train.epochs=2", "--set", "train.batch_size=50", "--set", "train.patience=5",
             "--set", "train.loss=sampled", "--set", "train.num_negatives=20",
             "--set", "model_args.dim=16", "--set", "model_args.num_interests=2"]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1", "COLUMNS": "150"}
-    p = subprocess.run([sys.executable, *launcher, *args], capture_output=True, text=True, env=env,
-                       timeout=300)
-    assert p.returncode == 0, p.stdout + p.stderr
-    return p
+    return run_cli(args, launcher)
 
 
 @pytest.mark.distributed
@@ -73,11 +80,33 @@ def test_two_processes_under_torchrun_match_one_process(tmp_path, optimizer):
 
 
 @pytest.mark.distributed
-def test_rankers_refuse_torchrun(tmp_path):
-    """Under torchrun every process would train the same ranker into the same files: refused."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "WORLD_SIZE": "2", "COLUMNS": "200"}
-    p = subprocess.run([sys.executable, "-m", "mirec.cli", "train", "--task", "ctr", "--model", "din",
-                        "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")],
-                       capture_output=True, text=True, env=env, timeout=120)
-    assert p.returncode == 2 and "--task ctr: rankers train in one process" in p.stderr
-    assert not (tmp_path / "r").exists()
+def test_two_processes_train_a_ranker_as_one_process(tmp_path):
+    """`--task ctr` under torchrun: two processes split each batch of DIN's examples and end with
+    a single process's parameters, the embedding penalty (train.embedding_l2, on by default)
+    taken over the ids the whole batch reads; process 0 alone writes."""
+    data = tmp_path / "ds"
+    synth_dataset(SynthConfig(num_users=120, num_categories=6, items_per_category=10,
+                              max_interests=2, min_len=8, mean_len=15, seed=5), data, progress=False)
+    args = ["train", "--task", "ctr", "--model", "din", "--data", str(data), "--set", "train.epochs=2",
+            "--set", "train.batch_size=64", "--set", "train.patience=5", "--set", "model_args.dim=8"]
+    run_cli([*args, "--out", str(tmp_path / "one")], [])
+    two = run_cli([*args, "--out", str(tmp_path / "two")],
+                  ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"])
+    assert "data-parallel over 2 processes" in two.stdout
+    assert two.stdout.count("wrote") == 1  # process 1 prints nothing
+    a = torch.load(tmp_path / "one" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "two" / "last.pt", weights_only=False)
+    rows_a = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows_b] == [0, 1] and rows_b[0]["processes"] == 2
+    assert [r["examples"] for r in rows_b] == [r["examples"] for r in rows_a]
+    assert rows_a[0]["examples"] % 64 != 0  # the last, smaller batch is split too
+    assert rows_b[1]["loss"] == pytest.approx(rows_a[1]["loss"], rel=1e-5)
+    assert a["config"]["train"]["embedding_l2"] > 0
+    for name, pa in a["model"].items():
+        torch.testing.assert_close(b["model"][name], pa, atol=2e-5, rtol=1e-4, msg=name)
+    # the parameters moved far more than the tolerance from where both runs started
+    cfg = from_dict(RankRunConfig, a["config"])
+    start = RankingTask(cfg, build_ctr(load_dataset(data), cfg.ctr)).model.state_dict()
+    assert (a["model"]["items.item.weight"] - start["items.item.weight"]).abs().max() > 1e-2
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["seeds"] == [2020]

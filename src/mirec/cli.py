@@ -190,20 +190,17 @@ def train_cmd(
 ) -> None:
     """Train a model with early stopping (validation Recall@50, or AUC for --task ctr); test the best.
 
-    Retrieval models train data-parallel over several processes or machines when launched
-    with torchrun: torchrun --standalone --nproc-per-node 2 -m mirec.cli train ...
+    Retrieval models and rankers train data-parallel over several processes or machines when
+    launched with torchrun: torchrun --standalone --nproc-per-node 2 -m mirec.cli train ...
     """
     from mirec.api import fit
     from mirec.config import apply_overrides
     from mirec.errors import MirecConfigError
     from mirec.report import ctr_table, results_table
-    from mirec.train.distributed import launched, world
+    from mirec.train.distributed import world
 
     if task not in ("retrieval", "ctr"):
         raise MirecConfigError(f"--task: expected retrieval or ctr, got {task!r}")
-    if task == "ctr" and launched():
-        raise MirecConfigError("--task ctr: rankers train in one process; run it without torchrun "
-                               "(data-parallel training is for retrieval models)")
     threads_set = [f"train.threads={threads}"] if threads is not None else []
     settings = apply_overrides({}, (set_ or []) + threads_set)
     console.quiet = not world().main  # under torchrun, process 0 reports

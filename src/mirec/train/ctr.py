@@ -38,6 +38,7 @@ from mirec.runs import (  # noqa: F401 (re-exported: the ranking run's settings)
     model_config,
     saved_model_args,
 )
+from mirec.train.distributed import World, any_process, data_parallel, my_part, world
 from mirec.train.engine import Placement, compiled, fit, placement, setup_threads
 
 
@@ -161,14 +162,15 @@ class IdCounts:
 
 
 def embedding_penalty(model: torch.nn.Module, items: torch.Tensor, users: torch.Tensor,
-                      counts: IdCounts) -> torch.Tensor:
+                      counts: IdCounts, w: World = World()) -> torch.Tensor:
     """``sum_j ||e_j||^2 / n_j`` over the distinct ``items`` and ``users`` (any shape) of the
-    model's item-id and user-id embeddings (the user part only when the model has one).
+    model's item-id and user-id embeddings (the user part only when the model has one). Under
+    ``torchrun`` the ids are those every process's slice of the batch reads (the whole batch's).
 
     Computed over the whole table with weight 0 on the rows not read: a pass over (N, D), as
     Adam's step takes anyway, instead of sorting the batch's ids to find the distinct ones."""
     def part(table: torch.Tensor, ids: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        read = torch.zeros_like(n).index_fill_(0, ids.reshape(-1), 1.0)  # (N,) 1 on rows read
+        read = any_process(torch.zeros_like(n).index_fill_(0, ids.reshape(-1), 1.0), w)  # (N,) 1 on rows read
         return table.square().sum(1) @ (read / n)
 
     total = part(model.items.item.weight, items, counts.item)
@@ -177,47 +179,59 @@ def embedding_penalty(model: torch.nn.Module, items: torch.Tensor, users: torch.
     return total
 
 
-def make_loss(model: torch.nn.Module, tc: RankTrainConfig,
-              train_data: CTRData | None = None) -> Callable[[CTRData, np.ndarray], torch.Tensor]:
-    """``loss(data, idx)``: the training loss of the examples ``idx`` (one of
-    :func:`epoch_batches`), plus ``tc.embedding_l2`` times :func:`embedding_penalty` of the
-    ids they read when that is on (its counts from ``train_data``, which it then needs). With
-    ``tc.compile`` the model's loss goes through ``torch.compile``
-    with dynamic shapes, so batches of any size and history length reuse the compiled code
-    instead of recompiling; it computes the same loss and gradients as the plain model. Batches
-    go to the model's device; ``tc.precision`` may run the model's loss under bf16 autocast."""
-    stream = streams(model, tc)
-    place = placement(model_device(model), tc.precision)
-    fn = model.stream_loss if stream else model.loss
-    if tc.compile:
-        if not getattr(model, "compilable", True):
-            raise MirecConfigError(f"train.compile: not supported for {type(model).__name__}, whose time "
-                                   "is spent in Python-level recurrences that torch.compile would unroll; "
-                                   "set train.compile=false")
-        fn = compiled(fn, dynamic=True)
-    lam = tc.embedding_l2
-    if lam and train_data is None:
-        raise ValueError("make_loss: train.embedding_l2 > 0 needs the training data for its id counts")
-    counts = IdCounts.of(train_data).to(place.device) if lam else None
+class RankLoss(torch.nn.Module):
+    """The training loss of the examples ``idx`` (one of :func:`epoch_batches`) as a module's
+    ``forward`` (what ``DistributedDataParallel`` wraps): the model's mean loss and
+    ``tc.embedding_l2`` times :func:`embedding_penalty` of the ids they read (0 when that is
+    off; its counts come from ``train_data``, which it then needs).
 
-    def loss(data: CTRData, idx: np.ndarray) -> torch.Tensor:
+    With ``tc.compile`` the model's loss goes through ``torch.compile`` with dynamic shapes, so
+    batches of any size and history length reuse the compiled code instead of recompiling; it
+    computes the same loss and gradients as the plain model. Batches go to the model's device;
+    ``tc.precision`` may run the model's loss under bf16 autocast."""
+
+    def __init__(self, model: torch.nn.Module, tc: RankTrainConfig, train_data: CTRData | None = None,
+                 w: World = World()) -> None:
+        super().__init__()
+        self.model, self.w, self.stream = model, w, streams(model, tc)
+        self.place = placement(model_device(model), tc.precision)
+        self.fn = model.stream_loss if self.stream else model.loss
+        if tc.compile:
+            if not getattr(model, "compilable", True):
+                raise MirecConfigError(f"train.compile: not supported for {type(model).__name__}, whose "
+                                       "time is spent in Python-level recurrences that torch.compile "
+                                       "would unroll; set train.compile=false")
+            self.fn = compiled(self.fn, dynamic=True)
+        self.lam = tc.embedding_l2
+        if self.lam and train_data is None:
+            raise ValueError("make_loss: train.embedding_l2 > 0 needs the training data for its id counts")
+        self.counts = IdCounts.of(train_data).to(self.place.device) if self.lam else None
+
+    def forward(self, data: CTRData, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        place = self.place
         label = place.batch(torch.from_numpy(data.label[idx]))
-        if stream:
+        if self.stream:
             x = to_device(stream_inputs(data, idx), place)
             with place.autocast():
-                out = fn(**x, label=label).float()  # a no-op in fp32
+                out = self.fn(**x, label=label).float()  # a no-op in fp32
             read = (x["seq"], x["seq_mask"], x["ex_item"], x["user"])
         else:
             batch = to_device(data.batch(idx), place)
             with place.autocast():
-                out = fn(batch, label).float()
+                out = self.fn(batch, label).float()
             read = (batch.hist, batch.mask, batch.item, batch.user)
-        if lam:  # the live history items, the candidates and the users the batch reads
-            hist, mask, item, user = read
-            out = out + lam * embedding_penalty(model, torch.cat([hist[mask], item]), user, counts)
-        return out
+        if not self.lam:
+            return out, out.new_zeros(())
+        hist, mask, item, user = read  # the live history items, the candidates and the users read
+        return out, self.lam * embedding_penalty(self.model, torch.cat([hist[mask], item]), user,
+                                                 self.counts, self.w)
 
-    return loss
+
+def make_loss(model: torch.nn.Module, tc: RankTrainConfig,
+              train_data: CTRData | None = None) -> Callable[[CTRData, np.ndarray], torch.Tensor]:
+    """``loss(data, idx)``: :class:`RankLoss`'s two parts summed, in one process."""
+    parts = RankLoss(model, tc, train_data)
+    return lambda data, idx: torch.add(*parts(data, idx))
 
 
 def make_optimizer(model: torch.nn.Module, tc: RankTrainConfig) -> torch.optim.Optimizer:
@@ -238,14 +252,15 @@ class RankingTask:
         tc = cfg.train
         tc.validate()
         setup_threads(tc.threads, tc.keep_freed_memory)
-        device = placement(tc.device, tc.precision).device
+        self.w = world()
+        device = placement(tc.device, tc.precision, self.w.size > 1).device
         self.cfg, self.data = cfg, data
         torch.manual_seed(tc.seed)
         self.model = build_ranker(cfg, data.features).to(device)  # initialised on the CPU
         if device.type != "cpu":
             log(f"training on {device}")
         self.optimizer = make_optimizer(self.model, tc)
-        self.loss = make_loss(self.model, tc, data)
+        self.loss = data_parallel(RankLoss(self.model, tc, data, self.w), self.w, log)
         if tc.compile:
             log("train.compile: the first batches compile the loss (~35 s, less from the on-disk cache)")
         self.train_idx = data.indices(TRAIN)
@@ -262,11 +277,14 @@ class RankingTask:
         return epoch_batches(self.model, self.data, self.train_idx, self.cfg.train, rng)
 
     def step(self, idx: np.ndarray) -> tuple[float, int]:
-        loss = self.loss(self.data, idx)
+        idx, weight, n = my_part(idx, self.w)  # this process's slice (one process: the batch)
+        loss, penalty = self.loss(self.data, idx)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # averaged over the processes, the weighted slice losses give the batch's gradient; the
+        # penalty is of the ids the whole batch reads, the same in every process
+        (loss * weight + penalty).backward()
         self.optimizer.step()
-        return loss.item(), len(idx)
+        return (loss + penalty).item(), n
 
     def validate(self) -> dict[str, float]:
         return evaluate_ctr(self.model, self.data, VALID, self.cfg.train)

@@ -1,6 +1,7 @@
 """Data-parallel training over several processes or machines, on ``torch.distributed``.
 
-Launch the ordinary ``mirec train`` command with ``torchrun``; nothing else changes::
+Launch the ordinary ``mirec train`` command (retrieval, or a ranker with ``--task ctr``) with
+``torchrun``; nothing else changes::
 
     torchrun --standalone --nproc-per-node 2 -m mirec.cli train --model comirec-sa ...
     torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -66,6 +68,34 @@ def shard(idx: np.ndarray, w: World) -> tuple[np.ndarray, float]:
     if len(mine) == 0:
         return idx[:1], 0.0
     return mine, len(mine) * w.size / len(idx)
+
+
+def my_part(idx: np.ndarray, w: World) -> tuple[np.ndarray, float, int]:
+    """:func:`shard` and the examples this process counts (none for a weight-0 stand-in); in one
+    process, the whole batch with weight 1."""
+    mine, weight = shard(idx, w)
+    return mine, weight, len(mine) if weight else 0
+
+
+def data_parallel(loss: torch.nn.Module, w: World,
+                  log: Callable[[str], None] = lambda s: None) -> torch.nn.Module:
+    """A task's loss module (its ``forward`` runs the model) in ``DistributedDataParallel``
+    when several processes train, else itself.
+
+    Buffers are not broadcast before each step: the models' buffers are constants (a ranker's
+    category table, (N, C), would cost a broadcast of that size a step) or BatchNorm statistics
+    that only evaluation reads, where process 0's are saved and decide."""
+    if w.size == 1:
+        return loss
+    log(f"data-parallel over {w.size} processes (torch.distributed, gloo)")
+    return torch.nn.parallel.DistributedDataParallel(loss, broadcast_buffers=False)
+
+
+def any_process(mask: torch.Tensor, w: World) -> torch.Tensor:
+    """``mask`` (0/1 floats) with a 1 wherever any process has one (in place)."""
+    if w.size > 1:
+        dist.all_reduce(mask, op=dist.ReduceOp.MAX)
+    return mask
 
 
 def all_sum(values: list[float], w: World) -> list[float]:

@@ -24,7 +24,7 @@ from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import evaluate, sample_users
 from mirec.models.base import VectorScorer, model_device, unit_interests
 from mirec.runs import RunConfig, TrainConfig, build_model, model_config  # noqa: F401 (re-exported)
-from mirec.train.distributed import World, shard, world
+from mirec.train.distributed import World, data_parallel, my_part, world
 from mirec.train.engine import (  # noqa: F401
     Placement,
     compiled,
@@ -148,9 +148,7 @@ class RetrievalTask:
         self.place = self.loss_fn.place
         if self.place.device.type != "cpu":
             log(f"training on {self.place.device}" + (" (bf16 autocast)" if self.place.bf16 else ""))
-        if self.w.size > 1:
-            self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn)
-            log(f"data-parallel over {self.w.size} processes (torch.distributed, gloo)")
+        self.loss_fn = data_parallel(self.loss_fn, self.w, log)
         self.full_fn = self.loss_fn  # for full batches
         if cfg.train.compile:
             self.full_fn = compiled(self.loss_fn, dynamic=False)
@@ -167,10 +165,7 @@ class RetrievalTask:
 
     def step(self, idx: np.ndarray) -> tuple[float, int]:
         fn = self.full_fn if len(idx) == self.cfg.train.batch_size else self.loss_fn
-        weight, n = None, len(idx)
-        if self.w.size > 1:
-            idx, weight = shard(idx, self.w)  # this process's slice
-            n = len(idx) if weight else 0  # a weight-0 stand-in example counts for nothing
+        idx, weight, n = my_part(idx, self.w)  # this process's slice (one process: the batch)
         return train_step(self.optimizer, self.ds, self.split, idx, self.cfg, fn, weight, self.place), n
 
     def scorer(self) -> VectorScorer:
