@@ -23,6 +23,9 @@ mirec trains on and measured by mirec's evaluator, so their figures sit beside m
 
 ComiRec-DR's capsule bilinear weight is allocated but never initialised by the peer
 (``torch.Tensor(...)``); it is filled with N(0, 1) here, as the ComiRec paper's code does.
+The peer's MIND starts its routing logits from ``torch.randn`` at every forward, at inference
+too (the adapter's scores of a training pair match the peer's training scores for ComiRec-SA and
+YouTube DNN to 1e-7, not for MIND); the runs are seeded, so they repeat.
 
 One JSON line per finished (data, model, seed, settings) is appended to
 ``--out/results.jsonl`` (test and validation metrics, best epoch, training examples/s, wall time);
