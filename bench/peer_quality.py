@@ -224,8 +224,14 @@ def run_key(r: dict[str, Any]) -> tuple:
     return r["data"], r["model"], r["seed"], json.dumps(r["settings"], sort_keys=True)
 
 
+def settings_cell(st: dict[str, Any]) -> str:
+    cut = f", {st['max_batches']} batches/epoch" if st["max_batches"] else ""
+    return f"S {st['negatives']}, T {st['temperature']}, lr {st['lr']}, <= {st['epochs']} epochs{cut}"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """One line per (data, model, settings): test metrics mean +- std over its seeds."""
+    """One line per (data, model, settings): test metrics mean +- std (population, as mirec's
+    results.json) over its seeds."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["data"], r["model"], json.dumps(r["settings"], sort_keys=True)), []).append(r)
@@ -238,8 +244,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                  for v in ([r["test"][m] for r in rs] for m in METRICS)]
         speed = [r["train_examples_per_s"] for r in rs]
         lines.append("| " + " | ".join([
-            Path(data).name, model, f"S {st['negatives']}, T {st['temperature']}, lr {st['lr']}"
-            + (f", {st['max_batches']} batches/epoch" if st["max_batches"] else ""),
+            Path(data).name, model, settings_cell(st),
             ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"])), *cells,
             ",".join(str(r["best_epoch"]) for r in rs), f"{np.mean(speed):,.0f}"]) + " |")
     return "\n".join(lines)
