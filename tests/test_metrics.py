@@ -55,6 +55,28 @@ def test_diversity_single_and_multi_category():
     assert d[1] == pytest.approx(2 / 3)
 
 
+def test_diversity_is_the_mean_pairwise_jaccard_distance_at_any_catalogue_size():
+    """Against sets, on a catalogue of 3M items and 200k categories (a dense item x category
+    matrix would be 2.4 TB), with items of 0-3 categories and repeated ids in a row."""
+    rng = np.random.default_rng(0)
+    n_items, n_cats = 3_000_000, 200_000
+    listed = rng.choice(np.arange(1, n_items), 300, replace=False)
+    lens = np.zeros(n_items, dtype=np.int64)
+    lens[listed] = rng.integers(0, 4, len(listed))
+    cat_indptr = np.zeros(n_items + 1, dtype=np.int64)
+    np.cumsum(lens, out=cat_indptr[1:])
+    cat_ids = rng.integers(0, n_cats, cat_indptr[-1]).astype(np.int32)
+    cat_ids[cat_indptr[listed[0]]:cat_indptr[listed[0] + 1]] = 7  # one item's ids repeat
+    topn = rng.choice(listed, (70, 6))  # 70 users: two batches of 64
+    sets = {i: set(cat_ids[cat_indptr[i]:cat_indptr[i + 1]].tolist()) for i in listed}
+    want = []
+    for row in topn:
+        d = [1 - len(sets[a] & sets[b]) / len(sets[a] | sets[b]) if sets[a] | sets[b] else 0.0
+             for x, a in enumerate(row) for b in row[x + 1:]]
+        want.append(np.mean(d))
+    assert np.allclose(diversity(topn, cat_indptr, cat_ids), want, atol=1e-6)
+
+
 def test_diversity_items_without_categories():
     cat_indptr, cat_ids = csr([[], [], [], [0]])
     d = diversity(np.array([[1, 2, 3]]), cat_indptr, cat_ids.astype(np.int32))
