@@ -143,11 +143,13 @@ def test_recall_at_counts_overlap():
     assert recall_at(Shifted(), exact, q, 2) == pytest.approx(0.5)
 
 
-def test_auto_picks_exact_up_to_threshold_then_hnsw():
+def test_auto_picks_exact_up_to_threshold_then_ivf_or_what_approximate_says():
     rng = np.random.default_rng(5)
     cfg = IndexConfig(kind="auto", hnsw_above=100)
     assert ItemIndex.build(rng.standard_normal((101, 4)), cfg).kind == "exact"  # 100 real items
-    assert ItemIndex.build(rng.standard_normal((102, 4)), cfg).kind == "hnsw"  # 101 real items
+    assert ItemIndex.build(rng.standard_normal((102, 4)), cfg).kind == "ivf"  # 101 real items
+    cfg = IndexConfig(kind="auto", hnsw_above=100, approximate="hnsw")
+    assert ItemIndex.build(rng.standard_normal((102, 4)), cfg).kind == "hnsw"
 
 
 @pytest.mark.parametrize("field,value", [("kind", "ivfpq"), ("approximate", "exact"), ("hnsw_above", -1), ("hnsw_m", 1),
@@ -189,7 +191,7 @@ def test_ivf_nprobe_is_tuned_to_the_target_and_kept_in_the_file(tmp_path):
 
 
 def test_auto_builds_ivf_above_its_threshold_whatever_approximate_says():
-    cfg = IndexConfig(hnsw_above=10, ivf_above=100)
+    cfg = IndexConfig(hnsw_above=10, ivf_above=100, approximate="hnsw")
     assert cfg.resolved_kind(10) == "exact" and cfg.resolved_kind(100) == "hnsw"
     assert cfg.resolved_kind(101) == "ivf"
     with pytest.raises(MirecConfigError, match="index.target_recall"):

@@ -332,9 +332,10 @@ def demo(
 
 
 IndexKind = Annotated[str, typer.Option("--index", help="auto (exact up to --hnsw-above items, "
-                                                        "HNSW above, IVF above 500,000), exact, "
-                                                        "hnsw or ivf.")]
-HnswAbove = Annotated[int, typer.Option(help="auto switches to HNSW above this many items.")]
+                                                        "IVF above, nprobe tuned at index build), "
+                                                        "exact, hnsw or ivf.")]
+HnswAbove = Annotated[int, typer.Option(help="auto switches from exact search to an approximate "
+                                             "index above this many items.")]
 
 
 def _index_config(kind: str, hnsw_above: int):
