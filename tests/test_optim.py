@@ -11,12 +11,13 @@ import pytest
 import torch
 from torch import nn
 
+import mirec.train.optim as optim
 from mirec.data.split import SplitConfig
 from mirec.models.registry import of_task
 from mirec.runs import RunConfig, TrainConfig
 from mirec.train.loop import LossModule, setup, train_step
 from mirec.train.losses import NegativeSampler
-from mirec.train.optim import RowwiseAdam, item_table, make_optimizer
+from mirec.train.optim import RowwiseAdam, hugepage_copy, item_table, make_optimizer
 
 torch.set_num_threads(1)
 S = 7  # negatives
@@ -55,9 +56,9 @@ def test_one_sparse_step_changes_only_the_rows_the_batch_read(name, random_datas
 
 
 class Table(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, rows: int = 5, dim: int = 2) -> None:
         super().__init__()
-        self.emb = nn.Embedding(5, 2)
+        self.emb = nn.Embedding(rows, dim)
         self.w = nn.Parameter(torch.ones(2))
 
     def item_embeddings(self) -> torch.Tensor:
@@ -122,6 +123,58 @@ def test_state_dict_round_trip_continues_identically():
         return torch.cat([m.emb.weight.detach().flatten(), m.w.detach()])
 
     torch.testing.assert_close(run(True), run(False), rtol=0, atol=0)
+
+
+def thp_eligible(t: torch.Tensor) -> bool:
+    """Whether the kernel lists the memory under ``t`` as eligible for transparent huge pages."""
+    addr, block = t.data_ptr(), None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                block = lo <= addr < hi
+            elif block and line.startswith("THPeligible:"):
+                return line.split()[1] == "1"
+    return False
+
+
+def thp_mode() -> str:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return "none"
+    return text[text.index("[") + 1:text.index("]")]
+
+
+@pytest.mark.skipif(thp_mode() not in ("madvise", "always"), reason="no transparent huge pages here")
+def test_sparse_table_and_moments_live_in_huge_page_memory_with_the_same_values(monkeypatch):
+    """The row-wise optimiser moves the table (the same Parameter) and allocates both moments
+    in memory advised for huge pages; the values, and every step after, are unchanged."""
+    t = torch.randn(1024, 2048)  # 8 MiB: a region must hold a 2 MiB page to be eligible
+    c = hugepage_copy(t, min_bytes=0)
+    assert torch.equal(c, t) and c.data_ptr() != t.data_ptr() and thp_eligible(c)
+    c[0] = 1.0  # writable, and a copy
+    assert not torch.equal(c, t)
+
+    def run(min_bytes: int) -> tuple[torch.Tensor, RowwiseAdam, nn.Parameter]:
+        monkeypatch.setattr(optim, "HUGEPAGE_MIN_BYTES", min_bytes)
+        torch.manual_seed(0)
+        m = Table(1 << 16, 32)  # 8 MiB
+        param = m.emb.weight
+        opt = make_optimizer(m, "sparse", 0.1, 0.0, sampled=True)
+        for rows in ([1, 2], [2, 3], [1, 4]):
+            opt.zero_grad()
+            m.emb(torch.tensor(rows)).sum().mul(m.w.sum()).backward()
+            opt.step()
+        assert m.emb.weight is param
+        return torch.cat([m.emb.weight.detach().flatten(), m.w.detach()]), opt, m.emb.weight
+
+    plain, _, _ = run(1 << 40)
+    huge, opt, weight = run(0)
+    torch.testing.assert_close(huge, plain, rtol=0, atol=0)
+    if thp_mode() == "madvise":  # under "always" every large allocation is eligible anyway
+        assert thp_eligible(weight) and thp_eligible(opt.exp_avg) and thp_eligible(opt.exp_avg_sq)
 
 
 def test_full_softmax_and_adam_use_dense_adam():

@@ -12,6 +12,12 @@ decay only on the steps that touch it (the "lazy" in lazy Adam); with every row 
 every step it is Adam. ``train.weight_decay`` reaches the item table as L2 on the touched rows
 only (an untouched row is not decayed), so no step walks the table.
 
+At a million rows the touched rows are scattered over hundreds of MB, and with 4 KiB pages
+nearly every row read misses the TLB: on this machine a gather, an add and a write-back of
+6,000 random rows took 5.2 ms in a 1.7M-row table against 1.6 ms in a 12k-row one. So the
+table and both moments live in memory advised for transparent huge pages
+(:func:`hugepage_copy`, Linux), where the same three took 1.6 ms.
+
 The full softmax reads every item row on every step, so there the table steps with dense Adam
 whatever ``train.optimizer`` says (:func:`make_optimizer` is told whether the loss samples).
 A model whose :meth:`item_embeddings` is not an ``nn.Embedding``'s weight falls back to dense
@@ -22,6 +28,7 @@ Adam too. Either optimiser is one object with ``step``, ``zero_grad``, ``state_d
 from __future__ import annotations
 
 import math
+import mmap
 from typing import Any, Callable
 
 import torch
@@ -39,6 +46,24 @@ def item_table(model: nn.Module) -> nn.Embedding | None:
     """The ``nn.Embedding`` whose weight is ``model.item_embeddings()``, if there is one."""
     weight = model.item_embeddings()
     return next((m for m in model.modules() if isinstance(m, nn.Embedding) and m.weight is weight), None)
+
+
+HUGEPAGE_MIN_BYTES = 1 << 24  # smaller tables fit the caches' reach anyway
+
+
+def hugepage_copy(t: torch.Tensor, min_bytes: int | None = None) -> torch.Tensor:
+    """A copy of CPU tensor ``t`` in anonymous memory advised ``MADV_HUGEPAGE`` (transparent
+    huge pages: one TLB entry per 2 MiB instead of per 4 KiB), or a plain clone where that is
+    not available (not Linux, another device, or under ``min_bytes``, by default
+    ``HUGEPAGE_MIN_BYTES``). Same values either way; the tensor keeps the mapping alive."""
+    min_bytes = HUGEPAGE_MIN_BYTES if min_bytes is None else min_bytes
+    nbytes = t.numel() * t.element_size()
+    if t.device.type != "cpu" or nbytes < max(min_bytes, 1) or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return t.clone()
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf.madvise(mmap.MADV_HUGEPAGE)
+    out = torch.frombuffer(buf, dtype=t.dtype).view(t.shape)
+    return out.copy_(t)
 
 
 class RowwiseAdam:
@@ -62,8 +87,8 @@ class RowwiseAdam:
         self.dense = dense_adam([p for p in model.parameters() if p is not table], lr, weight_decay)
         self.table, self.lr, self.weight_decay, self.betas, self.eps = table, lr, weight_decay, betas, eps
         self.steps = 0
-        self.exp_avg = torch.zeros_like(table, requires_grad=False)  # (N, D), m
-        self.exp_avg_sq = torch.zeros_like(table, requires_grad=False)  # (N, D), v
+        zeros = torch.zeros_like(table, requires_grad=False)
+        self.exp_avg, self.exp_avg_sq = hugepage_copy(zeros), hugepage_copy(zeros)  # (N, D) m, v
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.dense.zero_grad(set_to_none=set_to_none)
@@ -113,6 +138,7 @@ def make_optimizer(model: nn.Module, kind: str, lr: float, weight_decay: float,
             log(f"train.optimizer={kind}: dense Adam ({why})")
         return dense_adam(list(model.parameters()), lr, weight_decay)
     table.sparse = True
+    table.weight.data = hugepage_copy(table.weight.data)  # the same parameter, in huge pages
     return RowwiseAdam(model, table.weight, lr, weight_decay)
 
 
