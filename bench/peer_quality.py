@@ -50,20 +50,17 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from peer_speed import peer_version  # bench/ is on sys.path when a bench script runs
 
 MODELS = ("comirec-sa", "youtube-dnn", "mind", "comirec-dr")
 DIM, K, MAX_LEN, YOUTUBE_DIMS = 64, 4, 20, [256, 64]
 METRICS = ("recall@20", "recall@50", "ndcg@50", "hit_rate@50")
-INSTALL = ("torch-rechub is not importable. Install it beside the venv without touching its packages:\n"
-           "  .venv/bin/pip install --no-deps --target /tmp/rechub-0.9.0 torch-rechub==0.9.0 pandas\n"
-           "and run with PYTHONPATH=/tmp/rechub-0.9.0")
 
 
 @dataclass(frozen=True)
@@ -248,15 +245,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"])), *cells,
             ",".join(str(r["best_epoch"]) for r in rs), f"{np.mean(speed):,.0f}"]) + " |")
     return "\n".join(lines)
-
-
-def peer_version() -> str:
-    try:
-        import torch_rechub
-    except ImportError as e:
-        print(f"{INSTALL}\n(import error: {e})", file=sys.stderr)
-        raise SystemExit(2) from e
-    return torch_rechub.__version__
 
 
 def main(argv: list[str] | None = None) -> None:

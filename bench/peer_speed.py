@@ -77,7 +77,7 @@ FULL_SHARE = 0.2  # ranking histories: 20% full, else uniform 1..50 long -> ~40%
 INSTALL = ("torch-rechub is not importable. Install it beside the venv without touching its packages:\n"
            "  .venv/bin/pip install --no-deps --target /tmp/rechub-0.9.0 torch-rechub==0.9.0 pandas\n"
            "and run with it on the path:\n"
-           "  PYTHONPATH=/tmp/rechub-0.9.0 .venv/bin/python bench/peer_speed.py")
+           "  PYTHONPATH=/tmp/rechub-0.9.0 .venv/bin/python bench/peer_speed.py (or peer_quality.py)")
 
 
 # ---------------------------------------------------------------- synthetic MovieLens-shaped data
