@@ -156,8 +156,9 @@ def epoch(model: Any, opt: Any, ds: Any, split: Any, rng: np.random.Generator, s
     total, n, t0 = 0.0, 0, time.perf_counter()
     for i in starts:
         idx = perm[i:i + s.batch_size]
-        hist, _ = windows(ds.item, split.example_start[idx], split.example_pos[idx], MAX_LEN)  # (B, L)
-        target = ds.item[split.example_pos[idx]].astype(np.int64)  # (B,)
+        start, pos = split.examples[idx]  # (B,) each: history start, target position
+        hist, _ = windows(ds.item, start, pos, MAX_LEN)  # (B, L)
+        target = ds.item[pos].astype(np.int64)  # (B,)
         neg = rng.integers(1, ds.num_items, (len(idx), s.negatives))  # (B, S) uniform
         scores = model(peer_inputs(hist, item=target, neg_items=neg))  # (B, 1 + S)
         if divide:
