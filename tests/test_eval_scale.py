@@ -172,6 +172,27 @@ def test_faiss_evaluation_with_an_exact_index_has_recall_one(random_dataset, exc
         assert not any(h & set(row) for h, row in zip(hist, got.topn))
 
 
+def test_faiss_evaluation_ranks_users_exactly_when_the_index_finds_too_few(random_dataset):
+    """An inverted file of 6 lists over 60 items probing 1 list finds at most ~2 x 10 items for
+    2 interests: short of n = 30 for every user, who is then ranked exactly (before, users with
+    short histories crashed the padding)."""
+    from mirec.eval.evaluate import rank_topn
+    from mirec.eval.faiss_eval import IndexScorer
+    from mirec.serve.index import IndexConfig, ItemIndex
+
+    ds = random_dataset
+    sp = split_users(ds, SplitConfig(seed=0))
+    torch.manual_seed(0)
+    exact = VectorScorer(build_model(small_cfg(), ds.num_items), cosine=True)
+    s = IndexScorer(exact, "exact")
+    s.index = ItemIndex.build(exact.items.float().numpy(),
+                              IndexConfig(kind="ivf", ivf_nlist=6, ivf_nprobe=1))
+    got = rank_topn(s, ds, sp.test, 30, 20)
+    want = rank_topn(exact, ds, sp.test, 30, 20)
+    assert min(sp.test.cut - sp.test.hist_start) < 10  # some users' histories are short
+    np.testing.assert_array_equal(got, want)
+
+
 def test_faiss_evaluation_reports_the_recall_of_an_ivf_index(random_dataset):
     ds = random_dataset
     sp = split_users(ds, SplitConfig(seed=0))

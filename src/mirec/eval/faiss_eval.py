@@ -31,8 +31,8 @@ class IndexScorer:
              seen: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """Top-``n`` ids (B, n): each live interest's top ``n`` + (most items any user has seen)
         from the index, merged by max over interests; seen items and padding dropped. A user
-        left with fewer than ``n`` rankable items gets 0 and the seen items in the remaining
-        places, as the exact path ranks them (-inf, by id)."""
+        for whom the index found fewer than ``n`` rankable items (an inverted file whose probed
+        lists are small) is ranked by the exact scorer instead."""
         out = self.exact.interests(hist, mask)
         V, live = out.vectors.float().cpu().numpy(), out.mask.cpu().numpy()  # (B, K, D), (B, K)
         B, K, D = V.shape
@@ -44,14 +44,20 @@ class IndexScorer:
         drop = np.isin(np.arange(B)[:, None] * self.num_items + ids, rows * self.num_items + items)
         scores[drop | (ids <= 0)] = -np.inf
         top = np.zeros((B, n), dtype=np.int64)
+        short = []
         for b in range(B):
             order = np.argsort(-scores[b], kind="stable")
             i = ids[b, order][np.isfinite(scores[b, order])]
             _, first = np.unique(i, return_index=True)  # an item's best score is its first place
             keep = i[np.sort(first)][:n]
-            # too few rankable items: the rest as the exact path orders its -inf ties, by id
-            rest = np.concatenate([[0], np.unique(items[rows == b])])[:n - len(keep)]
-            top[b] = np.concatenate([keep, rest])
+            if len(keep) < n:  # the probed lists held too few items (IVF): rank exactly
+                short.append(b)
+            else:
+                top[b] = keep
+        if short:
+            sel = np.isin(rows, short)
+            local = np.searchsorted(short, rows[sel])  # the short users' rows renumbered 0..
+            top[short] = self.exact.topn(hist[short], mask[short], n, (local, items[sel]))
         return top
 
 
