@@ -175,6 +175,9 @@ def test_a_run_killed_in_its_first_checkpoint_write_can_be_trained_over(tmp_path
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / ".last.pt.tmp-abc123").write_bytes(b"PK\x03\x04")
     assert check_output_dir(tmp_path / "run", may_hold=is_run_dir) == tmp_path / "run"
+    (tmp_path / "seeds" / "seed-1").mkdir(parents=True)  # a multi-seed run killed the same way
+    (tmp_path / "seeds" / "seed-1" / ".last.pt.tmp-abc123").write_bytes(b"PK\x03\x04")
+    assert check_output_dir(tmp_path / "seeds", may_hold=is_run_dir) == tmp_path / "seeds"
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(MirecConfigError, match="is not written by mirec"):

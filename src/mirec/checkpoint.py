@@ -219,4 +219,4 @@ def is_run_dir(path: Path) -> bool:
     only the temporary file of a first checkpoint that a kill interrupted)."""
     names = ("last.pt", "best.pt", "metrics.jsonl", "results.json")
     return any((path / n).exists() for n in names) or any(path.glob("seed-*/last.pt")) \
-        or any(path.glob(".last.pt.tmp-*"))
+        or any(path.glob(".last.pt.tmp-*")) or any(path.glob("seed-*/.last.pt.tmp-*"))
