@@ -108,6 +108,26 @@ def test_resume_with_another_model_setting_names_the_field(synth, tmp_path):
     assert [h["epoch"] for h in r.history] == [0, 1]
 
 
+def test_a_run_saved_before_train_optimizer_resumes_with_dense_adam(synth, tmp_path):
+    """Such a run trained (and checkpointed) dense Adam; resuming it must not switch to the
+    row-wise optimiser, whose state it does not hold."""
+    from mirec.checkpoint import resume_config, save_checkpoint
+
+    cfg = small(epochs=2, max_batches_per_epoch=2, loss="sampled", optimizer="adam")
+    train(cfg, synth, tmp_path / "r", progress=False, stop_after_epoch=0)
+    last = tmp_path / "r" / "last.pt"
+    ck = load_checkpoint(last)
+    del ck["config"]["train"]["optimizer"]  # as runs saved before the setting existed
+    save_checkpoint(last, ck)
+    sparse = small(epochs=2, max_batches_per_epoch=2, loss="sampled", optimizer="sparse")
+    with pytest.raises(MirecConfigError, match="train.optimizer the run was started with"):
+        train(sparse, synth, tmp_path / "r", resume=True, progress=False)  # not a traceback
+    again = resume_config(RunConfig, tmp_path / "r", None, [])
+    assert again.train.optimizer == "adam"
+    r = train(again, synth, tmp_path / "r", resume=True, progress=False)
+    assert [h["epoch"] for h in r.history] == [0, 1]
+
+
 def test_sampled_loss_trains_too(synth, tmp_path):
     r = train(small(loss="sampled", num_negatives=20, sampler="log-uniform"), synth,
               tmp_path / "s", progress=False)

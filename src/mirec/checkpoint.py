@@ -3,10 +3,12 @@ best metric, config; and the rules for resuming a run from one."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import pickle
 import re
+import typing
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -197,6 +199,24 @@ def check_same_model(path: str | Path, was: Any, now: Any) -> None:
                                f"with --model {was} or train into a new directory")
 
 
+# Settings added after runs were saved, with the value that reproduces what those runs did
+# (a run saved before train.optimizer existed trained with dense Adam; its checkpoint holds
+# dense Adam's state).
+LEGACY = {("train", "optimizer"): "adam"}
+
+
+def legacy_settings(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with the :data:`LEGACY` values filled in where ``cls`` has the setting and the
+    run predates it."""
+    hints = typing.get_type_hints(cls)
+    for (section, key), value in LEGACY.items():
+        sub = hints.get(section)
+        if (isinstance(saved.get(section), dict) and key not in saved[section]
+                and dataclasses.is_dataclass(sub) and key in {f.name for f in dataclasses.fields(sub)}):
+            saved = {**saved, section: {**saved[section], key: value}}
+    return saved
+
+
 def resume_config(cls: type[T], run_dir: str | Path, file: str | Path | None,
                   overrides: list[str]) -> T:
     """The config to resume ``run_dir`` with: the settings its last checkpoint was started with,
@@ -207,7 +227,7 @@ def resume_config(cls: type[T], run_dir: str | Path, file: str | Path | None,
         sorted(run_dir.glob("seed-*/last.pt"))
     if not lasts:
         return load(cls, file, overrides)
-    saved = load_checkpoint(lasts[0])["config"]
+    saved = legacy_settings(cls, load_checkpoint(lasts[0])["config"])
     for o in overrides:  # another model's settings would not even load over this one's
         if o.startswith("model="):
             check_same_model(lasts[0], saved.get("model"), o.split("=", 1)[1])

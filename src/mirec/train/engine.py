@@ -165,7 +165,11 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
         st = load_checkpoint(last)
         task.check_resume(last, st)
         model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
+        try:
+            opt.load_state_dict(st["optimizer"])
+        except (KeyError, ValueError):  # dense Adam's state for the row-wise optimiser, or back
+            raise MirecConfigError(f"{last}: its optimiser state is not this run's optimiser's; "
+                                   f"resume with the train.optimizer the run was started with") from None
         start_epoch = st["epoch"] + 1
         run = Standing(st["best"], st["best_epoch"], st["bad"], st["history"])
         so_far = EpochSoFar(**st["partial"]) if "partial" in st else None
