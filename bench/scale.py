@@ -47,7 +47,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 SMALL = ["num_categories=60", "items_per_category=200"]  # 12,000 items
 SMALL_USERS = "num_users=50000"  # the step's cost does not depend on the users: a smaller log
-TRAIN_SETS = ["train.loss=sampled", "train.epochs=1", "train.batch_size=256",
+TRAIN_SETS = ["train.loss=sampled", "train.optimizer=sparse", "train.epochs=1", "train.batch_size=256",
               "eval.max_users=1000"]
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 

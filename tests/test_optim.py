@@ -177,6 +177,18 @@ def test_sparse_table_and_moments_live_in_huge_page_memory_with_the_same_values(
         assert thp_eligible(weight) and thp_eligible(opt.exp_avg) and thp_eligible(opt.exp_avg_sq)
 
 
+def test_auto_steps_the_table_row_wise_only_above_its_threshold(monkeypatch):
+    """The default, auto: dense Adam for a small catalogue, the row-wise optimiser for a large
+    one (with the sampled softmax; the full softmax stays dense whatever the size)."""
+    assert TrainConfig().optimizer == "auto"
+    monkeypatch.setattr(optim, "SPARSE_ABOVE", 4)
+    assert isinstance(make_optimizer(Table(5, 2), "auto", 0.1, 0.0, sampled=True), torch.optim.Adam)
+    big = Table(6, 2)  # 5 real items
+    assert isinstance(make_optimizer(big, "auto", 0.1, 0.0, sampled=True), RowwiseAdam)
+    assert big.emb.sparse
+    assert isinstance(make_optimizer(Table(6, 2), "auto", 0.1, 0.0, sampled=False), torch.optim.Adam)
+
+
 def test_full_softmax_and_adam_use_dense_adam():
     """The full softmax reads every row: the table keeps dense Adam (and a dense gradient)."""
     for kind, sampled in (("sparse", False), ("adam", True)):

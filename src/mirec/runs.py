@@ -97,16 +97,18 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     # adam: dense Adam over every parameter; sparse: the item table's gradient holds the rows a
     # batch read and a row-wise lazy Adam steps just those (dense Adam for the rest), so a step
-    # costs the same at 12k or 1.7M items. Sampled softmax only (the full softmax reads every
-    # row: dense Adam there). mirec.train.optim; docs/models.md#training-at-scale.
-    optimizer: str = "sparse"
+    # costs the same at 12k or 1.7M items; auto: sparse above optim.SPARSE_ABOVE items (50,000),
+    # where dense Adam's pass over the table starts to dominate a step, adam below (it trained
+    # better on Amazon Beauty). Sampled softmax only (the full softmax reads every row: dense
+    # Adam there). mirec.train.optim; docs/models.md#training-at-scale.
+    optimizer: str = "auto"
 
     def validate(self) -> None:
         if self.loss not in ("auto", "full", "sampled"):
             raise MirecConfigError(f"train.loss: expected auto, full or sampled, got {self.loss!r}")
         check_device(self)
-        if self.optimizer not in ("adam", "sparse"):
-            raise MirecConfigError(f"train.optimizer: expected adam or sparse, got {self.optimizer!r}")
+        if self.optimizer not in ("auto", "adam", "sparse"):
+            raise MirecConfigError(f"train.optimizer: expected auto, adam or sparse, got {self.optimizer!r}")
         if self.sampler not in ("uniform", "log-uniform"):
             raise MirecConfigError(f"train.sampler: expected uniform or log-uniform, "
                                    f"got {self.sampler!r}")
