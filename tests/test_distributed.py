@@ -48,6 +48,17 @@ def train_cli(data, out, launcher, optimizer="sparse"):
     return run_cli(args, launcher)
 
 
+def one_and_two(tmp_path, printed: str) -> tuple[dict, dict, list[dict], list[dict]]:
+    """The last checkpoints and metrics.jsonl rows of the single-process run (``one``) and the
+    two-process one (``two``), after checking that only process 0 of the two printed."""
+    assert "data-parallel over 2 processes" in printed
+    assert printed.count("wrote") == 1  # process 1 prints nothing
+    ck = [torch.load(tmp_path / d / "last.pt", weights_only=False) for d in ("one", "two")]
+    rows = [[json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("one", "two")]
+    return ck[0], ck[1], rows[0], rows[1]
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("optimizer", ["sparse", "adam"])
 def test_two_processes_under_torchrun_match_one_process(tmp_path, optimizer):
@@ -60,12 +71,7 @@ def test_two_processes_under_torchrun_match_one_process(tmp_path, optimizer):
     train_cli(data, tmp_path / "one", [], optimizer)
     two = train_cli(data, tmp_path / "two", ["-m", "torch.distributed.run", "--standalone",
                                              "--nproc-per-node", "2"], optimizer)
-    assert "data-parallel over 2 processes" in two.stdout
-    assert two.stdout.count("wrote") == 1  # process 1 prints nothing
-    a = torch.load(tmp_path / "one" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "two" / "last.pt", weights_only=False)
-    rows_a = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    rows_b = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    a, b, rows_a, rows_b = one_and_two(tmp_path, two.stdout)
     assert [r["epoch"] for r in rows_b] == [0, 1]  # one line per epoch, not one per process
     assert [r["examples"] for r in rows_b] == [r["examples"] for r in rows_a]
     assert rows_b[0]["processes"] == 2
@@ -92,12 +98,7 @@ def test_two_processes_train_a_ranker_as_one_process(tmp_path):
     run_cli([*args, "--out", str(tmp_path / "one")], [])
     two = run_cli([*args, "--out", str(tmp_path / "two")],
                   ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"])
-    assert "data-parallel over 2 processes" in two.stdout
-    assert two.stdout.count("wrote") == 1  # process 1 prints nothing
-    a = torch.load(tmp_path / "one" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "two" / "last.pt", weights_only=False)
-    rows_a = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    rows_b = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    a, b, rows_a, rows_b = one_and_two(tmp_path, two.stdout)
     assert [r["epoch"] for r in rows_b] == [0, 1] and rows_b[0]["processes"] == 2
     assert [r["examples"] for r in rows_b] == [r["examples"] for r in rows_a]
     assert rows_a[0]["examples"] % 64 != 0  # the last, smaller batch is split too
