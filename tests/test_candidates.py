@@ -23,7 +23,7 @@ from mirec.runs import RankRunConfig
 from mirec.serve.bundle import bundle_from_run, load_bundle
 from mirec.serve.index import IndexConfig, ItemIndex
 from mirec.serve.pipeline import RankStage
-from mirec.serve.recommender import Recommender
+from mirec.serve.recommender import Recommender, ServeConfig
 from mirec.train.candidates import build_candidate_data, check_leakage, retrieval_seed_run
 
 CAND = {"cand.m": 8, "cand.negatives": 4, "cand.examples_per_user": 3}
@@ -160,6 +160,31 @@ def test_the_ranker_only_reorders_retrieved_candidates(runs):
     assert sorted(r.item for r in plain.items) == sorted(cand.tolist())
     top = rec.recommend(user_id=user, n=5, rank=True, diversity=0.5)
     assert {r.item for r in top.items} <= set(cand.tolist())
+
+
+def test_the_ranker_scores_only_the_top_r_candidates_by_f_with_their_union_features(runs):
+    ret, rank = runs
+    bundle, _ = bundle_from_run(ret / "seed-1")
+    stage = RankStage.from_run(rank / "seed-1", bundle)
+    R = 10
+    rec = Recommender(bundle, ItemIndex.build(bundle.item_vectors, IndexConfig(kind="exact")),
+                      cfg=ServeConfig(rank_candidates=R), ranker=stage)
+    user = next(iter(bundle.user_histories))
+    hist = bundle.user_histories[user].tolist()
+    V, live, _, _ = rec.interests(hist)
+    cand, f, k = rec.retrieve(V, live, hist, rec.cfg.candidates_per_interest)
+    assert len(cand) > 2 * R
+    seen = []
+    score = stage.score
+    stage.score = lambda u, h, c, ff, kk, K: seen.append(np.asarray(c).copy()) or score(u, h, c, ff, kk, K)
+    got = rec.recommend(user_id=user, n=5, rank=True)
+    top = cand[np.argsort(-f, kind="stable")[:R]]
+    assert len(seen) == 1 and sorted(seen[0].tolist()) == sorted(top.tolist())
+    assert {r.item for r in got.items} <= set(top.tolist())
+    # what the kept candidates' features would be over the whole union: the same
+    keep = np.isin(cand, top)
+    whole = stage.dense(-1, hist, cand, f, k, len(V))[keep]
+    np.testing.assert_allclose(stage.dense(-1, hist, cand[keep], f[keep], k[keep], len(V)), whole)
 
 
 def test_resume_equals_uninterrupted_on_candidate_data(runs, tmp_path):

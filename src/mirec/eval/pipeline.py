@@ -1,6 +1,7 @@
 """The two-stage pipeline on the protocol's test users: retrieval alone against retrieval +
 ranking, with the candidates the server uses (exact index, ``candidates_per_interest`` per live
-interest, union minus the history, f = max over interests).
+interest, union minus the history, f = max over interests; the ranker reorders the top
+``rank_candidates`` by f).
 
 ``mirec evaluate --run RETRIEVAL --ranker RANKER --out DIR`` pairs the runs' seeds
 (``seed-<s>`` with ``seed-<s>``) and writes ``DIR/results.json`` (docs/results.md, "Pipeline"):
@@ -104,7 +105,8 @@ def evaluate_pipeline(run_dir: str | Path, ranker_dir: str | Path, out: str | Pa
                            "seeds": [r["seed"] for r in per_seed]}
     for name in ("retrieval", "pipeline"):
         doc[name], doc[f"{name}_std"] = _mean_std([r[name] for r in per_seed])
-    doc.update(candidates_per_interest=rec.cfg.candidates_per_interest, per_seed=per_seed,
+    doc.update(candidates_per_interest=rec.cfg.candidates_per_interest,
+               rank_candidates=rec.cfg.rank_candidates, per_seed=per_seed,
                wall_seconds=round(time.perf_counter() - t0, 3))
     if out is not None:
         atomic_write_json(Path(out) / "results.json", doc)

@@ -7,7 +7,7 @@ all call :meth:`Recommender.recommend`::
     user tower on the last max_len items       -> K interest vectors, live mask, weights (K, L)
     each live interest searches the index      -> top-M items per interest
     union of the candidates, history removed   -> re-scored by f(u, i) = max_k v_k . e_i
-    [rank=True: a ranker (serve/pipeline.py)    -> re-scores the candidates: P(click)]
+    [rank=True: a ranker (serve/pipeline.py)    -> re-scores the top-R candidates by f: P(click)]
     diversify(lambda)                          -> the final n, each with the interest that
                                                   scored it and that interest's 3 heaviest
                                                   history items ("because")
@@ -48,13 +48,14 @@ from mirec.serve.store import EventStore
 class ServeConfig:
     candidates_per_interest: int = 200  # M: each interest's top-M from the index
     max_candidates_per_interest: int = 5000  # the cap when filters make M widen
+    rank_candidates: int = 200  # R: with rank=True the ranker scores the top-R candidates by f
     max_n: int = 500  # largest n a request may ask for
     max_history: int = 1000  # longest history a request may send
     because: int = 3  # history items named per recommendation
 
     def validate(self) -> None:
-        for name in ("candidates_per_interest", "max_candidates_per_interest", "max_n", "max_history",
-                     "because"):
+        for name in ("candidates_per_interest", "max_candidates_per_interest", "rank_candidates", "max_n",
+                     "max_history", "because"):
             if getattr(self, name) < 1:
                 raise MirecConfigError(f"serve.{name}: must be >= 1, got {getattr(self, name)}")
 
@@ -361,6 +362,11 @@ class Recommender:
         (n',) ids, scores and interests, best first."""
         cand, scores, k = self.retrieve(V, live, exclude, self.first_m(n, exclude), blocked, n, found)
         if rank is not None and len(cand):
+            # the ranker reorders the top-R by f; the union of K x M is several hundred items and
+            # the ranker's cost grows with it. The candidate features of the kept ones do not
+            # change (their rank and interest tops are all within the top R).
+            keep = np.sort(np.argsort(-scores, kind="stable")[: max(self.cfg.rank_candidates, n)])
+            cand, scores, k = cand[keep], scores[keep], k[keep]
             scores = 0.5 * (1.0 + np.tanh(0.5 * rank(cand, scores, k)))  # sigmoid of the logits
         picked = self.pick(cand, scores, n, lam)
         return cand[picked], scores[picked], k[picked]
