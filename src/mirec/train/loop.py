@@ -172,6 +172,8 @@ class RetrievalTask:
         return VectorScorer(self.model, self.cfg.train.cosine)
 
     def validate(self) -> dict[str, float]:
+        if hasattr(self.optimizer, "flush"):  # the row-wise optimiser's skipped steps, applied
+            self.optimizer.flush()
         # every process evaluates the same users on identical parameters
         return evaluate(self.scorer(), self.ds, self.valid_users, self.cfg.split.max_len,
                         self.cfg.eval).metrics
