@@ -17,6 +17,9 @@ by the wall clock and measured by that child's peak RSS (``os.wait4``):
 * ``index``     ``mirec export`` + ``mirec index build`` (the index it chooses, with its recall@50
                 against exact on a sample of users); time, size on disk
 * ``serve``     in process, ``Recommender.recommend`` for ``--queries`` users: p50 / p99
+* ``train-serve``, ``index-serve``, ``serve-serve``  with ``--serve-steps N``: ``index`` and
+                ``serve`` on a model trained N steps (an approximate index finds the near items of
+                trained vectors; a model of a few hundred steps leaves most rows at random)
 * ``ddp``       ``torchrun --nproc-per-node 2`` of the ``train`` stage (gloo, one thread each)
 
 Each finished stage appends one JSON line to ``WORK/scale.jsonl`` and is skipped when the bench
@@ -218,10 +221,16 @@ def bench(a: argparse.Namespace) -> None:
     if a.eval_users:
         rec.do("eval", lambda: stage("eval", "eval", str(w / "run"), str(w / "data"),
                                      str(a.eval_users)))
-    rec.do("index", lambda: {
-        "export_s": cli("export", "export", str(w / "run"), "--out", str(w / "bundle"))["wall_s"],
-        **cli("index", "index", "build", str(w / "bundle"), keep=True), "size_gib": dir_gib(w / "bundle")})
-    rec.do("serve", lambda: stage("serve", "serve", str(w / "bundle"), str(a.queries)))
+    # the serving stages index a model trained for --serve-steps steps (default: the timed run's)
+    run, bundle, tag = w / "run", w / "bundle", ""
+    if a.serve_steps:
+        run, bundle, tag = w / "run-serve", w / "bundle-serve", "-serve"
+        rec.do("train-serve", lambda: {**stage("train-serve", "train", str(w / "data"), str(run),
+                                               str(a.serve_steps), *TRAIN_SETS), "steps": a.serve_steps})
+    rec.do(f"index{tag}", lambda: {
+        "export_s": cli("export", "export", str(run), "--out", str(bundle))["wall_s"],
+        **cli("index", "index", "build", str(bundle), keep=True), "size_gib": dir_gib(bundle)})
+    rec.do(f"serve{tag}", lambda: stage("serve", "serve", str(bundle), str(a.queries)))
     if a.ddp:
         rec.do("ddp", lambda: ddp(w, steps))
     table(a, rec)
@@ -259,13 +268,16 @@ def table(a: argparse.Namespace, rec: Record) -> None:
         e = rows["eval"]
         print(f"| exact evaluation, {e['users']:,} test users | {e['eval_s']:.0f} s, peak RSS "
               f"{e['rss_gib']:.2f} GiB |")
-    if "index" in rows:
-        i = rows["index"]
-        print(f"| export + index build | {i['wall_s']:.0f} s; {i.get('printed', '')} |")
-    if "serve" in rows:
-        s = rows["serve"]
-        print(f"| serving, in process ({s['index']}) | p50 {s['p50_ms']:.2f} ms, p99 "
-              f"{s['p99_ms']:.2f} ms over {s['queries']} users |")
+    for tag in ("", "-serve"):
+        model = f"the model trained {a.steps} steps" if not tag else \
+            f"a model trained {rows.get('train-serve', {}).get('steps', '?')} steps"
+        if f"index{tag}" in rows:
+            i = rows[f"index{tag}"]
+            print(f"| export + index build, {model} | {i['wall_s']:.0f} s; {i.get('printed', '')} |")
+        if f"serve{tag}" in rows:
+            s = rows[f"serve{tag}"]
+            print(f"| serving, in process ({s['index']}), {model} | p50 {s['p50_ms']:.2f} ms, p99 "
+                  f"{s['p99_ms']:.2f} ms over {s['queries']} users |")
     if "ddp" in rows:
         d = rows["ddp"]
         print(f"| torchrun, 2 processes x 1 thread | {d['examples_per_s']:,.0f} examples/s |")
@@ -279,6 +291,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300, help="training steps timed (0: whole epochs)")
     p.add_argument("--eval-users", type=int, default=10_000, help="test users evaluated (0: skip)")
     p.add_argument("--queries", type=int, default=1000, help="recommendations timed in process")
+    p.add_argument("--serve-steps", type=int, default=0,
+                   help="train the served model this many steps (stage train-serve; default: index and "
+                        "serve the timed run, whose few steps leave most item vectors random)")
     p.add_argument("--no-ddp", dest="ddp", action="store_false", help="skip the torchrun stage")
     p.add_argument("--markdown", action="store_true", help="print the recorded table and exit")
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
