@@ -105,28 +105,32 @@ class RowwiseAdam:
         self.steps = 0
         zeros = torch.zeros_like(table, requires_grad=False)
         self.exp_avg, self.exp_avg_sq = hugepage_copy(zeros), hugepage_copy(zeros)  # (N, D) m, v
-        self.last = torch.zeros(table.shape[0], dtype=torch.int64)  # (N,) step of each row's last update
+        big = table.numel() * table.element_size() >= HUGEPAGE_MIN_BYTES  # then its row steps too
+        last = torch.zeros(table.shape[0], dtype=torch.int64)  # (N,) step of each row's last update
+        self.last = hugepage_copy(last, min_bytes=1 if big else None)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.dense.zero_grad(set_to_none=set_to_none)
         self.table.grad = None  # a sparse gradient is never zeroed in place
 
-    def _catch_up(self, rows: torch.Tensor, m: torch.Tensor, v: torch.Tensor, upto: int) -> None:
-        """Apply to ``rows`` (and their gathered moments m, v (R, D), in place) the steps after
-        their last update up to and including step ``upto`` that had no gradient for them."""
+    def _catch_up(self, rows: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+                  upto: int) -> torch.Tensor | None:
+        """What the steps after ``rows``' last update up to and including step ``upto``, which
+        had no gradient for them, moved them by: (R, D), or None if no row skipped a step. Their
+        gathered moments m, v (R, D) are decayed in place as those steps decayed them."""
         b1, b2 = self.betas
         s = self.last.index_select(0, rows)  # (R,)
         d = (upto - s).clamp_(min=0).to(torch.float64)  # (R,) steps skipped
         if not bool((d > 0).any()):
-            return
+            return None
         r = b1 / math.sqrt(b2)
         first = (s + 1).to(torch.float64)  # the first skipped step's bias correction
         c = self.lr * torch.sqrt(1 - b2**first) / (1 - b1**first)
         total = c * r * (1 - r**d) / (1 - r)  # (R,) sum_{j=1..d} c r^j
-        w = self.table.detach()
-        w.index_add_(0, rows, (m / (v.sqrt() + self.eps)) * (-total).to(m.dtype)[:, None])
+        moved = (m / (v.sqrt() + self.eps)).mul_((-total).to(m.dtype)[:, None])
         m.mul_((b1**d).to(m.dtype)[:, None])
         v.mul_((b2**d).to(v.dtype)[:, None])
+        return moved
 
     @torch.no_grad()
     def step(self) -> None:
@@ -140,7 +144,7 @@ class RowwiseAdam:
         (b1, b2), self.steps = self.betas, self.steps + 1
         m = self.exp_avg.index_select(0, rows)  # (R, D)
         v = self.exp_avg_sq.index_select(0, rows)
-        self._catch_up(rows, m, v, self.steps - 1)
+        moved = self._catch_up(rows, m, v, self.steps - 1)
         if self.weight_decay:
             grad = grad + self.weight_decay * w.index_select(0, rows)  # L2 on the touched rows only
         m.mul_(b1).add_(grad, alpha=1 - b1)
@@ -149,17 +153,21 @@ class RowwiseAdam:
         self.exp_avg_sq.index_copy_(0, rows, v)
         self.last.index_fill_(0, rows, self.steps)
         step = self.lr * math.sqrt(1 - b2**self.steps) / (1 - b1**self.steps)
-        w.index_add_(0, rows, m.div_(v.sqrt_().add_(self.eps)), alpha=-step)
+        update = m.div_(v.sqrt_().add_(self.eps)).mul_(-step)  # (R, D)
+        w.index_add_(0, rows, update if moved is None else update.add_(moved))  # one pass over the table
 
     @torch.no_grad()
     def flush(self, block: int = 1 << 16) -> None:
         """Catch every row up to the last step (O(N D), once per validation): the table is then
         what dense Adam's would be, and the next steps go on from there."""
-        for start in range(0, self.table.shape[0], block):
-            rows = torch.arange(start, min(start + block, self.table.shape[0]))
+        w = self.table.detach()
+        for start in range(0, w.shape[0], block):
+            rows = torch.arange(start, min(start + block, w.shape[0]))
             m, v = self.exp_avg[rows], self.exp_avg_sq[rows]
-            self._catch_up(rows, m, v, self.steps)
-            self.exp_avg[rows], self.exp_avg_sq[rows] = m, v
+            moved = self._catch_up(rows, m, v, self.steps)
+            if moved is not None:
+                w.index_add_(0, rows, moved)
+                self.exp_avg[rows], self.exp_avg_sq[rows] = m, v
             self.last[rows] = self.steps
 
     def state_dict(self) -> dict[str, Any]:
