@@ -96,11 +96,12 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0
     checkpoint_every_steps: int = 0
     # adam: dense Adam over every parameter; sparse: the item table's gradient holds the rows a
-    # batch read and a row-wise lazy Adam steps just those (dense Adam for the rest), so a step
-    # costs the same at 12k or 1.7M items; auto: sparse above optim.SPARSE_ABOVE items (50,000),
-    # where dense Adam's pass over the table starts to dominate a step, adam below (it trained
-    # better on Amazon Beauty). Sampled softmax only (the full softmax reads every row: dense
-    # Adam there). mirec.train.optim; docs/models.md#training-at-scale.
+    # batch read and a row-wise Adam steps just those, catching up the steps each row skipped
+    # (dense Adam for the rest), so a step costs the same at 12k or 1.7M items; auto: sparse
+    # above optim.SPARSE_ABOVE items (50,000), where dense Adam's pass over the table starts to
+    # dominate a step, adam below (as fast there, and the same quality). Sampled softmax only
+    # (the full softmax reads every row: dense Adam there). mirec.train.optim;
+    # docs/models.md#training-at-scale.
     optimizer: str = "auto"
 
     def validate(self) -> None:

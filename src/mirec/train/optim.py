@@ -41,7 +41,7 @@ OPTIMIZERS = ("auto", "adam", "sparse")
 # train.optimizer=auto steps the item table row-wise above this many items. Dense Adam's pass
 # over the table costs about 0.19 us a row a step here (a step of batch 256: 18.7 ms at 12k
 # items, 331 ms at 1.7M), a third of a step at 50,000 items; below that dense Adam is as fast
-# and it trained better on Amazon Beauty (docs/models.md#training-at-scale).
+# (the two trained equally well on MovieLens-100K and Amazon Beauty: docs/models.md).
 SPARSE_ABOVE = 50_000
 
 
