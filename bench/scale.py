@@ -19,7 +19,9 @@ by the wall clock and measured by that child's peak RSS (``os.wait4``):
 * ``serve``     in process, ``Recommender.recommend`` for ``--queries`` users: p50 / p99
 * ``train-serve``, ``index-serve``, ``serve-serve``  with ``--serve-steps N``: ``index`` and
                 ``serve`` on a model trained N steps (an approximate index finds the near items of
-                trained vectors; a model of a few hundred steps leaves most rows at random)
+                trained vectors; a model of a few hundred steps leaves most rows at random);
+                with ``--serve-index KIND`` those two stages build and open that index
+                (``index-serve-hnsw``, ``serve-serve-hnsw``)
 * ``ddp``       ``torchrun --nproc-per-node 2`` of the ``train`` stage (gloo, one thread each)
 
 Each finished stage appends one JSON line to ``WORK/scale.jsonl`` and is skipped when the bench
@@ -30,6 +32,7 @@ Usage::
 
     python bench/scale.py --preset books --work runs/scale-books
     python bench/scale.py --preset taobao --work runs/scale-taobao --steps 300
+    python bench/scale.py --preset taobao --work runs/scale-taobao --serve-steps 50000 --serve-index hnsw
     python bench/scale.py --preset books --work /tmp/s --set num_users=5000 --steps 20   # smoke
     python bench/scale.py --preset books --work runs/scale-books --markdown
 
@@ -141,13 +144,13 @@ def eval_child(run_dir: str, data: str, users: str) -> dict[str, Any]:
             "recall@50": res.metrics.get("recall@50")}
 
 
-def serve_child(bundle: str, queries: str) -> dict[str, Any]:
+def serve_child(bundle: str, queries: str, kind: str = "auto") -> dict[str, Any]:
     """In-process latency of one recommendation (top 50) for a seeded sample of known users."""
     import numpy as np
 
     from mirec.serve.recommender import Recommender
 
-    rec = Recommender.open(bundle)
+    rec = Recommender.open(bundle, index=kind)
     users = list(rec.bundle.user_histories)
     pick = np.random.default_rng(0).choice(len(users), size=min(int(queries) + 50, len(users)),
                                            replace=False)
@@ -227,10 +230,13 @@ def bench(a: argparse.Namespace) -> None:
         run, bundle, tag = w / "run-serve", w / "bundle-serve", "-serve"
         rec.do("train-serve", lambda: {**stage("train-serve", "train", str(w / "data"), str(run),
                                                str(a.serve_steps), *TRAIN_SETS), "steps": a.serve_steps})
-    rec.do(f"index{tag}", lambda: {
-        "export_s": cli("export", "export", str(run), "--out", str(bundle))["wall_s"],
-        **cli("index", "index", "build", str(bundle), keep=True), "size_gib": dir_gib(bundle)})
-    rec.do(f"serve{tag}", lambda: stage("serve", "serve", str(bundle), str(a.queries)))
+    if not (bundle / "manifest.json").exists():
+        rec.do(f"export{tag}", lambda: cli("export", "export", str(run), "--out", str(bundle)))
+    kind = a.serve_index
+    tag += "" if kind == "auto" else f"-{kind}"
+    rec.do(f"index{tag}", lambda: {**cli("index", "index", "build", str(bundle), "--index", kind, keep=True),
+                                   "size_gib": dir_gib(bundle)})
+    rec.do(f"serve{tag}", lambda: stage("serve", "serve", str(bundle), str(a.queries), kind))
     if a.ddp:
         rec.do("ddp", lambda: ddp(w, steps))
     table(a, rec)
@@ -268,12 +274,13 @@ def table(a: argparse.Namespace, rec: Record) -> None:
         e = rows["eval"]
         print(f"| exact evaluation, {e['users']:,} test users | {e['eval_s']:.0f} s, peak RSS "
               f"{e['rss_gib']:.2f} GiB |")
-    for tag in ("", "-serve"):
-        model = f"the model trained {a.steps} steps" if not tag else \
+    tags = [t[len("serve"):] for t in rows if t.startswith("serve")]  # "", "-serve", "-serve-hnsw"
+    for tag in tags:
+        model = f"the model trained {a.steps} steps" if not tag.startswith("-serve") else \
             f"a model trained {rows.get('train-serve', {}).get('steps', '?')} steps"
         if f"index{tag}" in rows:
             i = rows[f"index{tag}"]
-            print(f"| export + index build, {model} | {i['wall_s']:.0f} s; {i.get('printed', '')} |")
+            print(f"| index build, {model} | {i['wall_s']:.0f} s; {i.get('printed', '')} |")
         if f"serve{tag}" in rows:
             s = rows[f"serve{tag}"]
             print(f"| serving, in process ({s['index']}), {model} | p50 {s['p50_ms']:.2f} ms, p99 "
@@ -291,6 +298,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300, help="training steps timed (0: whole epochs)")
     p.add_argument("--eval-users", type=int, default=10_000, help="test users evaluated (0: skip)")
     p.add_argument("--queries", type=int, default=1000, help="recommendations timed in process")
+    p.add_argument("--serve-index", default="auto", help="the index the serving stages build and open "
+                   "(mirec index build --index): auto, exact, hnsw or ivf")
     p.add_argument("--serve-steps", type=int, default=0,
                    help="train the served model this many steps (stage train-serve; default: index and "
                         "serve the timed run, whose few steps leave most item vectors random)")
