@@ -24,7 +24,7 @@ from mirec.serve.bundle import bundle_from_run, load_bundle
 from mirec.serve.index import IndexConfig, ItemIndex
 from mirec.serve.pipeline import RankStage
 from mirec.serve.recommender import Recommender, ServeConfig
-from mirec.train.candidates import build_candidate_data, check_leakage, retrieval_seed_run
+from mirec.train.candidates import CandidateSearch, build_candidate_data, check_leakage, retrieval_seed_run
 
 CAND = {"cand.m": 8, "cand.negatives": 4, "cand.examples_per_user": 3}
 
@@ -185,6 +185,30 @@ def test_the_ranker_scores_only_the_top_r_candidates_by_f_with_their_union_featu
     keep = np.isin(cand, top)
     whole = stage.dense(-1, hist, cand, f, k, len(V))[keep]
     np.testing.assert_allclose(stage.dense(-1, hist, cand[keep], f[keep], k[keep], len(V)), whole)
+
+
+def test_candidate_negatives_come_from_the_top_r_the_server_ranks(runs):
+    """cand.top: the negatives drawn from the candidates are among the top R by f, the set a
+    served ranker reorders (ServeConfig.rank_candidates)."""
+    ret, _ = runs
+    run = retrieval_seed_run(ret, 1)
+    ds, R = run.dataset, 3
+    # two negatives a positive: the top 3 minus the positive still hold them (a shortfall is
+    # drawn uniformly)
+    cfg = load(RankRunConfig, None, [f"cand.run={ret}", *(f"{k}={v}" for k, v in CAND.items()),
+                                     f"cand.top={R}", "cand.random_share=0", "cand.negatives=2"])
+    data = build_candidate_data(cfg, run)
+    search = CandidateSearch(run, cfg.cand.m)
+    neg = data.label == 0
+    states = sorted(set(zip(data.user[neg].tolist(), data.hist_stop[neg].tolist())))
+    wider = 0
+    for u, stop in states[:40]:
+        got = search.search(ds.item, ds.offsets[[u]], np.array([stop]))[0]
+        wider += len(got.cand) > R
+        top = set(got.top(R).cand.tolist())
+        rows = neg & (data.user == u) & (data.hist_stop == stop)
+        assert set(data.item[rows].tolist()) <= top
+    assert wider > 0  # the union was larger than R: the restriction was exercised
 
 
 def test_resume_equals_uninterrupted_on_candidate_data(runs, tmp_path):

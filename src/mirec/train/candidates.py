@@ -5,7 +5,8 @@ it is trained on that question (YouTube DNN's ranking on impressions; CoRR, WWW 
 SIGIR 2022). Per example, a user state (a history) and:
 
     the retriever on the last split.max_len items -> K interests -> top-m per live interest,
-        union, minus the whole history, f = max over live interests     (as serving: exact index)
+        union, minus the whole history, f = max over live interests (as serving: exact
+        index; with cand.top, only the top cand.top by f, as ServeConfig.rank_candidates)
     positive   the real next item
     negatives  cand.negatives: a share cand.random_share uniform over the catalogue (never the
                positive or a history item), the rest sampled from the candidates without
@@ -72,6 +73,14 @@ class Searched:
     k: np.ndarray  # (C,) the interest attaining it
     sims: np.ndarray  # (K_live, N) every item's score under each live interest
     live: np.ndarray  # (K,) bool
+
+    def top(self, r: int) -> Searched:
+        """The top ``r`` candidates by f, as the server hands them to the ranker
+        (``ServeConfig.rank_candidates``; ties by position, ids kept ascending)."""
+        if r <= 0 or len(self.cand) <= r:
+            return self
+        keep = np.sort(np.argsort(-self.f, kind="stable")[:r])
+        return dataclasses.replace(self, cand=self.cand[keep], f=self.f[keep], k=self.k[keep])
 
 
 class CandidateSearch:
@@ -159,6 +168,7 @@ def build_candidate_data(cfg: RankRunConfig, run: LoadedRun, batch: int = 256) -
         u, t = users[s:s + batch], cuts[s:s + batch]
         start = ds.offsets[u]
         for b, got in enumerate(search.search(ds.item, start, t)):
+            got = got.top(cc.top)  # cand.top: only the top by f (0: the whole union)
             uu, tt = int(u[b]), int(t[b])
             hist = ds.item[start[b]:tt].astype(np.int64)
             own_stop = valid_end.get(uu, int(ds.offsets[uu + 1]))  # the user's events in the window
