@@ -227,3 +227,16 @@ def test_reevaluating_a_run_with_faiss_reports_its_recall(random_dataset, tmp_pa
     got = dict(run.mean)  # (a property: recomputed on every read)
     assert got.pop("index_recall@10") == 1.0  # stored with the metrics, as results.json has them
     assert got == pytest.approx(exact.mean, abs=0.02)
+
+
+@pytest.mark.slow
+def test_index_build_says_when_ivf_scans_a_large_share_of_the_lists(bundle_dir, tmp_path, capsys):
+    from tests.test_guarantees import mirec
+
+    b = shutil.copytree(bundle_dir, tmp_path / "b")
+    code, out, err = mirec(capsys, "index", "build", b, "--index", "ivf", "--queries", "20")
+    ivf = ItemIndex.load(b / "index-ivf.faiss", IndexConfig()).index
+    nlist, nprobe = ivf.nlist, ivf.nprobe
+    assert code == 0, err
+    assert nprobe * 16 > nlist  # a handful of lists on this small catalogue: a large share
+    assert "--index hnsw" in " ".join(out.split())

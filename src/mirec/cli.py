@@ -406,6 +406,9 @@ def index_build(
                   f"{r['bytes'] / 2**20:.1f} MiB, recall@50 vs exact {r['recommend_recall@50']:.3f} "
                   f"per recommendation ({r['users']} users, max over interests), "
                   f"{r['recall@50']:.3f} per interest query ({r['queries']}); wrote {r['path']}")
+    if r["kind"] == "ivf" and r["nprobe"] * 16 > r["nlist"]:
+        console.print(f"note: at this recall each query scans {r['nprobe'] / r['nlist']:.0%} of the lists; "
+                      f"`--index hnsw` may search faster (it builds slower; docs/serving.md)")
 
 
 @app.command("recommend")
