@@ -127,7 +127,8 @@ class RowwiseAdam:
         first = (s + 1).to(torch.float64)  # the first skipped step's bias correction
         c = self.lr * torch.sqrt(1 - b2**first) / (1 - b1**first)
         total = c * r * (1 - r**d) / (1 - r)  # (R,) sum_{j=1..d} c r^j
-        moved = (m / (v.sqrt() + self.eps)).mul_((-total).to(m.dtype)[:, None])
+        denom = v.sqrt().add_(self.eps)
+        moved = torch.div(m, denom, out=denom).mul_((-total).to(m.dtype)[:, None])
         m.mul_((b1**d).to(m.dtype)[:, None])
         v.mul_((b2**d).to(v.dtype)[:, None])
         return moved
