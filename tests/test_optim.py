@@ -66,9 +66,10 @@ class Table(nn.Module):
 
 
 def test_rowwise_rule_on_touched_rows_matches_a_hand_computation():
-    """Two steps of lazy Adam with L2 on the touched rows: step 1 reads rows 1 and 2, step 2
-    reads rows 2 and 3. Row 1 stays where step 1 left it; row 3 takes its first update with the
-    bias correction of step 2; rows 0 and 4 never move."""
+    """Two steps of the row-wise rule with L2 on the touched rows: step 1 reads rows 1 and 2,
+    step 2 reads rows 2 and 3 (no row read before skips a step, so there is nothing to catch
+    up). Row 1 stays where step 1 left it until it is read again or flushed; row 3 takes its
+    first update with the bias correction of step 2; rows 0 and 4 never move."""
     torch.manual_seed(0)
     m = Table()
     lr, wd, b1, b2, eps = 0.1, 0.5, 0.9, 0.999, 1e-8
@@ -89,7 +90,7 @@ def test_rowwise_rule_on_touched_rows_matches_a_hand_computation():
     w2 = m.emb.weight.detach()
 
     def adam(p: torch.Tensor, grads: list[torch.Tensor], steps: list[int]) -> torch.Tensor:
-        """Lazy Adam on one row: its moments move on the steps listed (global step numbers)."""
+        """Adam on one row read on consecutive steps (global step numbers)."""
         mom, sq = torch.zeros_like(p), torch.zeros_like(p)
         for g, t in zip(grads, steps):
             g = g + wd * p  # L2 on a touched row
