@@ -71,6 +71,13 @@ class ItemWindow:
         return cls(**arr, start=int(d["start"]), end=int(d["end"]))
 
 
+def top_positions(f: np.ndarray, r: int) -> np.ndarray:
+    """Positions of the top ``r`` of candidates scoring ``f`` (C,), in their original order (ties
+    by position): the set a served ranker reorders. Features 0-4 of the kept candidates are the
+    same as over all C (every candidate scoring higher, and each interest's best, is kept)."""
+    return np.sort(np.argsort(-f, kind="stable")[:r])
+
+
 def retrieval_features(f: np.ndarray, k: np.ndarray, cand_f: np.ndarray, cand_k: np.ndarray,
                        num_interests: int) -> np.ndarray:
     """Features 0-4 of items with retrieval scores ``f`` (X,) from interests ``k`` (X,), given

@@ -34,6 +34,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from mirec.data.cand_features import top_positions
 from mirec.data.split import left_pad
 from mirec.errors import MirecConfigError
 from mirec.models.base import user_interests
@@ -363,9 +364,8 @@ class Recommender:
         cand, scores, k = self.retrieve(V, live, exclude, self.first_m(n, exclude), blocked, n, found)
         if rank is not None and len(cand):
             # the ranker reorders the top-R by f; the union of K x M is several hundred items and
-            # the ranker's cost grows with it. The candidate features of the kept ones do not
-            # change (their rank and interest tops are all within the top R).
-            keep = np.sort(np.argsort(-scores, kind="stable")[: max(self.cfg.rank_candidates, n)])
+            # the ranker's cost grows with it
+            keep = top_positions(scores, max(self.cfg.rank_candidates, n))
             cand, scores, k = cand[keep], scores[keep], k[keep]
             scores = 0.5 * (1.0 + np.tanh(0.5 * rank(cand, scores, k)))  # sigmoid of the logits
         picked = self.pick(cand, scores, n, lam)

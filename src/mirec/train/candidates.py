@@ -79,7 +79,7 @@ class Searched:
         (``ServeConfig.rank_candidates``; ties by position, ids kept ascending)."""
         if r <= 0 or len(self.cand) <= r:
             return self
-        keep = np.sort(np.argsort(-self.f, kind="stable")[:r])
+        keep = cand_features.top_positions(self.f, r)
         return dataclasses.replace(self, cand=self.cand[keep], f=self.f[keep], k=self.k[keep])
 
 
