@@ -11,7 +11,9 @@ its test users out of training and of the choice).
     python bench/quality.py                          # all models, seeds 1,2,3
     python bench/quality.py --models comirec-sa,mind --seeds 1,2,3
     python bench/quality.py --tune --models youtube-dnn
-    python bench/quality.py --data data/beauty --models sasrec,comirec-sa   # any prepared data set
+    python bench/quality.py --data data/beauty --models sasrec,comirec-sa --defaults   # any data set
+    python bench/quality.py --data data/beauty --models comirec-sa --seeds 1 --tune \
+        --grid train.temperature=0.05,0.1,0.2 --grid train.hard_negative_beta=0,0.2
 
 A run whose results.json (same config and seeds) is already under ``--out`` is reused, and every
 finished run appends a line to ``--out/runs.jsonl``: an interrupted benchmark, started again,
@@ -98,7 +100,13 @@ def main() -> None:
     p.add_argument("--out", default="runs/quality")
     p.add_argument("--set", action="append", default=[], help="override for every neural model")
     p.add_argument("--tune", action="store_true", help="grid-search on validation users first")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="with --tune: search these values instead of the default grid (repeatable)")
+    p.add_argument("--defaults", action="store_true",
+                   help="without --tune: the TrainConfig defaults, not MovieLens-100K's CHOSEN settings")
     args = p.parse_args()
+    grid = dict(g.split("=", 1) for g in args.grid)
+    grid = {k: v.split(",") for k, v in grid.items()} or GRID
     console = Console(width=140)
     ds = load_dataset(args.data)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -112,10 +120,10 @@ def main() -> None:
             run, sets, epochs = evaluate_baseline(model, ds, seeds, out=out / model), [], "-"
             mean, std = run.mean, run.std
         elif args.tune:
-            sets, doc = tune(model, ds, seeds, out, console, args.set)
+            sets, doc = tune(model, ds, seeds, out, console, args.set, grid)
             mean, std, epochs = doc["metrics"], doc["std"], ",".join(map(str, doc["best_epochs"]))
         else:
-            sets = CHOSEN.get(model, []) + args.set
+            sets = ([] if args.defaults else CHOSEN.get(model, [])) + args.set
             cfg = load(RunConfig, None, [f"model={model}", *sets])
             doc = run_or_reuse(cfg, ds, seeds, out / model, out / "runs.jsonl")
             mean, std, epochs = doc["metrics"], doc["std"], ",".join(map(str, doc["best_epochs"]))

@@ -411,6 +411,39 @@ def test_batch_loss_sampled_path_matches_full_path(cosine):
     torch.testing.assert_close(g_samp, g_full, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("loss", ["full", "sampled"])
+def test_comirec_sa_shared_lookup_gives_the_separate_lookups_loss_and_gradient(loss):
+    """ComiRec-SA reads the loss's targets and negatives in its own history lookup (one item
+    table gradient instead of two); the loss and every gradient are those of separate lookups."""
+    from mirec.models.comirec_sa import ComiRecSA, ComiRecSAConfig
+
+    n = 30
+    torch.manual_seed(0)
+    model = ComiRecSA(ComiRecSAConfig(dim=8, num_interests=3, max_len=5), n)
+    g = torch.Generator().manual_seed(2)
+    hist = torch.randint(1, n, (6, 5), generator=g)
+    mask = torch.rand(6, 5, generator=g) > 0.4
+    mask[:, -1] = True
+    target = torch.randint(1, n, (6,), generator=g)
+    cfg = TrainConfig(temperature=0.2, loss=loss)
+    sampler = None
+    if loss == "sampled":
+        sampler = NegativeSampler(n, "uniform")
+        negs = torch.randint(1, n, (12,), generator=g)
+        sampler.sample = lambda s, generator=None: negs
+
+    def loss_and_grads():
+        out = batch_loss(model, hist, mask, target, cfg, sampler, n)
+        return out, torch.autograd.grad(out, list(model.parameters()))
+
+    shared, g_shared = loss_and_grads()
+    model.gathers_also = False  # this instance takes batch_loss's own lookup
+    separate, g_separate = loss_and_grads()
+    torch.testing.assert_close(shared, separate)
+    for a, b in zip(g_shared, g_separate):
+        torch.testing.assert_close(a, b)
+
+
 class _TwoInterests(torch.nn.Module):
     """Two fixed interests: a long one pointing one way and a unit one pointing another."""
 

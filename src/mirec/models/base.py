@@ -35,6 +35,7 @@ class Interests:
     vectors: torch.Tensor  # (B, K, D)
     mask: torch.Tensor  # (B, K) bool
     weights: torch.Tensor  # (B, K, L)
+    rows: torch.Tensor | None = None  # (R, D): the item rows of ``interests(..., also=ids)``
 
 
 class Retriever(Protocol):
@@ -51,7 +52,7 @@ class Retriever(Protocol):
 
 def unit_interests(out: Interests) -> Interests:
     """The same interests scaled to length 1: what cosine scores compare."""
-    return Interests(F.normalize(out.vectors, dim=-1), out.mask, out.weights)
+    return Interests(F.normalize(out.vectors, dim=-1), out.mask, out.weights, out.rows)
 
 
 @torch.no_grad()

@@ -44,6 +44,8 @@ class ComiRecSAConfig:
 
 
 class ComiRecSA(nn.Module):
+    gathers_also = True  # interests(..., also=ids) returns their rows from the same lookup
+
     def __init__(self, cfg: ComiRecSAConfig, num_items: int) -> None:
         super().__init__()
         self.cfg = cfg
@@ -54,36 +56,57 @@ class ComiRecSA(nn.Module):
         self.W2 = nn.Linear(cfg.hidden_factor * D, K, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def interests(self, hist: torch.Tensor, mask: torch.Tensor) -> Interests:
-        """(B, L) item ids and (B, L) bool mask -> K interests (all live)."""
+    def interests(self, hist: torch.Tensor, mask: torch.Tensor,
+                  also: torch.Tensor | None = None) -> Interests:
+        """(B, L) item ids and (B, L) bool mask -> K interests (all live). ``also`` (R,): item
+        ids whose embeddings come back as ``rows`` (R, D), read in the same lookup as the
+        history's (the training loss's targets and negatives: one gradient table, not two)."""
         B, L = hist.shape
-        hist = hist.masked_fill(~mask, 0)  # padding -> item 0, whose embedding row is zero
-        H = self.item_emb(hist)  # (B, L, D), zero on padding
+        # The attention's hidden layer, (B, L, 4D), is most of a step's work: compute it at the
+        # M real positions only (a third of them on Amazon Beauty, whose histories are short).
+        if torch.compiler.is_compiling():  # one fixed-shape graph: every position (M = B L)
+            live = torch.arange(B * L, device=hist.device)
+        else:
+            live = mask.reshape(-1).nonzero().squeeze(1)  # (M,) flat indices of real positions
+        ids = hist.masked_fill(~mask, 0).reshape(-1)[live]  # (M,), padding -> item 0 (a zero row)
+        rows = None
+        if also is None:
+            H_live = self.item_emb(ids)  # (M, D)
+        else:
+            H_live, rows = self.item_emb(torch.cat([ids, also])).split([len(ids), len(also)])
+        H = H_live.new_zeros(B * L, H_live.shape[1]).index_copy(0, live, H_live)
+        H = H.view(B, L, -1)  # (B, L, D), zero on padding
         P = self.pos_emb[-L:]  # (L, D), aligned to the most recent item
         if self.drop.p > 0 and self.training:
-            hidden = self.drop(tanh(self._pre(H, hist, P, self.W1.weight)))  # (B, L, 4D)
-            logits = self.W2(hidden).transpose(1, 2)  # (B, K, L)
+            hidden = self.drop(tanh(self._pre(H_live, ids, P, self.W1.weight, live, L)))  # (M, 4D)
+            scores = self.W2(hidden)  # (M, K)
         else:
             # W2 tanh(x) = W2 (2 sigmoid(2x) - 1) = 2 W2 sigmoid(2x) - W2 1. The last term is
             # the same at every position, so it cancels in the softmax over positions: the
-            # same A from one in-place sigmoid instead of tanh's four passes over (B, L, 4D).
-            s = sigmoid_(self._pre(H, hist, P, 2.0 * self.W1.weight))  # (B, L, 4D)
-            logits = F.linear(s, 2.0 * self.W2.weight).transpose(1, 2)  # (B, K, L)
-        A = masked_softmax(logits, mask[:, None, :], dim=-1)  # (B, K, L), sums to 1 over L
+            # same A from one in-place sigmoid instead of tanh's four passes over (M, 4D).
+            s = sigmoid_(self._pre(H_live, ids, P, 2.0 * self.W1.weight, live, L))  # (M, 4D)
+            scores = F.linear(s, 2.0 * self.W2.weight)  # (M, K)
+        logits = scores.new_zeros(B * L, scores.shape[1]).index_copy(0, live, scores)  # (B*L, K)
+        A = masked_softmax(logits.view(B, L, -1), mask[:, :, None], dim=1)  # (B, L, K), sum 1 over L
+        A = A.transpose(1, 2)  # (B, K, L)
         V = torch.einsum("bkl,bld->bkd", A, H)  # (B, K, D)
-        live = torch.ones(B, self.cfg.num_interests, dtype=torch.bool, device=hist.device)
-        return Interests(vectors=V, mask=live, weights=A)
+        live_k = torch.ones(B, self.cfg.num_interests, dtype=torch.bool, device=hist.device)
+        return Interests(vectors=V, mask=live_k, weights=A, rows=rows)
 
-    def _pre(self, H: torch.Tensor, hist: torch.Tensor, P: torch.Tensor, W1: torch.Tensor) -> torch.Tensor:
-        """``W1 (H + P)``, (B, L, 4D), for item embeddings H (B, L, D) of ids hist (B, L) and
-        positions P (L, D). W1 (H + P) = W1 H + W1 P. When the catalogue has fewer rows than
-        the batch has positions, projecting the whole item table once and gathering its rows
-        is the same product for fewer multiply-adds (N x D x 4D instead of B x L x D x 4D);
+    def _pre(self, H: torch.Tensor, ids: torch.Tensor, P: torch.Tensor, W1: torch.Tensor,
+             live: torch.Tensor, L: int) -> torch.Tensor:
+        """``W1 (H + P)`` at the real positions: (M, 4D), for the embeddings H (M, D) of their
+        item ids (M,), at flat indices ``live`` (M,) into the (B, L) batch, and the positions'
+        embeddings P (L, D). W1 (H + P) = W1 H + W1 P. When the catalogue has fewer rows than
+        the batch has real positions, projecting the whole item table once and gathering its
+        rows is the same product for fewer multiply-adds (N x D x 4D instead of M x D x 4D);
         not with a sparse item table (``train.optimizer=sparse``), whose gradient must stay on
         the rows the batch read."""
-        if not self.item_emb.sparse and self.item_emb.num_embeddings < hist.numel():
-            return F.embedding(hist, F.linear(self.item_emb.weight, W1)).add_(F.linear(P, W1))
-        return F.linear(H + P, W1)
+        pos = live % L  # (M,) position of each real item
+        if not self.item_emb.sparse and self.item_emb.num_embeddings < len(live):
+            table = F.linear(self.item_emb.weight, W1)  # (N, 4D)
+            return F.embedding(ids, table).add_(F.linear(P, W1)[pos])
+        return F.linear(H + P[pos], W1)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item_emb.weight  # (N, D)

@@ -44,15 +44,19 @@ def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
     """The training loss of one batch (full or sampled softmax on the readout vector).
     ``sparse``: the item table's gradient is sparse (only the rows gathered here and by the
     model; :mod:`mirec.train.optim`)."""
-    out = model.interests(hist, mask)
-    reg = cfg.routing_reg * routing_penalty(out.weights, mask) if cfg.routing_reg else None
-    items = model.item_embeddings()  # (N, D)
     B = len(target)
     neg = None if sampler is None else sampler.sample(cfg.num_negatives)  # (S,)
-    # One gather for the targets and the negatives: the backward of every dense gather
-    # zero-fills a whole (N, D) gradient table; a sparse one holds just these rows.
-    rows = F.embedding(target if neg is None else torch.cat([target, neg]), items,
-                       sparse=sparse)  # (B [+ S], D)
+    ids = target if neg is None else torch.cat([target, neg])  # (B [+ S],)
+    items = model.item_embeddings()  # (N, D)
+    if getattr(model, "gathers_also", False):  # the rows come from the model's own lookup
+        out = model.interests(hist, mask, also=ids)
+        rows = out.rows  # (B [+ S], D)
+    else:
+        out = model.interests(hist, mask)
+        # One gather for the targets and the negatives: the backward of every dense gather
+        # zero-fills a whole (N, D) gradient table; a sparse one holds just these rows.
+        rows = F.embedding(ids, items, sparse=sparse)  # (B [+ S], D)
+    reg = cfg.routing_reg * routing_penalty(out.weights, mask) if cfg.routing_reg else None
     if cfg.cosine and out.vectors.shape[1] > 1:  # one interest: the readout is the vector
         # Serving ranks items by each interest's cosine: the readout must compare the same unit
         # vectors to pick the interest that answers for the target, or it favours long ones.

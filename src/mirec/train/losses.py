@@ -99,10 +99,11 @@ def sampled_softmax_loss(user: torch.Tensor, pos_emb: torch.Tensor, neg_emb: tor
         score = (hard_beta * neg.detach()).masked_fill(hit, float("-inf"))  # (B, S)
         live = (~hit).sum(1, keepdim=True).clamp(min=1)
         neg = neg + score - (torch.logsumexp(score, 1, keepdim=True) - torch.log(live.to(neg.dtype)))
-    neg = neg - (log_s + log_q[negatives])[None, :]
-    neg = neg.masked_fill(hit, float("-inf"))
-    logits = torch.cat([pos[:, None], neg], dim=1)  # (B, 1 + S)
-    return -torch.log_softmax(logits, dim=1)[:, 0].mean()
+    # In place on the (B, S) logits, and log(exp(pos) + sum_j exp(neg_j)) from the negatives'
+    # logsumexp rather than a log_softmax over a concatenated (B, 1 + S) copy: fewer passes over
+    # the largest tensor of the loss. A hit gets the dtype's lowest value, whose exp is 0.
+    neg = neg.sub_((log_s + log_q[negatives])[None, :]).masked_fill_(hit, torch.finfo(neg.dtype).min)
+    return (torch.logaddexp(pos, torch.logsumexp(neg, dim=1)) - pos).mean()
 
 
 def routing_penalty(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
