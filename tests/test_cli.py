@@ -68,6 +68,16 @@ def test_every_command_has_help():
         assert "Usage" in p.stdout
 
 
+def test_train_help_names_every_trainable_model():
+    """The --model help is written by hand; it must list what the registry trains."""
+    from mirec.models.registry import of_task
+
+    text = " ".join(run("train", "--help").stdout.replace("│", " ").split())
+    for task in ("retrieval", "ranking"):
+        for name in of_task(task):
+            assert name in text, name
+
+
 def test_unknown_model_is_a_clear_error(tmp_path):
     p = run("evaluate", "--model", "nope", "--data", str(tmp_path), ok=False)
     assert p.returncode == 2

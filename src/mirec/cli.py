@@ -166,7 +166,7 @@ def _print_info(path: Path) -> None:
 @app.command("train")
 def train_cmd(
     model: Annotated[Optional[str], typer.Option(
-        help="Retrieval: comirec-sa (default), comirec-dr, mind, youtube-dnn, gru4rec. "
+        help="Retrieval: comirec-sa (default), comirec-dr, mind, youtube-dnn, gru4rec, sasrec. "
              "Ranking (--task ctr): din (default), dien, mimn, embedding-mlp. --resume: the "
              "run's.")] = None,
     task: Annotated[str, typer.Option(
