@@ -65,10 +65,16 @@ def per_user(run_dir: Path, ds, n: int = 50) -> tuple[dict[str, np.ndarray], obj
     return accuracy(topn, *targets_csr(run.dataset, sp.test)), sp.test
 
 
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks of ``x`` (0-based) with ties sharing their mean rank: most per-user differences are
+    exactly 0 (both models hit or both miss), and ordinal ranks would order those by user."""
+    _, inv, count = np.unique(x, return_inverse=True, return_counts=True)
+    first = np.cumsum(count) - count
+    return (first + (count - 1) / 2)[inv]
+
+
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    rx = np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(float)
-    ry = np.argsort(np.argsort(y, kind="stable"), kind="stable").astype(float)
-    return float(np.corrcoef(rx, ry)[0, 1])
+    return float(np.corrcoef(average_ranks(x), average_ranks(y))[0, 1])
 
 
 def main() -> None:

@@ -65,8 +65,8 @@ class TrainConfig:
     num_negatives: int = 1000
     sampler: str = "log-uniform"  # uniform | log-uniform
     # auto: full softmax up to this many items. Above it the full softmax's (batch, items) logits
-    # outweigh the encoder; on Amazon Beauty (12,101 items) the sampled one trained ~10x faster
-    # to the same test Recall@50 (docs/models.md, "Revisiting train.full_softmax_max_items").
+    # outweigh the encoder; on Amazon Beauty (12,101 items) the sampled one trained ~10x faster,
+    # with test Recall@50 no lower (docs/models.md, "train.full_softmax_max_items is 10,000").
     full_softmax_max_items: int = 10_000
     # REMI (Xie et al., RecSys 2023), both off by default: interest-aware hard negatives weight
     # the sampled negatives' terms by exp(beta s_j) / mean_k exp(beta s_k) (sampled softmax only),
