@@ -557,11 +557,40 @@ def test_routing_penalty_is_the_squared_diagonal_of_the_attention_covariance():
 
     model = ComiRecSA(ComiRecSAConfig(dim=8, num_interests=2, max_len=5), 12)
     hist = torch.tensor([[0, 3, 4, 5, 6]])
-    base = batch_loss(model, hist, hist > 0, torch.tensor([7]), TrainConfig(), None, 12)
+    base = batch_loss(model, hist, hist > 0, torch.tensor([7]), TrainConfig(routing_reg=0), None, 12)
     with_reg = batch_loss(model, hist, hist > 0, torch.tensor([7]), cfg, None, 12)
     out = model.interests(hist, hist > 0)
     assert with_reg.item() == pytest.approx(base.item() + 0.5 * routing_penalty(out.weights, hist > 0).item(),
                                             rel=1e-6)
+
+
+def test_routing_reg_auto_is_ten_for_comirec_sa_and_off_for_the_other_models():
+    """The default ``train.routing_reg = "auto"``: ComiRec-SA's loss is the loss at 10, MIND's
+    (whose routing weights the penalty would also move) the plain one; config strings parse."""
+    from mirec.config import load
+    from mirec.errors import MirecConfigError
+    from mirec.models.comirec_sa import ComiRecSA, ComiRecSAConfig
+    from mirec.models.mind import MIND, MINDConfig
+    from mirec.runs import RunConfig
+
+    torch.manual_seed(0)
+    hist, target = torch.tensor([[0, 3, 4, 5, 6], [0, 0, 2, 9, 3]]), torch.tensor([7, 1])
+    auto = TrainConfig()
+    assert auto.routing_reg == "auto"
+    for model, expected in ((ComiRecSA(ComiRecSAConfig(dim=8, num_interests=2, max_len=5), 12), 10.0),
+                            (MIND(MINDConfig(dim=8, num_interests=2, max_len=5), 12), 0.0)):
+        losses = []
+        for cfg in (auto, TrainConfig(routing_reg=expected)):
+            torch.manual_seed(1)  # MIND draws its initial routing logits
+            losses.append(batch_loss(model, hist, hist > 0, target, cfg, None, 12).item())
+        assert losses[0] == losses[1]
+    sa = ComiRecSA(ComiRecSAConfig(dim=8, num_interests=2, max_len=5), 12)
+    assert batch_loss(sa, hist, hist > 0, target, auto, None, 12).item() != \
+        batch_loss(sa, hist, hist > 0, target, TrainConfig(routing_reg=0), None, 12).item()
+    assert load(RunConfig, None, ["train.routing_reg=2.5"]).train.routing_reg == 2.5
+    assert load(RunConfig, None, ["train.routing_reg=auto"]).train.routing_reg == "auto"
+    with pytest.raises(MirecConfigError, match="train.routing_reg"):
+        load(RunConfig, None, ["train.routing_reg=lots"])
 
 
 def test_hard_negatives_need_the_sampled_softmax(random_dataset):

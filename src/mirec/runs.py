@@ -15,7 +15,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -68,12 +68,14 @@ class TrainConfig:
     # outweigh the encoder; on Amazon Beauty (12,101 items) the sampled one trained ~10x faster,
     # with test Recall@50 no lower (docs/models.md, "train.full_softmax_max_items is 10,000").
     full_softmax_max_items: int = 10_000
-    # REMI (Xie et al., RecSys 2023), both off by default: interest-aware hard negatives weight
-    # the sampled negatives' terms by exp(beta s_j) / mean_k exp(beta s_k) (sampled softmax only),
-    # and routing_reg times sum_k var_k^2 of each interest's attention over the history
-    # penalises an interest that collapses onto one item (not the serving diversity lambda).
+    # REMI (Xie et al., RecSys 2023): interest-aware hard negatives weight the sampled
+    # negatives' terms by exp(beta s_j) / mean_k exp(beta s_k) (sampled softmax only; off), and
+    # routing_reg times sum_k var_k^2 of each interest's attention over the history penalises an
+    # interest that collapses onto one item (not the serving diversity lambda). routing_reg
+    # "auto" is the model's own default_routing_reg: 10 for ComiRec-SA, chosen on the validation
+    # users of four data sets (docs/benchmarks.md, "The routing regulariser"), 0 for the others.
     hard_negative_beta: float = 0.0
-    routing_reg: float = 0.0
+    routing_reg: float | Literal["auto"] = "auto"
     patience: int = 3
     threads: int = 1  # torch threads; 2 on a 2-core box stalls when anything else runs
     keep_freed_memory: bool = True  # see mirec.train.engine.keep_freed_memory: 20-40% faster steps
@@ -122,8 +124,9 @@ class TrainConfig:
         if self.lr <= 0:
             raise MirecConfigError(f"train.lr: must be > 0, got {self.lr}")
         for name in ("hard_negative_beta", "routing_reg"):
-            if getattr(self, name) < 0:
-                raise MirecConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value != "auto" and value < 0:
+                raise MirecConfigError(f"train.{name}: must be >= 0, got {value}")
         check_checkpoints(self)
 
 

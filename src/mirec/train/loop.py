@@ -38,6 +38,11 @@ from mirec.train.losses import NegativeSampler, full_softmax_loss, routing_penal
 from mirec.train.optim import make_optimizer, table_is_sparse
 
 
+def routing_reg(cfg: TrainConfig, model: torch.nn.Module) -> float:
+    """``train.routing_reg``; "auto" is the model's ``default_routing_reg`` (0 if it has none)."""
+    return getattr(model, "default_routing_reg", 0.0) if cfg.routing_reg == "auto" else cfg.routing_reg
+
+
 def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
                target: torch.Tensor, cfg: TrainConfig, sampler: NegativeSampler | None,
                num_items: int, sparse: bool = False) -> torch.Tensor:
@@ -56,7 +61,8 @@ def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
         # One gather for the targets and the negatives: the backward of every dense gather
         # zero-fills a whole (N, D) gradient table; a sparse one holds just these rows.
         rows = F.embedding(ids, items, sparse=sparse)  # (B [+ S], D)
-    reg = cfg.routing_reg * routing_penalty(out.weights, mask) if cfg.routing_reg else None
+    weight = routing_reg(cfg, model)
+    reg = weight * routing_penalty(out.weights, mask) if weight else None
     if cfg.cosine and out.vectors.shape[1] > 1:  # one interest: the readout is the vector
         # Serving ranks items by each interest's cosine: the readout must compare the same unit
         # vectors to pick the interest that answers for the target, or it favours long ones.
