@@ -36,7 +36,8 @@ COMMON: dict[str, tuple] = {
     "train.weight_decay": ("cat", (0.0, 1e-6, 1e-5, 1e-4)),
 }
 MODEL_SPACE: dict[str, dict[str, tuple]] = {  # each model's own settings
-    "comirec-sa": {"model_args.num_interests": ("int", 2, 8), "model_args.hidden_factor": ("cat", (1, 2, 4))},
+    "comirec-sa": {"model_args.num_interests": ("int", 2, 8), "model_args.hidden_factor": ("cat", (1, 2, 4)),
+                   "train.routing_reg": ("cat", (0.0, 3.0, 10.0, 30.0))},
     "comirec-dr": {"model_args.num_interests": ("int", 2, 8), "model_args.routing_iters": ("int", 2, 4)},
     "mind": {"model_args.num_interests": ("int", 2, 8), "model_args.routing_iters": ("int", 2, 4)},
     "youtube-dnn": {"model_args.dropout": ("float", 0.0, 0.5)},
