@@ -128,6 +128,24 @@ def test_a_run_saved_before_train_optimizer_resumes_with_dense_adam(synth, tmp_p
     assert [h["epoch"] for h in r.history] == [0, 1]
 
 
+def test_a_comirec_sa_run_saved_before_train_routing_reg_resumes_without_it(synth, tmp_path):
+    """Such a run trained without the routing penalty; resuming it under today's default
+    (auto: 10 for ComiRec-SA) must go on with the loss it started with."""
+    from mirec.checkpoint import resume_config, save_checkpoint
+
+    train(small(epochs=2, max_batches_per_epoch=2), synth, tmp_path / "r", progress=False,
+          stop_after_epoch=0)
+    last = tmp_path / "r" / "last.pt"
+    ck = load_checkpoint(last)
+    del ck["config"]["train"]["routing_reg"]  # as runs saved before the setting existed
+    save_checkpoint(last, ck)
+    again = resume_config(RunConfig, tmp_path / "r", None, [])
+    assert again.train.routing_reg == 0.0
+    r = train(again, synth, tmp_path / "r", resume=True, progress=False)
+    assert [h["epoch"] for h in r.history] == [0, 1]
+    assert load_checkpoint(last)["config"]["train"]["routing_reg"] == 0.0
+
+
 def test_sampled_loss_trains_too(synth, tmp_path):
     r = train(small(loss="sampled", num_negatives=20, sampler="log-uniform"), synth,
               tmp_path / "s", progress=False)

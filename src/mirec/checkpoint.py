@@ -201,8 +201,9 @@ def check_same_model(path: str | Path, was: Any, now: Any) -> None:
 
 # Settings added after runs were saved, with the value that reproduces what those runs did
 # (a run saved before train.optimizer existed trained with dense Adam; its checkpoint holds
-# dense Adam's state).
-LEGACY = {("train", "optimizer"): "adam"}
+# dense Adam's state; one saved before train.routing_reg existed trained without the penalty,
+# which ComiRec-SA now has by default).
+LEGACY = {("train", "optimizer"): "adam", ("train", "routing_reg"): 0.0}
 
 
 def legacy_settings(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
