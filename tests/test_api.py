@@ -114,7 +114,7 @@ def test_a_new_run_replaces_an_old_runs_files(random_dataset, tmp_path):
     assert not (out / "best.pt").exists() and not (out / "metrics.jsonl").exists()
     assert mirec.evaluate(run=out).metrics == pytest.approx(run.metrics)
     doc = json.loads((out / "results.json").read_text())
-    assert doc["config"]["model_args"]["hidden_factor"] == 4  # the full config, defaults included
+    assert doc["config"]["model_args"]["hidden_factor"] == 1  # the full config, defaults included
 
 
 def test_settings_may_be_dotted_or_nested_and_evaluate_keeps_the_runs_eval(random_dataset, tmp_path):

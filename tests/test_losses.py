@@ -593,6 +593,30 @@ def test_routing_reg_auto_is_ten_for_comirec_sa_and_off_for_the_other_models():
         load(RunConfig, None, ["train.routing_reg=lots"])
 
 
+def test_lr_auto_is_comirec_sas_own_and_1e_3_for_the_other_models(random_dataset):
+    """The default ``train.lr = "auto"`` reaches the optimiser as the model's ``default_lr``
+    (ComiRec-SA 3.75e-3) or 1e-3; a number overrides it; config strings parse and are checked."""
+    from mirec.config import load
+    from mirec.errors import MirecConfigError
+    from mirec.runs import RunConfig
+    from mirec.train.loop import setup
+
+    def lr(model: str, **train) -> float:
+        opt = setup(RunConfig(model=model, model_args={"dim": 8},
+                              train=TrainConfig(**train)), random_dataset)[2]
+        return opt.param_groups[0]["lr"]
+
+    assert TrainConfig().lr == "auto"
+    assert lr("comirec-sa") == 3.75e-3
+    assert lr("youtube-dnn") == lr("mind") == 1e-3
+    assert lr("comirec-sa", lr=0.02) == lr("youtube-dnn", lr=0.02) == 0.02
+    assert load(RunConfig, None, ["train.lr=auto"]).train.lr == "auto"
+    assert load(RunConfig, None, ["train.lr=0.002"]).train.lr == 0.002
+    for bad in ("train.lr=fast", "train.lr=0"):
+        with pytest.raises(MirecConfigError, match="train.lr"):
+            load(RunConfig, None, [bad]).train.validate()
+
+
 def test_hard_negatives_need_the_sampled_softmax(random_dataset):
     from mirec.errors import MirecConfigError
     from mirec.train.loop import RunConfig, setup

@@ -71,7 +71,7 @@ def test_checkpoints_keep_every_model_field(synth, tmp_path, monkeypatch):
     train_seeds(cfg, synth, [1], tmp_path / "r", progress=False)
     for name in ("best.pt", "last.pt"):
         margs = load_checkpoint(tmp_path / "r" / name)["config"]["model_args"]
-        assert margs["hidden_factor"] == 4 and margs["dropout"] == 0.0  # nobody set these
+        assert margs["hidden_factor"] == 1 and margs["dropout"] == 0.0  # nobody set these
         assert margs["dim"] == 16 and margs["max_len"] == cfg.split.max_len
     before = evaluate_run(tmp_path / "r").mean
     @dataclasses.dataclass

@@ -57,7 +57,9 @@ class TrainConfig:
 
     epochs: int = 50
     batch_size: int = 256
-    lr: float = 1e-3
+    # "auto" is the model's own default_lr: 3.75e-3 for ComiRec-SA (docs/benchmarks.md,
+    # "Defaults against the tuned settings"), 1e-3 for the others.
+    lr: float | Literal["auto"] = "auto"
     weight_decay: float = 0.0
     temperature: float = 0.1
     cosine: bool = True  # score cos(v, e) / T instead of v . e / T
@@ -121,7 +123,7 @@ class TrainConfig:
         _positive("train", self, ("epochs", "batch_size", "num_negatives", "threads", "patience"))
         if self.temperature <= 0:
             raise MirecConfigError(f"train.temperature: must be > 0, got {self.temperature}")
-        if self.lr <= 0:
+        if self.lr != "auto" and self.lr <= 0:
             raise MirecConfigError(f"train.lr: must be > 0, got {self.lr}")
         for name in ("hard_negative_beta", "routing_reg"):
             value = getattr(self, name)

@@ -30,9 +30,13 @@ from mirec.models.layers import item_embedding, masked_softmax, sigmoid_, tanh
 @dataclass
 class ComiRecSAConfig:
     dim: int = 64
-    num_interests: int = 4
+    # K 2, hidden_factor 1 and lr 3.75e-3 (default_lr) came within 3.5% of the best setting
+    # found on the validation users of MovieLens-100K, ml-1m-half, Amazon Beauty and a planted
+    # log; the paper's K 4, hidden 4, lr 1e-3 was 6.9% short on ml-1m-half (docs/benchmarks.md,
+    # "Defaults against the tuned settings").
+    num_interests: int = 2
     max_len: int = 20
-    hidden_factor: int = 4  # W1 is (hidden_factor * D) x D
+    hidden_factor: int = 1  # W1 is (hidden_factor * D) x D
     dropout: float = 0.0  # on the attention's hidden layer
 
     def validate(self) -> None:
@@ -49,6 +53,7 @@ class ComiRecSA(nn.Module):
     # validation users of MovieLens-100K, ml-1m-half, Amazon Beauty and a planted log
     # (docs/benchmarks.md, "The routing regulariser").
     default_routing_reg = 10.0
+    default_lr = 3.75e-3  # train.lr "auto"
 
     def __init__(self, cfg: ComiRecSAConfig, num_items: int) -> None:
         super().__init__()

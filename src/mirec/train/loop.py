@@ -38,9 +38,14 @@ from mirec.train.losses import NegativeSampler, full_softmax_loss, routing_penal
 from mirec.train.optim import make_optimizer, table_is_sparse
 
 
-def routing_reg(cfg: TrainConfig, model: torch.nn.Module) -> float:
-    """``train.routing_reg``; "auto" is the model's ``default_routing_reg`` (0 if it has none)."""
-    return getattr(model, "default_routing_reg", 0.0) if cfg.routing_reg == "auto" else cfg.routing_reg
+AUTO = {"lr": 1e-3, "routing_reg": 0.0}  # what "auto" means for a model without its own default
+
+
+def auto_setting(cfg: TrainConfig, model: torch.nn.Module, name: str) -> float:
+    """``train.<name>`` (lr, routing_reg); "auto" is the model's own ``default_<name>`` (ComiRec-SA
+    has both), else :data:`AUTO`'s value."""
+    value = getattr(cfg, name)
+    return getattr(model, f"default_{name}", AUTO[name]) if value == "auto" else value
 
 
 def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
@@ -61,7 +66,7 @@ def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
         # One gather for the targets and the negatives: the backward of every dense gather
         # zero-fills a whole (N, D) gradient table; a sparse one holds just these rows.
         rows = F.embedding(ids, items, sparse=sparse)  # (B [+ S], D)
-    weight = routing_reg(cfg, model)
+    weight = auto_setting(cfg, model, "routing_reg")
     reg = weight * routing_penalty(out.weights, mask) if weight else None
     if cfg.cosine and out.vectors.shape[1] > 1:  # one interest: the readout is the vector
         # Serving ranks items by each interest's cosine: the readout must compare the same unit
@@ -96,7 +101,8 @@ def setup(cfg: RunConfig, ds: Dataset, distributed: bool = False) -> tuple[
     split = split_users(ds, cfg.split)
     torch.manual_seed(tc.seed)
     model = build_model(cfg, ds.num_items).to(device)  # initialised on the CPU: same weights anywhere
-    opt = make_optimizer(model, tc.optimizer, tc.lr, tc.weight_decay, use_sampled(tc, ds.num_items))
+    opt = make_optimizer(model, tc.optimizer, auto_setting(tc, model, "lr"), tc.weight_decay,
+                         use_sampled(tc, ds.num_items))
     sampler = None
     if tc.hard_negative_beta and not use_sampled(tc, ds.num_items):
         raise MirecConfigError("train.hard_negative_beta: weights the sampled negatives; set "
