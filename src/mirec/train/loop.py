@@ -37,7 +37,6 @@ from mirec.train.engine import (  # noqa: F401
 from mirec.train.losses import NegativeSampler, full_softmax_loss, routing_penalty, sampled_softmax_loss
 from mirec.train.optim import make_optimizer, table_is_sparse
 
-
 AUTO = {"lr": 1e-3, "routing_reg": 0.0}  # what "auto" means for a model without its own default
 
 
