@@ -256,6 +256,31 @@ def test_sa_attention_and_interests_are_the_papers_formula(n_items):
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("n_items", [N, 10_000])  # N: fewer items than real positions (the table path)
+def test_sa_encoder_feeds_the_attention_items_in_context(n_items):
+    """``encoder_layers`` > 0: the paper's formula on the Transformer's outputs H' (padding
+    masked out of its keys and zeroed), A = softmax W2 tanh(W1 (H' + P)), V = A H' (not the
+    item table's rows, even where projecting the table would be cheaper); the amount of left
+    padding and the ids under it change nothing, and the order of the history does."""
+    torch.manual_seed(5)
+    model = ComiRecSA(ComiRecSAConfig(dim=D, num_interests=K, max_len=12, encoder_layers=1), n_items)
+    model.eval()
+    hist, mask = left_pad(SEQS * 3, 8)  # 48 real positions > N items
+    out = model.interests(hist, mask)
+    P = model.pos_emb[-8:]
+    Hc = model.encoder(model.item_emb(hist) + P, src_key_padding_mask=~mask) * mask[..., None]
+    logits = torch.tanh((Hc + P) @ model.W1.weight.T) @ model.W2.weight.T
+    A = torch.softmax(logits.transpose(1, 2).masked_fill(~mask[:, None, :], float("-inf")), dim=-1)
+    torch.testing.assert_close(out.weights, A, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.vectors, A @ Hc, atol=1e-5, rtol=0)
+    wide, wide_mask = left_pad(SEQS * 3, 12)
+    junk = torch.where(wide_mask, wide, 9)
+    torch.testing.assert_close(model.interests(junk, wide_mask).vectors, out.vectors, atol=1e-5, rtol=0)
+    swapped = hist.clone()
+    swapped[0, -2:] = hist[0, -2:].flip(0)  # the two newest items of user 0 trade places
+    assert not torch.allclose(model.interests(swapped, mask).vectors[0], out.vectors[0], atol=1e-4)
+
+
 def test_sa_dropout_acts_in_training_only_and_eval_keeps_the_formula():
     """With dropout on the attention's hidden layer (the tanh branch), training draws differ
     from eval, and eval, where dropout is off, takes the sigmoid branch and still gives the

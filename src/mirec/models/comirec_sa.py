@@ -38,13 +38,21 @@ class ComiRecSAConfig:
     max_len: int = 20
     hidden_factor: int = 1  # W1 is (hidden_factor * D) x D
     dropout: float = 0.0  # on the attention's hidden layer
+    # Transformer blocks (SASRec's: pre-norm, one head, dropout encoder_dropout) that first let
+    # every history item see the others, so the interests mix items in context rather than a
+    # bag of items; 0 = the paper's model.
+    encoder_layers: int = 0
+    encoder_dropout: float = 0.2
 
     def validate(self) -> None:
         for name in ("dim", "num_interests", "max_len", "hidden_factor"):
             if getattr(self, name) < 1:
                 raise MirecConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise MirecConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if self.encoder_layers < 0:
+            raise MirecConfigError(f"encoder_layers: must be >= 0, got {self.encoder_layers}")
+        for name in ("dropout", "encoder_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise MirecConfigError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
 
 
 class ComiRecSA(nn.Module):
@@ -64,6 +72,12 @@ class ComiRecSA(nn.Module):
         self.W1 = nn.Linear(D, cfg.hidden_factor * D, bias=False)
         self.W2 = nn.Linear(cfg.hidden_factor * D, K, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = None
+        if cfg.encoder_layers:
+            block = nn.TransformerEncoderLayer(D, 1, dim_feedforward=D, dropout=cfg.encoder_dropout,
+                                               activation="gelu", batch_first=True, norm_first=True)
+            self.encoder = nn.TransformerEncoder(block, cfg.encoder_layers, enable_nested_tensor=False,
+                                                 norm=nn.LayerNorm(D))
 
     def interests(self, hist: torch.Tensor, mask: torch.Tensor,
                   also: torch.Tensor | None = None) -> Interests:
@@ -86,6 +100,9 @@ class ComiRecSA(nn.Module):
         H = H_live.new_zeros(B * L, H_live.shape[1]).index_copy(0, live, H_live)
         H = H.view(B, L, -1)  # (B, L, D), zero on padding
         P = self.pos_emb[-L:]  # (L, D), aligned to the most recent item
+        if self.encoder is not None:  # each item in the context of the others, (B, L, D)
+            H = self.encoder(H + P, src_key_padding_mask=~mask) * mask[..., None]
+            H_live = H.reshape(B * L, -1)[live]  # (M, D)
         if self.drop.p > 0 and self.training:
             hidden = self.drop(tanh(self._pre(H_live, ids, P, self.W1.weight, live, L)))  # (M, 4D)
             scores = self.W2(hidden)  # (M, K)
@@ -105,14 +122,15 @@ class ComiRecSA(nn.Module):
     def _pre(self, H: torch.Tensor, ids: torch.Tensor, P: torch.Tensor, W1: torch.Tensor,
              live: torch.Tensor, L: int) -> torch.Tensor:
         """``W1 (H + P)`` at the real positions: (M, 4D), for the embeddings H (M, D) of their
-        item ids (M,), at flat indices ``live`` (M,) into the (B, L) batch, and the positions'
-        embeddings P (L, D). W1 (H + P) = W1 H + W1 P. When the catalogue has fewer rows than
-        the batch has real positions, projecting the whole item table once and gathering its
-        rows is the same product for fewer multiply-adds (N x D x 4D instead of M x D x 4D);
-        not with a sparse item table (``train.optimizer=sparse``), whose gradient must stay on
-        the rows the batch read."""
+        item ids (M,) (with an encoder, its outputs there), at flat indices ``live`` (M,) into
+        the (B, L) batch, and the positions' embeddings P (L, D). W1 (H + P) = W1 H + W1 P. When
+        the catalogue has fewer rows than the batch has real positions, projecting the whole
+        item table once and gathering its rows is the same product for fewer multiply-adds
+        (N x D x 4D instead of M x D x 4D); not with a sparse item table
+        (``train.optimizer=sparse``), whose gradient must stay on the rows the batch read, nor
+        behind an encoder, whose outputs are not the table's rows."""
         pos = live % L  # (M,) position of each real item
-        if not self.item_emb.sparse and self.item_emb.num_embeddings < len(live):
+        if self.encoder is None and not self.item_emb.sparse and self.item_emb.num_embeddings < len(live):
             table = F.linear(self.item_emb.weight, W1)  # (N, 4D)
             return F.embedding(ids, table).add_(F.linear(P, W1)[pos])
         return F.linear(H + P[pos], W1)
