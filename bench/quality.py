@@ -47,7 +47,7 @@ CHOSEN: dict[str, list[str]] = {
     "mind": ["train.temperature=0.1", "train.lr=0.001"],
     "comirec-dr": ["train.temperature=0.2", "train.lr=0.003"],
     # ComiRec-SA: its defaults (K 3, hidden 1, lr 3.75e-3, T 0.1, routing_reg 10), chosen on the
-    # validation users of four data sets (docs/benchmarks.md, "Defaults against the tuned settings")
+    # validation users of five logs (docs/benchmarks.md, "Defaults against the tuned settings")
 }
 # The same budget for every model: 6 runs, the temperature (which moves the result most) x the
 # learning rate.

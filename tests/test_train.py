@@ -92,9 +92,10 @@ def test_resume_with_another_model_setting_names_the_field(synth, tmp_path):
     from mirec.data.split import SplitConfig
 
     cfg = small(epochs=2, max_batches_per_epoch=2)
+    cfg.model_args["hidden_factor"] = 4  # as runs of that time had (test_a_comirec_sa_run_saved_...)
     train(cfg, synth, tmp_path / "r", progress=False, stop_after_epoch=0)
     other = small(epochs=2, max_batches_per_epoch=2)
-    other.model_args["num_interests"] = 3
+    other.model_args.update(num_interests=3, hidden_factor=4)
     with pytest.raises(MirecConfigError, match=r"model_args\.num_interests=2, this run has 3"):
         train(other, synth, tmp_path / "r", resume=True, progress=False)
     longer = dataclasses.replace(cfg, split=SplitConfig(max_len=cfg.split.max_len + 5))
@@ -106,6 +107,30 @@ def test_resume_with_another_model_setting_names_the_field(synth, tmp_path):
     save_checkpoint(last, ck)
     r = train(cfg, synth, tmp_path / "r", resume=True, progress=False)
     assert [h["epoch"] for h in r.history] == [0, 1]
+
+
+def test_a_comirec_sa_run_saved_with_only_the_set_fields_keeps_k4_and_w1_4d(synth, tmp_path):
+    """Runs saved before checkpoints kept every model field were built with ComiRec-SA's old
+    defaults (K 4, W1 4D x D), not today's (K 3, D x D): evaluating and resuming them rebuild
+    that model (without the fix: a size-mismatch traceback)."""
+    from mirec.checkpoint import resume_config, save_checkpoint
+    from mirec.runs import load_run
+
+    cfg = small(epochs=2, max_batches_per_epoch=2)
+    cfg.model_args = {"dim": 16, "num_interests": 4, "hidden_factor": 4}  # the old defaults
+    train(cfg, synth, tmp_path / "r", progress=False, stop_after_epoch=0)
+    for name in ("best.pt", "last.pt"):
+        ck = load_checkpoint(tmp_path / "r" / name)
+        ck["config"]["model_args"] = {"dim": "16"}  # as such runs saved them: the --set fields only
+        save_checkpoint(tmp_path / "r" / name, ck)
+    before = evaluate_run(tmp_path / "r").mean
+    run = load_run(tmp_path / "r")
+    assert (run.model.cfg.num_interests, run.model.cfg.hidden_factor) == (4, 4)
+    again = resume_config(RunConfig, tmp_path / "r", None, [])
+    assert (int(again.model_args["num_interests"]), int(again.model_args["hidden_factor"])) == (4, 4)
+    r = train(again, synth, tmp_path / "r", resume=True, progress=False)
+    assert [h["epoch"] for h in r.history] == [0, 1]
+    assert set(before) == set(evaluate_run(tmp_path / "r").mean)
 
 
 def test_a_run_saved_before_train_optimizer_resumes_with_dense_adam(synth, tmp_path):

@@ -204,6 +204,15 @@ def check_same_model(path: str | Path, was: Any, now: Any) -> None:
 # dense Adam's state; one saved before train.routing_reg existed trained without the penalty,
 # which ComiRec-SA now has by default).
 LEGACY = {("train", "optimizer"): "adam", ("train", "routing_reg"): 0.0}
+# Model defaults that changed after runs were saved holding only the model fields a user set:
+# what those runs were built with (DIEN's head was PReLU; ComiRec-SA had K 4 and W1 4D x D).
+LEGACY_MODEL_ARGS = {"dien": {"activation": "prelu"}, "comirec-sa": {"num_interests": 4, "hidden_factor": 4}}
+
+
+def legacy_model_args(conf: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's ``model_args`` as the run was trained: a checkpoint that keeps every model
+    field (all since then) is as it is; an older one gets :data:`LEGACY_MODEL_ARGS` under it."""
+    return {**LEGACY_MODEL_ARGS.get(conf.get("model"), {}), **conf.get("model_args", {})}
 
 
 def legacy_settings(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
@@ -215,6 +224,8 @@ def legacy_settings(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
         if (isinstance(saved.get(section), dict) and key not in saved[section]
                 and dataclasses.is_dataclass(sub) and key in {f.name for f in dataclasses.fields(sub)}):
             saved = {**saved, section: {**saved[section], key: value}}
+    if "model_args" in hints and "model_args" in saved:
+        saved = {**saved, "model_args": legacy_model_args(saved)}
     return saved
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from mirec.checkpoint import best_checkpoint, load_checkpoint
+from mirec.checkpoint import best_checkpoint, legacy_model_args, load_checkpoint
 from mirec.config import from_dict
 from mirec.data.ctr import CTRConfig, RankFeatures
 from mirec.data.dataset import Dataset, load_dataset
@@ -301,12 +301,9 @@ def features_from_dict(d: dict[str, Any]) -> RankFeatures:
 
 def saved_model_args(conf: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's ``model_args`` as the run was trained. Checkpoints saved before they kept
-    every model field hold only the fields a user set; of those, DIEN's lack ``activation``
-    while its head defaulted to PReLU (now Dice), so that is filled in."""
-    args = dict(conf.get("model_args", {}))
-    if conf.get("model") == "dien" and "activation" not in args:
-        args["activation"] = "prelu"
-    return args
+    every model field hold only the fields a user set; the defaults that changed since are
+    filled in (:data:`mirec.checkpoint.LEGACY_MODEL_ARGS`)."""
+    return legacy_model_args(conf)
 
 
 def seed_dirs(run_dir: str | Path) -> list[Path]:
@@ -335,7 +332,7 @@ def load_run(run_dir: str | Path, data: str | Path | Dataset | None = None) -> L
     ck = load_checkpoint(path)
     if "features" in ck:
         raise MirecConfigError(f"{path}: a ranking run (--task ctr), not a retrieval run")
-    cfg = from_dict(RunConfig, ck["config"])
+    cfg = from_dict(RunConfig, {**ck["config"], "model_args": saved_model_args(ck["config"])})
     ds = data if isinstance(data, Dataset) else load_dataset(data or ck["data"])
     if ds.checksum != ck["dataset_checksum"]:
         raise MirecDataError(f"{ds.path}: not the data set {path} was trained on "
