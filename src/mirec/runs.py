@@ -299,13 +299,6 @@ def features_from_dict(d: dict[str, Any]) -> RankFeatures:
                         dense_std=d.get("dense_std"), window=window)
 
 
-def saved_model_args(conf: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's ``model_args`` as the run was trained. Checkpoints saved before they kept
-    every model field hold only the fields a user set; the defaults that changed since are
-    filled in (:data:`mirec.checkpoint.LEGACY_MODEL_ARGS`)."""
-    return legacy_model_args(conf)
-
-
 def seed_dirs(run_dir: str | Path) -> list[Path]:
     """The per-seed directories of a run: ``seed-*`` of a multi-seed run, else the run itself."""
     run_dir = Path(run_dir)
@@ -332,7 +325,7 @@ def load_run(run_dir: str | Path, data: str | Path | Dataset | None = None) -> L
     ck = load_checkpoint(path)
     if "features" in ck:
         raise MirecConfigError(f"{path}: a ranking run (--task ctr), not a retrieval run")
-    cfg = from_dict(RunConfig, {**ck["config"], "model_args": saved_model_args(ck["config"])})
+    cfg = from_dict(RunConfig, {**ck["config"], "model_args": legacy_model_args(ck["config"])})
     ds = data if isinstance(data, Dataset) else load_dataset(data or ck["data"])
     if ds.checksum != ck["dataset_checksum"]:
         raise MirecDataError(f"{ds.path}: not the data set {path} was trained on "
@@ -362,4 +355,4 @@ def load_ranker(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 def ranker_config(ck: dict[str, Any]) -> RankRunConfig:
     """A ranking checkpoint's config, parsed once (old runs' model settings filled in)."""
-    return from_dict(RankRunConfig, {**ck["config"], "model_args": saved_model_args(ck["config"])})
+    return from_dict(RankRunConfig, {**ck["config"], "model_args": legacy_model_args(ck["config"])})

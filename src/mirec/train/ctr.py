@@ -22,7 +22,7 @@ import torch
 
 from mirec import __version__
 from mirec.checkpoint import check_resume as check_resume_settings
-from mirec.checkpoint import check_resume_model_args, saved_config
+from mirec.checkpoint import check_resume_model_args, legacy_model_args, saved_config
 from mirec.data.ctr import TEST, TRAIN, VALID, CTRBatch, CTRData, build_ctr
 from mirec.data.dataset import Dataset
 from mirec.errors import MirecConfigError
@@ -36,7 +36,6 @@ from mirec.runs import (  # noqa: F401 (re-exported: the ranking run's settings)
     features_to_dict,
     load_ranker,
     model_config,
-    saved_model_args,
 )
 from mirec.train.distributed import World, any_process, data_parallel, my_part, world
 from mirec.train.engine import Placement, compiled, fit, placement, setup_threads
@@ -295,7 +294,7 @@ class RankingTask:
     def check_resume(self, path: Path, st: dict[str, Any]) -> None:
         check_resume_settings(path, st, {"config": self._saved["config"],
                                 "dataset_checksum": self._saved["dataset_checksum"]})
-        check_resume_model_args(path, saved_model_args(st["config"]), model_config(self.cfg))
+        check_resume_model_args(path, legacy_model_args(st["config"]), model_config(self.cfg))
 
 
 def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, resume: bool = False,

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from mirec.checkpoint import check_resume as check_resume_settings
-from mirec.checkpoint import check_resume_model_args, saved_config
+from mirec.checkpoint import check_resume_model_args, legacy_model_args, saved_config
 from mirec.data.dataset import Dataset
 from mirec.data.split import Split, permutation, split_users, windows
 from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import evaluate, sample_users
 from mirec.models.base import VectorScorer, model_device, unit_interests
-from mirec.runs import RunConfig, TrainConfig, build_model, model_config, saved_model_args  # noqa: F401 (re-exported)
+from mirec.runs import RunConfig, TrainConfig, build_model, model_config  # noqa: F401 (re-exported)
 from mirec.train.distributed import World, data_parallel, my_part, world
 from mirec.train.engine import (  # noqa: F401
     Placement,
@@ -203,7 +203,7 @@ class RetrievalTask:
                                          "dataset_checksum": self.ds.checksum})
         # (check_resume_settings compares split.max_len too) max_len follows split.max_len,
         # whatever model_args said
-        check_resume_model_args(path, saved_model_args(st["config"]), model_config(cfg),
+        check_resume_model_args(path, legacy_model_args(st["config"]), model_config(cfg),
                                 skip=("max_len",))
 
 
