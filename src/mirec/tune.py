@@ -38,7 +38,8 @@ COMMON: dict[str, tuple] = {
 MODEL_SPACE: dict[str, dict[str, tuple]] = {  # each model's own settings
     "comirec-sa": {"model_args.num_interests": ("int", 2, 8), "model_args.hidden_factor": ("cat", (1, 2, 4)),
                    "train.routing_reg": ("cat", (0.0, 3.0, 10.0, 30.0)),
-                   "model_args.encoder_layers": ("cat", (0, 1))},
+                   "model_args.encoder_layers": ("cat", (0, 1)),
+                   "model_args.encoder_dropout": ("cat", (0.2, 0.5))},
     "comirec-dr": {"model_args.num_interests": ("int", 2, 8), "model_args.routing_iters": ("int", 2, 4)},
     "mind": {"model_args.num_interests": ("int", 2, 8), "model_args.routing_iters": ("int", 2, 4)},
     "youtube-dnn": {"model_args.dropout": ("float", 0.0, 0.5)},
