@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ from mirec.cli import main
 from mirec.data.dataset import load_dataset
 from mirec.data.synth import SynthConfig, synth_dataset
 from mirec.errors import MirecConfigError, MirecDataError
-from mirec.io import atomic_write_bytes, check_output_dir
+from mirec.io import atomic_dir, atomic_write_bytes, check_output_dir, is_stale_tmp, written_by_mirec
 from mirec.train.loop import RunConfig, TrainConfig, train
 
 torch.set_num_threads(1)
@@ -145,6 +148,78 @@ def test_check_output_dir_rules(tmp_path):
     with pytest.raises(MirecConfigError, match="is a directory"):  # data synth --raw --out DIR
         atomic_write_bytes(tmp_path / "empty", b"x")
     assert os.listdir(tmp_path / "empty") == []
+
+
+def test_file_out_never_replaces_a_file_mirec_did_not_write(capsys, tmp_path, run_dir):
+    """report training / data synth --raw: a user's file at --out is refused (exit 2, one line,
+    untouched) unless --overwrite; a file mirec wrote there is replaced."""
+    png, csv = tmp_path / "plot.png", tmp_path / "log.csv"
+    png.write_bytes(b"\x89PNG\r\n\x1a\nsomeone's picture")
+    csv.write_text("precious\n")
+    refused(capsys, "report", "training", "--run", run_dir, "--out", png, says="--overwrite")
+    refused(capsys, "data", "synth", "--set", "num_users=20", "--raw", "csv", "--out", csv,
+            says="a file mirec did not write")
+    assert png.read_bytes().endswith(b"someone's picture") and csv.read_text() == "precious\n"
+    assert mirec(capsys, "report", "training", "--run", run_dir, "--out", png, "--overwrite")[0] == 0
+    assert written_by_mirec(png)
+    assert mirec(capsys, "report", "training", "--run", run_dir, "--out", png)[0] == 0  # mirec's own
+    assert mirec(capsys, "data", "synth", "--set", "num_users=20", "--raw", "csv", "--out", csv,
+                 "--overwrite")[0] == 0
+    assert csv.read_text().startswith("user,item,category,timestamp\n")
+    parquet = tmp_path / "log.parquet"
+    assert mirec(capsys, "data", "synth", "--set", "num_users=20", "--raw", "parquet", "--out",
+                 parquet)[0] == 0
+    assert mirec(capsys, "data", "synth", "--set", "num_users=20", "--raw", "parquet", "--out",
+                 parquet)[0] == 0  # marked as mirec's: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv", "log.parquet", "plot.png"]
+
+
+def _hold_tmp(final, kill: bool):
+    """A subprocess that opens an atomic write of ``final`` and waits in it; ``kill``: then
+    kill -9 it. Returns the process and its temporary sibling."""
+    code = ("import sys, time; from mirec.io import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_bytes(b'half'); print(tmp, flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(final)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    tmp = Path(proc.stdout.readline().strip())
+    assert tmp.exists() and tmp.name.startswith(f".{final.name}.tmp-")
+    if kill:
+        proc.kill()
+        proc.wait()
+    return proc, tmp
+
+
+def test_stale_tmp_siblings_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    final = tmp_path / "recs.parquet"
+    _, dead = _hold_tmp(final, kill=True)  # kill -9 mid-write: its temporary sibling stays
+    live_proc, live = _hold_tmp(final, kill=False)
+    try:
+        old = tmp_path / ".recs.parquet.tmp-k2j4_x9a"  # an older mirec's name (no pid), days old
+        old.write_bytes(b"x")
+        os.utime(old, (time.time() - 3 * 86400,) * 2)
+        fresh_old = tmp_path / ".recs.parquet.tmp-a8b7c6d5"  # same, but just written: kept
+        fresh_old.write_bytes(b"x")
+        mine = [tmp_path / ".recs.parquet.tmp-notes.txt", tmp_path / ".recs.parquet.bak",
+                tmp_path / ".other.parquet.tmp-k2j4_x9a"]  # not mirec's pattern for this name
+        for p in mine:
+            p.write_bytes(b"keep")
+            os.utime(p, (time.time() - 3 * 86400,) * 2)
+        atomic_write_bytes(final, b"new")
+        assert not dead.exists() and not old.exists()
+        assert live.exists() and fresh_old.exists() and all(p.exists() for p in mine)
+    finally:
+        live_proc.kill()
+        live_proc.wait()
+    assert is_stale_tmp(live, final.name) and not is_stale_tmp(mine[0], final.name)
+    (tmp_path / "ds").mkdir()
+    stale_dir = tmp_path / ".ds.tmp-k2j4_x9a0b1c"  # a directory artefact's (atomic_dir) sibling
+    stale_dir.mkdir()
+    (stale_dir / "meta.json").write_text("{}")
+    os.utime(stale_dir, (time.time() - 3 * 86400,) * 2)
+    with atomic_dir(tmp_path / "ds") as d:
+        (d / "x").write_text("x")
+    assert not stale_dir.exists() and (tmp_path / "ds" / "x").exists()
 
 
 # ---------------------------------------------------------------------- code execution

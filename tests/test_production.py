@@ -13,6 +13,7 @@ import threading
 import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -79,6 +80,27 @@ def test_cli_all_users_writes_parquet_equal_to_recommend(capsys, bundle_dir, bun
         assert np.allclose([t["score"][i] for i in rows], [x.score for x in want], atol=1e-5)
     code, _, err = mirec(capsys, "recommend", bundle_dir, "--all-users")
     assert code == 2 and "--out" in err
+
+
+@pytest.mark.parametrize("foreign", [b"precious notes", "parquet"])
+def test_all_users_out_never_replaces_a_file_mirec_did_not_write(capsys, bundle_dir, tmp_path, foreign):
+    """--out of a user's file (any bytes, or a Parquet file another tool wrote) is refused with
+    one line, exit 2, the file untouched; --overwrite replaces it; mirec's own file is replaced."""
+    out = tmp_path / "recs.parquet"
+    if foreign == "parquet":
+        pq.write_table(pa.table({"user_id": ["u"], "score": [1.0]}), out)
+    else:
+        out.write_bytes(foreign)
+    before = out.read_bytes()
+    args = ("recommend", bundle_dir, "--all-users", "--n", "3", "--out", out)
+    code, _, err = mirec(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--overwrite" in err, err
+    assert out.read_bytes() == before and os.listdir(tmp_path) == ["recs.parquet"]
+    assert mirec(capsys, *args, "--overwrite")[0] == 0
+    assert pq.read_table(out).column_names[:3] == ["user_id", "rank", "item_id"]
+    code, _, err = mirec(capsys, *args, "--n", "4")  # mirec's own file: replaced
+    assert code == 0, err
+    assert max(pq.read_table(out)["rank"].to_pylist()) == 4 and os.listdir(tmp_path) == ["recs.parquet"]
 
 
 # ---- 2. filters ------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ KCore = Annotated[int, typer.Option("--k-core", help="Drop users and items with 
                                                      "repeated until stable.")]
 
 PREPARE_COMMON = ("source", "path", "out", "k_core", "on_bad_rows")
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing --out file even if mirec did "
+                                              "not write it (by default only mirec's own).")]
 
 
 def _seeds(seed: int, seeds: str | None) -> list[int]:
@@ -135,6 +137,7 @@ def data_synth(
                                                        "books (460k users, 314k items, 8.9M "
                                                        "events); --config and --set apply on "
                                                        "top.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Generate a synthetic log with planted multi-interest structure (see SynthConfig)."""
     from mirec.config import load
@@ -143,7 +146,7 @@ def data_synth(
 
     cfg = load(SynthConfig, config, set_ or [], base=preset_fields(preset))
     if raw:
-        written = synth_raw(cfg, out, fmt=raw)
+        written = synth_raw(cfg, out, fmt=raw, overwrite=overwrite)
     else:
         written = synth_dataset(cfg, out)
         _print_info(written)
@@ -434,6 +437,7 @@ def recommend_cmd(
     index: IndexKind = "auto",
     hnsw_above: HnswAbove = 50_000,
     ranker: RankerRun = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Recommend for a known user or a given history (prints rank, title, interest, because),
     or for every known user into a Parquet file (--all-users --out FILE)."""
@@ -443,6 +447,10 @@ def recommend_cmd(
         raise MirecError("give exactly one of --user, --history or --all-users")
     if all_users and out is None:
         raise MirecError("--all-users: give the Parquet file to write with --out")
+    if all_users:
+        from mirec.io import check_output_file
+
+        check_output_file(out, overwrite)  # before any work
     filters = _filters(exclude_items, exclude_categories, only_categories)
     rec = _recommender(bundle, index, hnsw_above, store, ranker, create_store=False,
                        unavailable=unavailable, new_items=new_items)
@@ -450,7 +458,7 @@ def recommend_cmd(
         from mirec.serve.batch import write_recommendations
 
         r = write_recommendations(rec, out, n, lam, ranker is not None, filters, block,
-                                  progress=sys.stderr.isatty())
+                                  progress=sys.stderr.isatty(), overwrite=overwrite)
         console.print(f"{r['users']:,} users, {r['rows']:,} rows ({r['short']:,} lists shorter than "
                       f"{n}); wrote [bold]{r['path']}[/bold]")
         return
@@ -560,11 +568,13 @@ def report_diversity(
 def report_training(
     run_dir: Annotated[Path, typer.Option("--run", help="A `mirec train` run directory.")],
     out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: RUN/training.png).")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Plot loss and validation metrics per epoch from the run's metrics.jsonl, one line per seed."""
     from mirec.plots import save_png, training_figure
 
-    console.print(f"wrote [bold]{save_png(training_figure(run_dir), out or run_dir / 'training.png')}[/bold]")
+    png = save_png(training_figure(run_dir), out or run_dir / "training.png", overwrite)
+    console.print(f"wrote [bold]{png}[/bold]")
 
 
 @report_app.command("interests")
@@ -572,6 +582,7 @@ def report_interests(
     bundle: Annotated[Path, typer.Option(help="A bundle directory (`mirec export`).")],
     user: Annotated[str, typer.Option(help="A user id of the bundle (the source data's raw id).")],
     out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: ./interests-USER.png).")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Plot a user's interest vectors among the item vectors of their categories (2-D PCA)."""
     import re
@@ -580,7 +591,8 @@ def report_interests(
     from mirec.serve.bundle import load_bundle
 
     out = out or Path(f"interests-{re.sub(r'[^A-Za-z0-9_.-]', '_', user)}.png")
-    console.print(f"wrote [bold]{save_png(interests_figure(load_bundle(bundle), user), out)}[/bold]")
+    console.print(f"wrote [bold]{save_png(interests_figure(load_bundle(bundle), user), out, overwrite)}"
+                  f"[/bold]")
 
 
 def main() -> None:

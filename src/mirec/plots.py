@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mirec.errors import MirecDataError
-from mirec.io import atomic_write_bytes
+from mirec.io import PNG_KEY, WRITER, atomic_write_bytes, check_output_file
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -37,12 +37,17 @@ def _pyplot():
     return plt
 
 
-def save_png(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (atomically) and close it."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    _pyplot().close(fig)
+def save_png(fig: Figure, path: str | Path, overwrite: bool = True) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (atomically, marked as mirec's) and close it. An
+    existing file mirec did not write is refused unless ``overwrite``
+    (:func:`mirec.io.check_output_file`)."""
     path = Path(path)
+    try:
+        check_output_file(path, overwrite)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata={PNG_KEY: WRITER})
+    finally:
+        _pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
 

@@ -50,7 +50,15 @@ from tqdm.auto import tqdm
 from mirec import __version__
 from mirec.data.prepare import FORMAT_VERSION, PROTOCOL_VERSION, _combined
 from mirec.errors import MirecConfigError
-from mirec.io import DATASET, atomic_dir, atomic_path, atomic_write_json, sha256_file
+from mirec.io import (
+    DATASET,
+    atomic_dir,
+    atomic_path,
+    atomic_write_json,
+    check_output_file,
+    parquet_mark,
+    sha256_file,
+)
 
 BLOCK_USERS = 1024  # users per random generator; chunks are whole numbers of blocks
 _INT32_MAX = 2**31 - 1
@@ -385,6 +393,9 @@ def synth_dataset(cfg: SynthConfig, out: str | Path, progress: bool = True) -> P
         The data set directory; written whole into a temporary sibling, then renamed.
     progress : bool
         Show a tqdm bar over chunks.
+    overwrite : bool
+        Replace an existing file mirec did not write (by default refused: a Parquet file is
+        marked as mirec's in its key-value metadata; a CSV cannot be, so any existing one is).
 
     Returns
     -------
@@ -444,7 +455,7 @@ _RAW_SCHEMA = pa.schema([("user", pa.int32()), ("item", pa.int32()),
 
 
 def synth_raw(cfg: SynthConfig, path: str | Path, fmt: Literal["csv", "parquet", "parts"] = "csv",
-              progress: bool = True) -> Path:
+              progress: bool = True, overwrite: bool = False) -> Path:
     """Write the same events as :func:`synth_dataset` as a raw log.
 
     Parameters
@@ -460,6 +471,9 @@ def synth_raw(cfg: SynthConfig, path: str | Path, fmt: Literal["csv", "parquet",
         fastest to prepare (no text to parse; read in parallel).
     progress : bool
         Show a tqdm bar over chunks.
+    overwrite : bool
+        Replace an existing file mirec did not write (by default refused: a Parquet file is
+        marked as mirec's in its key-value metadata; a CSV cannot be, so any existing one is).
 
     Returns
     -------
@@ -474,6 +488,8 @@ def synth_raw(cfg: SynthConfig, path: str | Path, fmt: Literal["csv", "parquet",
     if fmt not in RAW_FORMATS:
         raise MirecConfigError(f"fmt: expected one of {', '.join(RAW_FORMATS)}, got {fmt!r}")
     path = Path(path)
+    if fmt != "parts":
+        check_output_file(path, overwrite)  # before any work
     names = pa.array([f"c{i}" for i in range(cfg.num_categories)], type=pa.string())
     tables = (_raw_table(ch, names) for ch in tqdm(
         iter_chunks(cfg), total=num_chunks(cfg), disable=None if progress else True,
@@ -491,7 +507,7 @@ def synth_raw(cfg: SynthConfig, path: str | Path, fmt: Literal["csv", "parquet",
             writer = pacsv.CSVWriter(f, _RAW_SCHEMA, write_options=pacsv.WriteOptions(
                 include_header=False, quoting_style="none"))
         else:
-            writer = pq.ParquetWriter(f, _RAW_SCHEMA, compression="zstd")
+            writer = pq.ParquetWriter(f, parquet_mark(_RAW_SCHEMA), compression="zstd")
         with writer:
             for table in tables:
                 writer.write_table(table)

@@ -4,7 +4,9 @@ One row per (user, rank): ``user_id`` (string), ``rank`` (int32, 1 = best), ``it
 (string), ``score`` (float32), ``interest`` (int16; -1 for the popularity fallback), ``new``
 (bool, a cold-start item). Users come in blocks (:meth:`Recommender.recommend_all`); each block
 is one Parquet row group, written as it is produced, so memory stays bounded by a block. The
-file is written to a temporary sibling and renamed into place when complete.
+file is written to a temporary sibling and renamed into place when complete; its key-value
+metadata marks it as mirec's (``written_by: mirec``), so a later run may replace it, while any
+other file is left alone unless ``overwrite`` (:func:`mirec.io.check_output_file`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from mirec.io import atomic_path
+from mirec.io import atomic_path, check_output_file, parquet_mark
 from mirec.serve.recommender import Filters, Recommender, TopN
 
-SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
-                    ("score", pa.float32()), ("interest", pa.int16()), ("new", pa.bool_())])
+SCHEMA = parquet_mark(pa.schema([
+    ("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
+    ("score", pa.float32()), ("interest", pa.int16()), ("new", pa.bool_())]))
 
 
 def block_table(rec: Recommender, results: list[TopN]) -> pa.Table:
@@ -40,8 +43,11 @@ def block_table(rec: Recommender, results: list[TopN]) -> pa.Table:
 
 def write_recommendations(rec: Recommender, out: str | Path, n: int = 100, diversity: float = 0.0,
                           rank: bool = False, filters: Filters | None = None, block: int = 1024,
-                          users: list[str] | None = None, progress: bool = True) -> dict:
-    """Write every known user's top-n to ``out`` (Parquet); returns users, rows and short lists."""
+                          users: list[str] | None = None, progress: bool = True,
+                          overwrite: bool = False) -> dict:
+    """Write every known user's top-n to ``out`` (Parquet); returns users, rows and short lists.
+    An existing ``out`` that mirec did not write is refused unless ``overwrite``."""
+    check_output_file(out, overwrite)
     users = sorted(rec.bundle.user_histories) if users is None else users
     stats = {"users": 0, "rows": 0, "short": 0, "path": str(out)}
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, SCHEMA) as writer, \
