@@ -138,7 +138,7 @@ def test_non_utf8_bytes_are_named_and_skipped_rows_counted(tmp_path: Path) -> No
     assert load_sequences(seq, on_bad_rows="skip").bad_rows_skipped == 1
     attrs = tmp_path / "a.json"
     attrs.write_bytes(b'{"10": ["\xff"]}')
-    with pytest.raises(MirecDataError, match=r"a\.json: not UTF-8"):
+    with pytest.raises(MirecDataError, match=r"a\.json:1: not UTF-8"):
         load_sequences(seq, attributes=attrs, on_bad_rows="skip")
     with pytest.raises(MirecDataError, match="cannot read"):
         load_sequences(seq, attributes=tmp_path, on_bad_rows="skip")

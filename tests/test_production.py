@@ -183,8 +183,38 @@ def test_new_items_file_errors_name_the_line(bundle, tmp_path):
         add_new_items(bundle, bad)
     bad = tmp_path / "new.jsonl"
     bad.write_text('{"item_id": "a"}\n{not json\n')
-    with pytest.raises(MirecDataError, match=r"new.jsonl:2: invalid JSON"):
+    with pytest.raises(MirecDataError, match=r"new.jsonl:2: not valid JSON"):
         add_new_items(bundle, bad)
+
+
+def test_catalogue_files_take_bom_crlf_and_quoted_line_breaks(bundle, tmp_path):
+    """--new-items / --unavailable (mirec.data.text): a UTF-8 byte-order mark and CRLF line ends
+    change no id, a quoted title holding a line break is one field and later lines keep their
+    numbers, a JSON object or float as an id is refused naming file:line and field."""
+    old = bundle.raw_id(1)
+    new = tmp_path / "new.csv"
+    new.write_bytes(b'\xef\xbb\xbfitem_id,title,categories\r\nn1,"Two\r\nlines, one title",c0\r\n'
+                    + f"n2,Second,c1\r\n{old},Old,c1\r\n".encode())
+    with pytest.raises(MirecDataError, match=r"new.csv:5: field 'item_id'.*already in the catalogue"):
+        add_new_items(bundle, new)
+    new.write_bytes(new.read_bytes().rsplit(b"\r\n", 2)[0] + b"\r\n")  # without the old item
+    b = add_new_items(bundle, new)
+    N = bundle.num_items
+    assert b.item_raw[N:] == ["n1", "n2"] and b.item_title[N] == "Two\r\nlines, one title"
+    assert b.item_categories[N] == ["c0"] and b.item_categories[N + 1] == ["c1"]
+    js = tmp_path / "new.jsonl"
+    js.write_bytes(b'\xef\xbb\xbf{"item_id": "j1"}\r\n{"item_id": 987654321}\r\n')
+    assert add_new_items(bundle, js).item_raw[N:] == ["j1", "987654321"]
+    for bad, kind in (('{"a": 1}', "an object"), ("1.5", "a float"), ("true", "a boolean"), ("[1]", "an array")):
+        js.write_text('{"item_id": "j1"}\n{"item_id": ' + bad + "}\n")
+        with pytest.raises(MirecDataError, match=rf"new.jsonl:2: field 'item_id': expected a string or "
+                                                 rf"integer id, got {kind}"):
+            add_new_items(bundle, js)
+    gone = tmp_path / "gone.txt"
+    gone.write_bytes(b"\xef\xbb\xbf" + f"{old}\r\n{bundle.raw_id(2)}\r\n".encode())
+    from mirec.serve.catalogue import read_unavailable
+
+    assert np.flatnonzero(read_unavailable(gone, bundle)).tolist() == [1, 2]
 
 
 # ---- 4. reload -------------------------------------------------------------------------------

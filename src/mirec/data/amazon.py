@@ -121,6 +121,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     with _open_text(path) as f:
         try:
             for lineno, line in enumerate(f, 1):
+                line = line.removeprefix("\ufeff") if lineno == 1 else line  # a byte-order mark
                 if line.strip():
                     yield lineno, line
         except (OSError, EOFError) as e:

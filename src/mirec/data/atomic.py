@@ -25,6 +25,7 @@ import polars as pl
 from mirec.data.prepare import RawLog
 from mirec.data.reader import Col, OnBadRows, csv_locator, read_validated, scan_text, text_problem
 from mirec.data.sources import Source, register
+from mirec.data.text import lines
 from mirec.errors import MirecDataError
 
 TYPES = ("token", "token_seq", "float", "float_seq")
@@ -85,8 +86,7 @@ def find_inter(path: Path) -> Path:
 def read_header(file: Path) -> dict[str, Field]:
     """The header fields of an atomic file, by name; a field without a known ``:type`` is an
     error naming the file, line 1 and the field."""
-    with file.open(encoding="utf-8", errors="replace") as f:
-        line = f.readline().rstrip("\r\n")
+    line = next(lines(file), (1, ""))[1]  # no BOM, no line end
     if not line.strip():
         raise MirecDataError(f"{file}:1: empty header; expected tab-separated name:type fields")
     fields: dict[str, Field] = {}
@@ -123,7 +123,7 @@ def _read_inter(file: Path, on_bad_rows: OnBadRows) -> tuple[pl.DataFrame, int]:
     ]
     if "rating" in fields:
         cols.append(Col(fields["rating"].header, "rating", "float"))
-    return read_validated(_scan(file), cols, csv_locator(file, 2), on_bad_rows,
+    return read_validated(_scan(file), cols, csv_locator(file, 2, "\t", None), on_bad_rows,
                          lambda: text_problem(file, "\t", None))
 
 
@@ -138,7 +138,7 @@ def _read_items(file: Path, on_bad_rows: OnBadRows) -> tuple[pl.DataFrame, int] 
         cols.append(Col(title.header, "title", "str", required=False))
     if category:
         cols.append(Col(category.header, "categories", "str", required=False))
-    df, n_bad = read_validated(_scan(file), cols, csv_locator(file, 2), on_bad_rows,
+    df, n_bad = read_validated(_scan(file), cols, csv_locator(file, 2, "\t", None), on_bad_rows,
                          lambda: text_problem(file, "\t", None))
     return df.select(
         "item",
@@ -167,7 +167,7 @@ def _read_users(file: Path, on_bad_rows: OnBadRows) -> tuple[pl.DataFrame, int] 
     cols = [Col(_required(fields, "user_id", file).header, "user", "id")]
     cols += [Col(f.header, f.name, "str", required=False)
              for f in fields.values() if f.name != "user_id"]
-    return read_validated(_scan(file), cols, csv_locator(file, 2), on_bad_rows,
+    return read_validated(_scan(file), cols, csv_locator(file, 2, "\t", None), on_bad_rows,
                          lambda: text_problem(file, "\t", None))
 
 

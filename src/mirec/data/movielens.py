@@ -30,6 +30,7 @@ import polars as pl
 from mirec.data.prepare import RawLog
 from mirec.data.reader import Col, OnBadRows, csv_locator, read_validated, scan_text, text_problem
 from mirec.data.sources import Source, register
+from mirec.data.text import BOM
 from mirec.errors import MirecDataError
 
 GENRES_100K = (
@@ -112,7 +113,7 @@ def _event_cols(user: str, item: str, rating: str, ts: str) -> list[Col]:
 def _ratings_100k(file: Path, on_bad_rows: OnBadRows) -> Frame:
     names = ("user", "item", "rating", "timestamp")
     lf = scan_text(file, "\t", has_header=False, names=names, quote_char=None)
-    return read_validated(lf, _event_cols(*names), csv_locator(file, 1), on_bad_rows,
+    return read_validated(lf, _event_cols(*names), csv_locator(file, 1, "\t", None), on_bad_rows,
                           lambda: text_problem(file, "\t", None, has_header=False))
 
 
@@ -121,7 +122,7 @@ def _ratings_dat(file: Path, on_bad_rows: OnBadRows) -> Frame:
     names = ("user", "_1", "item", "_2", "rating", "_3", "timestamp")
     lf = scan_text(file, ":", has_header=False, names=names, quote_char=None)
     cols = _event_cols("user", "item", "rating", "timestamp")
-    return read_validated(lf, cols, csv_locator(file, 1), on_bad_rows,
+    return read_validated(lf, cols, csv_locator(file, 1, ":", None), on_bad_rows,
                           lambda: text_problem(file, ":", None, has_header=False))
 
 
@@ -196,10 +197,12 @@ def _users_dat(file: Path, on_bad_rows: OnBadRows) -> Frame:
 # ---- small text files ------------------------------------------------------------------------
 
 def read_text(file: Path) -> str:
-    """A small text file's contents: UTF-8, or latin-1 when it is not valid UTF-8."""
+    """A small text file's contents: UTF-8 (a byte-order mark skipped), or latin-1 when it is not
+    valid UTF-8 (MovieLens 1M's files)."""
     if not file.exists():
         raise MirecDataError(f"{file}: file not found")
     data = file.read_bytes()
+    data = data[len(BOM):] if data.startswith(BOM) else data
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

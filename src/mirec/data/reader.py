@@ -22,6 +22,7 @@ from typing import Literal
 
 import polars as pl
 
+from mirec.data.text import record_line, records
 from mirec.errors import MirecDataError
 
 Kind = Literal["id", "int", "float", "time", "str"]
@@ -76,10 +77,14 @@ class Col:
     required: bool = True
 
 
-def csv_locator(path: Path, first_line: int) -> Callable[[int], str]:
-    """Row index -> ``file:line`` for a text file whose first data row is line ``first_line``
-    (row -1: the header)."""
-    return lambda row: f"{path}:{max(row + first_line, 1)}"
+def csv_locator(path: Path, first_line: int, separator: str = ",",
+                quote_char: str | None = '"') -> Callable[[int], str]:
+    """Row index -> ``file:line`` for a delimited text file whose first data row is record
+    ``first_line - 1`` (2 with a header line, else 1; row -1: the header). A quoted field
+    holding line breaks moves the later records' lines, so the line is that of the record's
+    start, found by reading up to it (:func:`mirec.data.text.record_line`; only when a message
+    names a row)."""
+    return lambda row: f"{path}:{record_line(path, row + first_line - 1, separator, quote_char)}"
 
 
 def parquet_files(path: Path) -> list[Path]:
@@ -368,36 +373,22 @@ def scan_text(path: Path, separator: str, has_header: bool, names: Sequence[str]
 
 def text_problem(path: Path, separator: str = ",", quote_char: str | None = '"',
                  has_header: bool = True) -> str | None:
-    """``file:line: what`` for the first line of a delimited text file that cannot be read:
-    bytes that are not UTF-8, a quote that is never closed, more fields than the header. Slow
-    (Python) and so called only once a fast reader has failed, to name the line."""
-    import csv
-
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                return (f"{path}:{lineno}: not UTF-8 (byte {raw[e.start]:#04x} at column "
-                        f"{e.start + 1}); convert the file, e.g. iconv -f latin1 -t utf-8")
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter=separator, quotechar=quote_char or None,
-                            quoting=csv.QUOTE_MINIMAL if quote_char else csv.QUOTE_NONE, strict=True)
-        width, start = None, 1
-        try:
-            for row in reader:
-                if width is None and has_header:
-                    width = len(row)
-                elif width is not None and len(row) > width:
-                    return (f"{path}:{start}: {len(row)} fields, the header has {width} "
-                            f"(an extra separator or an unquoted {separator!r} in a value)")
-                stray = [v for v in row if quote_char and quote_char in v]
-                if stray:  # legal only doubled inside a quoted field, which Polars reads
-                    return (f"{path}:{start}: a stray quote in {show(stray[0])}; quote the whole "
-                            f"field and double the quotes inside it")
-                start = reader.line_num + 1
-        except csv.Error as e:
-            if "end of data" in str(e) or "EOF" in str(e):
-                return f"{path}:{start}: a quote opened on this line is never closed"
-            return f"{path}:{start}: {show(str(e))}"
+    """``file:line: what`` for the first record of a delimited text file that cannot be read
+    (:func:`mirec.data.text.records`): bytes that are not UTF-8, a quote that is never closed,
+    more fields than the header, a stray quote. Slow (Python) and so called only once a fast
+    reader has failed, to name the line."""
+    width = None
+    try:
+        for start, row in records(path, separator, quote_char):
+            if width is None and has_header:
+                width = len(row)
+            elif width is not None and len(row) > width:
+                return (f"{path}:{start}: {len(row)} fields, the header has {width} "
+                        f"(an extra separator or an unquoted {separator!r} in a value)")
+            stray = [v for v in row if quote_char and quote_char in v]
+            if stray:  # legal only doubled inside a quoted field, which Polars reads
+                return (f"{path}:{start}: a stray quote in {show(stray[0])}; quote the whole "
+                        f"field and double the quotes inside it")
+    except MirecDataError as e:
+        return str(e)
     return None

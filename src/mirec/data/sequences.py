@@ -29,6 +29,7 @@ import polars as pl
 from mirec.data.prepare import RawLog
 from mirec.data.reader import Col, OnBadRows, read_validated
 from mirec.data.sources import Option, Source, register
+from mirec.data.text import raw_lines, read_small
 from mirec.errors import MirecConfigError, MirecDataError
 
 FORMATS = ("lines", "pairs")
@@ -87,21 +88,20 @@ def _read(path: Path, fmt: str, on_bad_rows: OnBadRows) -> _Events:
         raise MirecDataError(f"{path}: file not found" if not path.exists() else
                              f"{path}: not a file; expected a sequence file")
     ev = _Events()
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                tokens = raw.decode("utf-8").split()
-                if not tokens:
-                    continue
-                user, items = _parse(tokens, fmt, ev)
-            except (BadLine, UnicodeDecodeError) as e:
-                if isinstance(e, UnicodeDecodeError):
-                    e = BadLine(f"not UTF-8 (byte {e.start + 1} of the line)")
-                if on_bad_rows == "error":
-                    raise MirecDataError(f"{path}:{number}: {e}") from None
-                ev.bad += 1
+    for number, raw in raw_lines(path):  # no BOM, CRLF or LF
+        try:
+            tokens = raw.decode("utf-8").split()
+            if not tokens:
                 continue
-            ev.add(user, items, number)
+            user, items = _parse(tokens, fmt, ev)
+        except (BadLine, UnicodeDecodeError) as e:
+            if isinstance(e, UnicodeDecodeError):
+                e = BadLine(f"not UTF-8 (byte {e.start + 1} of the line)")
+            if on_bad_rows == "error":
+                raise MirecDataError(f"{path}:{number}: {e}") from None
+            ev.bad += 1
+            continue
+        ev.add(user, items, number)
     return ev
 
 
@@ -126,14 +126,9 @@ def _parse(tokens: list[str], fmt: str, ev: _Events) -> tuple[str, list[str]]:
 def read_attributes(path: Path, on_bad_rows: OnBadRows = "error") -> tuple[pl.DataFrame, int]:
     """Items frame (``item``, ``title`` null, ``categories``) from ``{item_id: [ids]}`` JSON,
     and the number of entries skipped."""
+    text = read_small(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MirecDataError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise MirecDataError(f"{path}: not UTF-8 (byte {e.start + 1})") from None
-    except OSError as e:
-        raise MirecDataError(f"{path}: cannot read ({e.strerror})") from None
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise MirecDataError(f"{path}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})") \
             from None

@@ -17,7 +17,7 @@ lines: the line of the record, blank lines counted) or by Parquet row group and 
 from __future__ import annotations
 
 import functools
-import json
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from mirec.data.reader import (
     text_problem,
 )
 from mirec.data.sources import Option, Source, register
+from mirec.data.text import BOM, check_json_ids, json_lines, raw_lines
 from mirec.errors import MirecConfigError, MirecDataError
 
 FORMATS = ("csv", "parquet", "jsonl")
@@ -61,6 +62,8 @@ def load_table(
         raise MirecConfigError(f"--separator: expected one single-byte character, got {separator!r}")
     text_cols = [c for c in (user_col, item_col, time_col, category_col, title_col) if c]
     lf, locate = _scan(path, fmt, separator, text_cols)
+    if fmt == "jsonl":
+        check_json_ids(path, [user_col, item_col])
     lf = _join_lists(lf, [c for c in (category_col, title_col) if c])
     cols = [Col(user_col, "user", "id"), Col(item_col, "item", "id"), Col(time_col, "ts", "time")]
     if category_col:
@@ -95,7 +98,7 @@ def _scan(path: Path, fmt: str, separator: str,
           text_cols: Sequence[str]) -> tuple[pl.LazyFrame, Locator]:
     """The lazy frame of the file in file order and its row locator."""
     if fmt == "csv":
-        return scan_text(path, separator, has_header=True), csv_locator(path, 2)
+        return scan_text(path, separator, has_header=True), csv_locator(path, 2, separator)
     if not path.exists():
         raise MirecDataError(f"{path}: file not found")
     if fmt == "parquet":  # one file or a directory of part files
@@ -106,14 +109,22 @@ def _scan(path: Path, fmt: str, separator: str,
 
 def _scan_jsonl(path: Path, text_cols: Sequence[str]) -> pl.LazyFrame:
     """JSON lines with the named columns read as text (ids and times may mix numbers and
-    strings across lines); list columns are kept as lists."""
+    strings across lines); list columns are kept as lists. A file starting with a byte-order
+    mark (which Polars does not skip) is read from memory without it."""
+    source: Path | io.BytesIO = path
+    if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(len(BOM)) == BOM:
+                source = io.BytesIO(path.read_bytes()[len(BOM):])
     try:
-        schema = pl.scan_ndjson(path).collect_schema()
+        schema = pl.scan_ndjson(source).collect_schema()
     except pl.exceptions.PolarsError as e:
         raise MirecDataError(_unreadable(path, "jsonl", e)) from None
     overrides = {c: pl.String for c in text_cols
                  if c in schema and not isinstance(schema[c], (pl.List, pl.Struct))}
-    return pl.scan_ndjson(path, schema_overrides=overrides or None)
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    return pl.scan_ndjson(source, schema_overrides=overrides or None)
 
 
 def _jsonl_locator(path: Path) -> Locator:
@@ -123,11 +134,10 @@ def _jsonl_locator(path: Path) -> Locator:
         if row < 0:
             return f"{path}:1"
         seen = -1
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for lineno, line in enumerate(f, 1):
-                seen += bool(line.strip())
-                if seen == row:
-                    return f"{path}:{lineno}"
+        for lineno, raw in raw_lines(path):
+            seen += bool(raw.strip())
+            if seen == row:
+                return f"{path}:{lineno}"
         return f"{path}: record {row}"
 
     return locate
@@ -151,16 +161,8 @@ def _jsonl_problem(path: Path) -> str | None:
     """``file:line: what`` for the first line that is not a JSON object, or whose field holds
     another shape (value, list, object) than on an earlier line (which Polars cannot type)."""
     records, shapes = 0, {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line, parse_constant=_not_json)
-            except ValueError as e:
-                return f"{path}:{lineno}: not valid JSON: {show(str(e))[1:-1]}"
-            if not isinstance(rec, dict):
-                return f"{path}:{lineno}: expected a JSON object, got {show(line.strip())}"
+    try:
+        for lineno, rec in json_lines(path):
             records += 1
             for key, value in rec.items():
                 shape = "a list" if isinstance(value, list) else "an object" if isinstance(
@@ -169,12 +171,9 @@ def _jsonl_problem(path: Path) -> str | None:
                 if first and first[0] != shape:
                     return (f"{path}:{lineno}: field {show(key)} is {shape} here but "
                             f"{first[0]} on line {first[1]}")
+    except MirecDataError as e:
+        return str(e)
     return None if records else f"{path}:1: no JSON records (an empty file)"
-
-
-def _not_json(name: str) -> None:
-    """Python reads NaN and Infinity; JSON (and Polars) do not."""
-    raise ValueError(f"{name} is not JSON (write null or a number)")
 
 
 def _first(err: Exception) -> str:

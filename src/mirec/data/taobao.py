@@ -25,6 +25,7 @@ import polars as pl
 from mirec.data.prepare import RawLog
 from mirec.data.reader import Col, OnBadRows, read_validated, scan_text, text_problem
 from mirec.data.sources import Option, Source, register
+from mirec.data.text import record_line
 from mirec.errors import MirecDataError
 
 BEHAVIORS = ("pv", "buy", "cart", "fav")
@@ -79,7 +80,8 @@ def _locator(path: Path, chosen: Sequence[str]) -> Callable[[int], str]:
     def locate(row: int) -> str:
         lf = scan_text(path, ",", has_header=False, names=COLUMNS).with_row_index("__line", 1)
         hit = _kept(lf, chosen).slice(row, 1).select("__line").collect()
-        return f"{path}:{hit.item()}" if hit.height else f"{path}: kept event {row}"
+        # __line counts records; a quoted field holding line breaks moves the lines
+        return f"{path}:{record_line(path, hit.item() - 1)}" if hit.height else f"{path}: kept event {row}"
 
     return locate
 

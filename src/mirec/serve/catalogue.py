@@ -13,8 +13,6 @@ tower never sees a new item (it has no embedding row): histories keep them for e
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,19 +20,15 @@ import numpy as np
 import polars as pl
 
 from mirec.data.dataset import category_csr
+from mirec.data.text import csv_dicts, json_id, json_lines, lines
 from mirec.errors import MirecDataError
 from mirec.serve.bundle import Bundle
 
 
 def read_unavailable(path: str | Path, bundle: Bundle) -> np.ndarray:
     """(N,) bool mask of the items listed in ``path``."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise MirecDataError(f"{path}: cannot read the unavailable-items file ({e})") from None
     mask = np.zeros(bundle.num_items, dtype=bool)
-    for line in lines:
+    for _, line in lines(path):  # UTF-8, no BOM, CRLF or LF (mirec.data.text)
         raw = line.strip()
         if raw and not raw.startswith("#") and raw in bundle.item_ids:
             mask[bundle.item_ids[raw]] = True
@@ -42,28 +36,14 @@ def read_unavailable(path: str | Path, bundle: Bundle) -> np.ndarray:
 
 
 def _rows(path: Path) -> list[tuple[int, dict]]:
-    """(line number, record) of a CSV or JSONL items file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise MirecDataError(f"{path}: cannot read the new-items file ({e})") from None
+    """(line number, record) of a CSV or JSONL items file (:mod:`mirec.data.text`: UTF-8 without
+    a BOM, CRLF or LF, RFC 4180 quoting: a quoted title may hold line breaks)."""
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        rows = []
-        for no, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MirecDataError(f"{path}:{no}: invalid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise MirecDataError(f"{path}:{no}: expected a JSON object")
-            rows.append((no, rec))
-        return rows
-    reader = csv.DictReader(text.splitlines())
-    if "item_id" not in (reader.fieldnames or []):
+        return list(json_lines(path))
+    header, rows = csv_dicts(path)
+    if "item_id" not in header:
         raise MirecDataError(f"{path}:1: the header has no 'item_id' column")
-    return [(no, rec) for no, rec in enumerate(reader, 2)]
+    return list(rows)
 
 
 def _categories(value: object, where: str) -> list[str]:
@@ -82,11 +62,9 @@ def read_new_items(path: str | Path, bundle: Bundle) -> list[tuple[str, str, lis
     for no, rec in _rows(path):
         where = f"{path}:{no}"
         raw = rec.get("item_id")
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            raw = str(raw)
-        if not isinstance(raw, str) or not raw.strip():
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
             raise MirecDataError(f"{where}: field 'item_id': missing or empty")
-        raw = raw.strip()
+        raw = json_id(raw, where, "item_id").strip()
         if raw in bundle.item_ids or raw in seen:
             raise MirecDataError(f"{where}: field 'item_id': {raw!r} is already in the catalogue")
         seen.add(raw)
