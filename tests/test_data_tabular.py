@@ -246,3 +246,29 @@ def test_parquet_directory_without_parts(tmp_path: Path) -> None:
     (d / "part-00000.parquet").write_bytes(b"not parquet")
     with pytest.raises(MirecDataError, match="part-00000.parquet: not a readable Parquet file"):
         load_table(d, "parquet", "u", "i", "t")
+
+
+@pytest.mark.parametrize("odd", ["other type", "missing column", "not parquet", "truncated"])
+def test_an_odd_part_among_three_is_named(tmp_path: Path, odd: str) -> None:
+    """A directory of three parts, the second odd (another schema, or a corrupt file): the
+    message names the second part, not the first."""
+    d = tmp_path / "parts"
+    d.mkdir()
+    for k in range(3):
+        _log(10, k).write_parquet(d / f"part-{k:05d}.parquet")
+    second = d / "part-00001.parquet"
+    if odd == "other type":
+        _log(10, 1).with_columns(pl.col("i").cast(pl.Int64)).write_parquet(second)
+        says = "column 'i' is int64 here but large_string in part-00000.parquet"
+    elif odd == "missing column":
+        _log(10, 1).drop("t").write_parquet(second)
+        says = "no column 't'"
+    elif odd == "not parquet":
+        second.write_bytes(b"user,item\n1,2\n")
+        says = "not a readable Parquet file"
+    else:
+        second.write_bytes(second.read_bytes()[:-20])
+        says = "not a readable Parquet file"
+    with pytest.raises(MirecDataError) as e:
+        load_table(d, "parquet", "u", "i", "t")
+    assert str(e.value).startswith(f"{second}: ") and says in str(e.value), str(e.value)

@@ -100,6 +100,34 @@ def parquet_files(path: Path) -> list[Path]:
     return parts
 
 
+def parquet_problem(files: Sequence[Path], columns: Sequence[str], read: bool = False) -> str | None:
+    """``part: what`` for the first Parquet part that does not fit the others: unreadable (not
+    Parquet, a corrupt footer), without one of ``columns``, or holding one of them with another
+    type than the first part. ``read``: also read each part's ``columns`` (a corrupt page behind a
+    good footer), which is slow, so only once a scan has failed. None when every part fits."""
+    import pyarrow.parquet as pq
+
+    first: dict[str, object] = {}  # column -> its type in the first part
+    for i, f in enumerate(files):
+        try:
+            schema = pq.read_schema(f)
+            if read:
+                pq.read_table(f, columns=[c for c in columns if c in schema.names] or None)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return f"{f}: not a readable Parquet file: {cut(why)}"
+        for c in columns:
+            if c not in schema.names:
+                if i:  # the first part's own missing columns are named by the reader
+                    return f"{f}: no column {show(c)} (it is in {files[0].name})"
+                continue
+            kind = schema.field(c).type
+            if first.setdefault(c, kind) != kind:
+                return (f"{f}: column {show(c)} is {kind} here but {first[c]} in {files[0].name}; "
+                        f"every part needs the same schema")
+    return None
+
+
 def parquet_locator(path: Path | Sequence[Path]) -> Callable[[int], str]:
     """Row index -> ``file: row group g, row r`` using the row-group sizes of ``path`` (one file
     or the part files of a directory, read one after the other)."""

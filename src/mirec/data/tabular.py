@@ -30,6 +30,7 @@ from mirec.data.reader import (
     csv_locator,
     parquet_files,
     parquet_locator,
+    parquet_problem,
     read_validated,
     scan_text,
     show,
@@ -103,6 +104,9 @@ def _scan(path: Path, fmt: str, separator: str,
         raise MirecDataError(f"{path}: file not found")
     if fmt == "parquet":  # one file or a directory of part files
         files = parquet_files(path)
+        problem = parquet_problem(files, text_cols)  # a part that does not fit: named
+        if problem:
+            raise MirecDataError(problem)
         return pl.scan_parquet(files), parquet_locator(files)
     return _scan_jsonl(path, text_cols), _jsonl_locator(path)
 
@@ -154,7 +158,7 @@ def _problem(path: Path, fmt: str, separator: str) -> str | None:
         return text_problem(path, separator)
     if fmt == "jsonl":  # text_problem: only its UTF-8 check
         return text_problem(path, "\x1f", None, has_header=False) or _jsonl_problem(path)
-    return None
+    return parquet_problem(parquet_files(path), [], read=True)
 
 
 def _jsonl_problem(path: Path) -> str | None:
