@@ -30,6 +30,14 @@ Measured, on one search thread and one torch thread per request (``IndexConfig(t
   per request, so more of a small machine is left to the server). No event store
   (``store=None``): the stored-history read is one SQLite query and is not what this measures.
 
+**With an event store** (``--store sqlite,postgres``): the HTTP part runs once per store,
+each server child opening it as ``mirec serve --store`` does, so every ``/recommend`` reads
+the user's live history from it (:func:`mirec.serve.store.open_store`). Each entry is a SQLite
+file, a ``postgresql://`` URL, ``sqlite`` (a temporary file) or ``postgres`` (a throwaway
+server on loopback, tests/pg.py); each store first gets ``--store-events`` events of every
+user. With two or more stores the p99 ratio to the first at concurrency 8 is printed (issue
+target: PostgreSQL within 1.5x of SQLite).
+
 **With a ranker** (``--bundle DIR --ranker RUN``): instead of the synthetic bundle, an exported
 bundle (``mirec export``) and a ranking run are opened as ``mirec serve DIR --ranker RUN``
 opens them (:func:`mirec.serve.service.open_recommender`, no event store), every request (in
@@ -49,6 +57,7 @@ Usage::
         --concurrency 1,8                                        # a quick smoke run
     python bench/serve.py --index hnsw --ef-search 64 --no-http  # in-process only
     python bench/serve.py --client raw                           # a lighter load generator
+    python bench/serve.py --items 20000 --users 300 --no-http ... --store sqlite,postgres
     mirec export runs/ret-ml/seed-1 --out bundles/ml-100k        # two stages, "rank": true:
     python bench/serve.py --bundle bundles/ml-100k --ranker runs/pipeline/ml-100k/din/seed-1 \
         --workers 2 --concurrency 8 --client raw
@@ -58,16 +67,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import json
 import os
 import platform
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -254,12 +266,14 @@ def open_served(a: argparse.Namespace, quiet: bool = False) -> tuple[Any, float 
     ``--bundle`` an exported one [+ ``--ranker``] opened as ``mirec serve`` opens it."""
     from mirec.serve.recommender import Recommender
     from mirec.serve.service import open_recommender
+    from mirec.serve.store import open_store
 
+    store = open_store(a.store_spec) if a.store_spec else None
     if a.bundle:
-        return open_recommender(a.bundle, store=None, ranker=a.ranker), None
+        return open_recommender(a.bundle, ranker=a.ranker, events=store), None
     bundle = make_bundle(a, quiet)
     index, build_s = open_index(a, bundle, quiet)
-    return Recommender(bundle, index, store=None), build_s
+    return Recommender(bundle, index, store=store), build_s
 
 
 # ---- in-process ------------------------------------------------------------------------------
@@ -597,7 +611,64 @@ def child_args(a: argparse.Namespace) -> list[str]:
             "--hnsw-m", str(a.hnsw_m), "--ef-construction", str(a.ef_construction),
             "--ef-search", str(a.ef_search), "--nlist", str(a.nlist), "--nprobe", str(a.nprobe),
             "--cache", str(a.cache)] + (["--bundle", a.bundle] if a.bundle else []) \
-        + (["--ranker", a.ranker] if a.ranker else [])
+        + (["--ranker", a.ranker] if a.ranker else []) \
+        + (["--store-spec", a.store_spec] if a.store_spec else [])
+
+
+# ---- event stores ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stores(a: argparse.Namespace, history: dict[str, list[str]]):
+    """(label, spec) of each ``--store`` entry, filled with ``--store-events`` events of every
+    user (``[("", None)]`` without ``--store``); temporary files and servers go at the end."""
+    from mirec.serve.store import open_store, redact
+
+    if not a.store:
+        yield [("", None)]
+        return
+    out, servers, tmp = [], [], Path(tempfile.mkdtemp(prefix="bench-store-"))
+    try:
+        for k, entry in enumerate(x.strip() for x in a.store.split(",") if x.strip()):
+            if entry == "sqlite":
+                spec = str(tmp / f"events-{k}.sqlite")
+            elif entry == "postgres":
+                sys.path.insert(0, str(ROOT))
+                from tests import pg
+
+                try:
+                    servers.append(pg.start())
+                except pg.Unavailable as e:
+                    raise SystemExit(f"--store postgres: {e}") from None
+                spec = servers[-1].new_database()
+            else:
+                spec = entry
+            store = open_store(spec)
+            t = time.perf_counter()
+            for u, hist in history.items():
+                store.append(u, [(hist[j % len(hist)], 1_000 + j) for j in range(a.store_events)])
+            print(f"store {redact(spec)}: {len(history):,} users filled in {time.perf_counter() - t:.1f} s",
+                  flush=True)
+            store.close()
+            out.append((entry if entry in ("sqlite", "postgres") else redact(spec).split(":", 1)[0], spec))
+        yield out
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ratio_line(rows: list[dict]) -> None:
+    """p99 of each store over the first store's, at the target concurrency."""
+    at_c = [r for r in rows if r["c"] == TARGET_C and r["store"]]
+    if len(at_c) < 2:
+        return
+    base = at_c[0]
+    for r in at_c[1:]:
+        ratio = r["p99"] / base["p99"]
+        print(f"store p99 at c={TARGET_C}: {r['store']} {ms(r['p99'])} ms / {base['store']} "
+              f"{ms(base['p99'])} ms = {ratio:.2f}x (p50 {ms(r['p50'])} / {ms(base['p50'])} ms); "
+              f"target <= 1.5x: {'met' if ratio <= 1.5 else 'not met'}")
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -656,6 +727,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ranker", default=None,
                     help="a ranking run (as `mirec serve --ranker`); every request asks \"rank\": true "
                          "(needs --bundle)")
+    ap.add_argument("--store", default=None,
+                    help="comma-separated event stores to measure HTTP with, one run each: SQLite file, "
+                         "postgresql:// URL, 'sqlite' (a temporary file), 'postgres' (a throwaway "
+                         "server, tests/pg.py)")
+    ap.add_argument("--store-events", type=int, default=20, help="events of every user put in each store")
+    ap.add_argument("--store-spec", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--serve-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -708,9 +785,18 @@ def main(argv: list[str] | None = None) -> None:
 
     http_rows, info = [], {}
     if not a.no_http:
+        history = {u: [bundle.raw_id(int(i)) for i in bundle.user_histories[u]] for u in users}
         del rec, index, bundle  # the server child holds its own copy; keep the box's memory sane
         gc.collect()
-        http_rows, info = http_bench(a, users, levels)
+        with stores(a, history) as specs:
+            for label, spec in specs:
+                a.store_spec = spec
+                if spec:
+                    print(f"http: event store {label} ({a.store_events} events of each of "
+                          f"{len(users):,} users)", flush=True)
+                rows, info = http_bench(a, users, levels)
+                http_rows += [dict(r, store=label) for r in rows]
+        a.store_spec = None
 
     # ---- the table ---------------------------------------------------------------------------
     hdr = (f"{'what':22} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} "
@@ -721,7 +807,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{ms(r['p50']):>8} {ms(r['p99']):>8} {ms(r['mean']):>8} {'-':>6} {'-':>14}")
     for r in http_rows:
         cpu = "-" if r["server_cpu_ms"] is None else f"{r['server_cpu_ms']:.2f}"
-        print(f"{'HTTP c=' + str(r['c']) + ' λ=' + format(a.lam, 'g'):22} {r['requests']:>8} "
+        what = f"HTTP c={r['c']} λ={a.lam:g}" + (f" {r['store']}" if r["store"] else "")
+        print(f"{what:22} {r['requests']:>8} "
               f"{r['rps']:>8,.0f} {ms(r['p50']):>8} {ms(r['p99']):>8} {'-':>8} {r['errors']:>6} "
               f"{cpu:>14}")
     how = ("exact, built in memory" if kind == "exact" else
@@ -734,6 +821,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"HTTP: latency is client-side (request sent to response read); the load generator "
               f"({a.client}, asyncio, one process) runs on the same cores. client CPU ms/req: "
               + ", ".join(f"c={r['c']} {r['client_cpu_ms']:.2f}" for r in http_rows))
+    ratio_line(http_rows)
     short = sum(r["short"] for r in proc.values()) + sum(r["short"] for r in http_rows)
     if short:
         print(f"note: {short} responses had fewer than n={N_REC} items")

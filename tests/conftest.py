@@ -88,3 +88,23 @@ def planted_comirec_run(root, seeds, epochs, seed):
                                      patience=epochs))
     train_seeds(rc, root / "ds", seeds, root / "run", progress=False)
     return root / "ds"
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server on loopback for the whole session (tests/pg.py), stopped
+    at the end; the tests that use it skip, with the reason, where none can be started."""
+    from tests import pg
+
+    try:
+        server = pg.start()
+    except pg.Unavailable as e:
+        pytest.skip(f"no PostgreSQL server could be started: {e}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """The URL of a fresh, empty database on the session's PostgreSQL server."""
+    return pg_server.new_database()

@@ -349,7 +349,7 @@ def _index_config(kind: str, hnsw_above: int):
     return cfg
 
 
-def _recommender(bundle: Path, kind: str, hnsw_above: int, store: Path | None, ranker: Path | None = None,
+def _recommender(bundle: Path, kind: str, hnsw_above: int, store: str | None, ranker: Path | None = None,
                  **store_options):
     from mirec.serve.service import open_recommender
 
@@ -432,8 +432,9 @@ def recommend_cmd(
     unavailable: Unavailable = None,
     new_items: NewItems = None,
     block: Annotated[int, typer.Option(help="--all-users: users per batch (memory ~ block).")] = 1024,
-    store: Annotated[Optional[Path], typer.Option(help="SQLite event store with recent events "
-                                                      "(an existing one: it is only read).")] = None,
+    store: Annotated[Optional[str], typer.Option(help="Event store with recent events, a SQLite file or "
+                                                     "a postgresql:// URL (an existing one: it is only "
+                                                     "read).")] = None,
     index: IndexKind = "auto",
     hnsw_above: HnswAbove = 50_000,
     ranker: RankerRun = None,
@@ -478,8 +479,10 @@ def serve_cmd(
     bundle: Annotated[Path, typer.Argument(help="A bundle directory (`mirec export`).")],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    store: Annotated[Path, typer.Option(help="SQLite event store file (created if missing).")] = Path(
-        "runs/events.sqlite"),
+    store: Annotated[str, typer.Option(help="Event store: a SQLite file (created if missing) or a "
+                                            "postgresql://user@host/db URL that several servers share "
+                                            "(password from PGPASSWORD or ~/.pgpass).")] =
+        "runs/events.sqlite",
     index: IndexKind = "auto",
     hnsw_above: HnswAbove = 50_000,
     workers: Annotated[int, typer.Option(help="Server processes; each loads the bundle and "
@@ -519,7 +522,7 @@ def serve_cmd(
     rec = _recommender(bundle, index, hnsw_above, store, ranker,  # also checks everything up front
                        keep_events=keep_events, unavailable=unavailable, new_items=new_items)
     console.print(f"serving {bundle} ({rec.bundle.manifest['model']}, {rec.index.kind} index) on "
-                  f"http://{host}:{port} with {workers} worker(s) (docs: /docs); events in {store}"
+                  f"http://{host}:{port} with {workers} worker(s) (docs: /docs); events in {rec.store.name}"
                   + ("; bearer token required" if token else ""))
     if log_format == "json":
         log_to_stderr()

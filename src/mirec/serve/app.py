@@ -34,6 +34,7 @@ from mirec.serve.guard import Limits, install
 from mirec.serve.observe import Metrics, Observe
 from mirec.serve.recommender import Filters, Recommender
 from mirec.serve.service import Live
+from mirec.serve.store import StoreUnavailable
 
 MAX_EVENTS = 1000  # per POST /events
 MAX_TIMESTAMP = 2**63 - 1  # SQLite INTEGER
@@ -184,7 +185,8 @@ def _recommend_body(r) -> dict:
 
 ERRORS = {400: {"model": ErrorBody, "description": "A request the recommender refuses"}}
 NOT_FOUND = {404: {"model": ErrorBody, "description": "Unknown item id"}}
-NO_STORE = {409: {"model": ErrorBody, "description": "The server runs without an event store"}}
+NO_STORE = {409: {"model": ErrorBody, "description": "The server runs without an event store"},
+            503: {"model": ErrorBody, "description": "The event store cannot be written now (not stored)"}}
 RELOAD = {400: {"model": ErrorBody, "description": "The new bundle failed to load; the old one is served"},
           403: {"model": ErrorBody, "description": "The server runs without a token: reload by SIGHUP"}}
 
@@ -206,6 +208,10 @@ def create_app(rec: Recommender | Live, limits: Limits | None = None, log_json: 
     @app.exception_handler(MirecError)
     def _client_error(request, exc: MirecError) -> JSONResponse:
         return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+    @app.exception_handler(StoreUnavailable)  # disk full, database down: not acknowledged
+    def _store_down(request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(exc)}, headers={"Retry-After": "1"})
 
     # Plain ``def`` endpoints run in the threadpool: a CPU-bound /recommend (tower, search,
     # ranker) must not block the event loop, or cheap requests like /events wait behind it.

@@ -42,7 +42,7 @@ from mirec.serve.aggregate import candidates, category_matrix, diversify, rescor
 from mirec.serve.bundle import Bundle
 from mirec.serve.index import ItemIndex
 from mirec.serve.pipeline import RankStage
-from mirec.serve.store import EventStore
+from mirec.serve.store import Store
 
 
 @dataclass
@@ -122,14 +122,15 @@ class Recommender:
              ranker: str | Path | None = None, hnsw_above: int = 50_000,
              unavailable: str | Path | None = None, new_items: str | Path | None = None) -> Recommender:
         """Load and verify a bundle directory (``mirec export``), its index (the saved one when
-        present), an optional SQLite event store, an optional ranking run, an optional file of
-        unavailable item ids and an optional file of new items (serve/catalogue.py)."""
+        present), an optional event store (SQLite file or PostgreSQL URL), an optional ranking
+        run, an optional file of unavailable item ids and an optional file of new items
+        (serve/catalogue.py)."""
         from mirec.serve.service import open_recommender
 
         return open_recommender(bundle, index, hnsw_above, store, ranker, unavailable=unavailable,
                                 new_items=new_items)
 
-    def __init__(self, bundle: Bundle, index: ItemIndex, store: EventStore | None = None,
+    def __init__(self, bundle: Bundle, index: ItemIndex, store: Store | None = None,
                  cfg: ServeConfig | None = None, ranker: RankStage | None = None,
                  unavailable: np.ndarray | None = None) -> None:
         self.bundle, self.index, self.store, self.ranker = bundle, index, store, ranker

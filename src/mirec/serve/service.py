@@ -20,7 +20,7 @@ import torch
 
 from mirec.serve.bundle import Bundle, add_checksum, verify_checksum
 from mirec.serve.index import IndexConfig, ItemIndex, recall_at, recommend_recall, tune_nprobe
-from mirec.serve.store import EventStore
+from mirec.serve.store import Store, open_store
 
 if TYPE_CHECKING:
     from mirec.serve.recommender import Recommender
@@ -36,9 +36,10 @@ def open_recommender(bundle: str | Path, kind: str = "auto", hnsw_above: int = 5
                      store: str | Path | None = None, ranker: str | Path | None = None,
                      keep_events: int | None = None, create_store: bool = True,
                      unavailable: str | Path | None = None, new_items: str | Path | None = None,
-                     events: EventStore | None = None) -> Recommender:
+                     events: Store | None = None) -> Recommender:
     """Bundle [+ new items] + index (saved one if present) + event store [+ ranking run]
-    [+ unavailable items] -> a Recommender. ``keep_events``: per-user retention in the store;
+    [+ unavailable items] -> a Recommender. ``store``: a SQLite file or a ``postgresql://``
+    URL (:func:`mirec.serve.store.open_store`); ``keep_events``: per-user retention in it;
     ``create_store=False``: the store must exist (reading only); ``events``: an open store to
     use instead of ``store`` (a reload keeps the server's). The options are kept on the
     recommender (``rec.options``) so that :func:`reopen` can load a new bundle the same way."""
@@ -56,7 +57,7 @@ def open_recommender(bundle: str | Path, kind: str = "auto", hnsw_above: int = 5
     if new_items:
         b = add_new_items(b, new_items)
     if events is None and store:
-        events = EventStore(store, keep_events, create_store)
+        events = open_store(store, keep_events, create_store)
     stage = RankStage.from_run(ranker, b) if ranker else None
     blocked = read_unavailable(unavailable, b) if unavailable else None
     rec = Recommender(b, open_index(b, cfg), events, ranker=stage, unavailable=blocked)
