@@ -275,9 +275,11 @@ def test_time_protocol_never_trains_on_the_windows_property():
 
     split_logs = []
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(events, cut, cut)
     def check(log, a, b):
+        if (a < 1) == (b < 1):  # two of a kind: in order (a fraction and a timestamp: as drawn)
+            a, b = min(a, b), max(a, b)
         ds = memory_dataset(*zip(*log))
         try:
             sp = split_users(ds, SplitConfig(protocol="time", valid_from=a, test_from=b))
@@ -300,4 +302,4 @@ def test_time_protocol_never_trains_on_the_windows_property():
         assert sp.test.new_items.tolist() == sorted(set(range(1, ds.num_items)) - set(ds.item[train].tolist()))
 
     check()
-    assert len(split_logs) > 10  # many drawn logs split (the others are checked errors)
+    assert len(split_logs) > 20  # many drawn logs split (the others are checked errors; derandomized: 28)

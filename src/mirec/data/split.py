@@ -250,7 +250,7 @@ def resolve_time_cuts(ds: Dataset, cfg: SplitConfig) -> tuple[int, int]:
             f"sequence); use split.protocol=comirec or loo")
     if len(ds.ts) == 0:
         raise MirecConfigError("split.protocol: time needs events; the data set has none")
-    cuts = tuple(_time_of(ds.ts, getattr(cfg, key)) for key in ("valid_from", "test_from"))
+    cuts = _times_of(ds.ts, (cfg.valid_from, cfg.test_from))
     if cuts[0] >= cuts[1]:
         raise MirecConfigError(
             f"split.valid_from: resolves to ts {cuts[0]}, not before split.test_from's "
@@ -259,13 +259,12 @@ def resolve_time_cuts(ds: Dataset, cfg: SplitConfig) -> tuple[int, int]:
     return cuts[0], cuts[1]
 
 
-def _time_of(ts: np.ndarray, value: float) -> int:
-    """A cut point as a timestamp: ``value`` itself (rounded up: ``ts < value`` is unchanged),
-    or the ts of the event at index ``floor(value E)`` in time order for a fraction."""
-    if value >= 1:
-        return math.ceil(value)
-    k = min(int(value * len(ts)), len(ts) - 1)
-    return int(np.partition(ts, k)[k])  # O(E), no full sort
+def _times_of(ts: np.ndarray, values: tuple[float, ...]) -> list[int]:
+    """Cut points as timestamps: a value >= 1 itself (rounded up: ``ts < value`` is unchanged),
+    a fraction ``f`` the ts of the event at index ``floor(f E)`` in time order."""
+    ks = {v: min(int(v * len(ts)), len(ts) - 1) for v in values if v < 1}
+    ordered = np.partition(ts, sorted(set(ks.values()))) if ks else ts  # O(E), no full sort
+    return [int(ordered[ks[v]]) if v < 1 else math.ceil(v) for v in values]
 
 
 def _time_split(ds: Dataset, cfg: SplitConfig) -> Split:
@@ -276,10 +275,9 @@ def _time_split(ds: Dataset, cfg: SplitConfig) -> Split:
     if not before.any():
         raise MirecConfigError(f"split.valid_from: no event happens before it (ts {valid_from}, "
                                f"earliest {int(ts.min())}): nothing to train on")
-    counted = np.zeros(len(ts) + 1, dtype=np.int64)
-    np.cumsum(before, out=counted[1:])
-    start, end = offsets[:-1].astype(np.int64), offsets[1:].astype(np.int64)
-    train_end = start + counted[end] - counted[start]  # events sorted by time within a user
+    start = offsets[:-1].astype(np.int64)
+    # a user's events are sorted by time: its training events are the first of them
+    train_end = start + np.bincount(ds.user[before], minlength=ds.num_users)
     known = np.zeros(ds.num_items, dtype=bool)
     known[ds.item[before]] = True
     known[0] = True  # padding is masked anyway
