@@ -186,8 +186,11 @@ def test_cli_evaluates_a_baseline_under_the_time_protocol(tmp_path, monkeypatch,
 @pytest.mark.slow
 def test_a_retriever_trains_and_reevaluates_under_the_time_protocol(tmp_path):
     """Training reaches the time split (examples before valid_from, validation rows, new items
-    masked); `evaluate --run` rebuilds it; a ranker on its candidates is refused, naming why."""
+    masked); `evaluate --run` rebuilds it; the served path of the diversity report masks new
+    items too (its lambda 0 row is the protocol's figure); a ranker on its candidates is
+    refused, naming why."""
     import mirec
+    from mirec.eval.diversity import diversity_report
 
     ds = late_new_items_dataset(tmp_path / "ds")
     split = {"protocol": "time", "valid_from": 0.8, "test_from": 0.9}
@@ -196,6 +199,9 @@ def test_a_retriever_trains_and_reevaluates_under_the_time_protocol(tmp_path):
     assert 0 < run.metrics["new_item_share"] < 1 and "new_item_share" in run.seeds[0].valid
     again = mirec.evaluate(run=run.path)
     assert again.metrics == run.metrics
+    row = diversity_report(run.path, [0.0], tmp_path / "div").rows[0]
+    for key in ("recall@20", "recall@50", "ndcg@50"):
+        assert row[key] == pytest.approx(run.metrics[key]), key
     with pytest.raises(MirecConfigError, match="--candidates: .* split.protocol=time"):
         mirec.fit(model="din", data=ds, out=tmp_path / "k", seeds=[1], progress=False, task="ranking",
                   candidates=run.path, train={"epochs": 1})

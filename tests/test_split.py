@@ -158,6 +158,7 @@ def time_log_dataset(path):
 
 
 def test_time_protocol_by_hand(tmp_path):
+    from mirec.models.item_cf import ItemCF
     from mirec.models.most_popular import MostPopular
 
     ds = time_log_dataset(tmp_path / "ds")
@@ -177,8 +178,13 @@ def test_time_protocol_by_hand(tmp_path):
     assert rows(sp.test) == [(1, [1, 2, 3, 4], [6]), (2, [2, 1, 3], [7]), (3, [5], [8]), (3, [5, 8], [3])]
     assert sp.valid.new_items.tolist() == sp.test.new_items.tolist() == [4, 5, 8]
     assert sp.test.select(np.array([2, 3])).new_items.tolist() == [4, 5, 8]  # kept by select
-    # MostPopular counts the training events only (later events would make 3 and 6 commoner)
+    # MostPopular counts the training events only (later events would make 3 and 6 commoner);
+    # ItemCF the users holding both items among them: 1 and 2 (users 1, 2, 4, 5), 3 and 6
+    # (user 5; user 1's 6 comes at 9), nothing with a new item
     assert MostPopular().fit(ds, sp).counts.tolist() == [0, 4, 5, 3, 0, 0, 2, 1, 0]
+    sim = ItemCF().fit(ds, sp).sim
+    assert (sim[1, 2], sim[3, 6], sim[1, 7], sim[2, 3]) == (4, 1, 1, 2)
+    assert not sim[[4, 5, 8]].any() and not sim[:, [4, 5, 8]].any()
     # the split does not depend on the seed
     other = split_users(ds, SplitConfig(protocol="time", valid_from=6, test_from=8, seed=99))
     assert np.array_equal(other.test.cut, sp.test.cut) and other.num_examples == sp.num_examples
