@@ -52,6 +52,12 @@ def test_blocked_topn_is_the_sorted_full_matrix(ties, item_block, user_block):
     want = reference_topn(v, live, items, n, rows, seen)
     got = blocked_topn(v, live, items, n, rows, seen, item_block, user_block).numpy()
     np.testing.assert_array_equal(got, want)
+    # items never ranked for anyone (the time protocol's new items), across every block
+    never = torch.unique(torch.randint(1, N, (60,), generator=g))  # sorted
+    rows_all = torch.arange(B).repeat_interleave(len(never))
+    want = reference_topn(v, live, items, n, torch.cat([rows, rows_all]), torch.cat([seen, never.repeat(B)]))
+    got = blocked_topn(v, live, items, n, rows, seen, item_block, user_block, never).numpy()
+    np.testing.assert_array_equal(got, want)
 
 
 def test_ties_rank_by_the_lower_id_also_across_blocks():

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from mirec.data.split import SplitConfig, split_users
+from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import EvalConfig, evaluate, rank_topn
 from mirec.experiment import evaluate_baseline
 from mirec.models.most_popular import MostPopular
+from tests.conftest import make_dataset
 
 
 class Oracle:
@@ -77,3 +79,129 @@ def test_results_json_with_several_seeds(random_dataset, tmp_path):
     assert res["protocol"]["split"]["max_len"] == 20
     assert "mirec_version" in res and res["wall_seconds"] >= 0
     assert run.mean["recall@50"] == res["metrics"]["recall@50"]
+
+
+def test_most_popular_under_the_time_protocol_by_hand(tmp_path):
+    """tests/test_split.py's hand-made log, valid_from 6, test_from 8. MostPopular's training
+    counts rank 2 (5) > 1 (4) > 3 (3) > 6 (2) > 7 (1); 4, 5 and 8 are new items, never ranked.
+    Test rows (history excluded): user 1 [6 7] target 6 (hit @1); user 2 [6 7] target 7 (hit @2);
+    user 3 target 8 (new: a miss); user 3 [2 1] target 3 (a miss). Validation: user 1 target 4
+    (new), user 2 [3 6] target 3 (hit @1)."""
+    from tests.test_split import time_log_dataset
+
+    ds = time_log_dataset(tmp_path / "ds")
+    split = SplitConfig(protocol="time", valid_from=6, test_from=8)
+    run = evaluate_baseline("most-popular", ds, [1], split, EvalConfig(ns=(1, 2)), out=tmp_path / "run")
+    assert run.seeds[0].test_topn.tolist() == [[6, 7], [6, 7], [2, 1], [2, 1]]
+    doc = json.loads((tmp_path / "run" / "results.json").read_text())
+    m = doc["metrics"]
+    assert (m["recall@1"], m["recall@2"], m["hit_rate@2"]) == (0.25, 0.5, 0.5)
+    assert m["ndcg@2"] == pytest.approx((1 + 1 / np.log2(3)) / 4)
+    assert m["new_item_share"] == 0.25
+    assert (doc["valid"]["recall@1"], doc["valid"]["new_item_share"]) == (0.5, 0.5)
+    seed = doc["per_seed"][0]
+    assert (seed["num_test_users"], seed["num_valid_users"]) == (4, 2)  # rows: target events
+    assert seed["time_cuts"] == {"valid_from": 6, "test_from": 8}
+    assert doc["protocol"]["split"]["protocol"] == "time"
+    with pytest.raises(MirecConfigError, match=r"eval.ns: N = 5 is not smaller than the training catalogue \(5"):
+        evaluate_baseline("most-popular", ds, [1], split, EvalConfig(ns=(5,)))
+
+
+def late_new_items_dataset(path):
+    """200 users over items 1..60 at ts 0..9,999; items 61..65 appear only from ts 9,900 on (the
+    last 1% of the timeline): new items under any time split before that."""
+    rng = np.random.default_rng(0)
+    users, items, ts = [], [], []
+    for u in range(200):
+        n = int(rng.integers(6, 31))
+        users += [u] * n
+        items += rng.choice(np.arange(1, 61), size=n, replace=False).tolist()
+        ts += sorted(rng.integers(0, 9_900, size=n).tolist())
+        if u % 3 == 0:
+            users.append(u)
+            items.append(61 + u % 5)
+            ts.append(9_900 + u % 100)
+    return make_dataset(path, users, items, ts, {i: [f"c{i % 5}"] for i in range(1, 66)})
+
+
+@pytest.mark.parametrize("index", ["exact", "faiss"])
+def test_new_items_are_never_ranked_by_a_retriever(tmp_path, index):
+    """A retriever's lists (the blocked scan, the Faiss index) never hold a new item, with N
+    (25) close to the rankable items (at least 29 a row), and equal the full score matrix's
+    lists with new items at -inf."""
+    import torch
+
+    from mirec.models.base import VectorScorer
+    from mirec.runs import RunConfig, build_model
+
+    ds = late_new_items_dataset(tmp_path / "ds")
+    sp = split_users(ds, SplitConfig(protocol="time", valid_from=0.5, test_from=0.99))
+    new = sp.test.new_items
+    assert len(new) >= 5 and set(ds.items["raw_id"][new - 1].to_list()) >= {"61", "62", "63", "64", "65"}
+    torch.manual_seed(0)
+    scorer = VectorScorer(build_model(RunConfig(model="youtube-dnn"), ds.num_items), cosine=True)
+    cfg = EvalConfig(ns=(25,), index=index, faiss_kind="exact", recall_users=50)  # 29+ rankable a row
+    res = evaluate(scorer, ds, sp.test, 20, cfg)
+    assert not np.isin(res.topn, new).any() and not (res.topn == 0).any()
+    dense = VectorScorer(scorer.model, cosine=True, blocked=False)  # the (B, N) scores, masked
+    assert np.array_equal(rank_topn(dense, ds, sp.test, 25, 20), res.topn)
+    if index == "faiss":
+        assert res.metrics["index_recall@25"] == 1.0
+    targets = ds.item[sp.test.cut]
+    share = np.isin(targets, new).mean()
+    assert share > 0 and res.metrics["new_item_share"] == pytest.approx(share)
+
+
+def test_cli_evaluates_a_baseline_under_the_time_protocol(tmp_path, monkeypatch, capsys):
+    """`mirec evaluate --model most-popular --set split.protocol=time ...` (mirec.cli.main in
+    this process: its exit status and its one-line errors)."""
+    from mirec.cli import main
+
+    ds = late_new_items_dataset(tmp_path / "ds")
+
+    def cli(*sets):
+        monkeypatch.setattr("sys.argv", ["mirec", "evaluate", "--model", "most-popular", "--data", str(ds.path),
+                                         "--out", str(tmp_path / "run"), "--set", "split.protocol=time",
+                                         "--set", "split.valid_from=0.8", *sum((["--set", s] for s in sets), [])])
+        with pytest.raises(SystemExit) as e:
+            main()
+        out = capsys.readouterr()
+        return e.value.code, out.out + out.err
+
+    code, out = cli("split.test_from=0.9")
+    assert code == 0, out
+    doc = json.loads((tmp_path / "run" / "results.json").read_text())
+    sp = split_users(ds, SplitConfig(protocol="time", valid_from=0.8, test_from=0.9))
+    share = np.isin(ds.item[sp.test.cut], sp.test.new_items).mean()
+    assert share > 0 and doc["metrics"]["new_item_share"] == pytest.approx(share)
+    assert f"new items: {share:.3f} of the test targets" in out
+    assert doc["per_seed"][0]["num_test_users"] == len(sp.test)
+    assert doc["per_seed"][0]["time_cuts"] == dict(zip(("valid_from", "test_from"), sp.time_cuts))
+    # a mistake: one line naming the key, exit status 2
+    code, out = cli("split.test_from=0.7")
+    assert code == 2 and out.startswith("error: split.valid_from: must be before split.test_from")
+    assert len(out.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_retriever_trains_and_reevaluates_under_the_time_protocol(tmp_path):
+    """Training reaches the time split (examples before valid_from, validation rows, new items
+    masked); `evaluate --run` rebuilds it; the served path of the diversity report masks new
+    items too (its lambda 0 row is the protocol's figure); a ranker on its candidates is
+    refused, naming why."""
+    import mirec
+    from mirec.eval.diversity import diversity_report
+
+    ds = late_new_items_dataset(tmp_path / "ds")
+    split = {"protocol": "time", "valid_from": 0.8, "test_from": 0.9}
+    run = mirec.fit(model="youtube-dnn", data=ds, out=tmp_path / "r", seeds=[1], progress=False,
+                    split=split, train={"epochs": 1, "threads": 1})
+    assert 0 < run.metrics["new_item_share"] < 1 and "new_item_share" in run.seeds[0].valid
+    again = mirec.evaluate(run=run.path)
+    assert again.metrics == run.metrics
+    row = diversity_report(run.path, [0.0], tmp_path / "div").rows[0]
+    for key in ("recall@20", "recall@50", "ndcg@50"):
+        assert row[key] == pytest.approx(run.metrics[key]), key
+    with pytest.raises(MirecConfigError, match="--candidates: .* split.protocol=time"):
+        mirec.fit(model="din", data=ds, out=tmp_path / "k", seeds=[1], progress=False, task="ranking",
+                  candidates=run.path, train={"epochs": 1})

@@ -136,3 +136,176 @@ def test_permutation_is_rng_permutation_in_four_bytes():
         perm = permutation(a, n)
         assert perm.dtype == np.int32
         assert np.array_equal(perm, b.permutation(n)) and a.random() == b.random()
+
+
+# The time protocol. A hand-made log, (item, ts) per user (raw ids = dense ids: prepare numbers
+# raw ids in sorted order). valid_from = 6, test_from = 8:
+#   training events (ts < 6): user 1: 1 2 3; user 2: 2 1; user 4: 1 2 6 7; user 5: 2 1 3 6 2 3
+#   -> training catalogue {1, 2, 3, 6, 7}; new items 4, 5 (first seen at 7) and 8 (at 10)
+#   validation rows (6 <= ts < 8): user 1's 4@7 (new), user 2's 3@6; user 3's 5@7 has no
+#   earlier event: no row
+#   test rows (ts >= 8): user 1's 6@9, user 2's 7@8, user 3's 8@10 (new) and 3@11
+TIME_LOG = {1: [(1, 1), (2, 2), (3, 3), (4, 7), (6, 9)],
+            2: [(2, 2), (1, 4), (3, 6), (7, 8)],
+            3: [(5, 7), (8, 10), (3, 11)],
+            4: [(1, 1), (2, 3), (6, 4), (7, 5)],
+            5: [(2, 1), (1, 2), (3, 3), (6, 4), (2, 5), (3, 5)]}
+
+
+def time_log_dataset(path):
+    users, items, ts = zip(*[(u, i, t) for u, events in TIME_LOG.items() for i, t in events])
+    return make_dataset(path, list(users), list(items), list(ts))
+
+
+def test_time_protocol_by_hand(tmp_path):
+    from mirec.models.item_cf import ItemCF
+    from mirec.models.most_popular import MostPopular
+
+    ds = time_log_dataset(tmp_path / "ds")
+    assert ds.items["raw_id"].to_list() == [str(i) for i in range(1, 9)]  # item id = raw id
+    sp = split_users(ds, SplitConfig(protocol="time", valid_from=6, test_from=8))
+    assert sp.time_cuts == (6, 8)
+    # training examples: every cut point of the events before 6 (2 + 1 + 0 + 3 + 5)
+    start, pos = sp.examples[np.arange(sp.num_examples)]
+    assert sp.num_examples == 11
+    assert ds.item[pos].tolist() == [2, 3, 1, 2, 6, 7, 1, 3, 6, 2, 3]
+    assert ds.ts[pos].max() == 5
+    assert np.array_equal(sp.train_events(ds.offsets), ds.ts < 6)
+    # rows: one per window event with an earlier event of its user; history = all before it
+    rows = lambda ev: [(int(ds.users["raw_id"][int(u)]), ds.item[s:c].tolist(), ds.item[c:e].tolist())  # noqa: E731
+                       for u, s, c, e in zip(ev.users, ev.hist_start, ev.cut, ev.end)]
+    assert rows(sp.valid) == [(1, [1, 2, 3], [4]), (2, [2, 1], [3])]
+    assert rows(sp.test) == [(1, [1, 2, 3, 4], [6]), (2, [2, 1, 3], [7]), (3, [5], [8]), (3, [5, 8], [3])]
+    assert sp.valid.new_items.tolist() == sp.test.new_items.tolist() == [4, 5, 8]
+    assert sp.test.select(np.array([2, 3])).new_items.tolist() == [4, 5, 8]  # kept by select
+    # MostPopular counts the training events only (later events would make 3 and 6 commoner);
+    # ItemCF the users holding both items among them: 1 and 2 (users 1, 2, 4, 5), 3 and 6
+    # (user 5; user 1's 6 comes at 9), nothing with a new item
+    assert MostPopular().fit(ds, sp).counts.tolist() == [0, 4, 5, 3, 0, 0, 2, 1, 0]
+    sim = ItemCF().fit(ds, sp).sim
+    assert (sim[1, 2], sim[3, 6], sim[1, 7], sim[2, 3]) == (4, 1, 1, 2)
+    assert not sim[[4, 5, 8]].any() and not sim[:, [4, 5, 8]].any()
+    # the split does not depend on the seed
+    other = split_users(ds, SplitConfig(protocol="time", valid_from=6, test_from=8, seed=99))
+    assert np.array_equal(other.test.cut, sp.test.cut) and other.num_examples == sp.num_examples
+
+
+def test_time_protocol_fractions_are_points_of_the_event_timeline(tmp_path):
+    # 10 events at ts 10, 20, ..., 100 over two users: fraction f cuts at event floor(10 f)
+    ds = make_dataset(tmp_path / "ds", [0] * 5 + [1] * 5, [1, 2, 3, 4, 5, 1, 2, 3, 4, 5],
+                      [10, 30, 50, 70, 90, 20, 40, 60, 80, 100])
+    sp = split_users(ds, SplitConfig(protocol="time", valid_from=0.6, test_from=0.8))
+    assert sp.time_cuts == (70, 90)  # 6 events before 70, 8 before 90
+    assert int(sp.train_events(ds.offsets).sum()) == 6
+    assert ds.ts[sp.valid.cut].tolist() == [70, 80] and ds.ts[sp.test.cut].tolist() == [90, 100]
+    # a fraction and a timestamp together; a timestamp between events (rounded up: ts < 65.5)
+    sp = split_users(ds, SplitConfig(protocol="time", valid_from=65.5, test_from=0.9))
+    assert sp.time_cuts == (66, 100)
+    assert int(sp.train_events(ds.offsets).sum()) == 6
+    # ties: 0.5 points at the 6th event (ts 40, as are the 4th and 5th): 3 events lie before it
+    tied = make_dataset(tmp_path / "tied", [0] * 5 + [1] * 5, [1, 2, 3, 4, 5, 1, 2, 3, 4, 5],
+                        [10, 20, 40, 40, 50, 30, 40, 60, 70, 80])
+    sp = split_users(tied, SplitConfig(protocol="time", valid_from=0.5, test_from=0.8))
+    assert sp.time_cuts == (40, 70) and int(sp.train_events(tied.offsets).sum()) == 3
+
+
+@pytest.mark.parametrize("settings, key", [
+    ({"valid_from": 0.9, "test_from": 0.8}, "split.valid_from: must be before split.test_from"),
+    ({"valid_from": 500, "test_from": 500}, "split.valid_from: must be before split.test_from"),
+    ({"valid_from": 0.0}, "split.valid_from: expected a fraction"),
+    ({"test_from": -3}, "split.test_from: expected a fraction"),
+    ({"test_from": float("nan")}, "split.test_from: expected a fraction"),
+])
+def test_time_protocol_config_errors_name_the_key(settings, key):
+    from mirec.config import load
+
+    with pytest.raises(MirecConfigError, match=key):
+        SplitConfig(protocol="time", **settings).validate()
+    # the same through --set (strings), as the CLI gives them
+    with pytest.raises(MirecConfigError, match=key):
+        load(SplitConfig, None, ["protocol=time"] + [f"{k}={v}" for k, v in settings.items()])
+
+
+def test_time_protocol_errors_on_the_data(tmp_path):
+    ds = time_log_dataset(tmp_path / "ds")
+    # a fraction and a timestamp that land on the same time (0.5 -> the 11th of 22 events, ts 4)
+    with pytest.raises(MirecConfigError, match=r"split.valid_from: resolves to ts 4, not before "
+                                               r"split.test_from's 4"):
+        split_users(ds, SplitConfig(protocol="time", valid_from=0.5, test_from=4))
+    with pytest.raises(MirecConfigError, match="split.valid_from: no event happens before it"):
+        split_users(ds, SplitConfig(protocol="time", valid_from=1, test_from=8))
+
+
+def test_time_protocol_refuses_a_log_without_times(tmp_path):
+    from mirec.data.sequences import load_sequences
+    from tests.conftest import prepare_small, write_lines
+
+    seq = write_lines(tmp_path / "seq.txt", ["u1 a b c d", "u2 b c d e", "u3 a c e"])
+    ds = prepare_small(load_sequences(seq), tmp_path)
+    with pytest.raises(MirecConfigError, match="split.protocol: time needs event timestamps; .* "
+                                               "sequences without times"):
+        split_users(ds, SplitConfig(protocol="time"))
+    split_users(ds, SplitConfig(protocol="loo"))  # the other protocols need no times
+
+
+def memory_dataset(users, items, ts):
+    """A Dataset in memory (no files) from parallel event lists, sorted as prepare sorts them."""
+    import polars as pl
+
+    from mirec.data.dataset import Dataset
+
+    users, items, ts = (np.asarray(a, dtype=np.int64) for a in (users, items, ts))
+    order = np.lexsort((ts, users))  # by user, then time; ties in list order
+    user_ids, user = np.unique(users[order], return_inverse=True)
+    item_ids, item = np.unique(items[order], return_inverse=True)
+    offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(user), out=offsets[1:])
+    frame = lambda ids, name: pl.DataFrame({name: np.arange(len(ids)), "raw_id": ids.astype(str)})  # noqa: E731
+    return Dataset(path=None, meta={"source": {"name": "test"}}, user=user.astype(np.int32),
+                   item=(item + 1).astype(np.int32), ts=ts[order], offsets=offsets,
+                   items=frame(item_ids, "item"), users=frame(user_ids, "user"))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_time_protocol_never_trains_on_the_windows_property():
+    """Over random logs and cut points: no training example's target (nor any training event)
+    has ts >= valid_from; every window event with an earlier event of its user is exactly one
+    validation or test row, scored from all of that user's earlier events; the new items are
+    those without an event before valid_from."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    events = st.lists(st.tuples(st.integers(0, 5), st.integers(1, 9), st.integers(0, 30)),
+                      min_size=2, max_size=60)
+    cut = st.one_of(st.floats(0.01, 0.99), st.integers(1, 30).map(float))
+
+    split_logs = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(events, cut, cut)
+    def check(log, a, b):
+        if (a < 1) == (b < 1):  # two of a kind: in order (a fraction and a timestamp: as drawn)
+            a, b = min(a, b), max(a, b)
+        ds = memory_dataset(*zip(*log))
+        try:
+            sp = split_users(ds, SplitConfig(protocol="time", valid_from=a, test_from=b))
+        except MirecConfigError as e:  # an empty validation window or no event before valid_from
+            assert "split.valid_from" in str(e)
+            return
+        split_logs.append(log)
+        vf, tf = sp.time_cuts
+        start, pos = sp.examples[np.arange(sp.num_examples)]
+        assert np.all(ds.ts[pos] < vf) and np.all(ds.user[start] == ds.user[pos]) and np.all(pos > start)
+        train = sp.train_events(ds.offsets)
+        assert np.array_equal(train, ds.ts < vf)
+        assert sp.num_examples == sum(max(int(n) - 1, 0) for n in np.bincount(ds.user[train]))
+        first = np.r_[True, ds.user[1:] != ds.user[:-1]]  # a user's first event: no row
+        for rows, window in ((sp.valid, (ds.ts >= vf) & (ds.ts < tf)), (sp.test, ds.ts >= tf)):
+            assert rows.cut.tolist() == np.flatnonzero(window & ~first).tolist()
+            assert np.array_equal(rows.end, rows.cut + 1)
+            assert np.array_equal(rows.hist_start, ds.offsets[rows.users])
+            assert np.array_equal(ds.user[rows.cut], rows.users)
+        assert sp.test.new_items.tolist() == sorted(set(range(1, ds.num_items)) - set(ds.item[train].tolist()))
+
+    check()
+    assert len(split_logs) > 20  # many drawn logs split (the others are checked errors; derandomized: 28)

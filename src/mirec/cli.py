@@ -259,12 +259,17 @@ def evaluate_cmd(
     index: Annotated[str, typer.Option(
         "--index", help="exact (the blocked scan) or faiss (the serving index; prints its "
                         "recall against exact on a sample of users).")] = "exact",
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a setting: eval.* (and split.* for a baseline), e.g. "
+                      "split.protocol=time.")] = None,
 ) -> None:
     """Evaluate a model under the protocol on test users; writes results.json."""
     from mirec.api import evaluate
+    from mirec.config import apply_overrides
     from mirec.report import pipeline_table, results_table
 
-    ev = {"eval": {"exclude_history": exclude_history, "index": index}}
+    sets = apply_overrides({}, set_ or [])  # --set wins over the options it repeats
+    ev = {"eval": {"exclude_history": exclude_history, "index": index, **sets.pop("eval", {})}, **sets}
     if ranker is not None:
         r = evaluate(run=run_dir, ranker=ranker, out=out, progress=True, **ev)
         console.print(pipeline_table(r.doc))
@@ -277,12 +282,21 @@ def evaluate_cmd(
         for k, v in run.mean.items():
             if k.startswith("index_recall@"):
                 console.print(f"faiss top-N: {k} against exact {v:.3f} (a seeded sample of users)")
+        _print_new_items(run.mean)
         return
     out = out or Path("runs") / model
-    run = evaluate(model=model, data=data, out=out, seeds=_seeds(seed, seeds), progress=True,
-                   split={"max_len": max_len}, **ev)
+    ev["split"] = {"max_len": max_len, **ev.get("split", {})}
+    run = evaluate(model=model, data=data, out=out, seeds=_seeds(seed, seeds), progress=True, **ev)
     console.print(results_table({model: run}))
+    _print_new_items(run.mean)
     console.print(f"wrote [bold]{out / 'results.json'}[/bold]")
+
+
+def _print_new_items(metrics: dict[str, float]) -> None:
+    """split.protocol=time: the share of test targets that no training event holds (sure misses)."""
+    if "new_item_share" in metrics:
+        console.print(f"new items: {metrics['new_item_share']:.3f} of the test targets (never ranked, "
+                      f"counted as misses)")
 
 
 @app.command("demo")

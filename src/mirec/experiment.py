@@ -22,7 +22,7 @@ from mirec.checkpoint import saved_config
 from mirec.config import load, to_dict
 from mirec.data.dataset import Dataset, load_dataset
 from mirec.data.prepare import PROTOCOL_VERSION
-from mirec.data.split import SplitConfig, split_users
+from mirec.data.split import Split, SplitConfig, split_users
 from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import EvalConfig, evaluate
 from mirec.io import atomic_write_json
@@ -146,14 +146,19 @@ def evaluate_baseline(model: str, data: str | Path | Dataset, seeds: list[int],
         m = s.build(s.config()).fit(ds, sp)
         test = evaluate(m, ds, sp.test, split.max_len, eval_cfg, progress)
         valid = evaluate(m, ds, sp.valid, split.max_len, eval_cfg, progress)
-        return SeedResult(seed, test.metrics, valid.metrics, extra=_counts(test, valid), model=m,
-                          test_topn=test.topn)
+        return SeedResult(seed, test.metrics, valid.metrics, model=m, test_topn=test.topn,
+                          extra=_counts(test.num_users, valid.num_users, sp))
 
     return run_seeds("baseline", model, data, seeds, one, out, retrieval_protocol(split, eval_cfg))
 
 
-def _counts(test: Any, valid: Any) -> dict[str, int]:
-    return {"num_test_users": test.num_users, "num_valid_users": valid.num_users}
+def _counts(num_test: int, num_valid: int, split: Split) -> dict[str, Any]:
+    """Per-seed counts: evaluated rows (users; target events under the time protocol) and the
+    time protocol's cut points as timestamps."""
+    out: dict[str, Any] = {"num_test_users": num_test, "num_valid_users": num_valid}
+    if split.time_cuts is not None:
+        out["time_cuts"] = dict(zip(("valid_from", "test_from"), split.time_cuts))
+    return out
 
 
 def train_seeds(cfg: RunConfig, data: str | Path | Dataset, seeds: list[int], out: str | Path,
@@ -168,7 +173,7 @@ def train_seeds(cfg: RunConfig, data: str | Path | Dataset, seeds: list[int], ou
         go_on = resume and (run_dir / "last.pt").exists()  # a seed the run never started begins now
         r = train(c, ds, run_dir, resume=go_on, progress=progress, log=log)
         return SeedResult(seed, r.test, r.best_valid, r.best_epoch,
-                          {"num_test_users": len(r.split.test), "num_valid_users": len(r.split.valid),
+                          {**_counts(len(r.split.test), len(r.split.valid), r.split),
                            "speed": _speed(r.history, r.best_epoch)}, r.model, r.test_topn)
 
     return run_seeds("retrieval", cfg.model, data, seeds, one, out,
@@ -231,6 +236,6 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None,
         test = evaluate(scorer, ds, sp.test, cfg.split.max_len, ec)
         valid = evaluate(scorer, ds, sp.valid, cfg.split.max_len, ec)
         results.append(SeedResult(cfg.split.seed, test.metrics, valid.metrics, run.checkpoint.get("epoch"),
-                                  _counts(test, valid), run.model, test.topn))
+                                  _counts(test.num_users, valid.num_users, sp), run.model, test.topn))
     return RunResult("retrieval", cfg.model, ds, results, retrieval_protocol(cfg.split, ec),
                      time.perf_counter() - t0, Path(run_dir))

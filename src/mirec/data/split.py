@@ -19,12 +19,32 @@ target (history: every item before it), the one before it the validation target,
 training examples are the cut points before those two. Users with fewer than 3 events have no
 validation target (and with 1, no test target either).
 
+``split.protocol = "time"`` cuts the whole log at two times instead (no training event happens
+after a test event; Ji et al., "A Critical Study on Data Leakage in Recommender System Offline
+Evaluation", TOIS 2023). ``split.valid_from`` and ``split.test_from`` are each a Unix timestamp
+(in the data set's ``ts`` unit; values >= 1) or a fraction ``f`` in (0, 1) of the event timeline:
+the ``ts`` of the event at index ``floor(f E)`` of all ``E`` events sorted by time, so that
+(without ties) exactly ``floor(f E)`` events lie before it. Every user is in all three parts:
+
+- training: each user's events with ``ts < valid_from`` (a prefix of its sequence, which is
+  sorted by time); the examples are their cut points, so no target has ``ts >= valid_from``;
+- validation: one row per event with ``valid_from <= ts < test_from``, test: one row per event
+  with ``ts >= test_from``; a row's target is that one event and its history every earlier event
+  of the user (window events included). An event without an earlier one (a new user's first)
+  is no row;
+- the rankable catalogue is the items of the training events; the others (``new_items``, first
+  seen at or after ``valid_from``) are never ranked, so a target that is a new item is a miss.
+
+The split does not depend on ``split.seed``; a data set whose ``ts`` is only a position in each
+sequence (the ``sequences`` source) has no timeline and is refused.
+
 Histories are left-padded: the most recent item is always in the last column, padding id 0 in
 front, with a boolean mask that is true on real items.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -33,7 +53,7 @@ import numpy as np
 from mirec.data.dataset import Dataset
 from mirec.errors import MirecConfigError
 
-PROTOCOLS = ("comirec", "loo")
+PROTOCOLS = ("comirec", "loo", "time")
 
 
 @dataclass
@@ -45,12 +65,18 @@ class SplitConfig:
     train_frac: float = 0.8
     valid_frac: float = 0.1
     history_frac: float = 0.8  # share of an evaluation user's events that form the history
-    protocol: str = "comirec"  # comirec (split by user) | loo (leave the last items out)
+    protocol: str = "comirec"  # comirec (split by user) | loo (leave the last items out) | time
+    # protocol time: where the validation and the test windows start, each a Unix timestamp
+    # (>= 1) or a fraction in (0, 1) of the event timeline (module docstring)
+    valid_from: float = 0.8
+    test_from: float = 0.9
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise MirecConfigError(f"split.protocol: expected one of {', '.join(PROTOCOLS)}, "
                                    f"got {self.protocol!r}")
+        if self.protocol == "time":
+            self._validate_time()
         if self.max_len < 1:
             raise MirecConfigError(f"split.max_len: must be >= 1, got {self.max_len}")
         if not (0 < self.train_frac < 1 and 0 <= self.valid_frac < 1
@@ -64,25 +90,40 @@ class SplitConfig:
                 f"split.history_frac: must be in (0, 1), got {self.history_frac}"
             )
 
+    def _validate_time(self) -> None:
+        for key in ("valid_from", "test_from"):
+            value = getattr(self, key)
+            if not math.isfinite(value) or value <= 0:
+                raise MirecConfigError(f"split.{key}: expected a fraction in (0, 1) of the event "
+                                       f"timeline or a Unix timestamp (>= 1), got {value}")
+        if (self.valid_from < 1) == (self.test_from < 1) and self.valid_from >= self.test_from:
+            raise MirecConfigError(f"split.valid_from: must be before split.test_from, got "
+                                   f"{self.valid_from} and {self.test_from}")
+
 
 @dataclass
 class EvalUsers:
-    """Validation or test users: per user, the history range and the target range.
+    """Validation or test rows: per row, the history range and the target range.
 
-    User ``users[j]`` has history ``item[hist_start[j]:cut[j]]`` and targets
-    ``item[cut[j]:end[j]]``.
+    Row ``j`` (user ``users[j]``) has history ``item[hist_start[j]:cut[j]]`` and targets
+    ``item[cut[j]:end[j]]``. One row per user under the comirec and loo protocols; under time,
+    one row per target event (a user has as many rows as events in the window).
+    ``new_items`` (time protocol only): sorted item ids never ranked for any row, the items
+    outside the training catalogue.
     """
 
     users: np.ndarray  # (U_e,) int32
     hist_start: np.ndarray  # (U_e,) int64
     cut: np.ndarray  # (U_e,) int64
     end: np.ndarray  # (U_e,) int64
+    new_items: np.ndarray | None = None  # (M,) int64, sorted
 
     def __len__(self) -> int:
         return len(self.users)
 
     def select(self, idx: np.ndarray | slice) -> EvalUsers:
-        return EvalUsers(self.users[idx], self.hist_start[idx], self.cut[idx], self.end[idx])
+        return EvalUsers(self.users[idx], self.hist_start[idx], self.cut[idx], self.end[idx],
+                         self.new_items)
 
 
 @dataclass
@@ -140,6 +181,8 @@ class Split:
     valid: EvalUsers
     test: EvalUsers
     config: SplitConfig
+    # protocol time: (valid_from, test_from) resolved to timestamps of the data set's ts
+    time_cuts: tuple[int, int] | None = None
 
     @property
     def num_examples(self) -> int:
@@ -168,6 +211,8 @@ def split_users(ds: Dataset, cfg: SplitConfig | None = None) -> Split:
     n = ds.num_users
     if cfg.protocol == "loo":
         return _leave_one_out(ds.offsets, cfg)
+    if cfg.protocol == "time":
+        return _time_split(ds, cfg)
     perm = np.random.default_rng(cfg.seed).permutation(n).astype(np.int32)
     n_train = int(cfg.train_frac * n)
     n_valid = int(cfg.valid_frac * n)
@@ -191,6 +236,65 @@ def _leave_one_out(offsets: np.ndarray, cfg: SplitConfig) -> Split:
         return EvalUsers(users[keep], start[keep], cut[keep], cut[keep] + 1)
 
     return Split(users, train_end, Examples.of(start, train_end), part(end - 2), part(end - 1), cfg)
+
+
+def resolve_time_cuts(ds: Dataset, cfg: SplitConfig) -> tuple[int, int]:
+    """``(valid_from, test_from)`` as timestamps of ``ds.ts`` (fractions resolved on the
+    timeline, see the module docstring); refuses logs without times and an empty validation
+    window."""
+    source = ds.meta.get("source", {})
+    if isinstance(source, dict) and source.get("time") == "position in the sequence":
+        raise MirecConfigError(
+            f"split.protocol: time needs event timestamps; {ds.path} was prepared from "
+            f"{source.get('name', 'a source')} without times (ts is the position in each "
+            f"sequence); use split.protocol=comirec or loo")
+    if len(ds.ts) == 0:
+        raise MirecConfigError("split.protocol: time needs events; the data set has none")
+    cuts = _times_of(ds.ts, (cfg.valid_from, cfg.test_from))
+    if cuts[0] >= cuts[1]:
+        raise MirecConfigError(
+            f"split.valid_from: resolves to ts {cuts[0]}, not before split.test_from's "
+            f"{cuts[1]} (got {cfg.valid_from} and {cfg.test_from}): the validation window "
+            f"would be empty")
+    return cuts[0], cuts[1]
+
+
+def _times_of(ts: np.ndarray, values: tuple[float, ...]) -> list[int]:
+    """Cut points as timestamps: a value >= 1 itself (rounded up: ``ts < value`` is unchanged),
+    a fraction ``f`` the ts of the event at index ``floor(f E)`` in time order."""
+    ks = {v: min(int(v * len(ts)), len(ts) - 1) for v in values if v < 1}
+    ordered = np.partition(ts, sorted(set(ks.values()))) if ks else ts  # O(E), no full sort
+    return [int(ordered[ks[v]]) if v < 1 else math.ceil(v) for v in values]
+
+
+def _time_split(ds: Dataset, cfg: SplitConfig) -> Split:
+    """The time protocol's split (module docstring)."""
+    valid_from, test_from = resolve_time_cuts(ds, cfg)
+    offsets, ts = ds.offsets, ds.ts
+    before = ts < valid_from  # (E,) the training events
+    if not before.any():
+        raise MirecConfigError(f"split.valid_from: no event happens before it (ts {valid_from}, "
+                               f"earliest {int(ts.min())}): nothing to train on")
+    start = offsets[:-1].astype(np.int64)
+    # a user's events are sorted by time: its training events are the first of them
+    train_end = start + np.bincount(ds.user[before], minlength=ds.num_users)
+    known = np.zeros(ds.num_items, dtype=bool)
+    known[ds.item[before]] = True
+    known[0] = True  # padding is masked anyway
+    new_items = np.flatnonzero(~known).astype(np.int64)
+
+    def rows(events: np.ndarray) -> EvalUsers:
+        pos = np.flatnonzero(events)
+        user = ds.user[pos]
+        first = offsets[user]
+        keep = pos > first  # at least one earlier event of the user to score from
+        return EvalUsers(user[keep].astype(np.int32), first[keep].astype(np.int64),
+                         pos[keep].astype(np.int64), pos[keep].astype(np.int64) + 1, new_items)
+
+    users = np.arange(ds.num_users, dtype=np.int32)
+    valid = rows(~before & (ts < test_from))
+    return Split(users, train_end, Examples.of(start, train_end), valid, rows(ts >= test_from), cfg,
+                 (valid_from, test_from))
 
 
 def training_examples(offsets: np.ndarray, users: np.ndarray,

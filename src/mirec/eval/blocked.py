@@ -116,10 +116,11 @@ def edges(N: int, block: int, n: int) -> list[tuple[int, int]]:
 
 def vector_blocks(vectors: torch.Tensor, live: torch.Tensor, items: torch.Tensor,
                   seen_rows: torch.Tensor, seen_items: torch.Tensor, block: int,
-                  n: int) -> Iterator[tuple[int, torch.Tensor]]:
+                  n: int, never: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """(C, K, B) interest scores of ``block`` items at a time (see :func:`edges`), one matmul
-    each; item 0 and the seen (row, item) pairs score -inf. A dead interest (``live`` false) is
-    replaced by one of the user's live interests, which leaves the max unchanged."""
+    each; item 0, the seen (row, item) pairs and the sorted item ids ``never`` score -inf. A
+    dead interest (``live`` false) is replaced by one of the user's live interests, which
+    leaves the max unchanged."""
     B, K, D = vectors.shape
     first = live.float().argmax(1)  # (B,) a live interest per user
     fill = vectors[torch.arange(B, device=vectors.device), first]  # (B, D)
@@ -134,22 +135,26 @@ def vector_blocks(vectors: torch.Tensor, live: torch.Tensor, items: torch.Tensor
             s[0] = float("-inf")
         r, i = pairs(lo, hi)
         s[i, :, r] = float("-inf")
+        if never is not None:  # items never ranked for any user (sorted): this block's slice
+            a, z = torch.searchsorted(never, torch.tensor([lo, hi], device=never.device)).tolist()
+            s[never[a:z] - lo] = float("-inf")
         yield lo, s
 
 
 def blocked_topn(vectors: torch.Tensor, live: torch.Tensor, items: torch.Tensor, n: int,
                  seen_rows: torch.Tensor, seen_items: torch.Tensor, item_block: int = ITEM_BLOCK,
-                 user_block: int = USER_BLOCK) -> torch.Tensor:
+                 user_block: int = USER_BLOCK, never: torch.Tensor | None = None) -> torch.Tensor:
     """Exact top-``n`` ids (B, n) by max over live interests: ``vectors`` (B, K, D), ``live``
-    (B, K) bool, ``items`` (N, D); item 0 and the ``(seen_rows[j], seen_items[j])`` pairs are
-    never ranked. Memory O(user_block K item_block + B n) for any N."""
+    (B, K) bool, ``items`` (N, D); item 0, the ``(seen_rows[j], seen_items[j])`` pairs and the
+    item ids ``never`` (sorted, for every user) are never ranked. Memory
+    O(user_block K item_block + B n) for any N."""
     B = vectors.shape[0]
     out = torch.zeros((B, n), dtype=torch.long, device=items.device)
     for a in range(0, B, user_block):
         z = min(a + user_block, B)
         hit = (seen_rows >= a) & (seen_rows < z)
         blocks = vector_blocks(vectors[a:z], live[a:z], items, seen_rows[hit] - a, seen_items[hit],
-                               item_block, n)
+                               item_block, n, never)
         out[a:z] = running_topn(blocks, n)
     return out
 

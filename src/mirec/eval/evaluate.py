@@ -6,6 +6,12 @@ every item id. Padding id 0 and (by default) every item of the user's history pa
 retriever's :class:`mirec.models.base.VectorScorer` never forms the (B, N) matrix: it ranks in
 blocks of users x items (:mod:`mirec.eval.blocked`). ``eval.index = "faiss"`` ranks through the
 serving index instead and reports its recall against exact (:mod:`mirec.eval.faiss_eval`).
+
+Rows are what :class:`mirec.data.split.EvalUsers` holds: one per user (comirec, loo) or one per
+target event (time), and every metric is a mean over rows. Under the time protocol the rows'
+``new_items`` (outside the training catalogue) are never ranked, like padding, on every path,
+and ``new_item_share`` (the share of the rows' targets that are new items, each a sure miss)
+joins the metrics.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ from mirec.eval.metrics import topn_metrics
 class Scorer(Protocol):
     """Anything that scores the catalogue for a batch of histories.
 
-    A scorer with ``blocked = True`` is asked ``topn(hist, mask, n, (rows, items))`` for the
-    (B, n) best item ids instead (computed where it likes, e.g. on a GPU; the ``(rows, items)``
-    pairs and padding never ranked): :class:`mirec.models.base.VectorScorer` on a GPU."""
+    A scorer with ``blocked = True`` is asked ``topn(hist, mask, n, (rows, items), never)`` for
+    the (B, n) best item ids instead (computed where it likes, e.g. on a GPU; the ``(rows,
+    items)`` pairs, the item ids ``never`` (sorted; None: none) and padding never ranked):
+    :class:`mirec.models.base.VectorScorer` on a GPU."""
 
     def score(self, hist: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """hist, mask: (B, L) item ids (0 = padding) and real-item mask -> (B, N) scores."""
@@ -80,10 +87,13 @@ class EvalResult:
 def rank_topn(scorer: Scorer, ds: Dataset, users: EvalUsers, n: int, max_len: int,
               exclude_history: bool = True, batch_size: int = 512,
               progress: bool = False) -> np.ndarray:
-    """Top-``n`` item ids per evaluated user, shape (U_e, n), best first."""
-    if n >= ds.num_items:
-        raise MirecConfigError(f"eval.ns: N = {n} is not smaller than the catalogue "
-                               f"({ds.num_items - 1} items)")
+    """Top-``n`` item ids per evaluated row, shape (U_e, n), best first; ``users.new_items``
+    (when set) are never ranked."""
+    never = users.new_items
+    rankable = ds.num_items - 1 - (0 if never is None else len(never))
+    if n >= rankable:
+        what = "catalogue" if never is None else "training catalogue"
+        raise MirecConfigError(f"eval.ns: N = {n} is not smaller than the {what} ({rankable} items)")
     out = np.zeros((len(users), n), dtype=np.int64)
     starts = range(0, len(users), batch_size)
     show = progress and len(users) > 4 * batch_size
@@ -100,11 +110,13 @@ def rank_topn(scorer: Scorer, ds: Dataset, users: EvalUsers, n: int, max_len: in
             pos = np.repeat(b.hist_start - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
             seen = ds.item[pos].astype(np.int64)
         if getattr(scorer, "blocked", False):  # top-N on the scorer's device (a GPU)
-            out[s:s + len(b)] = scorer.topn(hist, mask, n, (rows, seen))
+            out[s:s + len(b)] = scorer.topn(hist, mask, n, (rows, seen), never)
             continue
         scores = np.array(scorer.score(hist, mask), dtype=np.float32, copy=True)  # (B, N)
         scores[:, 0] = -np.inf
         scores[rows, seen] = -np.inf
+        if never is not None:
+            scores[:, never] = -np.inf
         out[s:s + len(b)] = scores_topn(torch.from_numpy(scores), n).numpy()  # ties: lower id
     return out
 
@@ -149,13 +161,19 @@ def evaluate(scorer: Scorer, ds: Dataset, users: EvalUsers, max_len: int,
         if not hasattr(scorer, "interests"):
             raise MirecConfigError("eval.index=faiss: needs a retrieval model's interest vectors; "
                                    "this scorer only scores (a baseline)")
-        ranker = IndexScorer(scorer, cfg.faiss_kind)
+        ranker = IndexScorer(scorer, cfg.faiss_kind, users.new_items)
     topn = rank_topn(ranker, ds, users, n_max, max_len, cfg.exclude_history, cfg.batch_size,
                      progress)
     indptr, items = targets_csr(ds, users)
+    if users.new_items is not None:
+        # a row with fewer rankable items than N is filled with never-ranked ids (-inf): a new
+        # item among them would count as a hit, so it becomes padding (never a target)
+        topn[np.isin(topn, users.new_items)] = 0
     cat_indptr, cat_ids, _ = ds.category_index()
     metrics = topn_metrics(topn, indptr, items, cat_indptr, cat_ids, ds.num_items - 1,
                            tuple(sorted(cfg.ns)))
+    if users.new_items is not None:
+        metrics["new_item_share"] = float(np.isin(items, users.new_items).mean())
     if ranker is not scorer:
         metrics[f"index_recall@{n_max}"] = index_recall_on_sample(scorer, ds, users, topn, max_len, cfg)
     return EvalResult(metrics, topn, len(users))

@@ -36,21 +36,26 @@ from mirec.serve.recommender import Recommender
 
 def served_topn(rec: Recommender, ds: Dataset, users: EvalUsers, n: int, lam: float = 0.0,
                 rank: bool = False, progress: bool = False) -> np.ndarray:
-    """(U_e, n) item ids that ``rec`` serves each evaluated user (history part excluded), ranked
-    by ``rec.ranker`` when ``rank``; 0 fills a list shorter than ``n``."""
+    """(U_e, n) item ids that ``rec`` serves each evaluated row (history part and the rows'
+    ``new_items`` excluded), ranked by ``rec.ranker`` when ``rank``; 0 fills a list shorter than
+    ``n``."""
     b = rec.bundle
     hist, mask = windows(ds.item, users.hist_start, users.cut, b.max_len)  # (U, L)
     out = user_interests(b.model, torch.from_numpy(hist), torch.from_numpy(mask), b.cosine)
     V, live, W = out.vectors.numpy().astype(np.float32), out.mask.numpy(), out.weights.numpy()
     raw = [str(x) for x in ds.users["raw_id"].to_list()]
     topn = np.zeros((len(users), n), dtype=np.int64)
+    blocked = None  # (N,) bool: items never served (the time protocol's new items)
+    if users.new_items is not None:
+        blocked = np.zeros(ds.num_items, dtype=bool)
+        blocked[users.new_items] = True
     for j in tqdm(range(len(users)), desc="users", disable=None if progress else True, leave=False):
         seen = ds.item[users.hist_start[j]:users.cut[j]].tolist()
         fn = None
         if rank:
             user = raw[users.users[j]]
             fn = lambda c, f, k, u=user, h=seen, K=len(V[j]): rec.ranker.score(u, h, c, f, k, K)  # noqa: E731
-        recs = rec.recommend_dense(V[j], live[j], W[j], hist[j], seen, n, lam, fn)
+        recs = rec.recommend_dense(V[j], live[j], W[j], hist[j], seen, n, lam, fn, blocked)
         topn[j, :len(recs)] = [r.item for r in recs]
     return topn
 

@@ -101,13 +101,14 @@ class VectorScorer:
 
     @torch.no_grad()
     def topn(self, hist: np.ndarray, mask: np.ndarray, n: int,
-             seen: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """Top-``n`` item ids (B, n), best first; padding and the ``seen`` (row, item) pairs are
-        never ranked. See :func:`mirec.eval.blocked.blocked_topn`."""
+             seen: tuple[np.ndarray, np.ndarray], never: np.ndarray | None = None) -> np.ndarray:
+        """Top-``n`` item ids (B, n), best first; padding, the ``seen`` (row, item) pairs and the
+        item ids ``never`` (sorted) are never ranked. See :func:`mirec.eval.blocked.blocked_topn`."""
         rows, items = (torch.from_numpy(a).to(self.device) for a in seen)
+        drop = None if never is None else torch.from_numpy(never).to(self.device)
         out = self.interests(hist, mask)
         return blocked_topn(out.vectors, out.mask, self.items, n, rows, items, self.block,
-                            self.user_block).cpu().numpy()  # (B, n)
+                            self.user_block, drop).cpu().numpy()  # (B, n)
 
 
 def max_over_interests(out: Interests, items: torch.Tensor) -> torch.Tensor:

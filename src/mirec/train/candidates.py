@@ -249,6 +249,11 @@ def check_leakage(data: CTRData, ds: Dataset, split: Split) -> None:
 def candidate_data(cfg: RankRunConfig, seed: int, data: Dataset | None = None) -> tuple[CTRData, Dataset]:
     """The checked candidate data of the ranker of ``seed`` (``cfg.cand.run``'s seed-<s>)."""
     run = retrieval_seed_run(cfg.cand.run, seed, data)
+    protocol = run.config.split.protocol
+    if protocol != "comirec":  # its users are train, validation or test users, never several
+        raise MirecConfigError(f"--candidates: {cfg.cand.run} was trained under split.protocol={protocol}; "
+                               f"the ranker's candidate data needs the comirec split (users in one "
+                               f"part each)")
     c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
     out = build_candidate_data(c, run)
     check_leakage(out, run.dataset, split_users(run.dataset, run.config.split))
