@@ -515,6 +515,9 @@ def serve_cmd(
     new_items: NewItems = None,
     log_format: Annotated[str, typer.Option(help="'text' (uvicorn's warnings only) or 'json' (one "
                                                  "JSON line per request on stderr).")] = "text",
+    reload_timeout: Annotated[float, typer.Option(help="With --workers N: how long a reload waits "
+                                                       "for every worker to serve the new bundle "
+                                                       "(504 after).")] = 60.0,
 ) -> None:
     """Serve POST /recommend, POST /events, GET /items/{id}, GET /health, GET /metrics and
     POST /admin/reload over HTTP; SIGHUP reloads the bundle (docs/production.md)."""
@@ -530,6 +533,8 @@ def serve_cmd(
 
     if log_format not in ("text", "json"):
         raise MirecError(f"--log-format: expected 'text' or 'json', got {log_format!r}")
+    if not reload_timeout > 0:
+        raise MirecError(f"--reload-timeout: expected a positive number of seconds, got {reload_timeout}")
     limits = Limits(token=token, max_body=max_body, rate=rate_limit)
     limits.validate()
     torch.set_num_threads(1)  # one request = one core's work; concurrency comes from requests
@@ -546,6 +551,9 @@ def serve_cmd(
         uvicorn.run(create_app(live, limits, log_json=log_format == "json"), host=host, port=port,
                     log_level="warning")
         return
+    from mirec.serve.fleet import serve_fleet
+
+    serving = (rec.bundle.path, rec.bundle.version)  # the workers load it (generation 0)
     del rec
     os.environ.update(MIREC_BUNDLE=str(bundle), MIREC_STORE=str(store), MIREC_INDEX=index,
                       MIREC_HNSW_ABOVE=str(hnsw_above), MIREC_RANKER=str(ranker or ""),
@@ -554,8 +562,7 @@ def serve_cmd(
                       MIREC_UNAVAILABLE=str(unavailable or ""), MIREC_NEW_ITEMS=str(new_items or ""),
                       MIREC_LOG_FORMAT=log_format,
                       MIREC_SUPERVISOR_PID=str(os.getpid()))
-    uvicorn.run("mirec.serve.app:app_from_env", factory=True, workers=workers, host=host,
-                port=port, log_level="warning")
+    serve_fleet("mirec.serve.app:app_from_env", *serving, workers, host, port, reload_timeout)
 
 
 @report_app.command("diversity")

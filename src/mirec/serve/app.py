@@ -10,10 +10,14 @@ docs at ``/docs``)::
                       "short": true when fewer than n items passed the filters
     POST /events      {"user_id": "...", "events": [{"item_id": "...", "timestamp": 0}]}
     GET  /items/{id}  one item's title and categories (404 if unknown)
-    GET  /health      model, catalogue size, index kind, stored events
+    GET  /health      model, catalogue size, index kind, stored events, the bundle served (version,
+                      path, loaded_at) by which worker (pid); with --workers N every worker's
     GET  /  and  GET /users, POST /interests: the web explorer (serve/explore.py)
     POST /admin/reload  {"bundle": "path"} or {}: load, verify and swap the bundle (token only)
-    GET  /metrics     Prometheus text format (serve/observe.py)
+    GET  /metrics     Prometheus text format (serve/observe.py), summed over the workers
+
+Every response names the bundle that served it: header ``X-Mirec-Bundle: <version>``. With
+``--workers N`` a reload reaches every worker before its 200 (serve/fleet.py).
 
 Ids are the source data's raw ids, as strings. Client mistakes are 4xx with the field named
 (malformed JSON and schema violations: FastAPI's 422 with ``loc``); unknown users and items are
@@ -23,6 +27,8 @@ items (``"fallback": "popular"``). Access, body-size and rate limits: :mod:`mire
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Request
@@ -30,6 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from mirec.errors import MirecError
+from mirec.serve.fleet import FleetLive, FleetTimeout, ServedBy, iso
 from mirec.serve.guard import Limits, install
 from mirec.serve.observe import Metrics, Observe
 from mirec.serve.recommender import Filters, Recommender
@@ -110,10 +117,20 @@ class ReloadRequest(BaseModel):
     model_config = {"extra": "forbid", "strict": True}
 
 
+class WorkerStatus(BaseModel):
+    pid: int
+    generation: int = Field(description="how many reloads the fleet had when this worker swapped")
+    bundle: str
+    version: str
+    loaded_at: str
+    error: str | None = None
+
+
 class ReloadResponse(BaseModel):
     bundle: str
     version: str
     items: int
+    workers: list[WorkerStatus] | None = Field(None, description="with --workers N: what each serves")
 
 
 class Event(BaseModel):
@@ -142,11 +159,14 @@ def app_from_env() -> FastAPI:
     ``MIREC_HNSW_ABOVE``, ``MIREC_RANKER``, ``MIREC_KEEP_EVENTS``, ``MIREC_UNAVAILABLE``,
     ``MIREC_NEW_ITEMS``, ``MIREC_LOG_FORMAT`` and the limits of
     :meth:`Limits.from_env`); the SQLite store in WAL mode is shared between them. A worker
-    stops when its supervisor (``MIREC_SUPERVISOR_PID``) dies."""
+    stops when its supervisor (``MIREC_SUPERVISOR_PID``) dies. Under ``MIREC_RUNTIME_DIR``
+    (``mirec serve --workers N``) it loads the bundle the fleet serves now and follows its
+    reloads (serve/fleet.py)."""
     import os
 
     import torch
 
+    from mirec.serve.fleet import RUNTIME_ENV, TIMEOUT_ENV, FleetLive
     from mirec.serve.guard import watch_parent
     from mirec.serve.observe import log_to_stderr
     from mirec.serve.service import open_recommender, reload_on_sighup
@@ -156,13 +176,21 @@ def app_from_env() -> FastAPI:
         watch_parent(int(env["MIREC_SUPERVISOR_PID"]))
     torch.set_num_threads(1)
     keep = int(env.get("MIREC_KEEP_EVENTS") or 0) or None
-    rec = open_recommender(env["MIREC_BUNDLE"], env.get("MIREC_INDEX", "auto"),
-                           int(env.get("MIREC_HNSW_ABOVE", "50000")), env.get("MIREC_STORE") or None,
-                           env.get("MIREC_RANKER") or None, keep_events=keep,
-                           unavailable=env.get("MIREC_UNAVAILABLE") or None,
-                           new_items=env.get("MIREC_NEW_ITEMS") or None)
-    live = Live(rec)
+
+    def load(bundle: str):
+        return open_recommender(bundle, env.get("MIREC_INDEX", "auto"),
+                                int(env.get("MIREC_HNSW_ABOVE", "50000")), env.get("MIREC_STORE") or None,
+                                env.get("MIREC_RANKER") or None, keep_events=keep,
+                                unavailable=env.get("MIREC_UNAVAILABLE") or None,
+                                new_items=env.get("MIREC_NEW_ITEMS") or None)
+
+    if env.get(RUNTIME_ENV):
+        live = FleetLive.open(Path(env[RUNTIME_ENV]), load, float(env.get(TIMEOUT_ENV) or 60))
+    else:
+        live = Live(load(env["MIREC_BUNDLE"]))
     reload_on_sighup(live)
+    if isinstance(live, FleetLive):
+        live.start()  # after the SIGHUP handler: the supervisor sends SIGHUP to started workers
     log_json = env.get("MIREC_LOG_FORMAT") == "json"
     if log_json:
         log_to_stderr()
@@ -188,7 +216,8 @@ NOT_FOUND = {404: {"model": ErrorBody, "description": "Unknown item id"}}
 NO_STORE = {409: {"model": ErrorBody, "description": "The server runs without an event store"},
             503: {"model": ErrorBody, "description": "The event store cannot be written now (not stored)"}}
 RELOAD = {400: {"model": ErrorBody, "description": "The new bundle failed to load; the old one is served"},
-          403: {"model": ErrorBody, "description": "The server runs without a token: reload by SIGHUP"}}
+          403: {"model": ErrorBody, "description": "The server runs without a token: reload by SIGHUP"},
+          504: {"model": ErrorBody, "description": "Published, but some worker had not loaded it in time"}}
 
 
 def create_app(rec: Recommender | Live, limits: Limits | None = None, log_json: bool = False) -> FastAPI:
@@ -203,6 +232,7 @@ def create_app(rec: Recommender | Live, limits: Limits | None = None, log_json: 
     metrics.served(live.rec)
     live.on_swap.append(metrics.served)
     app.add_middleware(Observe, metrics=metrics, log_json=log_json)
+    app.add_middleware(ServedBy, live=live)  # outermost: every response names its bundle
     app.state.live, app.state.metrics = live, metrics
 
     @app.exception_handler(MirecError)
@@ -256,7 +286,12 @@ def create_app(rec: Recommender | Live, limits: Limits | None = None, log_json: 
         return {"status": "ok", "model": rec.bundle.manifest["model"],
                 "items": rec.bundle.num_items - 1, "index": rec.index.kind,
                 "ranker": rec.ranker.name if rec.ranker else None,
-                "events": rec.store.count() if rec.store else None, "version": rec.bundle.version}
+                "events": rec.store.count() if rec.store else None, "version": rec.bundle.version,
+                "bundle": {"version": rec.bundle.version, "path": str(rec.bundle.path),
+                           "loaded_at": iso(live.loaded_at)},
+                "pid": os.getpid(),
+                **({"generation": live.generation, "workers": live.workers()}
+                   if isinstance(live, FleetLive) else {})}
 
     @app.post("/admin/reload", response_model=ReloadResponse, responses=RELOAD)
     def reload(req: ReloadRequest | None = None) -> ReloadResponse:
@@ -268,9 +303,13 @@ def create_app(rec: Recommender | Live, limits: Limits | None = None, log_json: 
         except (MirecError, OSError) as e:  # the old bundle stays; the caller learns why
             metrics.reloads.labels("error").inc()
             raise HTTPException(400, detail=str(e)) from None
+        except FleetTimeout as e:
+            metrics.reloads.labels("error").inc()
+            raise HTTPException(504, detail=str(e)) from None
         metrics.reloads.labels("ok").inc()
         return ReloadResponse(bundle=str(new.bundle.path), version=new.bundle.version,
-                              items=new.bundle.num_items - 1)
+                              items=new.bundle.num_items - 1,
+                              workers=live.workers() if isinstance(live, FleetLive) else None)
 
     @app.get("/metrics", response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})

@@ -96,17 +96,27 @@ class Live:
 
     def __init__(self, rec: Recommender) -> None:
         self.rec = rec
+        self.loaded_at = time.time()  # when ``rec`` began to be served (epoch seconds)
         self.lock = threading.Lock()  # one reload at a time
         self.on_swap: list = []  # callables(rec) run after a successful swap (metrics)
+
+    def load(self, bundle: str | Path | None = None) -> Recommender:
+        """Load and verify ``bundle`` (default: the served path) with the served options; nothing
+        is swapped."""
+        return reopen(self.rec, bundle)
+
+    def swap(self, new: Recommender) -> None:
+        """Serve ``new`` from now on (requests already running finish on the old one)."""
+        self.rec, self.loaded_at = new, time.time()
+        for f in self.on_swap:
+            f(new)
+        log.info("reloaded %s (version %s)", new.bundle.path, new.bundle.version)
 
     def reload(self, bundle: str | Path | None = None) -> Recommender:
         """Load and verify, then swap; on any error the old recommender stays and it raises."""
         with self.lock:
-            new = reopen(self.rec, bundle)
-            self.rec = new
-        for f in self.on_swap:
-            f(new)
-        log.info("reloaded %s (version %s)", new.bundle.path, new.bundle.version)
+            new = self.load(bundle)
+            self.swap(new)
         return new
 
 
