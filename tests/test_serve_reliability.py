@@ -246,6 +246,58 @@ def test_body_size_and_rate_limits(bundle):
         assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
 
 
+def raw_post(port: int, path: str, headers: list[str], chunks, timeout: float = 30) -> tuple[int, bytes]:
+    """POST over a bare socket, headers exactly as given (httpx would normalise them) and the
+    body as HTTP chunks; the status and body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json", *headers]
+        s.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        try:
+            for c in chunks:
+                s.sendall(f"{len(c):x}\r\n".encode() + c + b"\r\n")
+            s.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server stopped reading: its answer is waiting
+        data = b""
+        while b"\r\n\r\n" not in data and (more := s.recv(65536)):
+            data += more
+        top, _, body = data.partition(b"\r\n\r\n")
+        size = next(int(line.split(b":")[1]) for line in top.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:"))
+        while len(body) < size and (more := s.recv(65536)):
+            body += more
+        return int(top.split()[1]), body
+
+
+def padded_chunks(total: int, size: int = 4096):
+    """A JSON body of about ``total`` bytes (a long user id, which a 422 would echo) in chunks."""
+    body = b'{"user_id": "' + b"x" * (total - 16) + b'"}'
+    return (body[i:i + size] for i in range(0, len(body), size))
+
+
+@pytest.mark.parametrize("framing", [
+    ["Transfer-Encoding: chunked"],
+    ["Transfer-Encoding: Chunked"],
+    ["Transfer-Encoding: CHUNKED"],
+    ["transfer-encoding: cHuNkEd"],
+    ["Transfer-Encoding: gzip, chunked"],
+    ["Transfer-Encoding: gzip", "Transfer-Encoding: chunked"],
+    ["Content-Length: 10", "Transfer-Encoding: chunked"],
+])
+def test_body_limit_counts_every_chunked_framing(bundle, framing):
+    """However the framing is spelt (transfer codings are case-insensitive, a list, or repeated
+    headers), a body over --max-body is counted and refused, never parsed or echoed: a probe got
+    a 40 MiB body with `Transfer-Encoding: Chunked` read, parsed and echoed in a 422."""
+    with Server(Recommender(bundle, exact(bundle)), Limits(max_body=2000)) as client:
+        port = int(str(client.base_url).rsplit(":", 1)[1])
+        status, body = raw_post(port, "/recommend", framing, padded_chunks(200_000))
+        assert status in (400, 413), (framing, status, body[:200])  # 400: the HTTP parser's refusal
+        assert len(body) < 1000 and b"xxxx" not in body  # the body was not echoed
+        assert status == 400 or b"larger than 2000 bytes" in body
+        status, body = raw_post(port, "/recommend", framing[-1:], [b'{"user_id": "1", "n": 2}'])
+        assert status == 200 and len(json.loads(body)["items"]) == 2  # small: passed on intact
+
+
 def test_worker_limits_come_from_the_environment():
     """`mirec serve --workers N` hands its options to the worker processes through variables."""
     lim = Limits.from_env({"MIREC_TOKEN": "t", "MIREC_MAX_BODY": "123", "MIREC_RATE_LIMIT": "2.5"})
