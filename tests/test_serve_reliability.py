@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import signal
 import socket
@@ -25,7 +26,7 @@ import pytest
 
 from mirec.errors import MirecConfigError, MirecDataError
 from mirec.serve.bundle import load_bundle
-from mirec.serve.guard import Limits
+from mirec.serve.guard import Limits, proxy_options
 from mirec.serve.index import IndexConfig
 from mirec.serve.recommender import Recommender
 from mirec.serve.service import build_index_report, open_recommender
@@ -74,6 +75,8 @@ def test_non_finite_lambda_is_a_serialisable_422(served, value):
     ("/recommend", '{"history": ["1", "\\udfff"]}', "history"),
     ("/events", '{"user_id": "\\ud800", "events": [{"item_id": "1"}]}', "user_id"),
     ("/events", '{"user_id": "u", "events": [{"item_id": "x\\ud800y"}]}', "item_id"),
+    ("/interests", '{"user_id": "a\\ud800"}', "user_id"),
+    ("/interests", '{"history": ["1", "\\udfff"]}', "history"),
 ])
 def test_lone_surrogates_are_422(served, path, body, field):
     client, store = served
@@ -107,6 +110,62 @@ def test_json_types_are_the_schemas(served, path, body, field):
     r = client.post(path, json=body)
     assert r.status_code == 422 and field in fields(r)
     assert store.count() == 0
+
+
+WRONG = {"integer": "5", "number": "5", "boolean": "true", "string": 5}  # a value of another type
+
+
+def scalar_fields(schema: dict, node: dict, path: tuple = ()):
+    """(path, JSON type) of every scalar field under ``node`` ($refs, optional fields and arrays
+    followed; an array's element is index 0 of the path)."""
+    if "$ref" in node:
+        node = schema["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]]
+    for option in node.get("anyOf", []):
+        yield from scalar_fields(schema, option, path)
+    kind = node.get("type")
+    if kind == "object":
+        for name, sub in node.get("properties", {}).items():
+            yield from scalar_fields(schema, sub, (*path, name))
+    elif kind == "array":
+        yield from scalar_fields(schema, node["items"], (*path, 0))
+    elif kind in WRONG:
+        yield path, kind
+
+
+def holding(path: tuple, value):
+    """The JSON body with ``value`` at ``path``: ("events", 0, "timestamp") -> {"events":
+    [{"timestamp": value}]}."""
+    for key in reversed(path):
+        value = [value] if isinstance(key, int) else {key: value}
+    return value
+
+
+def test_every_field_of_every_endpoint_refuses_another_json_type(served):
+    """Walks the app's own OpenAPI schema: in every JSON body, each integer, number, boolean and
+    string field (nested ones too) given a value of another type ("5" for 5, 5 for "5") gets a
+    422 naming it, and an unknown field gets a 422; so does a query parameter that is not of its
+    type. (POST /interests coerced "n": "5" where /recommend refused it.)"""
+    client, store = served
+    schema = client.get("/openapi.json").json()
+    tried: dict[str, int] = {}
+    for route, ops in schema["paths"].items():
+        for method, op in ops.items():
+            body = op.get("requestBody", {}).get("content", {}).get("application/json")
+            cases = [] if body is None else [
+                (holding(path, WRONG[kind]), None, ("body", *path)) for path, kind in
+                scalar_fields(schema, body["schema"])] + [({"unknown_field": 1}, None,
+                                                           ("body", "unknown_field"))]
+            cases += [(None, {p["name"]: "five"}, ("query", p["name"])) for p in op.get("parameters", [])
+                      if p["in"] == "query" and p["schema"].get("type") in ("integer", "number", "boolean")]
+            for payload, query, loc in cases:
+                r = client.request(method.upper(), route, json=payload, params=query)
+                assert r.status_code == 422, (route, payload, query, r.status_code)
+                named = {tuple(e["loc"]): e["type"] for e in strict_json(r)["detail"]}
+                assert loc in named, (route, payload, query, named)
+                tried[route] = tried.get(route, 0) + 1
+    assert {"/recommend", "/events", "/interests", "/admin/reload", "/users"} <= set(tried), tried
+    print(f"\nwrong-typed fields tried per path: {tried}")
+    assert tried["/recommend"] >= 10 and store.count() == 0  # every case refused: nothing stored
 
 
 def test_openapi_lists_the_errors_the_server_returns(served):
@@ -212,7 +271,8 @@ def test_token_guards_every_endpoint_but_the_public_ones(bundle, tmp_path):
         for method, path, body in (("POST", "/recommend", {"user_id": "1"}),
                                    ("POST", "/events", {"user_id": "u", "events": [{"item_id": item}]}),
                                    ("GET", f"/items/{item}", None)):
-            for auth in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            for auth in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
+                         [("Authorization", "Bearer wrong"), ("Authorization", "Bearer s3cret")]):
                 r = client.request(method, path, json=body, headers=auth)
                 assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (path, auth)
             r = client.request(method, path, json=body, headers={"Authorization": "Bearer s3cret"})
@@ -244,6 +304,74 @@ def test_body_size_and_rate_limits(bundle):
         assert codes == [200, 200, 429]
         r = client.get("/health")
         assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def raw_post(port: int, path: str, headers: list[str], chunks, timeout: float = 30) -> tuple[int, bytes]:
+    """POST over a bare socket, headers exactly as given (httpx would normalise them) and the
+    body as HTTP chunks; the status and body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json", *headers]
+        s.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        try:
+            for c in chunks:
+                s.sendall(f"{len(c):x}\r\n".encode() + c + b"\r\n")
+            s.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server stopped reading: its answer is waiting
+        data = b""
+        while b"\r\n\r\n" not in data and (more := s.recv(65536)):
+            data += more
+        top, _, body = data.partition(b"\r\n\r\n")
+        size = next(int(line.split(b":")[1]) for line in top.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:"))
+        while len(body) < size and (more := s.recv(65536)):
+            body += more
+        return int(top.split()[1]), body
+
+
+def padded_chunks(total: int, size: int = 4096):
+    """A JSON body of about ``total`` bytes (a long user id, which a 422 would echo) in chunks."""
+    body = b'{"user_id": "' + b"x" * (total - 16) + b'"}'
+    return (body[i:i + size] for i in range(0, len(body), size))
+
+
+@pytest.mark.parametrize("framing", [
+    ["Transfer-Encoding: chunked"],
+    ["Transfer-Encoding: Chunked"],
+    ["Transfer-Encoding: CHUNKED"],
+    ["transfer-encoding: cHuNkEd"],
+    ["Transfer-Encoding: gzip, chunked"],
+    ["Transfer-Encoding: gzip", "Transfer-Encoding: chunked"],
+    ["Content-Length: 10", "Transfer-Encoding: chunked"],
+])
+def test_body_limit_counts_every_chunked_framing(bundle, framing):
+    """However the framing is spelt (transfer codings are case-insensitive, a list, or repeated
+    headers), a body over --max-body is counted and refused, never parsed or echoed: a probe got
+    a 40 MiB body with `Transfer-Encoding: Chunked` read, parsed and echoed in a 422."""
+    with Server(Recommender(bundle, exact(bundle)), Limits(max_body=2000)) as client:
+        port = port_of(str(client.base_url))
+        status, body = raw_post(port, "/recommend", framing, padded_chunks(200_000))
+        assert status in (400, 413), (framing, status, body[:200])  # 400: the HTTP parser's refusal
+        assert len(body) < 1000 and b"xxxx" not in body  # the body was not echoed
+        assert status == 400 or b"larger than 2000 bytes" in body
+        status, body = raw_post(port, "/recommend", framing[-1:], [b'{"user_id": "1", "n": 2}'])
+        assert status == 200 and len(json.loads(body)["items"]) == 2  # small: passed on intact
+
+
+def test_trusted_proxies_are_addresses_or_networks():
+    """uvicorn believes no forwarding header unless --trusted-proxies names the proxies; an entry
+    uvicorn would silently never match is refused."""
+    assert proxy_options(None) == proxy_options("") == {"proxy_headers": False}
+    assert proxy_options(" 127.0.0.1, 10.0.0.0/8 ") == {"proxy_headers": True,
+                                                       "forwarded_allow_ips": "127.0.0.1,10.0.0.0/8"}
+    assert proxy_options("*")["forwarded_allow_ips"] == "*"
+    for bad in ("proxy.local", "10.0.0.1/8", "300.0.0.1"):
+        with pytest.raises(MirecConfigError, match="--trusted-proxies: .*" + re.escape(bad)):
+            proxy_options(bad)
 
 
 def test_worker_limits_come_from_the_environment():
@@ -390,6 +518,53 @@ def test_kill_9_during_an_event_stream_loses_no_acknowledged_event(bundle_dir, b
     lost = [e for e in acked if e not in rows]
     print(f"\nkill -9 mid-stream: {len(acked)} events acknowledged, {len(rows)} stored, {len(lost)} lost")
     assert not lost
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers, trusted", [(1, None), (2, None), (1, "127.0.0.1")])
+def test_rate_limit_keys_on_the_peer_unless_the_proxy_is_trusted(bundle_dir, tmp_path, workers, trusted):
+    """uvicorn's default believes X-Forwarded-For from 127.0.0.1, so a client on the same host
+    got a fresh rate-limit bucket for every address it forged (in one process and with
+    --workers). Now the bucket is the peer's unless --trusted-proxies names it."""
+    proc, url = start_server(bundle_dir, tmp_path / "ev.sqlite", "--workers", str(workers),
+                             "--rate-limit", "0.001", *(["--trusted-proxies", trusted] if trusted else []))
+    try:  # burst 20 per worker: 20 x workers + 1 requests of one peer cannot all pass
+        codes = [httpx.get(f"{url}/health", headers={"X-Forwarded-For": f"10.9.0.{i + 1}"},
+                           timeout=10).status_code for i in range(20 * workers + 1)]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    if trusted:
+        assert set(codes) == {200}  # the trusted proxy's clients: one bucket each
+    else:
+        assert 429 in codes and set(codes) == {200, 429}  # forged: all the one real peer's
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory (VmHWM) in MiB."""
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads /proc (Linux)")
+def test_a_huge_chunked_body_is_never_held(bundle_dir, tmp_path):
+    """The probe's request: 40 MiB as `Transfer-Encoding: Chunked` to a server with --max-body
+    2000. The answer is the 413, and the server's peak memory does not grow by the body (it
+    was read, parsed and echoed: several times 40 MiB)."""
+    proc, url = start_server(bundle_dir, tmp_path / "ev.sqlite", "--max-body", "2000")
+    try:
+        Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # peak := current
+        before = peak_rss_mib(proc.pid)
+        status, body = raw_post(port_of(url), "/recommend", ["Transfer-Encoding: Chunked"],
+                                padded_chunks(40 << 20, 1 << 16), timeout=60)
+        grown = peak_rss_mib(proc.pid) - before
+        print(f"\n40 MiB chunked body: {status}, peak RSS grew by {grown:.1f} MiB")
+        assert status == 413 and b"larger than 2000 bytes" in body
+        assert grown < 10
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def alive(pid: int) -> bool:

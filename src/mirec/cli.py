@@ -509,6 +509,10 @@ def serve_cmd(
     max_body: Annotated[int, typer.Option(help="Largest request body in bytes (413 above).")] = 1 << 20,
     rate_limit: Annotated[float, typer.Option(help="Requests per second per client address and "
                                                    "worker (429 above; 0 = no limit).")] = 0.0,
+    trusted_proxies: Annotated[Optional[str], typer.Option(
+        envvar="MIREC_TRUSTED_PROXIES", show_envvar=True,
+        help="Comma-separated addresses or networks of reverse proxies whose X-Forwarded-For is "
+             "believed as the client address ('*': any); default none: the connection's peer.")] = None,
     keep_events: Annotated[Optional[int], typer.Option(help="Keep only each user's newest N "
                                                             "events in the store.")] = None,
     unavailable: Unavailable = None,
@@ -527,7 +531,7 @@ def serve_cmd(
     import uvicorn
 
     from mirec.serve.app import create_app
-    from mirec.serve.guard import Limits
+    from mirec.serve.guard import Limits, proxy_options
     from mirec.serve.observe import log_to_stderr
     from mirec.serve.service import Live, reload_on_sighup
 
@@ -537,6 +541,7 @@ def serve_cmd(
         raise MirecError(f"--reload-timeout: expected a positive number of seconds, got {reload_timeout}")
     limits = Limits(token=token, max_body=max_body, rate=rate_limit)
     limits.validate()
+    proxy = proxy_options(trusted_proxies)  # uvicorn's proxy_headers, forwarded_allow_ips
     torch.set_num_threads(1)  # one request = one core's work; concurrency comes from requests
     rec = _recommender(bundle, index, hnsw_above, store, ranker,  # also checks everything up front
                        keep_events=keep_events, unavailable=unavailable, new_items=new_items)
@@ -549,7 +554,7 @@ def serve_cmd(
         live = Live(rec)
         reload_on_sighup(live)
         uvicorn.run(create_app(live, limits, log_json=log_format == "json"), host=host, port=port,
-                    log_level="warning")
+                    log_level="warning", **proxy)
         return
     from mirec.serve.fleet import serve_fleet
 
@@ -562,7 +567,7 @@ def serve_cmd(
                       MIREC_UNAVAILABLE=str(unavailable or ""), MIREC_NEW_ITEMS=str(new_items or ""),
                       MIREC_LOG_FORMAT=log_format,
                       MIREC_SUPERVISOR_PID=str(os.getpid()))
-    serve_fleet("mirec.serve.app:app_from_env", *serving, workers, host, port, reload_timeout)
+    serve_fleet("mirec.serve.app:app_from_env", *serving, workers, host, port, reload_timeout, proxy)
 
 
 @report_app.command("diversity")

@@ -57,6 +57,9 @@ def _no_lone_surrogates(s: str) -> str:
 
 
 Id = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_no_lone_surrogates)]
+HistoryId = Annotated[str, Field(max_length=256), AfterValidator(_no_lone_surrogates)]  # may be ""
+# every request model: JSON types as the schema says (no true for 1, no "3" for 3), no unknown field
+STRICT = {"extra": "forbid", "strict": True}
 
 
 class ErrorBody(BaseModel):
@@ -65,8 +68,7 @@ class ErrorBody(BaseModel):
 
 class RecommendRequest(BaseModel):
     user_id: Id | None = None
-    history: list[Annotated[str, Field(max_length=256), AfterValidator(_no_lone_surrogates)]] | None = (
-        Field(None, max_length=1000))
+    history: list[HistoryId] | None = Field(None, max_length=1000)
     n: int = Field(20, ge=1, le=500)
     lambda_: float = Field(0.0, alias="lambda", ge=0.0, le=1000.0, allow_inf_nan=False)
     exclude_history: bool = True
@@ -75,8 +77,7 @@ class RecommendRequest(BaseModel):
     exclude_categories: list[Id] = Field(default_factory=list, max_length=1000)
     only_categories: list[Id] | None = Field(None, max_length=1000)
 
-    # strict: JSON types as the schema says (no true for 1, no "3" for 3)
-    model_config = {"populate_by_name": True, "extra": "forbid", "strict": True}
+    model_config = {"populate_by_name": True, **STRICT}
 
     @model_validator(mode="after")
     def one_of_user_or_history(self) -> RecommendRequest:
@@ -114,7 +115,7 @@ class ReloadRequest(BaseModel):
     bundle: Annotated[str, Field(min_length=1, max_length=4096),
                       AfterValidator(_no_lone_surrogates)] | None = None  # default: the same path
 
-    model_config = {"extra": "forbid", "strict": True}
+    model_config = STRICT
 
 
 class WorkerStatus(BaseModel):
@@ -137,14 +138,14 @@ class Event(BaseModel):
     item_id: Id
     timestamp: int | None = Field(None, ge=0, le=MAX_TIMESTAMP)
 
-    model_config = {"extra": "forbid", "strict": True}
+    model_config = STRICT
 
 
 class EventsRequest(BaseModel):
     user_id: Id
     events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS)
 
-    model_config = {"extra": "forbid", "strict": True}
+    model_config = STRICT
 
 
 class EventsResponse(BaseModel):

@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, model_validator
 
+from mirec.serve.app import STRICT, HistoryId, Id
 from mirec.serve.recommender import Recommender
 from mirec.serve.service import Live
 
@@ -60,12 +61,12 @@ def interest_views(rec: Recommender, hist: list[int], n: int,
 
 
 class InterestsRequest(BaseModel):
-    user_id: str | None = Field(None, min_length=1, max_length=256)
-    history: list[Annotated[str, Field(max_length=256)]] | None = Field(None, max_length=1000)
+    user_id: Id | None = None
+    history: list[HistoryId] | None = Field(None, max_length=1000)
     n: int = Field(10, ge=1, le=100, description="items per interest")
     exclude_history: bool = True
 
-    model_config = {"extra": "forbid"}
+    model_config = STRICT  # as /recommend: no "5" for 5, no unknown field
 
     @model_validator(mode="after")
     def one_of_user_or_history(self) -> InterestsRequest:

@@ -89,9 +89,10 @@ def _alive(pid: int) -> bool:
 
 
 def serve_fleet(app: str, bundle: str | Path, version: str, workers: int, host: str, port: int,
-                reload_timeout: float = 60.0) -> None:
+                reload_timeout: float = 60.0, uvicorn_options: dict[str, Any] | None = None) -> None:
     """Run ``workers`` uvicorn processes of the factory ``app`` over one runtime directory
-    (created here, removed at exit) that starts at ``bundle`` (its ``version``), generation 0."""
+    (created here, removed at exit) that starts at ``bundle`` (its ``version``), generation 0.
+    ``uvicorn_options``: more ``uvicorn.Config`` settings (the proxy ones of ``--trusted-proxies``)."""
     runtime = Path(tempfile.mkdtemp(prefix="mirec-serve-"))
     try:
         (runtime / WORKERS).mkdir()
@@ -101,12 +102,13 @@ def serve_fleet(app: str, bundle: str | Path, version: str, workers: int, host: 
         # before any worker imports prometheus_client (workers are spawned: fresh interpreters)
         os.environ.update({RUNTIME_ENV: str(runtime), TIMEOUT_ENV: str(reload_timeout),
                            "PROMETHEUS_MULTIPROC_DIR": str(runtime / METRICS)})
-        _supervise(app, runtime, workers, host, port)
+        _supervise(app, runtime, workers, host, port, uvicorn_options or {})
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
 
 
-def _supervise(app: str, runtime: Path, workers: int, host: str, port: int) -> None:
+def _supervise(app: str, runtime: Path, workers: int, host: str, port: int,
+               options: dict[str, Any]) -> None:
     """uvicorn's multiprocess supervisor (as ``uvicorn.run(workers=N)``) with one change:
     SIGHUP reloads through one worker (the fleet's reload: the bundle last reloaded, verified,
     every worker swapped) instead of restarting every worker from the starting settings."""
@@ -123,7 +125,7 @@ def _supervise(app: str, runtime: Path, workers: int, host: str, port: int) -> N
             log.error("SIGHUP: no worker is ready to reload; nothing reloaded")
 
     config = uvicorn.Config(app, factory=True, workers=workers, host=host, port=port,
-                            log_level="warning")
+                            log_level="warning", **options)
     sock = config.bind_socket()
     try:
         Supervisor(config, sockets=[sock]).run()

@@ -4,9 +4,14 @@ error bodies, and the worker's watch on its supervisor.
 One ASGI middleware (:class:`Guard`) answers before any route runs, so an unauthenticated or
 oversized request is never parsed:
 
-    body larger than ``max_body`` bytes            -> 413 (Content-Length, or counted when chunked)
+    Content-Length above ``max_body`` bytes        -> 413 (before the body is read)
     ``token`` set and no ``Authorization: Bearer`` -> 401 (every path but the public ones)
     ``rate`` set and the client's bucket is empty  -> 429 with Retry-After (per process)
+    body counted past ``max_body`` bytes           -> 413 (whatever the headers say)
+
+The client address the rate limit keys on is the connection's peer: uvicorn believes
+``X-Forwarded-For`` only from the proxies named by ``mirec serve --trusted-proxies``
+(:func:`proxy_options`).
 
 :func:`validation_error` replaces FastAPI's 422 handler: same body, but values that JSON cannot
 carry (NaN, infinities, lone surrogates) are written as escaped strings, so a bad request gets
@@ -16,11 +21,13 @@ its 422 instead of a 500 while the server renders the echo of its input.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import math
 import os
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +71,34 @@ class Limits:
                    rate=float(env.get("MIREC_RATE_LIMIT", "0")))
 
 
+def proxy_options(trusted: str | None) -> dict[str, Any]:
+    """uvicorn's proxy settings for ``mirec serve --trusted-proxies`` (comma-separated addresses
+    or networks, ``*`` for any). None or empty: no forwarding header is believed
+    (``proxy_headers=False``; uvicorn's own default believes ``X-Forwarded-For`` from
+    127.0.0.1 or ``FORWARDED_ALLOW_IPS``, so a client on the same host could pick its own
+    address and rate-limit bucket). Given: ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are
+    believed from those peers only."""
+    hosts = [h.strip() for h in (trusted or "").split(",") if h.strip()]
+    if not hosts:
+        return {"proxy_headers": False}
+    if "*" in hosts:
+        return {"proxy_headers": True, "forwarded_allow_ips": "*"}
+    for h in hosts:
+        try:  # uvicorn would take a malformed entry as a literal that never matches: refuse it
+            ipaddress.ip_network(h) if "/" in h else ipaddress.ip_address(h)
+        except ValueError as e:
+            raise MirecConfigError(f"--trusted-proxies: {e}") from None
+    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(hosts)}
+
+
 def is_public(path: str) -> bool:
     return path in PUBLIC or path.startswith(PUBLIC_PREFIXES)
+
+
+def header_values(scope: dict, name: bytes) -> list[bytes]:
+    """Every value of the header ``name`` (lower case), however often and in whatever casing
+    the client sent it."""
+    return [v.strip() for k, v in scope["headers"] if k.lower() == name]
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -73,7 +106,15 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
 
 
 class Guard:
-    """ASGI middleware: body size, bearer token, per-client rate (in that order)."""
+    """ASGI middleware: declared size, bearer token, per-client rate, then the body itself.
+
+    The size limit never trusts the headers: every body is read here, counted byte by byte
+    (with a Content-Length, chunked in any casing, in a Transfer-Encoding list, or with the
+    header repeated), before any route runs. Beyond ``max_body`` bytes reading stops and the
+    request gets 413 (the route has not started, so nothing else was sent); within it the
+    messages are replayed to the app as they came. A declared Content-Length above the limit
+    (or not a byte count) is refused before the body is read at all.
+    """
 
     def __init__(self, app: Any, limits: Limits) -> None:
         self.app, self.limits = app, limits
@@ -84,53 +125,52 @@ class Guard:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        refusal = self.refuse(scope, headers)
+        refusal = self.refuse(scope)
         if refusal is None:
-            receive, refusal = await self.bounded_body(headers, receive)
+            receive, refusal = await self.read_body(receive)
         if refusal is not None:
             return await refusal(scope, receive, send)
         await self.app(scope, receive, send)
 
-    def refuse(self, scope: dict, headers: dict[bytes, bytes]) -> JSONResponse | None:
-        size = headers.get(b"content-length")
-        if size is not None and (not size.isdigit() or int(size) > self.limits.max_body):
-            return _error(413, f"request body: larger than {self.limits.max_body} bytes")
+    def too_large(self) -> JSONResponse:
+        return _error(413, f"request body: larger than {self.limits.max_body} bytes")
+
+    def refuse(self, scope: dict) -> JSONResponse | None:
+        """The answer to a request its headers and client already rule out, else None."""
+        if any(not n.isdigit() or len(n) > 18 or int(n) > self.limits.max_body
+               for n in header_values(scope, b"content-length")):
+            return self.too_large()
         if self.expected and not is_public(scope["path"]):
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            given = header_values(scope, b"authorization")  # exactly one, and the right one
+            if len(given) != 1 or not hmac.compare_digest(given[0], self.expected):
                 return _error(401, "Authorization: a valid 'Bearer <token>' header is required",
                               {"WWW-Authenticate": "Bearer"})
         if self.limits.rate > 0:
+            # scope["client"] is the connection's peer, or what a trusted proxy forwarded
+            # (``mirec serve --trusted-proxies``; uvicorn believes no header by default)
             wait = self.take(scope.get("client")[0] if scope.get("client") else "?")
             if wait > 0:
                 return _error(429, f"too many requests: retry in {wait:.1f} s",
                               {"Retry-After": str(math.ceil(wait))})
         return None
 
-    async def bounded_body(self, headers: dict[bytes, bytes], receive: Any
-                           ) -> tuple[Any, JSONResponse | None]:
-        """A chunked body (no Content-Length) is read here, up to the limit, and replayed."""
-        if b"content-length" in headers or b"chunked" not in headers.get(b"transfer-encoding", b""):
-            return receive, None
-        chunks, total, more = [], 0, True
-        while more:
+    async def read_body(self, receive: Any) -> tuple[Any, JSONResponse | None]:
+        """Read the whole body, counting its bytes: (a ``receive`` that replays it, None), or
+        (``receive``, 413) as soon as the count passes the limit; the rest is never read."""
+        messages, total = deque(), 0
+        while True:
             message = await receive()
+            messages.append(message)
             if message["type"] != "http.request":
-                return receive, None  # client went away: let the app see it
-            chunks.append(message.get("body", b""))
-            total += len(chunks[-1])
+                break  # the client went away: replayed, so the app sees it
+            total += len(message.get("body", b""))
             if total > self.limits.max_body:
-                return receive, _error(413, f"request body: larger than {self.limits.max_body} bytes")
-            more = message.get("more_body", False)
-        body, sent = b"".join(chunks), False
+                return receive, self.too_large()
+            if not message.get("more_body", False):
+                break
 
         async def replay() -> dict:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return messages.popleft() if messages else await receive()
 
         return replay, None
 
