@@ -42,7 +42,7 @@ def test_errors_name_the_field(tmp_path):
         from_dict(Outer, {"epochs": "many"})
     with pytest.raises(MirecConfigError, match="nope: unknown setting"):
         from_dict(Outer, {"nope": 1})
-    with pytest.raises(MirecConfigError, match="split.max_len: must be >= 1"):
+    with pytest.raises(MirecConfigError, match=r"split.max_len: must be in \[1, 16384\], got 0"):
         load(SplitConfig, None, ["max_len=0"])
     with pytest.raises(MirecConfigError, match="not found"):
         load(Outer, tmp_path / "missing.toml")
