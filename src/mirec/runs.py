@@ -240,19 +240,21 @@ def model_config(cfg: RunConfig | RankRunConfig) -> Any:
 
 
 def build_model(cfg: RunConfig, num_items: int, training: bool = False) -> torch.nn.Module:
-    """The configured retriever over ``num_items`` item ids (0 = padding); first refused, with a
-    clear message, if its parameters (``training``: with their gradients and Adam's moments)
-    would not fit in the memory available."""
+    """The configured retriever over ``num_items`` item ids (0 = padding). For ``training``, first
+    refused with a clear message if its parameters, their gradients and Adam's moments would not
+    fit in the memory available (a trained run's model is not checked again when it loads)."""
     args, build = model_config(cfg), spec(cfg.model, "retrieval").build
-    check_memory(lambda: build(args, num_items), cfg.model, f"{num_items:,} items", training)
+    if training:
+        check_memory(lambda: build(args, num_items), cfg.model, f"{num_items:,} items")
     return build(args, num_items)
 
 
 def build_ranker(cfg: RankRunConfig, features: RankFeatures, training: bool = False) -> torch.nn.Module:
     """The configured ranker over ``features``; refused first as :func:`build_model` says."""
     args, build = model_config(cfg), spec(cfg.model, "ranking").build
-    check_memory(lambda: build(args, features), cfg.model,
-                 f"{features.num_items:,} items and {features.num_users:,} users", training)
+    if training:
+        check_memory(lambda: build(args, features), cfg.model,
+                     f"{features.num_items:,} items and {features.num_users:,} users")
     return build(args, features)
 
 
@@ -260,20 +262,20 @@ def build_ranker(cfg: RankRunConfig, features: RankFeatures, training: bool = Fa
 TRAINING_COPIES = 4
 
 
-def check_memory(build: Callable[[], torch.nn.Module], model: str, over: str, training: bool) -> None:
-    """Refuse a model whose parameters and buffers (x TRAINING_COPIES when ``training``) exceed
-    the memory available, before anything is allocated: ``build()`` runs on the meta device,
-    which allocates nothing (and leaves the random generators as they were)."""
+def check_memory(build: Callable[[], torch.nn.Module], model: str, over: str) -> None:
+    """Refuse to train a model whose parameters and buffers, x TRAINING_COPIES, exceed the memory
+    available, before anything is allocated: ``build()`` runs on the meta device, which
+    allocates nothing (and leaves the random generators as they were). Its first call imports
+    the part of torch that initialises meta tensors, which training imports anyway."""
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         module = build()
     tensors = [*module.parameters(), *module.buffers()]
-    need = sum(t.numel() * t.element_size() for t in tensors) * (TRAINING_COPIES if training else 1)
+    need = sum(t.numel() * t.element_size() for t in tensors) * TRAINING_COPIES
     have = available_memory()
     if have is not None and need > have:
-        what = "parameters, gradients and Adam's moments" if training else "parameters"
-        raise MirecConfigError(f"model_args: {model} at these settings over {over} needs "
-                               f"{_gb(need)} for its {what}, more than the {_gb(have)} of memory "
-                               f"available; lower model_args.dim (or the other sizes)")
+        raise MirecConfigError(f"model_args: {model} at these settings over {over} needs {_gb(need)} "
+                               f"for its parameters, gradients and Adam's moments, more than the "
+                               f"{_gb(have)} of memory available; lower model_args.dim (or the other sizes)")
 
 
 def available_memory() -> int | None:
