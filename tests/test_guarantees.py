@@ -308,7 +308,8 @@ def user_errors(tmp_path) -> dict[str, list[list[str]]]:
         "report interests": [["--bundle", gone, "--user", "1"]],
         "data sources": [],
         "tune": [["--data", gone, "--out", out], ["--model", "din", "--data", gone, "--out", out],
-                 ["--trials", "0", "--data", gone, "--out", out]],  # takes no arguments: only the unknown option below
+                 ["--trials", "0", "--data", gone, "--out", out], ["--seed", "-1", "--data", gone, "--out", out],
+                 ["--heartbeat", "0", "--data", gone, "--out", out]],  # takes no arguments: only the unknown option below
     }
 
 
