@@ -383,7 +383,8 @@ def user_errors(tmp_path) -> dict[str, list[list[str]]]:
         "report interests": [["--bundle", gone, "--user", "1"]],
         "data sources": [],
         "tune": [["--data", gone, "--out", out], ["--model", "din", "--data", gone, "--out", out],
-                 ["--trials", "0", "--data", gone, "--out", out]],  # takes no arguments: only the unknown option below
+                 ["--trials", "0", "--data", gone, "--out", out], ["--seed", "-1", "--data", gone, "--out", out],
+                 ["--heartbeat", "0", "--data", gone, "--out", out]],  # takes no arguments: only the unknown option below
     }
 
 
@@ -399,6 +400,44 @@ def test_every_command_user_error_is_one_line_and_exit_2(capsys, tmp_path):
             assert code == 2, (command, args, err)
             assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), (command, args, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv"]
+
+
+HOSTILE_SETTINGS = [  # (arguments, what the one line says): each refused before anything is allocated
+    (["--set", "train.lr=nan"], "train.lr: must be > 0 and finite, got nan"),
+    (["--set", "train.weight_decay=-5"], "train.weight_decay: must be >= 0 and finite, got -5.0"),
+    (["--set", "train.temperature=inf"], "train.temperature: must be > 0 and finite, got inf"),
+    (["--set", "model_args.dim=10000000000"], "model_args.dim: must be in [1, 16384], got 10000000000"),
+    (["--set", "split.max_len=1000000"], "split.max_len: must be in [1, 16384]"),
+    (["--set", "train.num_negatives=100000000000"], "train.num_negatives: must be in [1, 1048576]"),
+    (["--set", "train.seed=99999999999999999999"], "train.seed: must be >= 0, got 99999999999999999999"),
+    # every size within its maximum, but 88 TB of parameters, gradients and Adam's moments
+    (["--model", "comirec-dr", "--set", "model_args.dim=16384", "--set", "model_args.num_interests=1024"],
+     "model_args: comirec-dr at these settings over 81 items needs 88.0 TB for its parameters"),
+    (["--task", "ctr", "--model", "din", "--set", "model_args.dropout=nan"],
+     "model_args.dropout: must be in [0, 1), got nan"),
+    (["--task", "ctr", "--model", "dien", "--set", "model_args.hidden=80,1000000000"],
+     "model_args.hidden[1]: must be in [1, 16384], got 1000000000"),
+]
+
+
+@pytest.mark.parametrize("args, says", HOSTILE_SETTINGS, ids=[" ".join(a[-1:]) for a, _ in HOSTILE_SETTINGS])
+def test_hostile_settings_are_one_line_and_exit_2_before_anything_is_allocated(capsys, tmp_path, synth,
+                                                                                args, says):
+    """Non-finite, negative and allocation-sized values (`mirec train --set ...`) stop with one line
+    naming the key, exit 2, and leave no run directory; none gets as far as a traceback or a run."""
+    out = tmp_path / "run"
+    refused(capsys, "train", "--data", str(synth.path), "--out", str(out), *args, *TINY[:2], says=says)
+    assert not out.exists()
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line_naming_it(capsys, tmp_path, synth):
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes('model = "comirec-sa"\n# caf\u00e9\n[train]\nepochs = 1\n'.encode("latin-1"))
+    refused(capsys, "train", "--data", str(synth.path), "--out", str(tmp_path / "run"), "--config", str(bad),
+            says=f"{bad}: not UTF-8 text (line 2, byte 26: b'\\xe9'); TOML config files are UTF-8")
+    refused(capsys, "tune", "--data", str(synth.path), "--out", str(tmp_path / "run"), "--set", "train.lr=inf",
+            says="train.lr: must be > 0 and finite, got inf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]
 
 
 # ------------------------------------------------------------------------------- crash

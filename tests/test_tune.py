@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 
 from mirec.config import load
 from mirec.errors import MirecConfigError
 from mirec.runs import RunConfig
 from mirec.train.engine import fit
 from mirec.train.loop import RetrievalTask
-from mirec.tune import search_space, tune
+from mirec.tune import open_study, search_space, tune
 
 SMALL = ["train.epochs=2", "train.batch_size=64", "model_args.dim=8"]
 
@@ -63,3 +70,48 @@ def test_the_engine_calls_on_epoch_with_each_score_and_a_raise_stops_it(random_d
         fit(RetrievalTask(cfg, random_dataset), tmp_path / "r", cfg.train, progress=False, on_epoch=on_epoch)
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").open()]
     assert [e for e, _ in seen] == [0, 1] and [s for _, s in seen] == [r["valid"]["recall@50"] for r in rows]
+
+
+@pytest.mark.slow
+def test_a_continued_study_draws_new_settings_instead_of_replaying_its_first_trials(random_dataset, tmp_path):
+    """Rerunning `mirec tune` continues the sampler's sequence: the trial it adds is not the first
+    run's trial again (a sampler re-seeded with the same seed replays it: TPE's start-up trials
+    are random draws); a new study with the same seed does start from the same draws."""
+    out, small = tmp_path / "study", [*SMALL, "train.epochs=1", "train.max_batches_per_epoch=1"]
+    tune("comirec-sa", random_dataset, out, trials=1, seed=1, overrides=small)
+    study = tune("comirec-sa", random_dataset, out, trials=2, seed=1, overrides=small)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert study.trials[1].params != study.trials[0].params
+    again = tune("comirec-sa", random_dataset, tmp_path / "again", trials=1, seed=1, overrides=small)
+    assert again.trials[0].params == study.trials[0].params
+
+
+@pytest.mark.slow
+def test_a_trial_left_running_by_a_killed_process_is_failed_when_the_study_continues(random_dataset, tmp_path):
+    """`mirec tune` killed with SIGKILL mid-trial leaves that trial RUNNING in the study; while its
+    process lives a rerun leaves it alone, and once the process is gone (its heartbeat silent for
+    twice --heartbeat) the rerun marks it FAIL, does not count it, and completes its trials."""
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "mirec.cli", "tune", "--data", str(random_dataset.path), "--out", str(out),
+           "--trials", "2", "--seed", "1", "--heartbeat", "2"]
+    slow = [*SMALL, "train.epochs=100000", "train.patience=100000"]  # trial 0 runs until killed
+    log = (tmp_path / "stderr.txt").open("w")
+    p = subprocess.Popen([*cmd, *[a for s in slow for a in ("--set", s)]], stdout=subprocess.DEVNULL,
+                         stderr=log, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    metrics = out / "trials" / "trial-0" / "metrics.jsonl"
+    while not metrics.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metrics.exists(), (tmp_path / "stderr.txt").read_text()
+    time.sleep(5)  # longer than the grace period of 2 heartbeats: a live trial keeps beating
+    assert open_study(out / "optuna.sqlite", "comirec-sa", 1, heartbeat=2).trials[0].state == TrialState.RUNNING
+    p.send_signal(signal.SIGKILL)
+    assert p.wait() == -signal.SIGKILL
+    study = optuna.load_study(study_name="comirec-sa", storage=f"sqlite:///{out / 'optuna.sqlite'}")
+    assert [t.state for t in study.trials] == [TrialState.RUNNING]  # what kill -9 leaves
+    time.sleep(5)  # the dead trial's heartbeat is now older than the grace period
+    study = tune("comirec-sa", random_dataset, out, trials=2, seed=1, overrides=[*SMALL, "train.epochs=1"],
+                 heartbeat=2)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [r["state"] for r in rows] == ["fail", "complete", "complete"]

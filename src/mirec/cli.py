@@ -226,6 +226,9 @@ def tune_cmd(
     seed: Annotated[int, typer.Option(help="Split and initialisation seed of every trial.")] = 2020,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Fix a setting for every trial, e.g. train.epochs=20.")] = None,
+    heartbeat: Annotated[int, typer.Option(help="Seconds between a running trial's heartbeats; a "
+                                                "rerun marks a trial silent for twice as long "
+                                                "failed (its process died).")] = 30,
 ) -> None:
     """Search temperature, learning rate, weight decay and the model's own settings on validation
     users (Optuna TPE, median pruning per epoch); writes trials.csv and best.toml for
@@ -233,7 +236,7 @@ def tune_cmd(
     from mirec.tune import tune
 
     out = out or Path("runs") / f"tune-{model}"
-    study = tune(model, data, out, trials, seed, set_ or [], log=console.print)
+    study = tune(model, data, out, trials, seed, set_ or [], log=console.print, heartbeat=heartbeat)
     console.print(f"best: trial {study.best_trial.number}, valid recall@50 {study.best_value:.4f}")
     console.print(f"wrote [bold]{out / 'trials.csv'}[/bold] and [bold]{out / 'best.toml'}[/bold]")
 

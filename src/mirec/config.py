@@ -3,20 +3,122 @@
 Precedence is defaults < file < overrides. Every value is type-checked against the dataclass
 field it sets, and a bad one raises :class:`MirecConfigError` naming the field, e.g.
 ``split.seed: expected int, got 'abc'``.
+
+Then every value is checked against its bounds (:func:`check_fields`), before anything is
+allocated from it: a float must be finite and an int must fit in 64 bits unless its field says
+otherwise, and a field declared with :func:`setting` (or :func:`size`) carries its own range,
+e.g. ``lr: float = setting(1e-3, gt=0)`` refuses ``train.lr=nan`` with ``train.lr: must be > 0
+and finite, got nan``. Sizes (widths, lengths, counts, batch sizes) have sane maxima (``MAX_*`` below); the
+memory a model's parameters would take is checked when it is built (``mirec.runs``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from mirec.errors import MirecConfigError
 
 T = TypeVar("T")
+
+# Sane maxima of sizes: far above any model or batch trained here, far below a size that would
+# overflow or try to allocate terabytes before any other check could see it.
+MAX_WIDTH = 1 << 14  # embedding dimensions and hidden-layer widths (16,384)
+MAX_LEN = 1 << 14  # history lengths (16,384)
+MAX_COUNT = 1 << 10  # interests, memory slots, layers, heads, routing iterations (1,024)
+MAX_BATCH = 1 << 20  # batch sizes, sampled negatives, candidates (1,048,576)
+INT64 = (-(1 << 63), (1 << 63) - 1)  # every int field: what torch and NumPy take
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a numeric setting (and of each element of a list setting); ``finite=False``
+    lets a float be infinite (never NaN). Every int must also fit in 64 bits. The message reads
+    ``train.lr: must be > 0 and finite, got nan``."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    finite: bool = True
+
+    def check(self, value: Any, field: str) -> None:
+        """Raise naming ``field`` unless ``value`` (an int or a float; anything else passes) is in
+        range."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        is_int = isinstance(value, int)
+        ok = (is_int and INT64[0] <= value <= INT64[1]) or (
+            not is_int and not math.isnan(value) and (math.isfinite(value) or not self.finite))
+        ok = ok and (self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge) \
+            and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le)
+        if not ok:
+            raise MirecConfigError(f"{field}: must {self.wording(is_int)}, got {value!r}")
+
+    def wording(self, is_int: bool) -> str:
+        """``be > 0 and finite``, ``be in [0, 1)``, ``fit in 64 bits``: what a value must be."""
+        r = self.ranges()
+        if is_int:
+            return f"be{r}" if r else "fit in 64 bits"
+        if not self.finite or (r.startswith(" in ")):
+            return f"be{r}" if r else "be a number"
+        return f"be{r} and finite" if r else "be finite"
+
+    def ranges(self) -> str:
+        """`` > 0``, `` in [0, 1)``, ...: the range as error messages word it."""
+        low, opening = (self.gt, "(") if self.gt is not None else (self.ge, "[")
+        high, closing = (self.lt, ")") if self.lt is not None else (self.le, "]")
+        if low is not None and high is not None:
+            return f" in {opening}{_num(low)}, {_num(high)}{closing}"
+        if low is not None:
+            return f" {'>' if self.gt is not None else '>='} {_num(low)}"
+        if high is not None:
+            return f" {'<' if self.lt is not None else '<='} {_num(high)}"
+        return ""
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+DEFAULT_BOUNDS = Bounds()  # a field declared without setting(): finite floats, 64-bit ints
+
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | Any = dataclasses.MISSING,
+            gt: float | None = None, ge: float | None = None, lt: float | None = None,
+            le: float | None = None, finite: bool = True) -> Any:
+    """A config dataclass field with its bounds: ``lr: float = setting(1e-3, gt=0)``,
+    ``hidden: list[int] = setting(factory=lambda: [200, 80], ge=1, le=MAX_WIDTH)``."""
+    return dataclasses.field(default=default, default_factory=factory,
+                             metadata={"bounds": Bounds(gt, ge, lt, le, finite)})
+
+
+def size(default: Any = dataclasses.MISSING, most: int = MAX_WIDTH, *, least: int = 1,
+         factory: Callable[[], Any] | Any = dataclasses.MISSING) -> Any:
+    """A size setting: an int (or each int of a list) in ``[least, most]``."""
+    return setting(default, factory=factory, ge=least, le=most)
+
+
+def check_fields(obj: Any, prefix: str = "") -> None:
+    """Check every field of config dataclass ``obj`` against its declared :class:`Bounds` (by
+    default: floats finite, ints within 64 bits), each element of a list field too; raise
+    :class:`MirecConfigError` naming ``prefix + field`` (``train.lr: must be > 0 and finite, got
+    nan``)."""
+    for f in dataclasses.fields(obj):
+        bounds = f.metadata.get("bounds", DEFAULT_BOUNDS)
+        value = getattr(obj, f.name)
+        if isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                bounds.check(v, f"{prefix}{f.name}[{i}]")
+        else:
+            bounds.check(value, f"{prefix}{f.name}")
+
 
 
 def _coerce(value: Any, tp: Any, field: str) -> Any:
@@ -101,7 +203,8 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        validate()  # a config's own checks, which name its section (check_fields first)
+    check_fields(obj, prefix)  # and any config's bounds: finite floats, 64-bit ints
     return obj
 
 
@@ -138,18 +241,33 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
     file (optionally one ``[section]``), then ``key=value`` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            raise MirecConfigError(f"{path}: config file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise MirecConfigError(f"{path}: invalid TOML: {e}") from None
+        data = read_toml(path)
         if section is not None:
             data = data.get(section, {})
     merged = _merge(_merge(to_dict(cls()), base or {}), data)
     apply_overrides(merged, overrides or [])
     return from_dict(cls, merged)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML config file as a dict; a missing, unreadable, non-UTF-8 or invalid file raises one
+    line naming it (and the line and byte of a bad character)."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise MirecConfigError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise MirecConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise MirecConfigError(f"{path}: not UTF-8 text (line {line}, byte {e.start}: "
+                               f"{raw[e.start:e.start + 1]!r}); TOML config files are UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise MirecConfigError(f"{path}: invalid TOML: {e}") from None
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

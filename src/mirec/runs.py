@@ -15,12 +15,12 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
 from mirec.checkpoint import best_checkpoint, legacy_model_args, load_checkpoint
-from mirec.config import from_dict
+from mirec.config import MAX_BATCH, MAX_COUNT, check_fields, from_dict, setting, size
 from mirec.data.ctr import CTRConfig, RankFeatures
 from mirec.data.dataset import Dataset, load_dataset
 from mirec.data.split import SplitConfig
@@ -38,48 +38,35 @@ def check_device(train: Any) -> None:
         raise MirecConfigError(f"train.precision: expected auto, fp32 or bf16, got {train.precision!r}")
 
 
-def check_checkpoints(train: Any) -> None:
-    """``train.checkpoint_minutes`` and ``train.checkpoint_every_steps`` are >= 0."""
-    for name in ("checkpoint_minutes", "checkpoint_every_steps"):
-        if getattr(train, name) < 0:
-            raise MirecConfigError(f"train.{name}: must be >= 0 (0 = off), got {getattr(train, name)}")
-
-
-def _positive(section: str, obj: Any, names: tuple[str, ...]) -> None:
-    for name in names:
-        if getattr(obj, name) < 1:
-            raise MirecConfigError(f"{section}.{name}: must be >= 1, got {getattr(obj, name)}")
-
-
 @dataclass
 class TrainConfig:
     """Optimisation settings shared by every neural retrieval model."""
 
-    epochs: int = 50
-    batch_size: int = 256
+    epochs: int = setting(50, ge=1)
+    batch_size: int = size(256, MAX_BATCH)
     # "auto" is the model's own default_lr: 3.75e-3 for ComiRec-SA (docs/benchmarks.md,
     # "Defaults against the tuned settings"), 1e-3 for the others.
-    lr: float | Literal["auto"] = "auto"
-    weight_decay: float = 0.0
-    temperature: float = 0.1
+    lr: float | Literal["auto"] = setting("auto", gt=0)
+    weight_decay: float = setting(0.0, ge=0)
+    temperature: float = setting(0.1, gt=0)
     cosine: bool = True  # score cos(v, e) / T instead of v . e / T
     loss: str = "auto"  # auto | full | sampled
-    num_negatives: int = 1000
+    num_negatives: int = size(1000, MAX_BATCH)
     sampler: str = "log-uniform"  # uniform | log-uniform
     # auto: full softmax up to this many items. Above it the full softmax's (batch, items) logits
     # outweigh the encoder; on Amazon Beauty (12,101 items) the sampled one trained ~10x faster,
     # with test Recall@50 no lower (docs/models.md, "train.full_softmax_max_items is 10,000").
-    full_softmax_max_items: int = 10_000
+    full_softmax_max_items: int = setting(10_000, ge=0)
     # REMI (Xie et al., RecSys 2023): interest-aware hard negatives weight the sampled
     # negatives' terms by exp(beta s_j) / mean_k exp(beta s_k) (sampled softmax only; off), and
     # routing_reg times sum_k var_k^2 of each interest's attention over the history penalises an
     # interest that collapses onto one item (not the serving diversity lambda). routing_reg
     # "auto" is the model's own default_routing_reg: 10 for ComiRec-SA, chosen on the validation
     # users of four data sets (docs/benchmarks.md, "The routing regulariser"), 0 for the others.
-    hard_negative_beta: float = 0.0
-    routing_reg: float | Literal["auto"] = "auto"
-    patience: int = 3
-    threads: int = 1  # torch threads; 2 on a 2-core box stalls when anything else runs
+    hard_negative_beta: float = setting(0.0, ge=0)
+    routing_reg: float | Literal["auto"] = setting("auto", ge=0)
+    patience: int = setting(3, ge=1)
+    threads: int = size(1, MAX_COUNT)  # torch threads; 2 on a 2-core box stalls when anything else runs
     keep_freed_memory: bool = True  # see mirec.train.engine.keep_freed_memory: 20-40% faster steps
     # torch.compile the training loss (inductor fuses the element-wise work between the
     # matmuls) for full batches; an epoch's last, smaller batch runs uncompiled, so nothing
@@ -94,14 +81,14 @@ class TrainConfig:
     # faster only with native bf16 (AVX512-BF16 / AMX); elsewhere slower. "auto" is bf16 on a
     # CUDA GPU that supports it and fp32 on the CPU. Evaluation and serving stay float32.
     precision: str = "auto"  # auto | fp32 | bf16
-    seed: int = 2020
-    max_batches_per_epoch: int = 0  # 0 = all; for smoke tests and benchmarks
+    seed: int = setting(2020, ge=0)
+    max_batches_per_epoch: int = setting(0, ge=0)  # 0 = all; for smoke tests and benchmarks
     # Step checkpoints (docs/models.md, "Long runs"): last.pt is also written mid-epoch every
     # checkpoint_minutes (0 = at epoch ends only) and every checkpoint_every_steps batches of an
     # epoch (0 = off; for tests and for runs that must lose at most N steps), so --resume after
     # a kill continues from that batch. Neither changes what the run computes.
-    checkpoint_minutes: float = 10.0
-    checkpoint_every_steps: int = 0
+    checkpoint_minutes: float = setting(10.0, ge=0)  # 0 = off
+    checkpoint_every_steps: int = setting(0, ge=0)  # 0 = off
     # adam: dense Adam over every parameter; sparse: the item table's gradient holds the rows a
     # batch read and a row-wise Adam steps just those, catching up the steps each row skipped
     # (dense Adam for the rest), so a step costs the same at 12k or 1.7M items; auto: sparse
@@ -112,6 +99,7 @@ class TrainConfig:
     optimizer: str = "auto"
 
     def validate(self) -> None:
+        check_fields(self, "train.")
         if self.loss not in ("auto", "full", "sampled"):
             raise MirecConfigError(f"train.loss: expected auto, full or sampled, got {self.loss!r}")
         check_device(self)
@@ -120,16 +108,6 @@ class TrainConfig:
         if self.sampler not in ("uniform", "log-uniform"):
             raise MirecConfigError(f"train.sampler: expected uniform or log-uniform, "
                                    f"got {self.sampler!r}")
-        _positive("train", self, ("epochs", "batch_size", "num_negatives", "threads", "patience"))
-        if self.temperature <= 0:
-            raise MirecConfigError(f"train.temperature: must be > 0, got {self.temperature}")
-        if self.lr != "auto" and self.lr <= 0:
-            raise MirecConfigError(f"train.lr: must be > 0, got {self.lr}")
-        for name in ("hard_negative_beta", "routing_reg"):
-            value = getattr(self, name)
-            if value != "auto" and value < 0:
-                raise MirecConfigError(f"train.{name}: must be >= 0, got {value}")
-        check_checkpoints(self)
 
 
 @dataclass
@@ -144,31 +122,32 @@ class RunConfig:
 
     def validate(self) -> None:
         spec(self.model, "retrieval")
+        model_config(self)  # model_args checked here, long before a model is built
 
 
 @dataclass
 class RankTrainConfig:
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    epochs: int = setting(20, ge=1)
+    batch_size: int = size(256, MAX_BATCH)
+    lr: float = setting(1e-3, gt=0)
+    weight_decay: float = setting(0.0, ge=0)
     # DIN's mini-batch aware regularisation (Zhou et al., KDD 2018, section 4.3): each step adds
     # embedding_l2 * sum_j ||e_j||^2 / n_j over the distinct item-id and user-id embedding rows
     # the batch reads, n_j the id's count among the training examples (+1). Rare ids are held
     # nearer 0, and rows a batch does not read get no update from it. 0 = off. 0.1 had the best
     # validation GAUC on MovieLens-100K for Embedding + MLP, DIN and MIMN (DIEN: 0.03;
     # docs/benchmarks.md, Ranking, has the grid).
-    embedding_l2: float = 0.1
-    patience: int = 2
-    threads: int = 1  # torch threads; see TrainConfig.threads
+    embedding_l2: float = setting(0.1, ge=0)
+    patience: int = setting(2, ge=1)
+    threads: int = size(1, MAX_COUNT)  # torch threads; see TrainConfig.threads
     keep_freed_memory: bool = True
-    seed: int = 2020
-    max_batches_per_epoch: int = 0  # 0 = all; for smoke tests and benchmarks
-    eval_batch_size: int = 2048
+    seed: int = setting(2020, ge=0)
+    max_batches_per_epoch: int = setting(0, ge=0)  # 0 = all; for smoke tests and benchmarks
+    eval_batch_size: int = size(2048, MAX_BATCH)
     # Rankers with a per-user state (MIMN) train and predict on whole user sequences:
     # each user's behaviours are read once for all of the user's examples.
     stream: bool = True
-    users_per_batch: int = 32
+    users_per_batch: int = size(32, MAX_BATCH)
     # torch.compile the training loss (inductor fuses the elementwise work between the matmuls).
     # Needs a C++ compiler; compiling takes ~35 s once per process (less from the on-disk
     # cache). Pays off for DIN on one thread on long runs (1.2-1.4x measured; with two threads it
@@ -180,18 +159,12 @@ class RankTrainConfig:
     # auto: bf16 autocast on a CUDA GPU that supports it, fp32 on the CPU (where bf16 measured
     # no faster for the rankers: docs/benchmarks.md, Ranking)
     precision: str = "auto"  # auto | fp32 | bf16
-    checkpoint_minutes: float = 10.0  # see TrainConfig.checkpoint_minutes
-    checkpoint_every_steps: int = 0
+    checkpoint_minutes: float = setting(10.0, ge=0)  # see TrainConfig.checkpoint_minutes
+    checkpoint_every_steps: int = setting(0, ge=0)
 
     def validate(self) -> None:
+        check_fields(self, "train.")
         check_device(self)
-        _positive("train", self, ("epochs", "batch_size", "patience", "threads", "eval_batch_size",
-                                  "users_per_batch"))
-        if self.lr <= 0:
-            raise MirecConfigError(f"train.lr: must be > 0, got {self.lr}")
-        if self.embedding_l2 < 0:
-            raise MirecConfigError(f"train.embedding_l2: must be >= 0, got {self.embedding_l2}")
-        check_checkpoints(self)
 
 
 # the rankers whose heads read the candidate features (mirec.data.cand_features)
@@ -204,42 +177,36 @@ class CandConfig:
     docs/ranking.md, "Trained on the retriever's candidates")."""
 
     run: str = ""  # the retrieval run; "" = the plain CTR task
-    m: int = 200  # candidates per interest, as serving retrieves (serve.candidates_per_interest)
+    # candidates per interest, as serving retrieves (serve.candidates_per_interest)
+    m: int = size(200, MAX_BATCH)
     # negatives from the top `top` of their union by retrieval score (serving ranks the top
     # serve.rank_candidates = 200); 0 = the whole union, the default: on MovieLens-100K, 3 seeds,
     # top 200 gave pipeline NDCG@20 1.003x retrieval alone against the union's 1.112x
-    top: int = 0
+    top: int = setting(0, ge=0)
     # defaults: the best validation AUC on MovieLens-100K among a few tried (docs/benchmarks.md)
-    negatives: int = 16  # negatives per positive
-    random_share: float = 0.1  # share of them drawn uniformly from the catalogue
-    temperature: float = 1.0  # the rest: sampled from the candidates with P ~ exp(f / temperature)
-    examples_per_user: int = 0  # a user's last cut points used (0 = every one)
+    negatives: int = size(16, MAX_BATCH)  # negatives per positive
+    random_share: float = setting(0.1, ge=0, le=1)  # share of them drawn uniformly from the catalogue
+    # the rest: sampled from the candidates with P ~ exp(f / temperature)
+    temperature: float = setting(1.0, gt=0)
+    examples_per_user: int = setting(0, ge=0)  # a user's last cut points used (0 = every one)
     # whose states the ranker learns from: the retriever's training users (whose next items it
     # was trained on, so their retrieval scores are optimistic), the validation users' history
     # parts (states the retriever never trained on, like the served ones), or both
     states: str = "valid"  # train | valid | both
     # positives per state: the next `horizon` items (1 = the next one); the protocol's Recall
     # counts every held-out item, not only the next
-    horizon: int = 1
+    horizon: int = size(1, MAX_BATCH)
     # all: every positive; candidates: only positives the retriever found (a served ranker only
     # ever orders candidates; where retrieval misses most next items, as on Amazon Beauty, the
     # others teach it what out-of-reach items look like), states without one dropped
     positives: str = "all"  # all | candidates
 
     def validate(self) -> None:
-        _positive("cand", self, ("m", "negatives", "horizon"))
-        if not 0 <= self.random_share <= 1:
-            raise MirecConfigError(f"cand.random_share: must be in [0, 1], got {self.random_share}")
-        if self.temperature <= 0:
-            raise MirecConfigError(f"cand.temperature: must be > 0, got {self.temperature}")
+        check_fields(self, "cand.")
         if self.positives not in ("all", "candidates"):
             raise MirecConfigError(f"cand.positives: expected all or candidates, got {self.positives!r}")
         if self.states not in ("train", "valid", "both"):
             raise MirecConfigError(f"cand.states: expected train, valid or both, got {self.states!r}")
-        if self.examples_per_user < 0:
-            raise MirecConfigError(f"cand.examples_per_user: must be >= 0, got {self.examples_per_user}")
-        if self.top < 0:
-            raise MirecConfigError(f"cand.top: must be >= 0 (0 = every candidate), got {self.top}")
 
 
 @dataclass
@@ -255,6 +222,7 @@ class RankRunConfig:
     def validate(self) -> None:
         spec(self.model, "ranking")
         self.cand.validate()
+        model_config(self)
         if self.cand.run and self.model not in CANDIDATE_RANKERS:
             raise MirecConfigError(f"--candidates: only {', '.join(CANDIDATE_RANKERS)} read the candidate "
                                    f"features, got --model {self.model}")
@@ -271,13 +239,66 @@ def model_config(cfg: RunConfig | RankRunConfig) -> Any:
     return from_dict(cfg_cls, args, prefix="model_args.")
 
 
-def build_model(cfg: RunConfig, num_items: int) -> torch.nn.Module:
-    """The configured retriever over ``num_items`` item ids (0 = padding)."""
-    return spec(cfg.model, "retrieval").build(model_config(cfg), num_items)
+def build_model(cfg: RunConfig, num_items: int, training: bool = False) -> torch.nn.Module:
+    """The configured retriever over ``num_items`` item ids (0 = padding). For ``training``, first
+    refused with a clear message if its parameters, their gradients and Adam's moments would not
+    fit in the memory available (a trained run's model is not checked again when it loads)."""
+    args, build = model_config(cfg), spec(cfg.model, "retrieval").build
+    if training:
+        check_memory(lambda: build(args, num_items), cfg.model, f"{num_items:,} items")
+    return build(args, num_items)
 
 
-def build_ranker(cfg: RankRunConfig, features: RankFeatures) -> torch.nn.Module:
-    return spec(cfg.model, "ranking").build(model_config(cfg), features)
+def build_ranker(cfg: RankRunConfig, features: RankFeatures, training: bool = False) -> torch.nn.Module:
+    """The configured ranker over ``features``; refused first as :func:`build_model` says."""
+    args, build = model_config(cfg), spec(cfg.model, "ranking").build
+    if training:
+        check_memory(lambda: build(args, features), cfg.model,
+                     f"{features.num_items:,} items and {features.num_users:,} users")
+    return build(args, features)
+
+
+# training holds each parameter 4 times: the weights, their gradient and Adam's two moments
+TRAINING_COPIES = 4
+
+
+def check_memory(build: Callable[[], torch.nn.Module], model: str, over: str) -> None:
+    """Refuse to train a model whose parameters and buffers, x TRAINING_COPIES, exceed the memory
+    available, before anything is allocated: ``build()`` runs on the meta device, which
+    allocates nothing (and leaves the random generators as they were). Its first call imports
+    the part of torch that initialises meta tensors, which training imports anyway."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        module = build()
+    tensors = [*module.parameters(), *module.buffers()]
+    need = sum(t.numel() * t.element_size() for t in tensors) * TRAINING_COPIES
+    have = available_memory()
+    if have is not None and need > have:
+        raise MirecConfigError(f"model_args: {model} at these settings over {over} needs {_gb(need)} "
+                               f"for its parameters, gradients and Adam's moments, more than the "
+                               f"{_gb(have)} of memory available; lower model_args.dim (or the other sizes)")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process may still take: Linux's MemAvailable, lowered to the room
+    left under the cgroup's limit; None where neither can be read."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e12:,.1f} TB" if n >= 1e12 else f"{n / 1e9:,.1f} GB"
 
 
 def features_to_dict(f: RankFeatures) -> dict[str, Any]:

@@ -7,8 +7,14 @@ epoch. The trial's value is its best validation Recall@50. Test users never ente
 trials do not evaluate them at all.
 
 The study lives in ``OUT/optuna.sqlite`` (Optuna's storage), so running the same command again
-continues it until ``trials`` trials have finished. ``OUT/trials.csv`` lists every trial and
-``OUT/best.toml`` holds the best trial's settings in the form ``mirec train --config`` takes.
+continues it until ``trials`` trials have completed or been pruned. A continued study draws new
+settings: its sampler is seeded with (``seed``, the number of trials already in the study), so its
+random start-up trials do not repeat the first run's. A running trial records a heartbeat in
+the study every ``heartbeat`` seconds (Optuna's ``heartbeat_interval``); a trial left running
+by a process that died (kill -9, a lost machine) stops beating, and once it has been silent for
+twice that long, the next run marks it failed (Optuna's ``fail_stale_trials``) and does not
+count it. ``OUT/trials.csv`` lists every trial and ``OUT/best.toml`` holds the best trial's
+settings in the form ``mirec train --config`` takes.
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import optuna
+from optuna.trial import TrialState
 
 from mirec.config import apply_overrides, load, to_dict
 from mirec.data.dataset import Dataset, load_dataset
@@ -66,13 +75,20 @@ def suggest(trial: optuna.Trial, space: dict[str, tuple]) -> dict[str, Any]:
     return out
 
 
+HEARTBEAT_SECONDS = 30  # a trial silent for twice this long is taken for dead
+
+
 def tune(model: str, data: str | Path | Dataset, out: str | Path, trials: int = 20, seed: int = 2020,
-         overrides: list[str] | None = None, log: Callable[[str], None] = lambda s: None) -> optuna.Study:
-    """Run (or continue) the study in ``out`` until ``trials`` trials have finished; returns it.
-    ``overrides`` (``--set``) fix settings for every trial, e.g. ``train.epochs=20``."""
+         overrides: list[str] | None = None, log: Callable[[str], None] = lambda s: None,
+         heartbeat: int = HEARTBEAT_SECONDS) -> optuna.Study:
+    """Run (or continue) the study in ``out`` until ``trials`` trials have completed or been
+    pruned; returns it. ``overrides`` (``--set``) fix settings for every trial, e.g.
+    ``train.epochs=20``. Trials left running by a dead process (silent for ``2 * heartbeat``
+    seconds) are marked failed first."""
     spec(model, "retrieval", field="--model")
-    if trials < 1:
-        raise MirecConfigError(f"--trials: must be >= 1, got {trials}")
+    for name, value, least in (("--trials", trials, 1), ("--seed", seed, 0), ("--heartbeat", heartbeat, 1)):
+        if value < least:
+            raise MirecConfigError(f"{name}: must be >= {least}, got {value}")
     out = Path(out)
     check_output_dir(out, may_hold=lambda p: (p / "optuna.sqlite").exists())
     fixed = [f"model={model}", *(overrides or [])]
@@ -80,11 +96,7 @@ def tune(model: str, data: str | Path | Dataset, out: str | Path, trials: int = 
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     out.mkdir(parents=True, exist_ok=True)
     space = search_space(model)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=model, storage=f"sqlite:///{out / 'optuna.sqlite'}", load_if_exists=True,
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    study = open_study(out / "optuna.sqlite", model, seed, heartbeat)
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
@@ -108,11 +120,36 @@ def tune(model: str, data: str | Path | Dataset, out: str | Path, trials: int = 
             + (f" (best {best.value:.4f}, trial {best.number})" if best else ""))
         write_reports(study, out, fixed)
 
-    done = sum(t.state.is_finished() for t in study.trials)
+    done = len(study.get_trials(deepcopy=False, states=COUNTED))
     if done < trials:
         study.optimize(objective, n_trials=trials - done, callbacks=[progress], catch=())
     write_reports(study, out, fixed)
     return study
+
+
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts; failed trials do not
+
+
+def open_study(path: Path, model: str, seed: int, heartbeat: int) -> optuna.Study:
+    """The study in SQLite file ``path`` (created if new), with its stale trials failed and its
+    sampler seeded for the trials it already holds."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna 3-5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{path}", heartbeat_interval=heartbeat)
+        study = optuna.create_study(
+            study_name=model, storage=storage, load_if_exists=True, direction="maximize",
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+        optuna.storages.fail_stale_trials(study)
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, len(study.trials)))
+    return study
+
+
+def sampler_seed(seed: int, existing: int) -> int:
+    """The sampler's seed for a study that holds ``existing`` trials: ``seed`` for a new study (as
+    before resuming existed), else one drawn from (seed, existing), so a continued study does not
+    replay the random start-up trials of its first run."""
+    return seed if existing == 0 else int(np.random.SeedSequence([seed, existing]).generate_state(1)[0])
 
 
 def write_reports(study: optuna.Study, out: Path, fixed: list[str]) -> None:

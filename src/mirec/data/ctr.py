@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from mirec.config import MAX_BATCH, MAX_LEN, check_fields, setting, size
 from mirec.data.dataset import Dataset
 from mirec.data.split import windows
 from mirec.errors import MirecConfigError
@@ -74,24 +75,21 @@ class CTRBatch:
 
 @dataclass
 class CTRConfig:
-    max_len: int = 50  # earlier positive items per example (MIMN uses hundreds)
+    max_len: int = size(50, MAX_LEN)  # earlier positive items per example (MIMN uses hundreds)
     positive_rating: float = 4.0  # with ratings: rating >= this is a positive
-    negatives: int = 1  # without ratings: sampled negatives per positive
+    negatives: int = size(1, MAX_BATCH)  # without ratings: sampled negatives per positive
     test_fraction: float = 0.1
     valid_fraction: float = 0.1
-    seed: int = 2020  # negative sampling seed (the split itself is by time, not random)
+    seed: int = setting(2020, ge=0)  # negative sampling seed (the split itself is by time, not random)
     labels: str = "auto"  # auto: ratings when the data has them | rating | implicit
     history: str = "positives"  # positives: earlier positive items | all: every earlier event
 
     def validate(self) -> None:
+        check_fields(self, "ctr.")
         if self.labels not in ("auto", "rating", "implicit"):
             raise MirecConfigError(f"ctr.labels: expected auto, rating or implicit, got {self.labels!r}")
         if self.history not in ("positives", "all"):
             raise MirecConfigError(f"ctr.history: expected positives or all, got {self.history!r}")
-        if self.max_len < 1:
-            raise MirecConfigError(f"ctr.max_len: must be >= 1, got {self.max_len}")
-        if self.negatives < 1:
-            raise MirecConfigError(f"ctr.negatives: must be >= 1, got {self.negatives}")
         for name in ("test_fraction", "valid_fraction"):
             v = getattr(self, name)
             if not 0 < v < 0.5:

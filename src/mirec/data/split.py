@@ -50,6 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mirec.config import MAX_LEN, check_fields, setting, size
 from mirec.data.dataset import Dataset
 from mirec.errors import MirecConfigError
 
@@ -60,8 +61,8 @@ PROTOCOLS = ("comirec", "loo", "time")
 class SplitConfig:
     """How users are split and how long a history window is."""
 
-    seed: int = 2020
-    max_len: int = 20
+    seed: int = setting(2020, ge=0)
+    max_len: int = size(20, MAX_LEN)  # also every retriever's model_args.max_len
     train_frac: float = 0.8
     valid_frac: float = 0.1
     history_frac: float = 0.8  # share of an evaluation user's events that form the history
@@ -72,13 +73,12 @@ class SplitConfig:
     test_from: float = 0.9
 
     def validate(self) -> None:
+        check_fields(self, "split.")
         if self.protocol not in PROTOCOLS:
             raise MirecConfigError(f"split.protocol: expected one of {', '.join(PROTOCOLS)}, "
                                    f"got {self.protocol!r}")
         if self.protocol == "time":
             self._validate_time()
-        if self.max_len < 1:
-            raise MirecConfigError(f"split.max_len: must be >= 1, got {self.max_len}")
         if not (0 < self.train_frac < 1 and 0 <= self.valid_frac < 1
                 and self.train_frac + self.valid_frac < 1):
             raise MirecConfigError(

@@ -23,22 +23,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mirec.errors import MirecConfigError
+from mirec.config import MAX_COUNT, MAX_LEN, check_fields, size
 from mirec.models.base import Interests, argmax_readout
 from mirec.models.layers import dynamic_routing, item_embedding
 
 
 @dataclass
 class ComiRecDRConfig:
-    dim: int = 64
-    num_interests: int = 4
-    max_len: int = 20
-    routing_iters: int = 3
+    dim: int = size(64)
+    num_interests: int = size(4, MAX_COUNT)
+    max_len: int = size(20, MAX_LEN)
+    routing_iters: int = size(3, MAX_COUNT)
 
     def validate(self) -> None:
-        for name in ("dim", "num_interests", "max_len", "routing_iters"):
-            if getattr(self, name) < 1:
-                raise MirecConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        check_fields(self, "model_args.")
 
 
 class ComiRecDR(nn.Module):

@@ -22,37 +22,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mirec.errors import MirecConfigError
+from mirec.config import MAX_COUNT, MAX_LEN, check_fields, setting, size
 from mirec.models.base import Interests, argmax_readout
 from mirec.models.layers import item_embedding, masked_softmax, sigmoid_, tanh
 
 
 @dataclass
 class ComiRecSAConfig:
-    dim: int = 64
+    dim: int = size(64)
     # K 3, hidden_factor 1 and lr 3.75e-3 (default_lr) came within 3.6% of the best setting
     # found on the validation users of MovieLens-100K, ml-1m-half, Amazon Beauty and two planted
     # logs; the paper's K 4, hidden 4, lr 1e-3 was 6.9% short on ml-1m-half, and K 2 6.8% on
     # the 200-category planted log (docs/benchmarks.md, "Defaults against the tuned settings").
-    num_interests: int = 3
-    max_len: int = 20
-    hidden_factor: int = 1  # W1 is (hidden_factor * D) x D
-    dropout: float = 0.0  # on the attention's hidden layer
+    num_interests: int = size(3, MAX_COUNT)
+    max_len: int = size(20, MAX_LEN)
+    hidden_factor: int = size(1, MAX_COUNT)  # W1 is (hidden_factor * D) x D
+    dropout: float = setting(0.0, ge=0, lt=1)  # on the attention's hidden layer
     # Transformer blocks (SASRec's: pre-norm, one head, dropout encoder_dropout) that first let
     # every history item see the others, so the interests mix items in context rather than a
     # bag of items; 0 = the paper's model.
-    encoder_layers: int = 0
-    encoder_dropout: float = 0.2
+    encoder_layers: int = size(0, MAX_COUNT, least=0)
+    encoder_dropout: float = setting(0.2, ge=0, lt=1)
 
     def validate(self) -> None:
-        for name in ("dim", "num_interests", "max_len", "hidden_factor"):
-            if getattr(self, name) < 1:
-                raise MirecConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.encoder_layers < 0:
-            raise MirecConfigError(f"encoder_layers: must be >= 0, got {self.encoder_layers}")
-        for name in ("dropout", "encoder_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise MirecConfigError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
+        check_fields(self, "model_args.")
 
 
 class ComiRecSA(nn.Module):

@@ -38,12 +38,13 @@ and GRU state size, ``P`` profile encoding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mirec.config import check_fields, setting, size
 from mirec.errors import MirecConfigError
 from mirec.models.base import CTRBatch, RankFeatures
 from mirec.models.layers import (
@@ -59,24 +60,19 @@ from mirec.models.layers import (
 
 @dataclass
 class DIENConfig:
-    dim: int = 32
-    hidden: list[int] = field(default_factory=lambda: [200, 80])
+    dim: int = size(32)
+    hidden: list[int] = size(factory=lambda: [200, 80])
     # prelu | dice (head). Dice, as in the DIEN authors' code: it raised validation GAUC on each
     # of seeds 1-3 (docs/benchmarks.md, Ranking)
     activation: str = "dice"
-    dropout: float = 0.0
+    dropout: float = setting(0.0, ge=0, lt=1)
     use_user_id: bool = True
-    aux_weight: float = 1.0  # weight of the auxiliary next-behaviour loss; 0 turns it off
+    aux_weight: float = setting(1.0, ge=0)  # weight of the auxiliary next-behaviour loss; 0 turns it off
 
     def validate(self) -> None:
-        if self.dim < 1:
-            raise MirecConfigError(f"model_args.dim: must be >= 1, got {self.dim}")
+        check_fields(self, "model_args.")
         if self.activation not in ("prelu", "dice"):
             raise MirecConfigError(f"model_args.activation: expected prelu or dice, got {self.activation!r}")
-        if not 0 <= self.dropout < 1:
-            raise MirecConfigError(f"model_args.dropout: must be in [0, 1), got {self.dropout}")
-        if self.aux_weight < 0:
-            raise MirecConfigError(f"model_args.aux_weight: must be >= 0, got {self.aux_weight}")
 
 
 class DIEN(nn.Module):

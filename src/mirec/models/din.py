@@ -13,12 +13,13 @@ Shapes: ``B`` batch, ``L`` history, ``D`` embedding size, ``E = 2D`` item encodi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mirec.config import check_fields, setting, size
 from mirec.errors import MirecConfigError
 from mirec.models.base import CTRBatch, RankFeatures
 from mirec.models.layers import ItemEncoder, ProfileEncoder, activation, ctr_mlp, dense_part, register_dense
@@ -26,17 +27,16 @@ from mirec.models.layers import ItemEncoder, ProfileEncoder, activation, ctr_mlp
 
 @dataclass
 class DINConfig:
-    dim: int = 32
-    attention_hidden: list[int] = field(default_factory=lambda: [36])  # the peer's; the paper used 80-40
-    hidden: list[int] = field(default_factory=lambda: [200, 80])
+    dim: int = size(32)
+    attention_hidden: list[int] = size(factory=lambda: [36])  # the peer's; the paper used 80-40
+    hidden: list[int] = size(factory=lambda: [200, 80])
     activation: str = "prelu"  # prelu | dice (head and activation unit)
-    dropout: float = 0.0
+    dropout: float = setting(0.0, ge=0, lt=1)
     use_user_id: bool = True
     product: bool = True  # the head also gets candidate * pooled interest (the paper's has not)
 
     def validate(self) -> None:
-        if self.dim < 1:
-            raise MirecConfigError(f"model_args.dim: must be >= 1, got {self.dim}")
+        check_fields(self, "model_args.")
         if self.activation not in ("prelu", "dice"):
             raise MirecConfigError(f"model_args.activation: expected prelu or dice, got {self.activation!r}")
 

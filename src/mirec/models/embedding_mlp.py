@@ -7,12 +7,13 @@ profile, candidate and pooled history go through an MLP to one logit. Shapes as 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mirec.config import check_fields, setting, size
 from mirec.errors import MirecConfigError
 from mirec.models.base import CTRBatch, RankFeatures
 from mirec.models.layers import ItemEncoder, ProfileEncoder, ctr_mlp
@@ -20,15 +21,16 @@ from mirec.models.layers import ItemEncoder, ProfileEncoder, ctr_mlp
 
 @dataclass
 class EmbeddingMLPConfig:
-    dim: int = 32
-    hidden: list[int] = field(default_factory=lambda: [200, 80])
-    activation: str = "prelu"
-    dropout: float = 0.0
+    dim: int = size(32)
+    hidden: list[int] = size(factory=lambda: [200, 80])
+    activation: str = "prelu"  # prelu | dice
+    dropout: float = setting(0.0, ge=0, lt=1)
     use_user_id: bool = True
 
     def validate(self) -> None:
-        if self.dim < 1:
-            raise MirecConfigError(f"model_args.dim: must be >= 1, got {self.dim}")
+        check_fields(self, "model_args.")
+        if self.activation not in ("prelu", "dice"):
+            raise MirecConfigError(f"model_args.activation: expected prelu or dice, got {self.activation!r}")
 
 
 class EmbeddingMLP(nn.Module):

@@ -22,27 +22,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mirec.errors import MirecConfigError
+from mirec.config import MAX_COUNT, MAX_LEN, check_fields, setting, size
 from mirec.models.base import Interests
 from mirec.models.layers import item_embedding
 
 
 @dataclass
 class GRU4RecConfig:
-    dim: int = 64
-    max_len: int = 20
-    num_layers: int = 1
-    dropout: float = 0.0  # on the input embeddings and between GRU layers
+    dim: int = size(64)
+    max_len: int = size(20, MAX_LEN)
+    num_layers: int = size(1, MAX_COUNT)
+    dropout: float = setting(0.0, ge=0, lt=1)  # on the input embeddings and between GRU layers
 
     def validate(self) -> None:
-        if self.dim < 1:
-            raise MirecConfigError(f"model.dim: must be >= 1, got {self.dim}")
-        if self.max_len < 1:
-            raise MirecConfigError(f"model.max_len: must be >= 1, got {self.max_len}")
-        if self.num_layers < 1:
-            raise MirecConfigError(f"model.num_layers: must be >= 1, got {self.num_layers}")
-        if not 0 <= self.dropout < 1:
-            raise MirecConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+        check_fields(self, "model_args.")
 
 
 def left_to_right_padded(hist: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:

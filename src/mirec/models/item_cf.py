@@ -22,6 +22,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from mirec.config import check_fields, setting
 from mirec.data.dataset import Dataset
 from mirec.data.split import Split
 from mirec.errors import MirecConfigError
@@ -29,16 +30,16 @@ from mirec.errors import MirecConfigError
 
 @dataclass
 class ItemCFConfig:
-    window: int | None = None  # None: all pairs of a user's items; w: pairs <= w positions apart
+    # None: all pairs of a user's items; w: pairs <= w positions apart
+    window: int | None = setting(None, ge=1)
     normalize: str = "none"  # "none" or "cosine"
-    max_items: int = 20_000  # dense (N, N) float32 limit
+    max_items: int = setting(20_000, ge=1)  # dense (N, N) float32 limit
 
     def validate(self) -> None:
-        if self.window is not None and self.window < 1:
-            raise MirecConfigError(f"model.window: must be >= 1 or None, got {self.window}")
+        check_fields(self, "model_args.")
         if self.normalize not in ("none", "cosine"):
             raise MirecConfigError(
-                f"model.normalize: must be 'none' or 'cosine', got {self.normalize!r}")
+                f"model_args.normalize: must be 'none' or 'cosine', got {self.normalize!r}")
 
 
 class ItemCF:

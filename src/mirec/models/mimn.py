@@ -55,12 +55,13 @@ encoding.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mirec.config import MAX_COUNT, check_fields, setting, size
 from mirec.errors import MirecConfigError
 from mirec.models.base import CTRBatch, RankFeatures
 from mirec.models.layers import ItemEncoder, ProfileEncoder, ctr_mlp, dense_part, register_dense
@@ -68,33 +69,24 @@ from mirec.models.layers import ItemEncoder, ProfileEncoder, ctr_mlp, dense_part
 
 @dataclass
 class MIMNConfig:
-    dim: int = 32
-    slots: int = 4  # memory slots m (also MIU channels)
-    hidden: list[int] = field(default_factory=lambda: [200, 80])
+    dim: int = size(32)
+    slots: int = size(4, MAX_COUNT)  # memory slots m (also MIU channels)
+    hidden: list[int] = size(factory=lambda: [200, 80])
     activation: str = "prelu"  # prelu | dice (head)
-    dropout: float = 0.0
+    dropout: float = setting(0.0, ge=0, lt=1)
     use_user_id: bool = True
-    util_weight: float = 0.1  # weight of the memory utilisation regulariser
+    util_weight: float = setting(0.1, ge=0)  # weight of the memory utilisation regulariser
     rebalance: bool = True  # re-balance write weights by slot utilisation (w~ = w P)
     use_miu: bool = True  # Memory Induction Unit on/off (off = UIC only)
     miu_top_k: int = 0  # MIU updates the k slots written most per step; 0 = all slots
 
     def validate(self) -> None:
-        if self.dim < 1:
-            raise MirecConfigError(f"model_args.dim: must be >= 1, got {self.dim}")
-        if self.slots < 1:
-            raise MirecConfigError(f"model_args.slots: must be >= 1, got {self.slots}")
+        check_fields(self, "model_args.")
         if self.activation not in ("prelu", "dice"):
             raise MirecConfigError(f"model_args.activation: expected prelu or dice, got {self.activation!r}")
-        if not 0 <= self.dropout < 1:
-            raise MirecConfigError(f"model_args.dropout: must be in [0, 1), got {self.dropout}")
-        if self.util_weight < 0:
-            raise MirecConfigError(f"model_args.util_weight: must be >= 0, got {self.util_weight}")
         if not 0 <= self.miu_top_k <= self.slots:
             raise MirecConfigError(f"model_args.miu_top_k: must be in [0, slots = {self.slots}], "
                                    f"got {self.miu_top_k}")
-        if any(h < 1 for h in self.hidden):
-            raise MirecConfigError(f"model_args.hidden: sizes must be >= 1, got {self.hidden}")
 
 
 @dataclass

@@ -36,31 +36,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mirec.errors import MirecConfigError
+from mirec.config import MAX_COUNT, MAX_LEN, check_fields, setting, size
 from mirec.models.base import Interests
 from mirec.models.layers import dynamic_routing, item_embedding, label_aware_attention, mlp
 
 
 @dataclass
 class MINDConfig:
-    dim: int = 64
-    num_interests: int = 4
-    max_len: int = 20
-    routing_iters: int = 3
-    routing_sigma: float = 1.0  # std of the initial routing logits
-    pow_p: float = 2.0  # label-aware attention power; inf = hard attention
+    dim: int = size(64)
+    num_interests: int = size(4, MAX_COUNT)
+    max_len: int = size(20, MAX_LEN)
+    routing_iters: int = size(3, MAX_COUNT)
+    routing_sigma: float = setting(1.0, gt=0)  # std of the initial routing logits
+    pow_p: float = setting(2.0, ge=0, finite=False)  # label-aware attention power; inf = hard attention
     dynamic_k: bool = True
-    hidden: int = 128  # the capsule MLP: D -> hidden -> D
-    seed: int = 0  # routing logits in eval mode
+    hidden: int = size(128)  # the capsule MLP: D -> hidden -> D
+    seed: int = setting(0, ge=0)  # routing logits in eval mode
 
     def validate(self) -> None:
-        for name in ("dim", "num_interests", "max_len", "routing_iters", "hidden"):
-            if getattr(self, name) < 1:
-                raise MirecConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.routing_sigma <= 0:
-            raise MirecConfigError(f"routing_sigma: must be > 0, got {self.routing_sigma}")
-        if self.pow_p < 0:
-            raise MirecConfigError(f"pow_p: must be >= 0, got {self.pow_p}")
+        check_fields(self, "model_args.")
 
 
 class MIND(nn.Module):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mirec.config import MAX_COUNT, MAX_LEN, check_fields, setting, size
 from mirec.errors import MirecConfigError
 from mirec.models.base import Interests
 from mirec.models.layers import item_embedding
@@ -31,20 +32,17 @@ from mirec.models.layers import item_embedding
 
 @dataclass
 class SASRecConfig:
-    dim: int = 64
-    max_len: int = 20
-    num_layers: int = 2
-    num_heads: int = 1
-    dropout: float = 0.2  # on the inputs, attention and feed-forward outputs
+    dim: int = size(64)
+    max_len: int = size(20, MAX_LEN)
+    num_layers: int = size(2, MAX_COUNT)
+    num_heads: int = size(1, MAX_COUNT)
+    dropout: float = setting(0.2, ge=0, lt=1)  # on the inputs, attention and feed-forward outputs
 
     def validate(self) -> None:
-        for name in ("dim", "max_len", "num_layers", "num_heads"):
-            if getattr(self, name) < 1:
-                raise MirecConfigError(f"model.{name}: must be >= 1, got {getattr(self, name)}")
+        check_fields(self, "model_args.")
         if self.dim % self.num_heads:
-            raise MirecConfigError(f"model.num_heads: must divide model.dim={self.dim}, got {self.num_heads}")
-        if not 0 <= self.dropout < 1:
-            raise MirecConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+            raise MirecConfigError(f"model_args.num_heads: must divide model_args.dim={self.dim}, "
+                                   f"got {self.num_heads}")
 
 
 def newest_position(block: nn.TransformerEncoderLayer, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:

@@ -16,27 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mirec.errors import MirecConfigError
+from mirec.config import MAX_LEN, check_fields, setting, size
 from mirec.models.base import Interests
 from mirec.models.layers import item_embedding, mlp
 
 
 @dataclass
 class YouTubeDNNConfig:
-    dim: int = 64
-    max_len: int = 20
-    hidden: tuple[int, ...] = (256,)  # hidden ReLU layers; a last linear layer maps to ``dim``
-    dropout: float = 0.0
+    dim: int = size(64)
+    max_len: int = size(20, MAX_LEN)
+    hidden: tuple[int, ...] = size((256,))  # hidden ReLU layers; a last linear layer maps to ``dim``
+    dropout: float = setting(0.0, ge=0, lt=1)  # on the hidden layers
 
     def validate(self) -> None:
-        if self.dim < 1:
-            raise MirecConfigError(f"model.dim: must be >= 1, got {self.dim}")
-        if self.max_len < 1:
-            raise MirecConfigError(f"model.max_len: must be >= 1, got {self.max_len}")
-        if any(h < 1 for h in self.hidden):
-            raise MirecConfigError(f"model.hidden: sizes must be >= 1, got {list(self.hidden)}")
-        if not 0 <= self.dropout < 1:
-            raise MirecConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+        check_fields(self, "model_args.")
 
 
 def masked_mean(table: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor,

@@ -255,7 +255,7 @@ class RankingTask:
         device = placement(tc.device, tc.precision, self.w.size > 1).device
         self.cfg, self.data = cfg, data
         torch.manual_seed(tc.seed)
-        self.model = build_ranker(cfg, data.features).to(device)  # initialised on the CPU
+        self.model = build_ranker(cfg, data.features, training=True).to(device)  # initialised on the CPU
         if device.type != "cpu":
             log(f"training on {device}")
         self.optimizer = make_optimizer(self.model, tc)

@@ -99,7 +99,7 @@ def setup(cfg: RunConfig, ds: Dataset, distributed: bool = False) -> tuple[
     device = placement(tc.device, tc.precision, distributed).device
     split = split_users(ds, cfg.split)
     torch.manual_seed(tc.seed)
-    model = build_model(cfg, ds.num_items).to(device)  # initialised on the CPU: same weights anywhere
+    model = build_model(cfg, ds.num_items, training=True).to(device)  # initialised on the CPU: same anywhere
     opt = make_optimizer(model, tc.optimizer, auto_setting(tc, model, "lr"), tc.weight_decay,
                          use_sampled(tc, ds.num_items))
     sampler = None
