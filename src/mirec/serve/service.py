@@ -126,8 +126,6 @@ def reload_on_sighup(live: Live) -> None:
 def user_queries(bundle: Bundle, num_users: int, seed: int = 0, owners: bool = False):
     """Live interest vectors of up to ``num_users`` random known users: (Q, D) float32 (and,
     with ``owners``, the (Q,) user number of each row)."""
-    from mirec.serve.recommender import Recommender
-
     users = sorted(bundle.user_histories)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(users), size=min(num_users, len(users)), replace=False)
