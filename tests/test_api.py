@@ -86,6 +86,16 @@ def test_layers_import_one_way():
     assert not [m for _, m in imports(ROOT / "src/mirec/runs.py") if m.startswith("mirec.train")]
 
 
+def test_opening_a_bundle_reads_one_way():
+    """The serving modules in data-path order: each imports only modules before it (issue 41:
+    recommender.py no longer imports service.py to open a bundle)."""
+    order = ["index", "store", "bundle", "catalogue", "pipeline", "recommender", "service", "app"]
+    serve = ROOT / "src/mirec/serve"
+    back = [f"{name}.py:{line} -> {m}" for i, name in enumerate(order) for line, m in imports(serve / f"{name}.py")
+            if any(m == f"mirec.serve.{later}" for later in order[i:])]
+    assert not back, back
+
+
 SMALL = {"model_args": {"dim": 8, "num_interests": 2}, "train": {"epochs": 1, "batch_size": 64}}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import signal
@@ -32,6 +33,7 @@ from mirec.serve.recommender import Recommender
 from mirec.serve.service import build_index_report, open_recommender
 from mirec.serve.store import EventStore
 from tests import test_serve as shared
+from tests.test_bundle_validation import BREAKS, broken
 
 # fixtures and helpers of test_serve.py (pytest finds fixtures as module attributes)
 run, bundle_dir, bundle, served = shared.run, shared.bundle_dir, shared.bundle, shared.served
@@ -227,6 +229,60 @@ def test_cli_refuses_corrupt_index_missing_store_dir_and_nan_lambda(indexed_bund
     p = subprocess.run(CLI + ["recommend", str(indexed_bundle), "--user", user, "--lambda", "nan"],
                        capture_output=True, text=True, timeout=120)
     assert "lambda: must be a finite number" in one_error(p)
+
+
+def test_reloads_to_broken_bundles_under_load_are_400_and_the_old_bundle_serves(bundle_dir, tmp_path):
+    """Standing check (issue 41): a request loop runs while the server is asked to reload each
+    kind of broken bundle of ``test_bundle_validation.BREAKS`` (malformed manifests, files that
+    disagree with each other or the manifest, non-finite vectors, a directory and FIFOs) and a
+    saved index that is a FIFO: each reload is a 400 naming the file and the field, quickly (a
+    FIFO is never read), the old bundle's version stays served, no request gets a 5xx; then a
+    good bundle reloads."""
+    token = {"Authorization": "Bearer s3cret"}
+    cases = {case: broken(bundle_dir, tmp_path, case) for case in BREAKS}
+    fifo_index = shutil.copytree(bundle_dir, tmp_path / "fifo-index")
+    os.mkfifo(fifo_index / "index-exact.faiss")
+    manifest = json.loads((fifo_index / "manifest.json").read_text())
+    manifest["checksums"]["index-exact.faiss"] = "0" * 64
+    (fifo_index / "manifest.json").write_text(json.dumps(manifest))
+    cases["fifo-index"] = fifo_index
+    good = shutil.copytree(bundle_dir, tmp_path / "good")
+    manifest = json.loads((good / "manifest.json").read_text())
+    manifest["created"] = "2030-01-01T00:00:00Z"  # another version
+    (good / "manifest.json").write_text(json.dumps(manifest))
+    rec = open_recommender(bundle_dir, "exact", store=tmp_path / "ev.sqlite")
+    user = sorted(rec.bundle.user_histories)[0]
+    with Server(rec, Limits(token="s3cret")) as client:
+        old = client.get("/health").json()["version"]
+        statuses, stop = [], threading.Event()
+
+        def loop() -> None:
+            with httpx.Client(base_url=client.base_url, timeout=10) as c:
+                while not stop.is_set():
+                    try:
+                        statuses.append(c.post("/recommend", json={"user_id": user, "n": 5},
+                                               headers=token).status_code)
+                    except Exception as e:  # noqa: BLE001  a transport error is a dropped request
+                        statuses.append(repr(e))
+
+        t = threading.Thread(target=loop)
+        t.start()
+        try:
+            for case, path in cases.items():
+                r = client.post("/admin/reload", json={"bundle": str(path)}, headers=token, timeout=30)
+                says = BREAKS[case][1] if case in BREAKS else "index-exact.faiss: not a regular file"
+                assert r.status_code == 400 and says in r.json()["detail"], (case, r.text)
+                assert client.get("/health").json()["version"] == old, case
+            r = client.post("/admin/reload", json={"bundle": str(good)}, headers=token, timeout=30)
+        finally:
+            stop.set()
+            t.join()
+        assert r.status_code == 200 and r.json()["version"] != old, r.text
+        assert client.get("/health").json()["version"] == r.json()["version"]
+        assert len(statuses) > 10 and set(statuses) == {200}, set(statuses)
+        errors = [line for line in client.get("/metrics", headers=token).text.splitlines()
+                  if line.startswith('mirec_reloads_total{result="error"}')]
+        assert errors == [f'mirec_reloads_total{{result="error"}} {float(len(cases))}'], errors
 
 
 # ---- 3. serving under load -------------------------------------------------------------------

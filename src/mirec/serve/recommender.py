@@ -39,10 +39,11 @@ from mirec.data.split import left_pad
 from mirec.errors import MirecConfigError
 from mirec.models.base import user_interests
 from mirec.serve.aggregate import candidates, category_matrix, diversify, rescore
-from mirec.serve.bundle import Bundle
-from mirec.serve.index import ItemIndex
+from mirec.serve.bundle import Bundle, load_bundle, open_index
+from mirec.serve.catalogue import add_new_items, read_unavailable
+from mirec.serve.index import IndexConfig, ItemIndex
 from mirec.serve.pipeline import RankStage
-from mirec.serve.store import Store
+from mirec.serve.store import Store, open_store
 
 
 @dataclass
@@ -120,15 +121,41 @@ class Recommender:
     @classmethod
     def open(cls, bundle: str | Path, index: str = "auto", store: str | Path | None = None,
              ranker: str | Path | None = None, hnsw_above: int = 50_000,
-             unavailable: str | Path | None = None, new_items: str | Path | None = None) -> Recommender:
-        """Load and verify a bundle directory (``mirec export``), its index (the saved one when
-        present), an optional event store (SQLite file or PostgreSQL URL), an optional ranking
-        run, an optional file of unavailable item ids and an optional file of new items
-        (serve/catalogue.py)."""
-        from mirec.serve.service import open_recommender
+             unavailable: str | Path | None = None, new_items: str | Path | None = None, *,
+             keep_events: int | None = None, create_store: bool = True,
+             events: Store | None = None) -> Recommender:
+        """Open a bundle directory (``mirec export``) for serving; the one place a recommender
+        is opened (the CLI, the HTTP workers and reloads come here through
+        :func:`mirec.serve.service.open_recommender`). The data path reads one way::
 
-        return open_recommender(bundle, index, hnsw_above, store, ranker, unavailable=unavailable,
-                                new_items=new_items)
+            load_bundle (bundle.py: every file validated, once)
+              [+ new items (catalogue.py)] -> ranking run (pipeline.py) -> unavailable items
+              -> open_index (bundle.py: the saved index, verified, or one built in memory)
+              -> event store (store.py) -> Recommender
+
+        ``store``: an event store, a SQLite file or a ``postgresql://`` URL (``keep_events``:
+        per-user retention; ``create_store=False``: it must exist, reading only); ``events``: an
+        open store to use instead (a reload keeps the server's); ``ranker``: a ranking run;
+        ``unavailable``: a file of item ids never recommended; ``new_items``: a file of items
+        added after training (serve/catalogue.py). The options are kept on the recommender
+        (``rec.options``) so that
+        :func:`mirec.serve.service.reopen` can load a new bundle the same way."""
+        options = dict(kind=index, hnsw_above=hnsw_above, store=store, ranker=ranker,
+                       keep_events=keep_events, create_store=create_store, unavailable=unavailable,
+                       new_items=new_items)
+        cfg = IndexConfig(kind=index, hnsw_above=hnsw_above)
+        cfg.validate()
+        b = load_bundle(bundle)
+        if new_items:
+            b = add_new_items(b, new_items)
+        stage = RankStage.from_run(ranker, b) if ranker else None
+        blocked = read_unavailable(unavailable, b) if unavailable else None
+        item_index = open_index(b, cfg)
+        if events is None and store:  # last: a refusal above leaves no store open
+            events = open_store(store, keep_events, create_store)
+        rec = cls(b, item_index, events, ranker=stage, unavailable=blocked)
+        rec.options = options
+        return rec
 
     def __init__(self, bundle: Bundle, index: ItemIndex, store: Store | None = None,
                  cfg: ServeConfig | None = None, ranker: RankStage | None = None,

@@ -1,8 +1,11 @@
-"""Glue between a bundle and its index: open (load or build) and build-with-a-report.
+"""The served recommender over time: open, reopen, swap on reload; and the index build report.
 
-An index saved by ``mirec index build`` lives in the bundle as ``index-<kind>.faiss``, its
-checksum in the manifest; serving loads it when present (HNSW over a million items takes minutes
-to build: build it offline), after checking the checksum, and builds it in memory otherwise.
+Opening reads one way (:meth:`mirec.serve.recommender.Recommender.open`): ``load_bundle``
+validates the whole bundle once, then the index, ranker and store are opened and the
+recommender is built; nothing here is swapped before all of that succeeded. An index saved by
+``mirec index build`` lives in the bundle as ``index-<kind>.faiss``, its checksum in the
+manifest; serving loads it when present (HNSW over a million items takes minutes to build: build
+it offline), after checking it, and builds it in memory otherwise.
 """
 
 from __future__ import annotations
@@ -13,23 +16,18 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from mirec.serve.bundle import Bundle, add_checksum, verify_checksum
+from mirec.errors import MirecDataError
+from mirec.serve.bundle import Bundle, add_checksum, index_path
 from mirec.serve.index import IndexConfig, ItemIndex, recall_at, recommend_recall, tune_nprobe
-from mirec.serve.store import Store, open_store
-
-if TYPE_CHECKING:
-    from mirec.serve.recommender import Recommender
+from mirec.serve.recommender import Recommender
+from mirec.serve.store import Store
 
 log = logging.getLogger("mirec")
-
-
-def index_path(bundle: Bundle, kind: str) -> Path:
-    return bundle.path / f"index-{kind}.faiss"
 
 
 def open_recommender(bundle: str | Path, kind: str = "auto", hnsw_above: int = 50_000,
@@ -38,43 +36,12 @@ def open_recommender(bundle: str | Path, kind: str = "auto", hnsw_above: int = 5
                      unavailable: str | Path | None = None, new_items: str | Path | None = None,
                      events: Store | None = None) -> Recommender:
     """Bundle [+ new items] + index (saved one if present) + event store [+ ranking run]
-    [+ unavailable items] -> a Recommender. ``store``: a SQLite file or a ``postgresql://``
-    URL (:func:`mirec.serve.store.open_store`); ``keep_events``: per-user retention in it;
-    ``create_store=False``: the store must exist (reading only); ``events``: an open store to
-    use instead of ``store`` (a reload keeps the server's). The options are kept on the
-    recommender (``rec.options``) so that :func:`reopen` can load a new bundle the same way."""
-    from mirec.serve.bundle import load_bundle
-    from mirec.serve.catalogue import add_new_items, read_unavailable
-    from mirec.serve.pipeline import RankStage
-    from mirec.serve.recommender import Recommender
-
-    options = dict(kind=kind, hnsw_above=hnsw_above, store=store, ranker=ranker,
-                   keep_events=keep_events, create_store=create_store, unavailable=unavailable,
-                   new_items=new_items)
-    cfg = IndexConfig(kind=kind, hnsw_above=hnsw_above)
-    cfg.validate()
-    b = load_bundle(bundle)
-    if new_items:
-        b = add_new_items(b, new_items)
-    if events is None and store:
-        events = open_store(store, keep_events, create_store)
-    stage = RankStage.from_run(ranker, b) if ranker else None
-    blocked = read_unavailable(unavailable, b) if unavailable else None
-    rec = Recommender(b, open_index(b, cfg), events, ranker=stage, unavailable=blocked)
-    rec.options = options
-    return rec
-
-
-def open_index(bundle: Bundle, cfg: IndexConfig) -> ItemIndex:
-    """The saved index of the bundle when present (checksum verified), else built in memory.
-    With new items the saved index lacks them: it is built in memory."""
-    kind = cfg.resolved_kind(bundle.num_items - 1)
-    path = index_path(bundle, kind)
-    if path.exists() and bundle.new_from is None:
-        verify_checksum(bundle, path.name, f"rebuild it with `mirec index build {bundle.path} "
-                                           f"--index {kind}` (or delete it)")
-        return ItemIndex.load(path, cfg)
-    return ItemIndex.build(bundle.item_vectors, replace(cfg, kind=kind))
+    [+ unavailable items] -> a Recommender: :meth:`Recommender.open` with the options in the
+    order the CLI and the HTTP workers give them (the option names are the keys of
+    ``rec.options``, which :func:`reopen` passes back here). ``store``: a SQLite file or a
+    ``postgresql://`` URL (:func:`mirec.serve.store.open_store`)."""
+    return Recommender.open(bundle, kind, store, ranker, hnsw_above, unavailable, new_items,
+                            keep_events=keep_events, create_store=create_store, events=events)
 
 
 def reopen(rec: Recommender, bundle: str | Path | None = None) -> Recommender:
@@ -90,20 +57,25 @@ def reopen(rec: Recommender, bundle: str | Path | None = None) -> Recommender:
     return rec2
 
 
+RELOAD_TIMEOUT_S = 1800.0  # a load never takes this long (a 1.7M-item HNSW build takes ~20 min)
+
+
 class Live:
     """The recommender being served, swapped whole by :meth:`reload` (one reference
-    assignment: a request that already took ``live.rec`` finishes on the old one)."""
+    assignment: a request that already took ``live.rec`` finishes on the old one).
 
-    def __init__(self, rec: Recommender) -> None:
+    A reload loads in a helper thread and waits for it at most ``reload_timeout`` seconds: a
+    load that never ends (a hung network mount, a FIFO given as the ranker's checkpoint or the
+    unavailable-items file) is refused after that and frees the reload lock; its thread is
+    abandoned and whatever it loads is never served. Bundle files cannot block: each must be a
+    regular file before it is opened (:func:`mirec.serve.bundle.open_regular`)."""
+
+    def __init__(self, rec: Recommender, reload_timeout: float = RELOAD_TIMEOUT_S) -> None:
         self.rec = rec
         self.loaded_at = time.time()  # when ``rec`` began to be served (epoch seconds)
         self.lock = threading.Lock()  # one reload at a time
         self.on_swap: list = []  # callables(rec) run after a successful swap (metrics)
-
-    def load(self, bundle: str | Path | None = None) -> Recommender:
-        """Load and verify ``bundle`` (default: the served path) with the served options; nothing
-        is swapped."""
-        return reopen(self.rec, bundle)
+        self.reload_timeout = reload_timeout
 
     def swap(self, new: Recommender) -> None:
         """Serve ``new`` from now on (requests already running finish on the old one)."""
@@ -118,6 +90,27 @@ class Live:
             new = self.load(bundle)
             self.swap(new)
         return new
+
+    def load(self, bundle: str | Path | None = None) -> Recommender:
+        """:func:`reopen` within ``reload_timeout`` seconds, or MirecDataError naming the path."""
+        done: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                done["rec"] = reopen(self.rec, bundle)
+            except BaseException as e:  # noqa: BLE001  handed to the caller below
+                done["error"] = e
+
+        worker = threading.Thread(target=work, name="mirec-reload", daemon=True)
+        worker.start()
+        worker.join(self.reload_timeout)
+        if worker.is_alive():
+            raise MirecDataError(f"{bundle or self.rec.bundle.path}: loading took over "
+                                 f"{self.reload_timeout:g} s (a file that never ends? a hung "
+                                 f"mount?); reload abandoned, still serving {self.rec.bundle.path}")
+        if "error" in done:
+            raise done["error"]
+        return done["rec"]
 
 
 def reload_on_sighup(live: Live) -> None:
@@ -139,8 +132,6 @@ def reload_on_sighup(live: Live) -> None:
 def user_queries(bundle: Bundle, num_users: int, seed: int = 0, owners: bool = False):
     """Live interest vectors of up to ``num_users`` random known users: (Q, D) float32 (and,
     with ``owners``, the (Q,) user number of each row)."""
-    from mirec.serve.recommender import Recommender
-
     users = sorted(bundle.user_histories)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(users), size=min(num_users, len(users)), replace=False)
