@@ -189,6 +189,8 @@ def test_a_log_given_as_a_store_and_a_source_option_without_source_are_clear(cap
             says="--user-col: an option of a data source, but NEW is read as an event store")
     refused(capsys, "data", "append", base, tmp_path / "nothing.sqlite", "--out", tmp_path / "d2",
             says="no such event store")
+    refused(capsys, "data", "append", tmp_path / "no-data", csv, "--source", "csv", "--out", tmp_path / "d2",
+            says=f"{tmp_path / 'no-data'}: no such data set directory")
     refused(capsys, "data", "append", base, csv, "--source", "csv", "--since", "3", "--out", tmp_path / "d2",
             says="--since: reads an event store")
     assert sorted(os.listdir(tmp_path)) == ["base", "more.csv"]

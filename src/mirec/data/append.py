@@ -49,7 +49,7 @@ from mirec.data.prepare import (
     write_dataset,
 )
 from mirec.errors import MirecConfigError
-from mirec.io import DATASET, check_output_dir
+from mirec.io import DATASET, check_output_dir, is_artefact
 
 APPENDED = "appended"  # meta.json: the list of append records, oldest first
 STORE = "store"  # the source name of events read from the serving event store
@@ -83,8 +83,11 @@ def continue_from(data: str | Path, store: str) -> int:
 
 
 def check_out(data: str | Path, out: str | Path) -> Path:
-    """``out`` as ``--out`` rules allow (:func:`mirec.io.check_output_dir`), and neither the base
-    data set itself nor a directory inside it."""
+    """``data`` a data set mirec wrote, and ``out`` as ``--out`` rules allow
+    (:func:`mirec.io.check_output_dir`), neither the base data set itself nor a directory inside
+    it: checked before a possibly large store or log is read."""
+    if not is_artefact(Path(data), DATASET):
+        load_dataset(data, verify=False)  # names what is missing or wrong
     base, where = Path(data).resolve(), Path(out).resolve()
     if where == base or base in where.parents:
         raise MirecConfigError(f"--out {out}: is the data set appended to ({data}) or inside it; "
