@@ -62,7 +62,7 @@ def store_log(rows: Iterable[tuple[int, str, str, int]], store: str, since: int)
     above ``since``) as a log; its source records the store and the last seq read (``since``
     when there was none), where the next append of this store continues."""
     schema = {"seq": pl.Int64, "user": pl.String, "item": pl.String, "ts": pl.Int64}
-    rows = iter(rows)
+    rows = iter(rows)  # turned into frames ROWS at a time, never one Python list of the store
     frames = [pl.DataFrame(chunk, schema=schema, orient="row")
               for chunk in iter(lambda: list(itertools.islice(rows, ROWS)), [])]
     ev = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
