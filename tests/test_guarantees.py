@@ -86,6 +86,7 @@ def test_out_never_replaces_a_directory_mirec_did_not_write(capsys, tmp_path, sy
         ["data", "prepare", "csv", csv, "--k-core", "1", "--out", v],
         ["data", "fetch", "ml-100k", "--out", v, "--cache-dir", tmp_path / "dl"],  # before any download
         ["data", "synth", "--set", "num_users=20", "--out", v],
+        ["data", "append", synth.path, csv, "--source", "csv", "--out", v],
         ["export", run_dir, "--out", v],
         ["train", "--data", synth.path, "--out", v, *TINY],
     ]

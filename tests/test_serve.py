@@ -311,7 +311,7 @@ def test_events_change_the_next_recommendation_and_survive_restart(bundle, tmp_p
         assert not before["known_user"] and before["history"] == []
         r = client.post("/events", json={"user_id": "new-user",
                                          "events": events + [{"item_id": "unknown"}]}).json()
-        assert r["stored"] == 8 and r["ignored_items"] == ["unknown"]
+        assert r["stored"] == 9 and r["ignored_items"] == ["unknown"]  # stored, not served
         after = client.post("/recommend", json={"user_id": "new-user", "n": 5}).json()
         assert after["known_user"] and after["history"] == [e["item_id"] for e in events]
         assert [x["item_id"] for x in after["items"]] != [x["item_id"] for x in before["items"]]

@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 from mirec.errors import MirecConfigError, MirecDataError, MirecError  # noqa: E402
 
 _LAZY = {
-    "prepare": "mirec.api", "load_dataset": "mirec.api", "fit": "mirec.api", "evaluate": "mirec.api",
+    "prepare": "mirec.api", "append": "mirec.api", "load_dataset": "mirec.api", "fit": "mirec.api",
+    "evaluate": "mirec.api",
     "export": "mirec.api", "RunResult": "mirec.api", "Recommender": "mirec.serve.recommender",
 }
 

@@ -18,17 +18,20 @@ from typing import Any, Callable
 from mirec.checkpoint import is_run_dir, resume_config
 from mirec.config import apply_overrides, load
 from mirec.data.dataset import Dataset, load_dataset
-from mirec.data.prepare import PrepareConfig, build_dataset
+from mirec.data.prepare import PrepareConfig, RawLog, build_dataset
+from mirec.data.sources import flag
 from mirec.data.sources import load as load_source
 from mirec.data.split import SplitConfig
-from mirec.errors import MirecConfigError
+from mirec.errors import MirecConfigError, MirecDataError
 from mirec.eval.evaluate import EvalConfig
 from mirec.experiment import RunResult, evaluate_baseline, evaluate_run, train_ctr_seeds, train_seeds
 from mirec.io import DATASET, check_output_dir
 from mirec.models.registry import SPECS
 from mirec.runs import RankRunConfig, RunConfig
 
-__all__ = ["prepare", "load_dataset", "fit", "evaluate", "export", "RunResult"]
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+__all__ = ["prepare", "append", "load_dataset", "fit", "evaluate", "export", "RunResult"]
 
 
 def prepare(source: str, path: str | Path, out: str | Path | None = None, k_core: int = 5,
@@ -43,6 +46,61 @@ def prepare(source: str, path: str | Path, out: str | Path | None = None, k_core
     out = Path(out) if out is not None else Path("data") / path.stem
     check_output_dir(out, DATASET)  # before reading a possibly large log
     return build_dataset(load_source(source, path, on_bad_rows, **options), out, cfg)
+
+
+def append(data: str | Path, new: str | Path, out: str | Path, *, source: str | None = None,
+           new_items: str | Path | None = None, since: int | None = None, on_bad_rows: str = "error",
+           **options: Any) -> Path:
+    """Append the events of ``new`` to the prepared data set ``data`` as a new data set ``out``
+    (``data`` is never changed; ``out`` follows the ``--out`` rules and may not be ``data``).
+
+    ``new`` is the serving event store (a SQLite file of ``mirec serve --store`` or a
+    ``postgresql://`` URL), or, with ``source``, a log that source reads (``options`` and
+    ``on_bad_rows`` as for :func:`prepare`). A store is read from the seq after ``since``;
+    by default after the last one an earlier append of the same store recorded (0: all).
+    ``new_items``: a new-items file (the format of ``mirec serve --new-items``) with the new
+    items' titles and categories. Known users and items keep their ids, new ones are numbered
+    after them, duplicates are dropped, no k-core filter is applied (docs/data.md). Returns
+    ``out``."""
+    from mirec.data.append import append_dataset, check_out
+
+    check_out(data, out)  # before reading a possibly large log
+    options = {k: v for k, v in options.items() if v is not None}
+    if source is None:
+        if options:
+            raise MirecConfigError(f"{flag(next(iter(options)))}: an option of a data source, but "
+                                   f"NEW is read as an event store (name its source with --source)")
+        raw = _store_log(data, new, since)
+    else:
+        if since is not None:
+            raise MirecConfigError("--since: reads an event store; not with --source")
+        PrepareConfig(on_bad_rows=on_bad_rows).validate()
+        raw = load_source(source, new, on_bad_rows, **options)
+    return append_dataset(data, raw, out, new_items)
+
+
+def _store_log(data: str | Path, new: str | Path, since: int | None) -> RawLog:
+    """The events of the event store ``new`` after ``since`` (default: where the last append
+    of that store to ``data`` stopped) as a log; the store is read here (``api`` may import
+    ``serve``; ``data`` may not) and handed over as plain rows."""
+    from mirec.data.append import continue_from, store_log
+    from mirec.serve.store import open_store
+
+    spec = str(new)
+    if since is not None and since < 0:
+        raise MirecConfigError(f"--since: must be >= 0, got {since}")
+    if "://" not in spec and Path(spec).is_file():
+        with open(spec, "rb") as f:
+            if f.read(16) != SQLITE_MAGIC:
+                raise MirecDataError(f"{spec}: not an event store (a SQLite file of `mirec serve "
+                                     f"--store`); to append a log, name its source with --source")
+    store = open_store(spec, create=False)
+    try:
+        name = store.name if "://" in spec else str(Path(spec).resolve())
+        since = continue_from(data, name) if since is None else since
+        return store_log(store.events_since(since), name, since)
+    finally:
+        store.close()
 
 
 def overrides(settings: dict[str, Any]) -> list[str]:

@@ -33,7 +33,25 @@ OnBad = Annotated[str, typer.Option("--on-bad-rows",
 KCore = Annotated[int, typer.Option("--k-core", help="Drop users and items with fewer events, "
                                                      "repeated until stable.")]
 
+# the source options (`mirec data sources`), shared by `data prepare` and `data append`
+UserCol = Annotated[Optional[str], typer.Option(help="csv/parquet/jsonl: user id column (default user_id).")]
+ItemCol = Annotated[Optional[str], typer.Option(help="csv/parquet/jsonl: item id column (default item_id).")]
+TimeCol = Annotated[Optional[str], typer.Option(help="csv/parquet/jsonl: time column, epoch seconds or ISO "
+                                                     "date-time (default timestamp).")]
+CategoryCol = Annotated[Optional[str], typer.Option(help="csv/parquet/jsonl: item category column ('|' "
+                                                         "separates several).")]
+TitleCol = Annotated[Optional[str], typer.Option(help="csv/parquet/jsonl: item title column.")]
+Separator = Annotated[Optional[str], typer.Option(help="csv: field separator (default ,).")]
+Meta = Annotated[Optional[Path], typer.Option(help="amazon: metadata JSON lines (.json or .json.gz).")]
+Behaviors = Annotated[Optional[str], typer.Option(help="taobao: behaviours kept, comma-separated (pv, buy, "
+                                                       "cart, fav; default pv).")]
+Attributes = Annotated[Optional[Path], typer.Option(help="sequences: JSON {item_id: \\[attribute ids]}, the "
+                                                         "items' categories.")]
+Format = Annotated[Optional[str], typer.Option(help="sequences: lines (user item item ...) or pairs (user "
+                                                    "item); default lines.")]
+
 PREPARE_COMMON = ("source", "path", "out", "k_core", "on_bad_rows")
+APPEND_COMMON = ("data", "new", "out", "source", "new_items", "since", "on_bad_rows")
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing --out file even if mirec did "
                                               "not write it (by default only mirec's own).")]
 
@@ -55,26 +73,16 @@ def data_prepare(
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default ./data/<name>).")] = None,
     k_core: KCore = 5,
     on_bad_rows: OnBad = "error",
-    user_col: Annotated[Optional[str], typer.Option(help="csv/parquet/jsonl: user id column "
-                                                         "(default user_id).")] = None,
-    item_col: Annotated[Optional[str], typer.Option(help="csv/parquet/jsonl: item id column "
-                                                         "(default item_id).")] = None,
-    time_col: Annotated[Optional[str], typer.Option(help="csv/parquet/jsonl: time column, epoch "
-                                                         "seconds or ISO date-time (default "
-                                                         "timestamp).")] = None,
-    category_col: Annotated[Optional[str], typer.Option(help="csv/parquet/jsonl: item category "
-                                                             "column ('|' separates several).")] = None,
-    title_col: Annotated[Optional[str], typer.Option(help="csv/parquet/jsonl: item title "
-                                                          "column.")] = None,
-    separator: Annotated[Optional[str], typer.Option(help="csv: field separator (default ,).")] = None,
-    meta: Annotated[Optional[Path], typer.Option(help="amazon: metadata JSON lines "
-                                                      "(.json or .json.gz).")] = None,
-    behaviors: Annotated[Optional[str], typer.Option(help="taobao: behaviours kept, comma-separated "
-                                                          "(pv, buy, cart, fav; default pv).")] = None,
-    attributes: Annotated[Optional[Path], typer.Option(help="sequences: JSON {item_id: \\[attribute "
-                                                            "ids]}, the items' categories.")] = None,
-    format: Annotated[Optional[str], typer.Option(help="sequences: lines (user item item ...) or "
-                                                       "pairs (user item); default lines.")] = None,
+    user_col: UserCol = None,
+    item_col: ItemCol = None,
+    time_col: TimeCol = None,
+    category_col: CategoryCol = None,
+    title_col: TitleCol = None,
+    separator: Separator = None,
+    meta: Meta = None,
+    behaviors: Behaviors = None,
+    attributes: Attributes = None,
+    format: Format = None,
     *,
     ctx: typer.Context,
 ) -> None:
@@ -86,6 +94,56 @@ def data_prepare(
     with console.status(f"preparing {path} ..."):
         written = prepare(source, path, out, k_core, on_bad_rows, **given)
     _print_info(written)
+    console.print(f"wrote [bold]{written}[/bold]")
+
+
+@data_app.command("append")
+def data_append(
+    data: Annotated[Path, typer.Argument(help="The prepared data set to append to (never changed).")],
+    new: Annotated[str, typer.Argument(help="The new events: the event store of `mirec serve --store` "
+                                            "(a SQLite file or a postgresql:// URL), or with --source a "
+                                            "log that source reads.")],
+    out: Annotated[Path, typer.Option(help="The new data set directory (not DATA; the --out rules of "
+                                           "`data prepare`).")],
+    source: Annotated[Optional[str], typer.Option(help="Read NEW with this source (`mirec data "
+                                                       "sources`) instead of as an event store.")] = None,
+    new_items: Annotated[Optional[Path], typer.Option(help="The new items' titles and categories: the "
+                                                           "file of `mirec serve --new-items` (CSV or "
+                                                           "JSON lines).")] = None,
+    since: Annotated[Optional[int], typer.Option(
+        help="Event store: read the events after this seq (default: after the last seq an earlier "
+             "append of this store to DATA recorded; 0 reads all).")] = None,
+    on_bad_rows: OnBad = "error",
+    user_col: UserCol = None,
+    item_col: ItemCol = None,
+    time_col: TimeCol = None,
+    category_col: CategoryCol = None,
+    title_col: TitleCol = None,
+    separator: Separator = None,
+    meta: Meta = None,
+    behaviors: Behaviors = None,
+    attributes: Attributes = None,
+    format: Format = None,
+    *,
+    ctx: typer.Context,
+) -> None:
+    """Append new events (live traffic, a newer log) to a data set as a new data set.
+
+    Known users and items keep their ids; new ones are numbered after them. Duplicates of
+    (user, item, time) are dropped; each user's events stay in time order; no k-core filter
+    is applied. meta.json records the base's checksum and what was appended (for a store, its
+    last seq: the next append of that store continues from it).
+    """
+    from mirec.api import append
+    from mirec.data.append import describe
+    from mirec.data.dataset import load_dataset
+
+    given = {k: v for k, v in ctx.params.items() if k not in APPEND_COMMON and v is not None}
+    with console.status(f"appending {new} ..."):
+        written = append(data, new, out, source=source, new_items=new_items, since=since,
+                         on_bad_rows=on_bad_rows, **given)
+    _print_info(written)
+    console.print(describe(load_dataset(written, verify=False).meta["appended"][-1]))
     console.print(f"wrote [bold]{written}[/bold]")
 
 

@@ -30,6 +30,11 @@ def dataset_table(ds: Dataset) -> Table:
                             f"{ds.num_items - 1:,} items")
     if c.get("bad_rows_skipped"):
         t.add_row("bad rows skipped", f"{c['bad_rows_skipped']:,}")
+    if m.get("appended"):  # `mirec data append`: the counts above are the first base's
+        added = {k: sum(r[k] for r in m["appended"]) for k in ("events_added", "new_users", "new_items")}
+        t.add_row(f"appended ({len(m['appended'])}x)", f"{added['events_added']:,} events, "
+                  f"{added['new_users']:,} new users, {added['new_items']:,} new items (no k-core)")
+        t.add_row("now", f"{len(ds.item):,} events, {ds.num_users:,} users, {ds.num_items - 1:,} items")
     t.add_row("checksum", ds.checksum[:16])
     return t
 

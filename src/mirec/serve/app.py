@@ -8,7 +8,9 @@ docs at ``/docs``)::
                       "only_categories" -> items with item_id, title, categories, score,
                       interest, because, new; ignored_items lists ids not in the catalogue;
                       "short": true when fewer than n items passed the filters
-    POST /events      {"user_id": "...", "events": [{"item_id": "...", "timestamp": 0}]}
+    POST /events      {"user_id": "...", "events": [{"item_id": "...", "timestamp": 0}]}: all
+                      stored (``stored``); ignored_items lists those the model does not know,
+                      skipped in histories until `mirec data append` and retraining learn them
     GET  /items/{id}  one item's title and categories (404 if unknown)
     GET  /health      model, catalogue size, index kind, stored events, the bundle served (version,
                       path, loaded_at) by which worker (pid); with --workers N every worker's
@@ -267,9 +269,10 @@ def create_app(rec: Recommender | Live, limits: Limits | None = None, log_json: 
         rec = live.rec
         if rec.store is None:
             raise HTTPException(409, detail="this server runs without an event store")
-        known = [(e.item_id, e.timestamp) for e in req.events if e.item_id in rec.bundle.item_ids]
+        # every event is stored, unknown items too: `mirec data append` learns new items from
+        # them; serving skips them when it reads a history (Recommender.user_history)
         ignored = [e.item_id for e in req.events if e.item_id not in rec.bundle.item_ids]
-        stored = rec.store.append(req.user_id, known) if known else 0
+        stored = rec.store.append(req.user_id, [(e.item_id, e.timestamp) for e in req.events])
         metrics.events.inc(stored)
         return EventsResponse(user_id=req.user_id, stored=stored, ignored_items=ignored)
 

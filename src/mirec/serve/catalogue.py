@@ -4,8 +4,9 @@
 example items out of stock. They are never recommended; ids not in the catalogue are ignored.
 
 ``--new-items FILE``: items added after training, CSV (header ``item_id,title,categories``,
-categories separated by ``|``) or JSONL (``{"item_id": ..., "title": ..., "categories": [...]}``).
-A new item has no trained vector; it gets the mean of the item vectors of every catalogue item
+categories separated by ``|``) or JSONL (``{"item_id": ..., "title": ..., "categories": [...]}``),
+read by :func:`mirec.data.new_items.read_new_items` (``mirec data append`` reads it too). A
+new item has no trained vector; it gets the mean of the item vectors of every catalogue item
 that shares one of its categories (re-normalised to unit length when the model scores by
 cosine). An item none of whose categories is known gets the mean of all item vectors. The
 tower never sees a new item (it has no embedding row): histories keep them for exclusion only.
@@ -20,8 +21,8 @@ import numpy as np
 import polars as pl
 
 from mirec.data.dataset import category_csr
-from mirec.data.text import csv_dicts, json_id, json_lines, lines
-from mirec.errors import MirecDataError
+from mirec.data.new_items import read_new_items
+from mirec.data.text import lines
 from mirec.serve.bundle import Bundle
 
 
@@ -33,46 +34,6 @@ def read_unavailable(path: str | Path, bundle: Bundle) -> np.ndarray:
         if raw and not raw.startswith("#") and raw in bundle.item_ids:
             mask[bundle.item_ids[raw]] = True
     return mask
-
-
-def _rows(path: Path) -> list[tuple[int, dict]]:
-    """(line number, record) of a CSV or JSONL items file (:mod:`mirec.data.text`: UTF-8 without
-    a BOM, CRLF or LF, RFC 4180 quoting: a quoted title may hold line breaks)."""
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        return list(json_lines(path))
-    header, rows = csv_dicts(path)
-    if "item_id" not in header:
-        raise MirecDataError(f"{path}:1: the header has no 'item_id' column")
-    return list(rows)
-
-
-def _categories(value: object, where: str) -> list[str]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, str):
-        return [c.strip() for c in value.split("|") if c.strip()]
-    if isinstance(value, list) and all(isinstance(c, str) for c in value):
-        return value
-    raise MirecDataError(f"{where}: field 'categories': expected a list of strings or 'a|b'")
-
-
-def read_new_items(path: str | Path, bundle: Bundle) -> list[tuple[str, str, list[str]]]:
-    """(item_id, title, categories) of each new item; a known or repeated id is an error."""
-    path, out, seen = Path(path), [], set()
-    for no, rec in _rows(path):
-        where = f"{path}:{no}"
-        raw = rec.get("item_id")
-        if raw is None or (isinstance(raw, str) and not raw.strip()):
-            raise MirecDataError(f"{where}: field 'item_id': missing or empty")
-        raw = json_id(raw, where, "item_id").strip()
-        if raw in bundle.item_ids or raw in seen:
-            raise MirecDataError(f"{where}: field 'item_id': {raw!r} is already in the catalogue")
-        seen.add(raw)
-        title = rec.get("title") or raw
-        if not isinstance(title, str):
-            raise MirecDataError(f"{where}: field 'title': expected a string")
-        out.append((raw, title, _categories(rec.get("categories"), where)))
-    return out
 
 
 def cold_vectors(bundle: Bundle, categories: list[list[str]],
@@ -101,7 +62,7 @@ def cold_vectors(bundle: Bundle, categories: list[list[str]],
 
 def add_new_items(bundle: Bundle, path: str | Path) -> Bundle:
     """The bundle with the items of ``path`` appended (dense ids N, N+1, ...), marked new."""
-    new = read_new_items(path, bundle)
+    new = read_new_items(path, bundle.item_ids)  # a known or repeated id: an error
     if not new:
         return bundle
     vectors = np.ascontiguousarray(np.concatenate(
