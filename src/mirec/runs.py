@@ -45,6 +45,12 @@ def check_checkpoints(train: Any) -> None:
             raise MirecConfigError(f"train.{name}: must be >= 0 (0 = off), got {getattr(train, name)}")
 
 
+def check_since(train: Any) -> None:
+    """``train.since`` is "auto" or a timestamp >= 0."""
+    if train.since != "auto" and train.since < 0:
+        raise MirecConfigError(f"train.since: expected a Unix timestamp >= 0 or auto, got {train.since}")
+
+
 def _positive(section: str, obj: Any, names: tuple[str, ...]) -> None:
     for name in names:
         if getattr(obj, name) < 1:
@@ -110,8 +116,14 @@ class TrainConfig:
     # (the full softmax reads every row: dense Adam there). mirec.train.optim;
     # docs/models.md#training-at-scale.
     optimizer: str = "auto"
+    # Train only on the examples whose target happens after this Unix timestamp (in the data
+    # set's ts unit); histories still reach back to everything before. "auto": with
+    # --warm-start, the last timestamp of the parent run's data set (its new events only), else
+    # 0 (everything). docs/production.md, "Keeping a model fresh".
+    since: int | Literal["auto"] = "auto"
 
     def validate(self) -> None:
+        check_since(self)
         if self.loss not in ("auto", "full", "sampled"):
             raise MirecConfigError(f"train.loss: expected auto, full or sampled, got {self.loss!r}")
         check_device(self)
@@ -182,8 +194,10 @@ class RankTrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16
     checkpoint_minutes: float = 10.0  # see TrainConfig.checkpoint_minutes
     checkpoint_every_steps: int = 0
+    since: int | Literal["auto"] = "auto"  # see TrainConfig.since: the examples' events' ts
 
     def validate(self) -> None:
+        check_since(self)
         check_device(self)
         _positive("train", self, ("epochs", "batch_size", "patience", "threads", "eval_batch_size",
                                   "users_per_batch"))
