@@ -28,6 +28,7 @@ from mirec.experiment import RunResult, evaluate_baseline, evaluate_run, train_c
 from mirec.io import DATASET, check_output_dir
 from mirec.models.registry import SPECS
 from mirec.runs import RankRunConfig, RunConfig
+from mirec.train import warm
 
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
@@ -124,7 +125,7 @@ def fit(model: str | None = None, data: str | Path | Dataset = "data/ml-100k", o
         seeds: list[int] | None = None, *, config: str | Path | None = None, resume: bool = False,
         progress: bool = True, log: Callable[[str], None] = lambda s: None, task: str | None = None,
         candidates: str | Path | None = None, settings: dict[str, Any] | None = None,
-        **more: Any) -> RunResult:
+        warm_start: str | Path | None = None, **more: Any) -> RunResult:
     """Train ``model`` on a prepared data set (its path or a loaded :class:`Dataset`) once per
     seed into ``out`` (default ``runs/<model>``) and test the best validation epoch.
 
@@ -139,6 +140,12 @@ def fit(model: str | None = None, data: str | Path | Dataset = "data/ml-100k", o
 
     ``candidates`` (a finished retrieval run; rankers only) trains the ranker on that run's own
     candidates, seed s on its ``seed-<s>`` (the ``cand`` settings; docs/ranking.md).
+
+    ``warm_start`` (a finished run of the same task) starts every parameter from that run's best
+    checkpoint, its saved config the base (training settings may change, the architecture may
+    not), ``data`` that run's data set with new events appended, and trains on the examples
+    after ``train.since`` (default: the parent data set's last timestamp). A resumed warm-started
+    run continues from its own last.pt (docs/production.md, "Keeping a model fresh").
     """
     settings = normalised({**(settings or {}), **more})
     model = model or settings.pop("model", None)
@@ -154,16 +161,30 @@ def fit(model: str | None = None, data: str | Path | Dataset = "data/ml-100k", o
     if kind == "baseline":
         return evaluate(model=model, data=data, out=out, seeds=seeds, settings=settings)
     cls = RankRunConfig if kind == "ranking" else RunConfig
+    sets = ([f"model={model}"] if model else []) + overrides(settings)
+    parent, recorded = None, None
+    if warm_start is not None and candidates is not None:
+        raise MirecConfigError("--warm-start: not with --candidates (a ranker warm-starts on a data set)")
+    if out is not None and resume:
+        recorded = warm.recorded(Path(out))
+    if warm_start is not None and recorded is None:  # a new run (or one with no checkpoint yet)
+        parent = warm.load_parent(warm_start, kind)
+        model = model or parent.ck["config"]["model"]
     out = Path(out) if out is not None else Path("runs") / (model or cls().model)
     check_output_dir(out, may_hold=is_run_dir)
-    sets = ([f"model={model}"] if model else []) + overrides(settings)
-    cfg = resume_config(cls, out, config, sets) if resume else load(cls, config, sets)
+    if parent is not None:
+        cfg = warm.warm_config(cls, parent, config, sets)
+    else:
+        cfg = resume_config(cls, out, config, sets) if resume else load(cls, config, sets)
     if resume and not seeds:  # the seeds the run was started with
         seeds = sorted(int(d.name[5:]) for d in out.glob("seed-*") if d.name[5:].lstrip("-").isdigit())
     elif not resume:
         clear_run(out)
+    seeds = seeds or [cfg.train.seed]
+    if recorded is not None:  # resuming a warm-started run: the parent only for seeds not begun
+        parent = warm.resumed_parent(out, seeds, recorded, warm_start, kind)
     run = train_ctr_seeds if kind == "ranking" else train_seeds
-    return run(cfg, data, seeds or [cfg.train.seed], out, resume, progress, log)
+    return run(cfg, data, seeds, out, resume, progress, log, parent)
 
 
 def clear_run(out: Path) -> None:

@@ -248,6 +248,12 @@ def train_cmd(
     candidates: Annotated[Optional[Path], typer.Option(
         help="--task ctr: train the ranker on this retrieval run's own candidates (seed s on its "
              "seed-<s>; the cand.* settings).")] = None,
+    warm_start: Annotated[Optional[Path], typer.Option(
+        help="Start every parameter from this finished run's best checkpoint (same task; its "
+             "config is the base, the architecture may not change); --data is its data set with "
+             "new events appended: rows are mapped by raw id, new items start from the category "
+             "mean. Trains on the events after train.since (default: the run's last timestamp; "
+             "0 = all).")] = None,
 ) -> None:
     """Train a model with early stopping (validation Recall@50, or AUC for --task ctr); test the best.
 
@@ -267,7 +273,8 @@ def train_cmd(
     console.quiet = not world().main  # under torchrun, process 0 reports
     chosen = _seeds(seed, seeds) if seed is not None or seeds else None  # None: the config's seed
     run = fit(model, data, out, chosen, config=config, resume=resume, log=console.print,
-              task="ranking" if task == "ctr" else "retrieval", candidates=candidates, settings=settings)
+              task="ranking" if task == "ctr" else "retrieval", candidates=candidates, settings=settings,
+              warm_start=warm_start)
     out = run.path
     console.print(ctr_table({run.model: run.to_json()}) if task == "ctr" else results_table({run.model: run}))
     console.print(f"wrote [bold]{out / 'results.json'}[/bold]")

@@ -31,6 +31,7 @@ from mirec.models.registry import spec
 from mirec.runs import RankRunConfig, RunConfig, load_run, model_config, seed_dirs
 from mirec.train.distributed import world
 from mirec.train.loop import train
+from mirec.train.warm import Parent
 
 
 @dataclass
@@ -62,6 +63,7 @@ class RunResult:
     wall_seconds: float
     path: Path | None = None
     config: dict[str, Any] | None = None
+    warm_start: dict[str, Any] | None = None  # the parent run of a warm start (docs/results.md)
 
     @property
     def mean(self) -> dict[str, float]:
@@ -90,6 +92,8 @@ class RunResult:
         doc["protocol"] = self.protocol
         if self.config is not None:
             doc["config"] = self.config
+        if self.warm_start is not None:
+            doc["warm_start"] = self.warm_start
         doc["wall_seconds"] = round(self.wall_seconds, 3)
         return doc
 
@@ -114,7 +118,10 @@ def run_seeds(task: str, model: str, data: str | Path | Dataset, seeds: list[int
         if run_dir is not None and task != "baseline":
             log(f"training {model} seed {seed} -> {run_dir}")
         results.append(one(ds, seed, run_dir))
-    run = RunResult(task, model, ds, results, protocol, time.perf_counter() - t0, out, config)
+    warm = next((s.extra.pop("warm_start") for s in results if "warm_start" in s.extra), None)
+    for s in results:
+        s.extra.pop("warm_start", None)
+    run = RunResult(task, model, ds, results, protocol, time.perf_counter() - t0, out, config, warm)
     if out is not None and world().main:
         atomic_write_json(out / "results.json", run.to_json())
     return run
@@ -161,20 +168,27 @@ def _counts(num_test: int, num_valid: int, split: Split) -> dict[str, Any]:
     return out
 
 
+def _warm(record: dict[str, Any] | None) -> dict[str, Any]:
+    """A seed's warm-start record, for :func:`run_seeds` to lift into results.json."""
+    return {} if record is None else {"warm_start": record}
+
+
 def train_seeds(cfg: RunConfig, data: str | Path | Dataset, seeds: list[int], out: str | Path,
                 resume: bool = False, progress: bool = True,
-                log: Callable[[str], None] = lambda s: None) -> RunResult:
+                log: Callable[[str], None] = lambda s: None, warm: Parent | None = None) -> RunResult:
     """Train ``cfg`` once per seed (each sets the split and the initialisation) and evaluate
-    the best validation checkpoint on the test users."""
+    the best validation checkpoint on the test users. ``warm``: every seed starts from that
+    run's best checkpoint (:mod:`mirec.train.warm`)."""
 
     def one(ds: Dataset, seed: int, run_dir: Path | None) -> SeedResult:
         c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed),
                                 split=dataclasses.replace(cfg.split, seed=seed))
         go_on = resume and (run_dir / "last.pt").exists()  # a seed the run never started begins now
-        r = train(c, ds, run_dir, resume=go_on, progress=progress, log=log)
+        r = train(c, ds, run_dir, resume=go_on, progress=progress, log=log, warm=warm)
         return SeedResult(seed, r.test, r.best_valid, r.best_epoch,
                           {**_counts(len(r.split.test), len(r.split.valid), r.split),
-                           "speed": _speed(r.history, r.best_epoch)}, r.model, r.test_topn)
+                           "speed": _speed(r.history, r.best_epoch), **_warm(r.warm_start)},
+                          r.model, r.test_topn)
 
     return run_seeds("retrieval", cfg.model, data, seeds, one, out,
                      retrieval_protocol(cfg.split, cfg.eval), saved_config(cfg, model_config(cfg)), log)
@@ -182,7 +196,7 @@ def train_seeds(cfg: RunConfig, data: str | Path | Dataset, seeds: list[int], ou
 
 def train_ctr_seeds(cfg: RankRunConfig, data: str | Path | Dataset, seeds: list[int], out: str | Path,
                     resume: bool = False, progress: bool = True,
-                    log: Callable[[str], None] = lambda s: None) -> RunResult:
+                    log: Callable[[str], None] = lambda s: None, warm: Parent | None = None) -> RunResult:
     """Train a ranker once per seed (initialisation, batch order and sampled negatives; the
     time split does not depend on it); test AUC/GAUC/log-loss mean and std over seeds."""
     from mirec.train.ctr import train_ctr
@@ -200,12 +214,12 @@ def train_ctr_seeds(cfg: RankRunConfig, data: str | Path | Dataset, seeds: list[
             log(f"building ranker examples from {c.cand.run}'s candidates (seed {seed})")
             data, _ = candidate_data(c, seed, ds)
         r = train_ctr(c, data, run_dir, resume=resume and (run_dir / "last.pt").exists(), progress=progress,
-                      log=log, data_path=str(ds.path), data_checksum=ds.checksum)
+                      log=log, data_path=str(ds.path), data_checksum=ds.checksum, warm=warm)
         test = dict(r.test)
         n = test.pop("examples")
         return SeedResult(seed, test, {k: v for k, v in r.best_valid.items() if k != "examples"},
-                          r.best_epoch, {"test_examples": n, "speed": _speed(r.history, r.best_epoch)},
-                          r.model)
+                          r.best_epoch, {"test_examples": n, "speed": _speed(r.history, r.best_epoch),
+                                         **_warm(r.warm_start)}, r.model)
 
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     protocol = {"labels": f"rating >= {cfg.ctr.positive_rating}" if ds.rating is not None

@@ -38,6 +38,12 @@ def check_device(train: Any) -> None:
         raise MirecConfigError(f"train.precision: expected auto, fp32 or bf16, got {train.precision!r}")
 
 
+def check_since(train: Any) -> None:
+    """``train.since`` is "auto" or a timestamp >= 0."""
+    if train.since != "auto" and train.since < 0:
+        raise MirecConfigError(f"train.since: expected a Unix timestamp >= 0 or auto, got {train.since}")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings shared by every neural retrieval model."""
@@ -97,9 +103,15 @@ class TrainConfig:
     # (the full softmax reads every row: dense Adam there). mirec.train.optim;
     # docs/models.md#training-at-scale.
     optimizer: str = "auto"
+    # Train only on the examples whose target happens after this Unix timestamp (in the data
+    # set's ts unit); histories still reach back to everything before. "auto": with
+    # --warm-start, the last timestamp of the parent run's data set (its new events only), else
+    # 0 (everything). docs/production.md, "Keeping a model fresh".
+    since: int | Literal["auto"] = "auto"
 
     def validate(self) -> None:
         check_fields(self, "train.")
+        check_since(self)
         if self.loss not in ("auto", "full", "sampled"):
             raise MirecConfigError(f"train.loss: expected auto, full or sampled, got {self.loss!r}")
         check_device(self)
@@ -162,8 +174,11 @@ class RankTrainConfig:
     checkpoint_minutes: float = setting(10.0, ge=0)  # see TrainConfig.checkpoint_minutes
     checkpoint_every_steps: int = setting(0, ge=0)
 
+    since: int | Literal["auto"] = "auto"  # see TrainConfig.since: the examples' events' ts
+
     def validate(self) -> None:
         check_fields(self, "train.")
+        check_since(self)
         check_device(self)
 
 

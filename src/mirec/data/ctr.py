@@ -116,6 +116,7 @@ class CTRData:
     sampled_negatives: int  # 0 when labels came from ratings
     dense: np.ndarray | None = None  # (M, F) float32 candidate features (mirec.train.candidates)
     source: np.ndarray | None = None  # (M,) int64 event position of the example's positive
+    ts: np.ndarray | None = None  # (M,) int64 the time of the example's event (train.since)
 
     def indices(self, part: int) -> np.ndarray:
         return np.flatnonzero(self.part == part)
@@ -201,13 +202,13 @@ def build_ctr(ds: Dataset, cfg: CTRConfig | None = None, keep: np.ndarray | None
 
     cfg = cfg or CTRConfig()
     cfg.validate()
-    user, item, rating = ds.user.astype(np.int64), ds.item.astype(np.int64), ds.rating
+    user, item, rating, ts = ds.user.astype(np.int64), ds.item.astype(np.int64), ds.rating, ds.ts
     if cfg.labels == "rating" and rating is None:
         raise MirecConfigError(f"ctr.labels: 'rating', but {ds.path} has no ratings")
     if cfg.labels == "implicit":
         rating = None  # every event is a positive; negatives are sampled
     if keep is not None:
-        user, item = user[keep], item[keep]
+        user, item, ts = user[keep], item[keep], ts[keep]
         rating = rating[keep] if rating is not None else None
     U = ds.num_users
     offsets = np.zeros(U + 1, dtype=np.int64)
@@ -236,6 +237,7 @@ def build_ctr(ds: Dataset, cfg: CTRConfig | None = None, keep: np.ndarray | None
         item = np.concatenate([item, neg.reshape(-1)])
         label = np.concatenate([label, np.zeros(len(neg) * r, dtype=np.float32)])
         part = np.concatenate([part, rep(part)])
+        ts = np.concatenate([ts, rep(ts)])
         hist_start = np.concatenate([hist_start, rep(hist_start)])
         hist_stop = np.concatenate([hist_stop, rep(hist_stop)])
     codes, names, sizes = profile_codes(ds.users)
@@ -245,4 +247,4 @@ def build_ctr(ds: Dataset, cfg: CTRConfig | None = None, keep: np.ndarray | None
                    hist_stop=hist_stop, pos_item=pos_item, pos_offsets=pos_offsets, profile=codes,
                    profile_names=names,
                    user_raw_ids=ds.users["raw_id"].cast(pl.Utf8).to_list(),
-                   features=features, max_len=cfg.max_len, sampled_negatives=sampled)
+                   features=features, max_len=cfg.max_len, sampled_negatives=sampled, ts=ts)

@@ -137,6 +137,9 @@ class Examples:
 
     seq_start: np.ndarray  # (S,) int64
     first: np.ndarray  # (S + 1,) int64, non-decreasing, first[0] = 0, first[-1] = X
+    # (S,) int64 or None (zeros): cut points skipped at the front of each sequence, so that
+    # example first[j] + r has its target at seq_start[j] + 1 + skip[j] + r (:meth:`after`)
+    skip: np.ndarray | None = None
 
     @classmethod
     def of(cls, starts: np.ndarray, ends: np.ndarray) -> Examples:
@@ -154,7 +157,21 @@ class Examples:
         idx = np.asarray(idx, dtype=np.int64)
         j = np.searchsorted(self.first, idx, side="right") - 1  # (B,) sequence of each example
         start = self.seq_start[j]
-        return start, start + 1 + (idx - self.first[j])
+        first_target = start + 1 if self.skip is None else start + 1 + self.skip[j]
+        return start, first_target + (idx - self.first[j])
+
+    def after(self, ts: np.ndarray, since: int) -> Examples:
+        """The examples whose target happens after ``since`` (``ts[pos] > since``), numbered
+        anew; their histories still reach back to each sequence's start. A sequence is in time
+        order, so its kept examples are a suffix of its cut points."""
+        n = np.diff(self.first)  # (S,) examples per sequence
+        skip = np.zeros(len(n), dtype=np.int64) if self.skip is None else self.skip
+        later = np.concatenate([[0], np.cumsum(ts > since, dtype=np.int64)])  # (E + 1,)
+        lo = self.seq_start + 1 + skip  # (S,) each sequence's first target
+        kept = later[lo + n] - later[lo]  # (S,) targets after since among them
+        first = np.zeros(len(n) + 1, dtype=np.int64)
+        np.cumsum(kept, out=first[1:])
+        return Examples(self.seq_start, first, skip + n - kept)
 
     def blocks(self, size: int = 1 << 22) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(start, pos)`` of every example in order, ``size`` at a time (bounded memory)."""

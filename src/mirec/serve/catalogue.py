@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from mirec.coldstart import category_mean_vectors
 from mirec.data.dataset import category_csr
 from mirec.data.new_items import read_new_items
 from mirec.data.text import lines
@@ -39,25 +40,11 @@ def read_unavailable(path: str | Path, bundle: Bundle) -> np.ndarray:
 def cold_vectors(bundle: Bundle, categories: list[list[str]],
                  pool: np.ndarray | None = None) -> np.ndarray:
     """(len(categories), D) vectors: the mean of the vectors of the catalogue items sharing a
-    category with each new item (all items when none is shared), unit length under cosine.
-    ``pool``: (N,) bool, the items that may contribute (default: every real item)."""
-    V = bundle.item_vectors
-    if pool is None:
-        pool = np.arange(bundle.num_items) > 0
-    names = {c: j for j, c in enumerate(bundle.category_names)}
-    counts = np.diff(bundle.category_indptr)
-    owner = np.repeat(np.arange(bundle.num_items), counts)  # (entries,) item of each entry
-    owner = np.where(pool[owner], owner, -1)
-    everyone = V[pool].mean(0)
-    out = np.empty((len(categories), V.shape[1]), dtype=np.float32)
-    for r, cats in enumerate(categories):
-        wanted = [names[c] for c in cats if c in names]
-        items = np.unique(owner[np.isin(bundle.category_ids, wanted)]) if wanted else np.zeros(0, int)
-        items = items[items > 0]
-        out[r] = V[items].mean(0) if len(items) else everyone
-    if bundle.cosine:
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    return out
+    category with each new item (all items when none is shared), unit length under cosine
+    (:func:`mirec.coldstart.category_mean_vectors`). ``pool``: (N,) bool, the items that may
+    contribute (default: every real item)."""
+    return category_mean_vectors(bundle.item_vectors, bundle.category_indptr, bundle.category_ids,
+                                 bundle.category_names, categories, bundle.cosine, pool)
 
 
 def add_new_items(bundle: Bundle, path: str | Path) -> Bundle:

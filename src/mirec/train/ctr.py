@@ -39,6 +39,7 @@ from mirec.runs import (  # noqa: F401 (re-exported: the ranking run's settings)
 )
 from mirec.train.distributed import World, any_process, data_parallel, my_part, world
 from mirec.train.engine import Placement, compiled, fit, placement, setup_threads
+from mirec.train.warm import Parent, warm_ranker
 
 
 def streams(model: torch.nn.Module, cfg: RankTrainConfig) -> bool:
@@ -128,6 +129,7 @@ class RankTrainResult:
     test: dict[str, float]
     history: list[dict[str, Any]]
     data: CTRData
+    warm_start: dict[str, Any] | None = None  # the parent run (mirec.train.warm)
 
 
 def epoch_batches(model: torch.nn.Module, data: CTRData, idx: np.ndarray, tc: RankTrainConfig,
@@ -246,7 +248,10 @@ class RankingTask:
     score_name = "auc"
 
     def __init__(self, cfg: RankRunConfig, data: CTRData, data_path: str = "", data_checksum: str = "",
-                 log: Callable[[str], None] = lambda s: None) -> None:
+                 log: Callable[[str], None] = lambda s: None, warm: tuple[Parent, Dataset] | None = None,
+                 warm_record: dict[str, Any] | None = None) -> None:
+        """``warm``: the parent run every parameter starts from and the data set ``data`` was built
+        from (:mod:`mirec.train.warm`); ``warm_record``: what the checkpoints say of it."""
         cfg.validate()
         tc = cfg.train
         tc.validate()
@@ -256,6 +261,8 @@ class RankingTask:
         self.cfg, self.data = cfg, data
         torch.manual_seed(tc.seed)
         self.model = build_ranker(cfg, data.features, training=True).to(device)  # initialised on the CPU
+        if warm is not None:  # every process maps the same checkpoint the same way
+            warm_ranker(self.model, cfg, warm[0], data, warm[1], log)
         if device.type != "cpu":
             log(f"training on {device}")
         self.optimizer = make_optimizer(self.model, tc)
@@ -266,11 +273,14 @@ class RankingTask:
         if len(self.train_idx) == 0 or len(data.indices(VALID)) == 0:
             raise MirecConfigError(f"{data_path or 'data'}: no training or validation examples "
                                    f"(users need at least 3 events)")
+        self.train_idx = since(self.train_idx, data, tc.since)
         self._saved = {"config": saved_config(cfg, model_config(cfg)),
                        "features": features_to_dict(data.features),
                        "profile": torch.from_numpy(data.profile), "profile_names": data.profile_names,
                        "user_raw_ids": data.user_raw_ids,
                        "data": data_path, "dataset_checksum": data_checksum, "mirec_version": __version__}
+        if warm_record is not None:
+            self._saved["warm_start"] = warm_record
 
     def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         return epoch_batches(self.model, self.data, self.train_idx, self.cfg.train, rng)
@@ -300,21 +310,42 @@ class RankingTask:
 def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, resume: bool = False,
               progress: bool = True, log: Callable[[str], None] = lambda s: None,
               stop_after_epoch: int | None = None, data_path: str = "",
-              data_checksum: str = "") -> RankTrainResult:
+              data_checksum: str = "", warm: Parent | None = None) -> RankTrainResult:
     """Train ranker ``cfg.model`` into ``run_dir`` and test the best epoch; ``resume``
     continues from ``last.pt``.
 
     ``ds`` is a prepared data set (its CTR examples are built with ``cfg.ctr``) or ready
-    :class:`CTRData` (e.g. built with some events held out).
+    :class:`CTRData` (e.g. built with some events held out). ``warm``: start every parameter
+    from that ranking run (:mod:`mirec.train.warm`; ``ds`` must be a data set).
     """
     if isinstance(ds, Dataset):
         data_path, data_checksum = str(ds.path), ds.checksum
         data = build_ctr(ds, cfg.ctr)
+    elif warm is not None:
+        raise MirecConfigError("--warm-start: a ranker warm-starts on a prepared data set "
+                               "(not with --candidates)")
     else:
         data = ds
-    task = RankingTask(cfg, data, data_path, data_checksum, log)
+    record = None if warm is None or resume else warm.record(cfg.train.since)
+    task = RankingTask(cfg, data, data_path, data_checksum, log,
+                       warm=None if warm is None or resume else (warm, ds), warm_record=record)
     r = fit(task, run_dir, cfg.train, resume, progress, log, stop_after_epoch)
     # a candidate-trained ranker has no test examples: its test is the pipeline's
     # (`mirec evaluate --run RETRIEVAL --ranker RUN`)
     test = evaluate_ctr(task.model, data, TEST, cfg.train) if len(data.indices(TEST)) else {"examples": 0}
-    return RankTrainResult(Path(run_dir), task.model, r.best_epoch, r.best_valid, test, r.history, data)
+    return RankTrainResult(Path(run_dir), task.model, r.best_epoch, r.best_valid, test, r.history, data,
+                           r.warm_start)
+
+
+def since(idx: np.ndarray, data: CTRData, ts: int | str) -> np.ndarray:
+    """The training examples ``idx`` whose event happens after ``train.since`` ``ts`` ("auto" and 0:
+    all of them)."""
+    if ts == "auto" or ts <= 0:
+        return idx
+    if data.ts is None:
+        raise MirecConfigError("train.since: these ranker examples (--candidates) carry no times")
+    kept = idx[data.ts[idx] > ts]
+    if not len(kept):
+        raise MirecConfigError(f"train.since: no training example happens after ts {ts}: nothing new to "
+                               f"train on")
+    return kept

@@ -69,6 +69,7 @@ class Task(Protocol):
 class Fitted:
     best_epoch: int
     history: list[dict[str, Any]]  # one row per epoch, from epoch 0
+    warm_start: dict[str, Any] | None = None  # the parent run of a warm start (mirec.train.warm)
 
     @property
     def best_valid(self) -> dict[str, float]:
@@ -155,7 +156,7 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model, opt = task.model, task.optimizer
-    run, so_far, start_epoch = Standing(), None, 0
+    run, so_far, start_epoch, carried = Standing(), None, 0, {}
     last, metrics, steps = run_dir / "last.pt", run_dir / "metrics.jsonl", run_dir / "steps.jsonl"
     if w.main:
         drop_unfinished_writes(run_dir)
@@ -173,6 +174,8 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
         start_epoch = st["epoch"] + 1
         run = Standing(st["best"], st["best_epoch"], st["bad"], st["history"])
         so_far = EpochSoFar(**st["partial"]) if "partial" in st else None
+        if "warm_start" in st:  # a warm-started run goes on naming its parent, never reloads it
+            carried = {"warm_start": st["warm_start"]}
         if w.main:  # the epochs last.pt holds, whatever a kill left after them
             atomic_write_bytes(metrics, "".join(json.dumps(r) + "\n" for r in run.history).encode())
         where = f", batch {so_far.batches} of epoch {so_far.epoch}" if so_far else ""
@@ -180,7 +183,7 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
     elif w.main:
         for f in (metrics, steps):
             f.unlink(missing_ok=True)
-    saved = task.saved()
+    saved = {**carried, **task.saved()}
 
     def save_last(epoch_done: int, part: EpochSoFar | None = None) -> None:
         if w.main:
@@ -254,7 +257,7 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
             break
     barrier(w)  # process 0 has written best.pt
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
-    return Fitted(run.best_epoch, run.history)
+    return Fitted(run.best_epoch, run.history, saved.get("warm_start"))
 
 
 def step_row(part: EpochSoFar, batches: int, write_s: float) -> dict[str, Any]:

@@ -8,6 +8,7 @@ top-N on the validation users; the best epoch by validation Recall@50 is kept.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +37,7 @@ from mirec.train.engine import (  # noqa: F401
 )
 from mirec.train.losses import NegativeSampler, full_softmax_loss, routing_penalty, sampled_softmax_loss
 from mirec.train.optim import make_optimizer, table_is_sparse
+from mirec.train.warm import Parent, warm_retriever
 
 AUTO = {"lr": 1e-3, "routing_reg": 0.0}  # what "auto" means for a model without its own default
 
@@ -106,10 +108,23 @@ def setup(cfg: RunConfig, ds: Dataset, distributed: bool = False) -> tuple[
     if tc.hard_negative_beta and not use_sampled(tc, ds.num_items):
         raise MirecConfigError("train.hard_negative_beta: weights the sampled negatives; set "
                                "train.loss=sampled (this catalogue trains with the full softmax)")
-    if use_sampled(tc, ds.num_items):
+    if use_sampled(tc, ds.num_items):  # popularity over every training example, before train.since
         counts = split.target_counts(ds.item, ds.num_items)
         sampler = NegativeSampler(ds.num_items, tc.sampler, counts, device)
-    return split, model, opt, sampler
+    return since(split, ds, tc), model, opt, sampler
+
+
+def since(split: Split, ds: Dataset, tc: TrainConfig) -> Split:
+    """``split`` with only the training examples whose target happens after ``train.since``
+    (histories still reach back to the sequence's start); "auto" and 0 keep them all."""
+    if tc.since == "auto" or tc.since <= 0:
+        return split
+    kept = split.examples.after(ds.ts, tc.since)
+    if not len(kept):
+        raise MirecConfigError(f"train.since: no training example's target happens after ts {tc.since} "
+                               f"(the last event of {ds.path} is at {int(ds.ts.max(initial=0))}): "
+                               f"nothing new to train on")
+    return dataclasses.replace(split, examples=kept)
 
 
 class LossModule(torch.nn.Module):
@@ -154,11 +169,17 @@ class RetrievalTask:
     """Next-item retrieval for the engine: batches of training examples, validation Recall@50."""
 
     def __init__(self, cfg: RunConfig, ds: Dataset, log: Callable[[str], None] = lambda s: None,
-                 w: World | None = None) -> None:
+                 w: World | None = None, warm: Parent | None = None,
+                 warm_record: dict[str, Any] | None = None) -> None:
+        """``warm``: the parent run every parameter starts from (:mod:`mirec.train.warm`; None
+        when resuming, whose last.pt has them); ``warm_record``: what the checkpoints say of it."""
         cfg.validate()
         cfg.train.validate()
         self.cfg, self.ds, self.w = cfg, ds, w or world()
         self.split, self.model, self.optimizer, sampler = setup(cfg, ds, self.w.size > 1)
+        if warm is not None:  # every process maps the same checkpoint the same way
+            warm_retriever(self.model, cfg, warm, ds, log)
+        self.warm_record = warm_record
         self.loss_fn = LossModule(self.model, cfg.train, sampler, ds.num_items)
         self.place = self.loss_fn.place
         if self.place.device.type != "cpu":
@@ -194,8 +215,9 @@ class RetrievalTask:
                         self.cfg.eval).metrics
 
     def saved(self) -> dict[str, Any]:
-        return {"config": saved_config(self.cfg, model_config(self.cfg)), "data": str(self.ds.path),
-                "dataset_checksum": self.ds.checksum}
+        out = {"config": saved_config(self.cfg, model_config(self.cfg)), "data": str(self.ds.path),
+               "dataset_checksum": self.ds.checksum}
+        return out if self.warm_record is None else {**out, "warm_start": self.warm_record}
 
     def check_resume(self, path: Path, st: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -217,22 +239,26 @@ class TrainResult:
     test: dict[str, float]
     test_topn: np.ndarray
     history: list[dict[str, Any]]
+    warm_start: dict[str, Any] | None = None  # the parent run (mirec.train.warm)
 
 
 def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False,
           progress: bool = True, log: Callable[[str], None] = lambda s: None,
           stop_after_epoch: int | None = None, on_epoch: Callable[[int, float], None] | None = None,
-          run_test: bool = True) -> TrainResult:
+          run_test: bool = True, warm: Parent | None = None) -> TrainResult:
     """Train ``cfg.model`` on ``ds`` into ``run_dir`` and test the best epoch on the test users
     (``run_test=False``: not at all, as tuning does: its choice sees validation users only).
+    ``warm``: start every parameter from that run (:mod:`mirec.train.warm`; a resumed run
+    continues from its last.pt instead).
 
     Launched by ``torchrun``, the processes train data-parallel (:mod:`mirec.train.distributed`)
     and process 0 writes the files."""
-    task = RetrievalTask(cfg, ds, log)
+    record = None if warm is None or resume else warm.record(cfg.train.since)
+    task = RetrievalTask(cfg, ds, log, warm=None if resume else warm, warm_record=record)
     r = fit(task, run_dir, cfg.train, resume, progress, log, stop_after_epoch, on_epoch)
     if not run_test:
         return TrainResult(Path(run_dir), task.model, task.split, r.best_epoch, r.best_valid, {},
-                           np.zeros((0, 0), dtype=np.int64), r.history)
+                           np.zeros((0, 0), dtype=np.int64), r.history, r.warm_start)
     test = evaluate(task.scorer(), ds, task.split.test, cfg.split.max_len, cfg.eval)
     return TrainResult(Path(run_dir), task.model, task.split, r.best_epoch, r.best_valid,
-                       test.metrics, test.topn, r.history)
+                       test.metrics, test.topn, r.history, r.warm_start)
