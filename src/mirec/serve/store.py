@@ -110,7 +110,7 @@ class EventStore:
         try:
             if create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = self._connect()
+            self._db = self._connect() if create else self._connect_read_only()
             if create:
                 self._probe()
         except (sqlite3.Error, OSError) as e:
@@ -127,6 +127,23 @@ class EventStore:
         except BaseException:
             db.close()
             raise
+        return db
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that never writes: no schema, no journal-mode change (a store given to
+        read from, e.g. ``mirec data append``, may be a file mirec did not write); refused
+        unless it holds mirec's ``events`` table."""
+        db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                             check_same_thread=False, isolation_level=None)
+        try:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+        except BaseException:
+            db.close()
+            raise
+        if not {"seq", "user_id", "item_id", "ts"} <= columns:
+            db.close()
+            raise MirecDataError(f"{self.path}: not a mirec event store (no table "
+                                 f"events(seq, user_id, item_id, ts))")
         return db
 
     def _probe(self) -> None:
@@ -191,7 +208,7 @@ class EventStore:
     def events_since(self, seq: int = 0, batch: int = 10_000) -> Iterator[tuple[int, str, str, int]]:
         """Every ``(seq, user_id, item_id, ts)`` with ``seq`` above ``seq``, in arrival order,
         read on a connection of its own (WAL: one snapshot; appends go on meanwhile)."""
-        db = sqlite3.connect(self.path, isolation_level=None)
+        db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
         try:
             cur = db.execute("SELECT seq, user_id, item_id, ts FROM events WHERE seq > ? ORDER BY seq",
                              (seq,))
