@@ -513,3 +513,4 @@ def test_a_store_opened_for_reading_is_never_written(tmp_path):
     assert [r[1:] for r in reader.events_since(0)] == [("u", "a", 5), ("u", "b", 6)]
     reader.close()
     assert ours.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.sqlite", "other.sqlite"]

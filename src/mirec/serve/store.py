@@ -130,11 +130,12 @@ class EventStore:
         return db
 
     def _connect_read_only(self) -> sqlite3.Connection:
-        """A connection that never writes: no schema, no journal-mode change (a store given to
-        read from, e.g. ``mirec data append``, may be a file mirec did not write); refused
-        unless it holds mirec's ``events`` table."""
-        db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
-                             check_same_thread=False, isolation_level=None)
+        """A connection that writes nothing of its own: no schema, no journal-mode change (a
+        store given to read from, e.g. ``mirec data append``, may be a file mirec did not
+        write); refused unless it holds mirec's ``events`` table. Not SQLite's ``mode=ro``: on
+        a WAL store that leaves ``-shm``/``-wal`` files behind, which a read-write connection
+        removes when it is the last to close."""
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
         except BaseException:
@@ -208,7 +209,7 @@ class EventStore:
     def events_since(self, seq: int = 0, batch: int = 10_000) -> Iterator[tuple[int, str, str, int]]:
         """Every ``(seq, user_id, item_id, ts)`` with ``seq`` above ``seq``, in arrival order,
         read on a connection of its own (WAL: one snapshot; appends go on meanwhile)."""
-        db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+        db = sqlite3.connect(self.path, isolation_level=None)
         try:
             cur = db.execute("SELECT seq, user_id, item_id, ts FROM events WHERE seq > ? ORDER BY seq",
                              (seq,))
