@@ -274,6 +274,7 @@ def test_raw_rejects_unknown_format(tmp_path: Path) -> None:
     ("interest_drift", -0.5),
     ("trend_share", 0.0),
     ("trend_share", 1.5),
+    ("trend_period_days", 0.0),
 ])
 def test_validate_names_the_field(field: str, value: object) -> None:
     cfg = _small(**{field: value})
@@ -420,7 +421,8 @@ def _own_share(ds, cfg: SynthConfig, part: slice) -> float:
 
 def _drifting(**kw) -> SynthConfig:
     base = {"num_users": 600, "num_categories": 30, "items_per_category": 5, "max_interests": 3,
-            "mean_len": 40.0, "mean_gap_s": float(DAY), "span_days": 200.0, "noise": 0.0,
+            "mean_len": 40.0, "mean_gap_s": float(DAY), "span_days": 100.0, "noise": 0.0,
+            "trend_period_days": 200.0,
             "interest_drift": 0.1, "chunk_users": 300, "seed": 6}
     base.update(kw)
     return SynthConfig(**base)
@@ -439,10 +441,10 @@ def test_interest_drift_moves_users_to_other_categories(tmp_path: Path) -> None:
     assert still.users.equals(drift.users)  # interests at the first event
 
     # trend_share: a moved interest is a category of the window between the user's first event
-    # and this one (within the first span: the window has not wrapped)
+    # and this one (within the first trend period: the window has not wrapped)
     cfg = _drifting(trend_share=0.1)  # 3 categories
     ds = load_dataset(synth_dataset(cfg, tmp_path / "t", progress=False))
-    c, span = cfg.num_categories, cfg.span_s
+    c, span = cfg.num_categories, 200 * DAY  # the trend period
     cat = (ds.item - 1) // cfg.items_per_category
     interests = _interest_matrix(ds.users, cfg.max_interests)
     moved = ~(interests[ds.user] == cat[:, None]).any(axis=1)  # (E,) not a starting interest
@@ -500,5 +502,6 @@ def test_drift_preset_from_the_command_line(tmp_path: Path) -> None:
     text = " ".join(cli.invoke(app, ["data", "synth", "--help"], terminal_width=150)
                     .output.replace("│", " ").split())
     for name in ("drift", "span_days", "item_arrival", "fresh_boost", "fresh_half_life_days",
+                 "trend_period_days",
                  "interest_drift", "trend_share"):
         assert name in text, name

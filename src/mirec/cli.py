@@ -150,7 +150,8 @@ def data_synth(
     fresh_half_life_days (a late item's popularity is multiplied by 1 + fresh_boost at arrival,
     halving in that many days; 10, 7), interest_drift (rate per day at which a user replaces one
     interest; 0), trend_share (share of categories, a window moving with time, that a drifting
-    interest goes to; 1 = any).
+    interest goes to; 1 = any) and trend_period_days (the days that window takes to cross every
+    category; 365).
     """
     from mirec.config import load
     from mirec.data.synth import SynthConfig, synth_dataset, synth_raw

@@ -32,8 +32,9 @@ as without them), so that a model frozen on the start of the timeline loses qual
   ``1 - exp(-interest_drift * gap / 86400)`` (a rate per day, at most one replacement between
   two events). The new category is uniform among ``max(1, round(trend_share * C))`` consecutive
   categories (mod ``C``) starting at ``floor(C * phase)``, ``phase`` the drift's time since
-  ``start_ts`` in units of ``span_days`` (mod 1): with ``trend_share < 1`` a window of
-  trending categories moves across the catalogue once per ``span_days``, so the global category
+  ``start_ts`` in units of ``trend_period_days`` (mod 1): with ``trend_share < 1`` a window of
+  trending categories moves across the catalogue once per ``trend_period_days`` (longer than
+  the timeline, it never comes back to where it was), so the global category
   mix moves too; with 1 any category (it may equal the replaced one or another of the user's).
   The sticky walk keeps its slot; an event in a replaced slot takes the slot's new category.
   ``users.parquet`` keeps the interests at the user's first event.
@@ -122,8 +123,7 @@ class SynthConfig:
     start_ts : int
         Earliest timestamp (Unix seconds); users start uniformly within ``span_days`` after it.
     span_days : float
-        Days over which users start (and late items arrive); the trend window (below) moves
-        across the catalogue once per ``span_days``.
+        Days over which users start (and late items arrive).
     item_arrival : float
         Share in ``[0, 1)`` of each category's items that do not exist at ``start_ts`` and
         arrive uniformly within ``span_days`` (module docstring); 0 = every item from the start.
@@ -136,6 +136,8 @@ class SynthConfig:
     trend_share : float
         Share in ``(0, 1]`` of the categories a drifting interest moves to: a window of
         trending categories that moves with time (module docstring); 1 = any category.
+    trend_period_days : float
+        Days the trend window takes to move across every category once.
     seed : int
         Seed of every random draw.
     chunk_users : int
@@ -160,6 +162,7 @@ class SynthConfig:
     fresh_half_life_days: float = 7.0
     interest_drift: float = 0.0
     trend_share: float = 1.0
+    trend_period_days: float = 365.0
     seed: int = 0
     chunk_users: int = 100_000
 
@@ -172,7 +175,7 @@ class SynthConfig:
                 raise MirecConfigError(f"{name}: expected int, got {v!r}")
         for name in ("zipf_a", "stickiness", "noise", "mean_len", "mean_gap_s", "span_days",
                      "item_arrival", "fresh_boost", "fresh_half_life_days", "interest_drift",
-                     "trend_share"):
+                     "trend_share", "trend_period_days"):
             v = getattr(self, name)
             if (not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool)
                     or not math.isfinite(v)):
@@ -225,6 +228,9 @@ class SynthConfig:
             raise MirecConfigError(f"interest_drift: must be >= 0, got {self.interest_drift}")
         if not 0.0 < self.trend_share <= 1.0:
             raise MirecConfigError(f"trend_share: must be in (0, 1], got {self.trend_share}")
+        if self.trend_period_days * _DAY_S < 1:
+            raise MirecConfigError(
+                f"trend_period_days: must be at least one second, got {self.trend_period_days}")
         if self.chunk_users < 1:
             raise MirecConfigError(f"chunk_users: must be >= 1, got {self.chunk_users}")
 
@@ -278,12 +284,13 @@ PRESETS: dict[str, dict[str, Any]] = {
               "zipf_a": 1.1, "mean_len": 19.4, "mean_gap_s": 86_400.0},
     # Freshness: 20,000 users active for about 15 days each (30 events, one every 12 hours),
     # starting over 60 days; half of each category's items arrive during those 60 days and are
-    # popular while fresh; interests move (0.1 a day) to a window of 10% trending categories.
+    # popular while fresh; interests move (0.1 a day) to a window of 10% trending categories
+    # that moves across the catalogue in 120 days (past the last events: it never comes back).
     # About 600,000 events over 10,000 items.
     "drift": {"num_users": 20_000, "num_categories": 100, "items_per_category": 100,
               "zipf_a": 1.1, "mean_len": 30.0, "mean_gap_s": 43_200.0, "span_days": 60.0,
               "item_arrival": 0.5, "fresh_boost": 10.0, "fresh_half_life_days": 7.0,
-              "interest_drift": 0.1, "trend_share": 0.1},
+              "interest_drift": 0.1, "trend_share": 0.1, "trend_period_days": 120.0},
 }
 
 
@@ -420,7 +427,8 @@ def _drifted(cfg: SynthConfig, rng: np.random.Generator, interests: np.ndarray, 
     moved = (rng.random(e) < p_move) & ~is_first  # (E,) a replacement just before this event
     moved_slot = rng.integers(0, k[u_loc])  # (E,) which slot it replaces
     width = max(1, round(cfg.trend_share * c))
-    phase = ((ts - cfg.start_ts) % cfg.span_s) / cfg.span_s  # (E,) in [0, 1)
+    period_s = cfg.trend_period_days * _DAY_S
+    phase = ((ts - cfg.start_ts) % period_s) / period_s  # (E,) in [0, 1)
     dest = (np.floor(c * phase).astype(np.int64) + rng.integers(0, width, size=e)) % c  # (E,)
     cat = np.empty(e, dtype=np.int32)
     for j in range(interests.shape[1]):
