@@ -7,7 +7,8 @@ every item id. Padding id 0 and (by default) every item of the user's history pa
 ranks after every non-target of equal score (targets among themselves by id): the lower bound a
 published table's arbitrary tie order can reach (:func:`targets_last`). A retriever's
 :class:`mirec.models.base.VectorScorer` never forms the (B, N) matrix: it ranks in blocks of
-users x items (:mod:`mirec.eval.blocked`). ``eval.index = "faiss"`` ranks through the serving index instead and reports its recall against exact (:mod:`mirec.eval.faiss_eval`).
+users x items (:mod:`mirec.eval.blocked`). ``eval.index = "faiss"`` ranks through the serving
+index instead and reports its recall against exact (:mod:`mirec.eval.faiss_eval`).
 
 Rows are what :class:`mirec.data.split.EvalUsers` holds: one per user (comirec, loo) or one per
 target event (time), and every metric is a mean over rows. Under the time protocol the rows'
