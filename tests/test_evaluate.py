@@ -205,3 +205,185 @@ def test_a_retriever_trains_and_reevaluates_under_the_time_protocol(tmp_path):
     with pytest.raises(MirecConfigError, match="--candidates: .* split.protocol=time"):
         mirec.fit(model="din", data=ds, out=tmp_path / "k", seeds=[1], progress=False, task="ranking",
                   candidates=run.path, train={"epochs": 1})
+
+
+# ---- leave-one-out as the published tables define it: HR@k, NDCG@k, history filtered, ties ----
+
+
+def loo_log(path, n_users=6, n_items=30, seed=0):
+    """Users with 4..9 distinct items over raw ids 1..n_items (every item used), under loo: the
+    last item is the test target, every earlier one the history."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for u in range(n_users):
+        seq = rng.choice(np.arange(1, n_items + 1), size=int(rng.integers(4, 10)), replace=False)
+        users += [u] * len(seq)
+        items += seq.tolist()
+    users += [n_users] * n_items  # a filler user holding every item
+    items += list(range(1, n_items + 1))
+    return make_dataset(path, users, items, list(range(len(users))))
+
+
+class RowScorer:
+    """Scores row j of ``users`` (in evaluation order) with ``make(j)`` -> (N,) scores."""
+
+    def __init__(self, make):
+        self.make, self.calls = make, 0
+
+    def score(self, hist, mask):
+        rows = [self.make(self.calls + j) for j in range(len(hist))]
+        self.calls += len(hist)
+        return np.stack(rows).astype(np.float32)
+
+
+def reference_ranks(scores, ds, users, ties):
+    """The published definition, written independently: per row, every item but padding and the
+    history ranked by a NumPy sort of the dense scores (equal scores: lower id first, or the
+    target last when ``ties`` is pessimistic); -> the target's 1-based rank."""
+    ranks = []
+    for j in range(len(users)):
+        s = scores[j].astype(np.float64).copy()
+        s[0] = -np.inf
+        s[ds.item[users.hist_start[j]:users.cut[j]]] = -np.inf
+        t = int(ds.item[users.cut[j]])
+        ids = np.arange(len(s))
+        last = (ids == t).astype(int) if ties == "pessimistic" else np.zeros(len(s), int)
+        order = np.lexsort((ids, last, -s))  # score descending, then (target last), then id
+        ranks.append(int(np.nonzero(order == t)[0][0]) + 1 if np.isfinite(s[t]) else len(s))
+    return np.array(ranks)
+
+
+def published_metrics(ranks, ns):
+    """HR@k = share of users whose target ranks in the top k; NDCG@k = mean of 1/log2(rank + 1)
+    over hits (one target a user, so IDCG = 1)."""
+    out = {}
+    for k in ns:
+        hit = ranks <= k
+        out[f"hit_rate@{k}"] = hit.mean()
+        out[f"ndcg@{k}"] = np.where(hit, 1 / np.log2(ranks + 1), 0).mean()
+    return out
+
+
+def test_loo_hr_and_ndcg_by_hand(tmp_path):
+    """Four test users whose targets rank 3, 7, 15 and 25 among the items they have not seen,
+    with every history item scored above everything (it must be filtered, never ranked).
+    HR@5 = 1/4, HR@10 = 2/4, HR@20 = 3/4; NDCG@5 = (1/log2 4) / 4, NDCG@10 = (1/2 + 1/3) / 4,
+    NDCG@20 = (1/2 + 1/3 + 1/4) / 4."""
+    ds = loo_log(tmp_path / "ds", n_users=4)
+    sp = split_users(ds, SplitConfig(protocol="loo"))
+    users = sp.test.select(np.isin(sp.test.users, sp.test.users[:4]))  # the four, not the filler
+    users = users.select(np.argsort(ds.users["raw_id"].to_numpy()[users.users]))
+    assert len(users) == 4
+    want_rank = [3, 7, 15, 25]
+
+    def make(j):
+        hist = ds.item[users.hist_start[j]:users.cut[j]]
+        t = int(ds.item[users.cut[j]])
+        others = [i for i in range(1, ds.num_items) if i != t and i not in set(hist.tolist())]
+        order = others[:want_rank[j] - 1] + [t] + others[want_rank[j] - 1:]
+        s = np.zeros(ds.num_items)
+        s[order] = np.arange(len(order), 0, -1)  # distinct, best first
+        s[hist] = 100.0  # above everything: only the filter keeps them out
+        return s
+
+    res = evaluate(RowScorer(make), ds, users, 20, EvalConfig(ns=(5, 10, 20)))
+    m = res.metrics
+    assert (m["hit_rate@5"], m["hit_rate@10"], m["hit_rate@20"]) == (0.25, 0.5, 0.75)
+    assert m["ndcg@5"] == pytest.approx(0.5 / 4)
+    assert m["ndcg@10"] == pytest.approx((1 / 2 + 1 / 3) / 4)
+    assert m["ndcg@20"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 4)
+    assert m["recall@10"] == m["hit_rate@10"]  # one target a user
+    scores = np.stack([make(j) for j in range(4)])
+    assert reference_ranks(scores, ds, users, "low-id").tolist() == want_rank
+
+
+def test_ties_low_id_and_pessimistic_by_hand(tmp_path):
+    """Every item scores the same: under low-id the target ranks after the unseen items with a
+    lower id; under pessimistic after every unseen item."""
+    ds = loo_log(tmp_path / "ds", n_users=4)
+    sp = split_users(ds, SplitConfig(protocol="loo"))
+    flat = RowScorer(lambda j: np.zeros(ds.num_items))
+    low = evaluate(flat, ds, sp.test, 20, EvalConfig(ns=(5, 20)))
+    flat.calls = 0
+    pess = evaluate(flat, ds, sp.test, 20, EvalConfig(ns=(5, 20), ties="pessimistic"))
+    low_rank, pess_rank = [], []
+    for j in range(len(sp.test)):
+        seen = set(ds.item[sp.test.hist_start[j]:sp.test.cut[j]].tolist())
+        t = int(ds.item[sp.test.cut[j]])
+        unseen = [i for i in range(1, ds.num_items) if i not in seen and i != t]
+        low_rank.append(len([i for i in unseen if i < t]) + 1)
+        pess_rank.append(len(unseen) + 1)
+    for got, ranks in ((low, low_rank), (pess, pess_rank)):
+        ranks = np.array(ranks)
+        for k in (5, 20):
+            assert got.metrics[f"hit_rate@{k}"] == pytest.approx((ranks <= k).mean())
+            assert got.metrics[f"ndcg@{k}"] == pytest.approx(np.where(ranks <= k, 1 / np.log2(ranks + 1), 0).mean())
+    assert low.metrics["hit_rate@20"] > pess.metrics["hit_rate@20"]
+    with pytest.raises(MirecConfigError, match="eval.ties: expected low-id or pessimistic"):
+        EvalConfig(ties="random").validate()
+
+
+@pytest.mark.parametrize("ties", ["low-id", "pessimistic"])
+def test_loo_metrics_equal_an_independent_implementation(tmp_path, ties):
+    """A random log and random scores drawn from 4 values (many ties): mirec's HR@k and NDCG@k
+    (k = 5, 10, 20) equal the published formula over a NumPy sort of the dense score matrix."""
+    ds = loo_log(tmp_path / "ds", n_users=40, n_items=60, seed=1)
+    sp = split_users(ds, SplitConfig(protocol="loo"))
+    scores = np.random.default_rng(2).integers(0, 4, size=(len(sp.test), ds.num_items)).astype(np.float32)
+    res = evaluate(RowScorer(lambda j: scores[j]), ds, sp.test, 20,
+                   EvalConfig(ns=(5, 10, 20), batch_size=7, ties=ties))
+    want = published_metrics(reference_ranks(scores, ds, sp.test, ties), (5, 10, 20))
+    for key, value in want.items():
+        assert res.metrics[key] == pytest.approx(value), key
+    assert want["hit_rate@20"] > 0
+
+
+def test_pessimistic_ties_on_a_retrievers_blocked_path(tmp_path):
+    """A retriever whose item table holds 5 distinct rows (ties everywhere): the blocked scan's
+    pessimistic lists equal the full score matrix's, and its metrics the independent formula's."""
+    import torch
+
+    from mirec.models.base import VectorScorer
+    from mirec.runs import RunConfig, build_model
+
+    ds = loo_log(tmp_path / "ds", n_users=40, n_items=60, seed=3)
+    sp = split_users(ds, SplitConfig(protocol="loo"))
+    torch.manual_seed(0)
+    model = build_model(RunConfig(model="youtube-dnn"), ds.num_items)
+    with torch.no_grad():
+        w = model.emb.weight
+        w[1:] = w[1 + torch.arange(ds.num_items - 1) % 5]
+    cfg = EvalConfig(ns=(5, 10, 20), ties="pessimistic")
+    blocked = evaluate(VectorScorer(model, cosine=False), ds, sp.test, 20, cfg)
+    dense = VectorScorer(model, cosine=False, blocked=False)
+    assert np.array_equal(rank_topn(dense, ds, sp.test, 20, 20, ties="pessimistic"), blocked.topn)
+    scores = np.concatenate([dense.score(*_windows(ds, sp.test.select(slice(s, s + 512)), 20))
+                             for s in range(0, len(sp.test), 512)])
+    want = published_metrics(reference_ranks(scores, ds, sp.test, "pessimistic"), (5, 10, 20))
+    for key, value in want.items():
+        assert blocked.metrics[key] == pytest.approx(value), key
+    low = evaluate(VectorScorer(model, cosine=False), ds, sp.test, 20, EvalConfig(ns=(20,)))
+    assert low.metrics["hit_rate@20"] > blocked.metrics["hit_rate@20"]  # ties matter here
+
+
+def _windows(ds, users, max_len):
+    from mirec.data.split import windows
+
+    return windows(ds.item, users.hist_start, users.cut, max_len)
+
+
+def test_cli_reports_loo_hr_and_ndcg_at_5_10_20(tmp_path, monkeypatch, capsys):
+    """`mirec evaluate --set split.protocol=loo --set eval.ns=[5,10,20] --set eval.ties=pessimistic`
+    stores HR@k and NDCG@k for each k in results.json."""
+    from mirec.cli import main
+
+    ds = loo_log(tmp_path / "ds", n_users=40, n_items=60)
+    monkeypatch.setattr("sys.argv", ["mirec", "evaluate", "--model", "most-popular", "--data", str(ds.path),
+                                     "--out", str(tmp_path / "run"), "--set", "split.protocol=loo",
+                                     "--set", "eval.ns=[5,10,20]", "--set", "eval.ties=pessimistic"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 0, capsys.readouterr()
+    doc = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert {f"{m}@{k}" for m in ("hit_rate", "ndcg") for k in (5, 10, 20)} <= set(doc["metrics"])
+    assert doc["protocol"]["eval"]["ties"] == "pessimistic"

@@ -245,3 +245,59 @@ def test_a_new_model_is_one_class_and_one_registry_line(monkeypatch, random_data
     user = str(random_dataset.users["raw_id"][0])
     items = mirec.Recommender.open(bundle).recommend(user_id=user, n=5).items
     assert len(items) == 5
+
+
+# ---- model_args.item_features: item vector = id embedding + pooled attribute embeddings ----
+
+
+def small_categories() -> tuple:
+    """Items 1..N-1 with 0, 1 or 2 of 5 attributes (as Dataset.category_index() gives them)."""
+    lists = [[]] + [[j for j in range(5) if (i * (j + 1)) % 3 == 0][:2] for i in range(1, N)]
+    indptr = np.cumsum([0] + [len(c) for c in lists])
+    return indptr, np.array(sum(lists, []), dtype=np.int64), [f"a{j}" for j in range(5)]
+
+
+def build_with_features(spec: ModelSpec, mode: str = "mean"):
+    torch.manual_seed(0)
+    return spec.build(spec.config(**small_args(spec.config), item_features=mode), N, small_categories())
+
+
+@pytest.mark.parametrize("name", sorted(of_task("retrieval")))
+def test_retriever_contract_with_item_features(name):
+    """Padding invariance, shapes and determinism with item features on; the item table is
+    w_i + mean of the item's attribute embeddings (by hand), and off is the plain table."""
+    spec = SPECS[name]
+    model = build_with_features(spec)
+    check_retriever(model)
+    params_finite_and_reproducible(lambda: build_with_features(spec))
+    from mirec.models.layers import attribute_items
+
+    t = attribute_items(model)
+    indptr, ids, _ = small_categories()
+    with torch.no_grad():
+        table = model.item_embeddings()
+        for i in (0, 1, 3, 6, N - 1):
+            attrs = ids[indptr[i]:indptr[i + 1]]
+            want = t.weight[i] + (t.attr.weight[torch.from_numpy(attrs + 1)].mean(0) if len(attrs) else 0)
+            torch.testing.assert_close(table[i], want, rtol=0, atol=1e-6)
+        summed = build_with_features(spec, "sum")
+        attrs = ids[indptr[6]:indptr[7]]
+        assert len(attrs) == 2
+        torch.testing.assert_close(summed.item_embeddings()[6], attribute_items(summed).weight[6]
+                                   + attribute_items(summed).attr.weight[torch.from_numpy(attrs + 1)].sum(0))
+    off = build(spec, N)
+    assert attribute_items(off) is None
+    assert any(off.item_embeddings() is p for p in off.parameters())  # the plain table, as before
+
+
+@pytest.mark.parametrize("name", sorted(of_task("retrieval")))
+def test_retriever_with_item_features_resumes_as_uninterrupted(name, random_dataset, tmp_path):
+    cfg = retrieval_cfg(name)
+    cfg.model_args["item_features"] = "mean"
+    cfg.train.optimizer = "adam"  # the sparse row-wise optimiser needs a plain item table
+    train(cfg, random_dataset, tmp_path / "a", progress=False)
+    train(cfg, random_dataset, tmp_path / "b", progress=False, stop_after_epoch=0)
+    train(cfg, random_dataset, tmp_path / "b", progress=False, resume=True)
+    a = last_weights(tmp_path / "a")
+    assert any(".attr." in k for k in a)
+    assert_same_weights(a, last_weights(tmp_path / "b"))

@@ -424,3 +424,36 @@ def test_http_rank_flag(bundle, ranker_dir, served):
         body = c2.post("/recommend", json={"user_id": u, "n": 5, "rank": True, "lambda": 0.5}).json()
         assert body["ranked"] and len(body["items"]) == 5
         assert c2.get("/health").json()["ranker"] == "din"
+
+
+def test_item_features_in_the_bundle_and_for_new_items(random_dataset, tmp_path):
+    """A run with model_args.item_features: the exported vectors are the model's item table
+    (id embedding + mean attribute embedding, unit length), and a new item with known
+    categories gets mean(w) + mean(c_a) of its attributes (by hand), not a category mean; one
+    whose categories are all unknown keeps the mean of every item vector."""
+    import mirec
+    from mirec.models.base import item_table
+    from mirec.models.layers import attribute_items
+    from mirec.serve.catalogue import add_new_items
+
+    run = mirec.fit(model="youtube-dnn", data=random_dataset, out=tmp_path / "r", seeds=[1], progress=False,
+                    model_args={"dim": 8, "item_features": "mean"},
+                    train={"epochs": 1, "max_batches_per_epoch": 2, "threads": 1})
+    b = load_bundle(export_bundle(run.path, tmp_path / "bundle"))
+    t = attribute_items(b.model)
+    assert t is not None and t.names == ["c0", "c1", "c2", "c3", "c4"]
+    np.testing.assert_array_equal(b.item_vectors, item_table(b.model, True).numpy())
+    with torch.no_grad():
+        raw = t.weight + torch.nn.functional.embedding_bag(t.item_attrs, t.attr.weight, mode="mean",
+                                                           padding_idx=0)
+    np.testing.assert_allclose(b.item_vectors[1:], torch.nn.functional.normalize(raw, dim=-1)[1:].numpy(),
+                               atol=1e-6)
+    new = tmp_path / "new.csv"
+    new.write_text("item_id,title,categories\nn1,first,c1|c3\nn2,second,zz\n")
+    nb = add_new_items(b, new)
+    with torch.no_grad():
+        want = t.weight[1:].mean(0) + (t.attr.weight[2] + t.attr.weight[4]) / 2  # c1 -> row 2, c3 -> row 4
+    want = want / want.norm()
+    np.testing.assert_allclose(nb.item_vectors[b.num_items], want.numpy(), atol=1e-6)
+    mean_all = b.item_vectors[1:].mean(0)
+    np.testing.assert_allclose(nb.item_vectors[b.num_items + 1], mean_all / np.linalg.norm(mean_all), atol=1e-6)

@@ -39,9 +39,11 @@ def dataset_table(ds: Dataset) -> Table:
     return t
 
 
-def results_table(runs: dict[str, Any], ns: tuple[int, ...] = (20, 50)) -> Table:
-    """One row per model: mean (± std over seeds when several) of each metric @N."""
+def results_table(runs: dict[str, Any], ns: tuple[int, ...] | None = None) -> Table:
+    """One row per model: mean (± std over seeds when several) of each metric @N; ``ns``: the
+    list sizes the first run measured (its ``eval.ns``) unless given."""
     first = next(iter(runs.values()))
+    ns = ns or tuple(sorted({int(k.split("@")[1]) for k in first.mean if k.startswith("recall@")}))
     n_seeds = len(first.seeds)
     title = (f"test users ({first.seeds[0].extra['num_test_users']}), "
              f"{'seed ' + str(first.seeds[0].seed) if n_seeds == 1 else f'mean ± std over {n_seeds} seeds'}")

@@ -254,14 +254,23 @@ def model_config(cfg: RunConfig | RankRunConfig) -> Any:
     return from_dict(cfg_cls, args, prefix="model_args.")
 
 
-def build_model(cfg: RunConfig, num_items: int, training: bool = False) -> torch.nn.Module:
-    """The configured retriever over ``num_items`` item ids (0 = padding). For ``training``, first
-    refused with a clear message if its parameters, their gradients and Adam's moments would not
-    fit in the memory available (a trained run's model is not checked again when it loads)."""
-    args, build = model_config(cfg), spec(cfg.model, "retrieval").build
+def build_model(cfg: RunConfig, num_items: int, training: bool = False,
+                categories: tuple | None = None) -> torch.nn.Module:
+    """The configured retriever over ``num_items`` item ids (0 = padding); ``categories``: the
+    catalogue's item categories (``Dataset.category_index()``), which a model with
+    ``model_args.item_features`` on needs. For ``training``, first refused with a clear message
+    if its parameters, their gradients and Adam's moments would not fit in the memory available
+    (a trained run's model is not checked again when it loads)."""
+    args, spec_build = model_config(cfg), spec(cfg.model, "retrieval").build
+
+    def build() -> torch.nn.Module:  # a model without item features keeps the (cfg, N) contract
+        if getattr(args, "item_features", "off") == "off":
+            return spec_build(args, num_items)
+        return spec_build(args, num_items, categories)
+
     if training:
-        check_memory(lambda: build(args, num_items), cfg.model, f"{num_items:,} items")
-    return build(args, num_items)
+        check_memory(build, cfg.model, f"{num_items:,} items")
+    return build()
 
 
 def build_ranker(cfg: RankRunConfig, features: RankFeatures, training: bool = False) -> torch.nn.Module:
@@ -366,7 +375,7 @@ def load_run(run_dir: str | Path, data: str | Path | Dataset | None = None) -> L
     if ds.checksum != ck["dataset_checksum"]:
         raise MirecDataError(f"{ds.path}: not the data set {path} was trained on "
                              f"(checksum {ds.checksum[:12]} != {ck['dataset_checksum'][:12]})")
-    model = build_model(cfg, ds.num_items)
+    model = build_model(cfg, ds.num_items, categories=ds.category_index())
     model.load_state_dict(ck["model"])
     model.eval()
     return LoadedRun(path, ck, cfg, ds, model)

@@ -169,6 +169,12 @@ def profile_codes(users: pl.DataFrame) -> tuple[np.ndarray, list[str], list[int]
 def category_table(ds: Dataset) -> torch.Tensor:
     """(N, C) long: category ids + 1 of each item, 0-padded; row 0 (padding item) all 0."""
     indptr, ids, _ = ds.category_index()
+    return padded_categories(indptr, ids)
+
+
+def padded_categories(indptr: np.ndarray, ids: np.ndarray) -> torch.Tensor:
+    """Item categories as CSR (``indptr`` (N + 1,), category ids) -> (N, C) long, ids + 1,
+    0-padded (C = the most categories of an item, at least 1)."""
     lens = np.diff(indptr)
     table = np.zeros((len(lens), max(int(lens.max(initial=0)), 1)), dtype=np.int64)
     row = np.repeat(np.arange(len(lens)), lens)

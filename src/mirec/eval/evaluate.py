@@ -2,10 +2,13 @@
 
 A model is evaluated through the :class:`Scorer` contract: given left-padded histories it scores
 every item id. Padding id 0 and (by default) every item of the user's history part are set to
--inf before the top-N cut, so they are never recommended; equal scores rank by the lower id. A
-retriever's :class:`mirec.models.base.VectorScorer` never forms the (B, N) matrix: it ranks in
-blocks of users x items (:mod:`mirec.eval.blocked`). ``eval.index = "faiss"`` ranks through the
-serving index instead and reports its recall against exact (:mod:`mirec.eval.faiss_eval`).
+-inf before the top-N cut, so they are never recommended. Equal scores rank by the lower id
+(``eval.ties = "low-id"``, the default) or, with ``eval.ties = "pessimistic"``, every target
+ranks after every non-target of equal score (targets among themselves by id): the lower bound a
+published table's arbitrary tie order can reach (:func:`targets_last`). A retriever's
+:class:`mirec.models.base.VectorScorer` never forms the (B, N) matrix: it ranks in blocks of
+users x items (:mod:`mirec.eval.blocked`). ``eval.index = "faiss"`` ranks through the serving
+index instead and reports its recall against exact (:mod:`mirec.eval.faiss_eval`).
 
 Rows are what :class:`mirec.data.split.EvalUsers` holds: one per user (comirec, loo) or one per
 target event (time), and every metric is a mean over rows. Under the time protocol the rows'
@@ -43,6 +46,9 @@ class Scorer(Protocol):
         ...
 
 
+TIES = ("low-id", "pessimistic")
+
+
 @dataclass
 class EvalConfig:
     """How top-N lists are cut and measured."""
@@ -59,6 +65,9 @@ class EvalConfig:
     index: str = "exact"
     faiss_kind: str = "auto"
     recall_users: int = 200
+    # how equal scores are ordered: low-id (the lower item id first) | pessimistic (a target
+    # after every other item of its score; exact ranking only). docs/protocol.md#ties
+    ties: str = "low-id"
 
     def validate(self) -> None:
         if not self.ns or min(self.ns) < 1:
@@ -74,6 +83,11 @@ class EvalConfig:
                                    f"got {self.faiss_kind!r}")
         if self.recall_users < 1:
             raise MirecConfigError(f"eval.recall_users: must be >= 1, got {self.recall_users}")
+        if self.ties not in TIES:
+            raise MirecConfigError(f"eval.ties: expected low-id or pessimistic, got {self.ties!r}")
+        if self.ties == "pessimistic" and self.index != "exact":
+            raise MirecConfigError("eval.ties: pessimistic needs eval.index=exact (the Faiss index "
+                                   "orders its ties itself)")
 
 
 @dataclass
@@ -86,9 +100,9 @@ class EvalResult:
 
 def rank_topn(scorer: Scorer, ds: Dataset, users: EvalUsers, n: int, max_len: int,
               exclude_history: bool = True, batch_size: int = 512,
-              progress: bool = False) -> np.ndarray:
+              progress: bool = False, ties: str = "low-id") -> np.ndarray:
     """Top-``n`` item ids per evaluated row, shape (U_e, n), best first; ``users.new_items``
-    (when set) are never ranked."""
+    (when set) are never ranked; equal scores ordered as ``ties`` says (:class:`EvalConfig`)."""
     never = users.new_items
     rankable = ds.num_items - 1 - (0 if never is None else len(never))
     if n >= rankable:
@@ -109,16 +123,94 @@ def rank_topn(scorer: Scorer, ds: Dataset, users: EvalUsers, n: int, max_len: in
             rows = np.repeat(np.arange(len(b)), lens)
             pos = np.repeat(b.hist_start - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
             seen = ds.item[pos].astype(np.int64)
+        if ties == "pessimistic":
+            out[s:s + len(b)] = pessimistic_topn(scorer, ds, b, hist, mask, n, (rows, seen), never)
+            continue
         if getattr(scorer, "blocked", False):  # top-N on the scorer's device (a GPU)
             out[s:s + len(b)] = scorer.topn(hist, mask, n, (rows, seen), never)
             continue
-        scores = np.array(scorer.score(hist, mask), dtype=np.float32, copy=True)  # (B, N)
-        scores[:, 0] = -np.inf
-        scores[rows, seen] = -np.inf
-        if never is not None:
-            scores[:, never] = -np.inf
+        scores = masked_scores(scorer, hist, mask, (rows, seen), never)  # (B, N)
         out[s:s + len(b)] = scores_topn(torch.from_numpy(scores), n).numpy()  # ties: lower id
     return out
+
+
+def masked_scores(scorer: Scorer, hist: np.ndarray, mask: np.ndarray,
+                  seen: tuple[np.ndarray, np.ndarray], never: np.ndarray | None) -> np.ndarray:
+    """The scorer's (B, N) float32 scores with padding, the ``seen`` (row, item) pairs and the
+    items ``never`` set to -inf (never ranked)."""
+    scores = np.array(scorer.score(hist, mask), dtype=np.float32, copy=True)  # (B, N)
+    scores[:, 0] = -np.inf
+    scores[seen] = -np.inf
+    if never is not None:
+        scores[:, never] = -np.inf
+    return scores
+
+
+def pessimistic_topn(scorer: Scorer, ds: Dataset, b: EvalUsers, hist: np.ndarray, mask: np.ndarray,
+                     n: int, seen: tuple[np.ndarray, np.ndarray], never: np.ndarray | None) -> np.ndarray:
+    """Top-``n`` ids (B, n) of one batch under ``eval.ties = "pessimistic"``: the top-n of the
+    non-targets (targets never ranked, equal scores by the lower id), then the targets placed
+    after every listed item of equal score (:func:`targets_last`).
+
+    A full-score scorer's scores come from one (B, N) matrix. A blocked scorer (a retriever)
+    ranks the non-targets in blocks and then scores the listed items and the targets with
+    ``score_items`` (one computation, so equal scores compare equal)."""
+    t_ptr, t_items = targets_csr(ds, b)
+    t_rows = np.repeat(np.arange(len(b)), np.diff(t_ptr))
+    rows, items = (np.concatenate([a, t]) for a, t in zip(seen, (t_rows, t_items)))
+    t_ids = padded_targets(t_ptr, t_items)  # (B, T) sorted ids, 0 = none
+    if getattr(scorer, "blocked", False):
+        listed = scorer.topn(hist, mask, n, (rows, items), never)  # (B, n) non-targets
+        ids = np.concatenate([listed, t_ids], 1)  # (B, n + T)
+        both = np.array(scorer.score_items(hist, mask, ids), dtype=np.float32, copy=True)
+        both[never_ranked(ids, seen, never, ds.num_items)] = -np.inf
+        listed_s, t_s = both[:, :n], both[:, n:]
+    else:
+        scores = masked_scores(scorer, hist, mask, seen, never)  # (B, N)
+        t_s = np.take_along_axis(scores, t_ids, 1)
+        t_s[t_ids == 0] = -np.inf
+        scores[t_rows, t_items] = -np.inf
+        listed = scores_topn(torch.from_numpy(scores), n).numpy()
+        listed_s = np.take_along_axis(scores, listed, 1)
+    return targets_last(listed, listed_s, t_ids, t_s)
+
+
+def never_ranked(ids: np.ndarray, seen: tuple[np.ndarray, np.ndarray], never: np.ndarray | None,
+                 num_items: int) -> np.ndarray:
+    """(B, M) bool: which of the (B, M) ``ids`` are never ranked for their row: padding 0, a
+    ``seen`` (row, item) pair, an item of ``never``."""
+    keys = np.arange(len(ids))[:, None] * num_items + ids
+    out = (ids == 0) | np.isin(keys, seen[0] * num_items + seen[1])
+    return out | np.isin(ids, never) if never is not None else out
+
+
+def padded_targets(indptr: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Targets CSR -> (B, T) distinct target ids per row in ascending order, 0 where a row has
+    fewer (T = the most distinct targets of a row, at least 1)."""
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    order = np.lexsort((items, rows))
+    rows, items = rows[order], items[order]
+    keep = np.ones(len(items), bool)
+    keep[1:] = (rows[1:] != rows[:-1]) | (items[1:] != items[:-1])  # duplicates out
+    rows, items = rows[keep], items[keep]
+    counts = np.bincount(rows, minlength=len(indptr) - 1)
+    out = np.zeros((len(indptr) - 1, max(int(counts.max(initial=0)), 1)), dtype=np.int64)
+    start = np.cumsum(counts) - counts
+    out[rows, np.arange(len(rows)) - start[rows]] = items
+    return out
+
+
+def targets_last(listed: np.ndarray, listed_s: np.ndarray, t_ids: np.ndarray,
+                 t_s: np.ndarray) -> np.ndarray:
+    """Merge the targets into a list of non-targets, pessimistically: (B, n) ids and scores of
+    the top-n non-targets (best first), (B, T) target ids (ascending) and scores (-inf: never
+    ranked) -> (B, n) ids ordered by score, a non-target before a target of equal score, targets
+    among themselves by id. The order is (score descending, target last, id ascending)."""
+    n = listed.shape[1]
+    ids = np.concatenate([listed, t_ids], 1)  # (B, n + T)
+    s = np.concatenate([listed_s, t_s], 1)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :n]  # the listed ones first on equal scores
+    return np.take_along_axis(ids, order, 1)
 
 
 def sample_index(count: int, k: int, seed: int) -> np.ndarray:
@@ -163,7 +255,7 @@ def evaluate(scorer: Scorer, ds: Dataset, users: EvalUsers, max_len: int,
                                    "this scorer only scores (a baseline)")
         ranker = IndexScorer(scorer, cfg.faiss_kind, users.new_items)
     topn = rank_topn(ranker, ds, users, n_max, max_len, cfg.exclude_history, cfg.batch_size,
-                     progress)
+                     progress, cfg.ties)
     indptr, items = targets_csr(ds, users)
     if users.new_items is not None:
         # a row with fewer rankable items than N is filled with never-ranked ids (-inf): a new

@@ -100,6 +100,16 @@ class VectorScorer:
         return max_over_interests(self.interests(hist, mask), self.items).cpu().numpy()  # (B, N)
 
     @torch.no_grad()
+    def score_items(self, hist: np.ndarray, mask: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """The scores ``max_k v_k . e_i`` of the (B, M) item ``ids`` of each row: (B, M). An
+        elementwise product summed over D, not a matmul: equal item rows give equal scores
+        (a matmul kernel may round a remainder column differently)."""
+        out = self.interests(hist, mask)
+        rows = self.items[torch.from_numpy(ids).to(self.device)]  # (B, M, D)
+        s = (out.vectors[:, :, None] * rows[:, None]).sum(-1)  # (B, K, M)
+        return s.masked_fill(~out.mask[:, :, None], float("-inf")).amax(1).cpu().numpy()
+
+    @torch.no_grad()
     def topn(self, hist: np.ndarray, mask: np.ndarray, n: int,
              seen: tuple[np.ndarray, np.ndarray], never: np.ndarray | None = None) -> np.ndarray:
         """Top-``n`` item ids (B, n), best first; padding, the ``seen`` (row, item) pairs and the

@@ -25,7 +25,7 @@ from torch import nn
 
 from mirec.config import MAX_COUNT, MAX_LEN, check_fields, size
 from mirec.models.base import Interests, argmax_readout
-from mirec.models.layers import dynamic_routing, item_embedding
+from mirec.models.layers import check_item_features, dynamic_routing, item_table_embedding, items_weight
 
 
 @dataclass
@@ -35,16 +35,20 @@ class ComiRecDRConfig:
     max_len: int = size(20, MAX_LEN)
     routing_iters: int = size(3, MAX_COUNT)
 
+    # item side information in the item vectors: off | mean | sum (layers.AttributeItems)
+    item_features: str = "off"
+
     def validate(self) -> None:
         check_fields(self, "model_args.")
+        check_item_features(self.item_features)
 
 
 class ComiRecDR(nn.Module):
-    def __init__(self, cfg: ComiRecDRConfig, num_items: int) -> None:
+    def __init__(self, cfg: ComiRecDRConfig, num_items: int, categories: tuple | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         D, K = cfg.dim, cfg.num_interests
-        self.item_emb = item_embedding(num_items, D)
+        self.item_emb = item_table_embedding(num_items, D, cfg.item_features, categories)
         self.W = nn.Parameter(torch.randn(cfg.max_len, K, D, D) * D**-0.5)  # (max_len, K, D, D)
 
     def interests(self, hist: torch.Tensor, mask: torch.Tensor) -> Interests:
@@ -61,7 +65,7 @@ class ComiRecDR(nn.Module):
         return Interests(vectors=V, mask=live, weights=c)
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.item_emb.weight  # (N, D)
+        return items_weight(self.item_emb)  # (N, D)
 
     def readout(self, out: Interests, target_emb: torch.Tensor) -> torch.Tensor:
         return argmax_readout(out, target_emb)  # (B, D)

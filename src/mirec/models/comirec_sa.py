@@ -24,7 +24,14 @@ from torch import nn
 
 from mirec.config import MAX_COUNT, MAX_LEN, check_fields, setting, size
 from mirec.models.base import Interests, argmax_readout
-from mirec.models.layers import item_embedding, masked_softmax, sigmoid_, tanh
+from mirec.models.layers import (
+    check_item_features,
+    item_table_embedding,
+    items_weight,
+    masked_softmax,
+    sigmoid_,
+    tanh,
+)
 
 
 @dataclass
@@ -44,8 +51,12 @@ class ComiRecSAConfig:
     encoder_layers: int = size(0, MAX_COUNT, least=0)
     encoder_dropout: float = setting(0.2, ge=0, lt=1)
 
+    # item side information in the item vectors: off | mean | sum (layers.AttributeItems)
+    item_features: str = "off"
+
     def validate(self) -> None:
         check_fields(self, "model_args.")
+        check_item_features(self.item_features)
 
 
 class ComiRecSA(nn.Module):
@@ -56,11 +67,11 @@ class ComiRecSA(nn.Module):
     default_routing_reg = 10.0
     default_lr = 3.75e-3  # train.lr "auto"
 
-    def __init__(self, cfg: ComiRecSAConfig, num_items: int) -> None:
+    def __init__(self, cfg: ComiRecSAConfig, num_items: int, categories: tuple | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         D, K = cfg.dim, cfg.num_interests
-        self.item_emb = item_embedding(num_items, D)
+        self.item_emb = item_table_embedding(num_items, D, cfg.item_features, categories)
         self.pos_emb = nn.Parameter(torch.randn(cfg.max_len, D) * D**-0.5)  # P, (max_len, D)
         self.W1 = nn.Linear(D, cfg.hidden_factor * D, bias=False)
         self.W2 = nn.Linear(cfg.hidden_factor * D, K, bias=False)
@@ -124,12 +135,12 @@ class ComiRecSA(nn.Module):
         behind an encoder, whose outputs are not the table's rows."""
         pos = live % L  # (M,) position of each real item
         if self.encoder is None and not self.item_emb.sparse and self.item_emb.num_embeddings < len(live):
-            table = F.linear(self.item_emb.weight, W1)  # (N, 4D)
+            table = F.linear(items_weight(self.item_emb), W1)  # (N, 4D)
             return F.embedding(ids, table).add_(F.linear(P, W1)[pos])
         return F.linear(H + P[pos], W1)
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.item_emb.weight  # (N, D)
+        return items_weight(self.item_emb)  # (N, D)
 
     def readout(self, out: Interests, target_emb: torch.Tensor) -> torch.Tensor:
         return argmax_readout(out, target_emb)  # (B, D)

@@ -24,7 +24,7 @@ from torch import nn
 
 from mirec.config import MAX_COUNT, MAX_LEN, check_fields, setting, size
 from mirec.models.base import Interests
-from mirec.models.layers import item_embedding
+from mirec.models.layers import check_item_features, item_table_embedding, items_weight
 
 
 @dataclass
@@ -34,8 +34,12 @@ class GRU4RecConfig:
     num_layers: int = size(1, MAX_COUNT)
     dropout: float = setting(0.0, ge=0, lt=1)  # on the input embeddings and between GRU layers
 
+    # item side information in the item vectors: off | mean | sum (layers.AttributeItems)
+    item_features: str = "off"
+
     def validate(self) -> None:
         check_fields(self, "model_args.")
+        check_item_features(self.item_features)
 
 
 def left_to_right_padded(hist: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
@@ -46,11 +50,11 @@ def left_to_right_padded(hist: torch.Tensor, lens: torch.Tensor) -> torch.Tensor
 
 
 class GRU4Rec(nn.Module):
-    def __init__(self, cfg: GRU4RecConfig, num_items: int) -> None:
+    def __init__(self, cfg: GRU4RecConfig, num_items: int, categories: tuple | None = None) -> None:
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.emb = item_embedding(num_items, cfg.dim)
+        self.emb = item_table_embedding(num_items, cfg.dim, cfg.item_features, categories)
         self.drop = nn.Dropout(cfg.dropout)
         self.gru = nn.GRU(cfg.dim, cfg.dim, cfg.num_layers, batch_first=True,
                           dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
@@ -72,7 +76,7 @@ class GRU4Rec(nn.Module):
         return Interests(v[:, None], torch.ones_like(mask[:, :1]), w[:, None])  # K = 1
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.emb.weight  # (N, D)
+        return items_weight(self.emb)  # (N, D)
 
     def readout(self, out: Interests, target_emb: torch.Tensor) -> torch.Tensor:
         return out.vectors[:, 0]  # (B, D)

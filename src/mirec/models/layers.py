@@ -9,9 +9,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mirec.errors import MirecConfigError
 
 
 def item_embedding(num_items: int, dim: int) -> nn.Embedding:
@@ -19,11 +22,100 @@ def item_embedding(num_items: int, dim: int) -> nn.Embedding:
 
     PyTorch's default N(0, 1) makes inner products ~ D at the start and saturates every softmax.
     """
-    emb = nn.Embedding(num_items, dim, padding_idx=0)
+    return _init_items(nn.Embedding(num_items, dim, padding_idx=0), dim)
+
+
+def _init_items(emb: nn.Embedding, dim: int) -> nn.Embedding:
     nn.init.normal_(emb.weight, std=dim**-0.5)
     with torch.no_grad():
         emb.weight[0].zero_()
     return emb
+
+
+ITEM_FEATURES = ("off", "mean", "sum")
+Categories = tuple  # (indptr (N + 1,), category ids, category names): Dataset.category_index()
+
+
+def check_item_features(value: str) -> None:
+    """``model_args.item_features``: off | mean | sum."""
+    if value not in ITEM_FEATURES:
+        raise MirecConfigError(f"model_args.item_features: expected off, mean or sum, got {value!r}")
+
+
+class AttributeItems(nn.Embedding):
+    """The item table with side information: item i's vector is
+
+        e_i = w_i + pool_{a in A(i)} c_a,      pool = mean or sum (``model_args.item_features``)
+
+    ``w`` the item-id embedding (this module's ``weight``, row 0 = padding, zero), ``c`` one
+    embedding per attribute (a category or brand id of the catalogue; ``attr``), ``A(i)`` the
+    item's attributes. An item without any gets ``w_i`` alone; padding stays zero. Used for the
+    history inputs (``self(ids)``) and the output table (:meth:`table`) alike, so training, the
+    exported vectors and the serving index share one representation. The item -> attribute
+    table is a buffer built from the catalogue at construction (not saved: the data set or the
+    bundle's items give it again); ``names`` keeps the attribute vocabulary, so a new item's
+    attribute names map to their embeddings (:meth:`cold_rows`)."""
+
+    def __init__(self, num_items: int, dim: int, categories: Categories, mode: str) -> None:
+        from mirec.data.ctr import padded_categories
+
+        super().__init__(num_items, dim, padding_idx=0)
+        _init_items(self, dim)
+        indptr, ids, names = categories
+        table = padded_categories(np.asarray(indptr), np.asarray(ids))  # (N', C)
+        if table.shape[0] != num_items:
+            raise MirecConfigError(f"model_args.item_features: the catalogue's categories cover "
+                                   f"{table.shape[0]} item ids, the model {num_items}")
+        self.mode, self.names = mode, list(names)
+        self.register_buffer("item_attrs", table, persistent=False)
+        self.attr = item_embedding(len(self.names) + 1, dim)  # row 0: no attribute
+
+    def attributes(self, attrs: torch.Tensor) -> torch.Tensor:
+        """(M, C) attribute ids + 1 (0 = none) -> the pooled attribute part (M, D)."""
+        return F.embedding_bag(attrs, self.attr.weight, mode=self.mode, padding_idx=0)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        part = self.attributes(self.item_attrs[ids.reshape(-1)]).reshape(*ids.shape, -1)
+        return super().forward(ids) + part  # (..., D)
+
+    def table(self) -> torch.Tensor:
+        """Every item's vector, (N, D): row i equals ``self(i)``."""
+        return self.weight + self.attributes(self.item_attrs)
+
+    @torch.no_grad()
+    def cold_rows(self, categories: Sequence[Sequence[str]]) -> torch.Tensor | None:
+        """(M, D) vectors of new items from their attribute names: the mean item-id embedding of
+        the trained items plus the pooled embeddings of the names this model knows; None for an
+        entry where it knows none (the caller falls back)."""
+        index = {c: j + 1 for j, c in enumerate(self.names)}
+        known = [[index[c] for c in cats if c in index] for cats in categories]
+        width = max([len(k) for k in known] + [1])
+        attrs = torch.tensor([k + [0] * (width - len(k)) for k in known], dtype=torch.long,
+                             device=self.weight.device).reshape(len(known), width)
+        return self.weight[1:].mean(0) + self.attributes(attrs)  # (M, D)
+
+
+def item_table_embedding(num_items: int, dim: int, features: str = "off",
+                         categories: Categories | None = None) -> nn.Embedding:
+    """A retriever's item table: :func:`item_embedding` (``features`` off, exactly as before)
+    or :class:`AttributeItems` over the catalogue's ``categories``."""
+    check_item_features(features)
+    if features == "off":
+        return item_embedding(num_items, dim)
+    if categories is None:
+        raise MirecConfigError("model_args.item_features: needs the catalogue's categories "
+                               "(build the model with its data set)")
+    return AttributeItems(num_items, dim, categories, features)
+
+
+def items_weight(emb: nn.Embedding) -> torch.Tensor:
+    """The (N, D) item vectors of a table made by :func:`item_table_embedding`."""
+    return emb.table() if isinstance(emb, AttributeItems) else emb.weight
+
+
+def attribute_items(model: nn.Module) -> AttributeItems | None:
+    """The model's :class:`AttributeItems` table, if it has one (``item_features`` on)."""
+    return next((m for m in model.modules() if isinstance(m, AttributeItems)), None)
 
 
 def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-9) -> torch.Tensor:

@@ -38,7 +38,14 @@ from torch import nn
 
 from mirec.config import MAX_COUNT, MAX_LEN, check_fields, setting, size
 from mirec.models.base import Interests
-from mirec.models.layers import dynamic_routing, item_embedding, label_aware_attention, mlp
+from mirec.models.layers import (
+    check_item_features,
+    dynamic_routing,
+    item_table_embedding,
+    items_weight,
+    label_aware_attention,
+    mlp,
+)
 
 
 @dataclass
@@ -53,16 +60,20 @@ class MINDConfig:
     hidden: int = size(128)  # the capsule MLP: D -> hidden -> D
     seed: int = setting(0, ge=0)  # routing logits in eval mode
 
+    # item side information in the item vectors: off | mean | sum (layers.AttributeItems)
+    item_features: str = "off"
+
     def validate(self) -> None:
         check_fields(self, "model_args.")
+        check_item_features(self.item_features)
 
 
 class MIND(nn.Module):
-    def __init__(self, cfg: MINDConfig, num_items: int) -> None:
+    def __init__(self, cfg: MINDConfig, num_items: int, categories: tuple | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         D = cfg.dim
-        self.item_emb = item_embedding(num_items, D)
+        self.item_emb = item_table_embedding(num_items, D, cfg.item_features, categories)
         self.S = nn.Linear(D, D, bias=False)  # shared bilinear map
         # Hook for user profile features: embed them, concatenate to every capsule (the first
         # size becomes D + profile dim) and pass them to interests(); not used yet.
@@ -94,7 +105,7 @@ class MIND(nn.Module):
         # positions, mapping the item table once and gathering its rows is the same product
         # for fewer multiply-adds (not with a sparse table: its gradient stays on the rows read).
         if not self.item_emb.sparse and self.item_emb.num_embeddings < B * L:
-            u = F.embedding(hist, self.S(self.item_emb.weight))  # (B, L, D)
+            u = F.embedding(hist, self.S(items_weight(self.item_emb)))  # (B, L, D)
         else:
             u = self.S(self.item_emb(hist))  # (B, L, D)
         u = u[:, None]  # (B, 1, L, D): one u_i shared by every interest j
@@ -106,7 +117,7 @@ class MIND(nn.Module):
         return Interests(vectors=V, mask=live, weights=w)
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.item_emb.weight  # (N, D)
+        return items_weight(self.item_emb)  # (N, D)
 
     def readout(self, out: Interests, target_emb: torch.Tensor) -> torch.Tensor:
         return label_aware_attention(out.vectors, out.mask, target_emb, self.cfg.pow_p)  # (B, D)

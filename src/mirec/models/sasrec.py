@@ -27,7 +27,7 @@ from torch import nn
 from mirec.config import MAX_COUNT, MAX_LEN, check_fields, setting, size
 from mirec.errors import MirecConfigError
 from mirec.models.base import Interests
-from mirec.models.layers import item_embedding
+from mirec.models.layers import check_item_features, item_table_embedding, items_weight
 
 
 @dataclass
@@ -38,8 +38,12 @@ class SASRecConfig:
     num_heads: int = size(1, MAX_COUNT)
     dropout: float = setting(0.2, ge=0, lt=1)  # on the inputs, attention and feed-forward outputs
 
+    # item side information in the item vectors: off | mean | sum (layers.AttributeItems)
+    item_features: str = "off"
+
     def validate(self) -> None:
         check_fields(self, "model_args.")
+        check_item_features(self.item_features)
         if self.dim % self.num_heads:
             raise MirecConfigError(f"model_args.num_heads: must divide model_args.dim={self.dim}, "
                                    f"got {self.num_heads}")
@@ -59,11 +63,11 @@ def newest_position(block: nn.TransformerEncoderLayer, x: torch.Tensor, attn: to
 
 
 class SASRec(nn.Module):
-    def __init__(self, cfg: SASRecConfig, num_items: int) -> None:
+    def __init__(self, cfg: SASRecConfig, num_items: int, categories: tuple | None = None) -> None:
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.emb = item_embedding(num_items, cfg.dim)
+        self.emb = item_table_embedding(num_items, cfg.dim, cfg.item_features, categories)
         self.pos = nn.Embedding(cfg.max_len, cfg.dim)
         nn.init.normal_(self.pos.weight, std=cfg.dim**-0.5)
         self.drop = nn.Dropout(cfg.dropout)
@@ -104,7 +108,7 @@ class SASRec(nn.Module):
         return Interests(v[:, None], torch.ones_like(mask[:, :1]), w[:, None])
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.emb.weight  # (N, D)
+        return items_weight(self.emb)  # (N, D)
 
     def readout(self, out: Interests, target_emb: torch.Tensor) -> torch.Tensor:
         return out.vectors[:, 0]  # (B, D)

@@ -18,7 +18,7 @@ from torch import nn
 
 from mirec.config import MAX_LEN, check_fields, setting, size
 from mirec.models.base import Interests
-from mirec.models.layers import item_embedding, mlp
+from mirec.models.layers import check_item_features, item_table_embedding, items_weight, mlp
 
 
 @dataclass
@@ -28,8 +28,12 @@ class YouTubeDNNConfig:
     hidden: tuple[int, ...] = size((256,))  # hidden ReLU layers; a last linear layer maps to ``dim``
     dropout: float = setting(0.0, ge=0, lt=1)  # on the hidden layers
 
+    # item side information in the item vectors: off | mean | sum (layers.AttributeItems)
+    item_features: str = "off"
+
     def validate(self) -> None:
         check_fields(self, "model_args.")
+        check_item_features(self.item_features)
 
 
 def masked_mean(table: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor,
@@ -47,11 +51,11 @@ def masked_mean(table: torch.Tensor, hist: torch.Tensor, mask: torch.Tensor,
 
 
 class YouTubeDNN(nn.Module):
-    def __init__(self, cfg: YouTubeDNNConfig, num_items: int) -> None:
+    def __init__(self, cfg: YouTubeDNNConfig, num_items: int, categories: tuple | None = None) -> None:
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.emb = item_embedding(num_items, cfg.dim)
+        self.emb = item_table_embedding(num_items, cfg.dim, cfg.item_features, categories)
         self.mlp = mlp((cfg.dim, *cfg.hidden, cfg.dim), dropout=cfg.dropout)
 
     def interests(self, hist: torch.Tensor, mask: torch.Tensor) -> Interests:
@@ -60,12 +64,12 @@ class YouTubeDNN(nn.Module):
         The interest is always live, also for an empty history (it is then ``mlp(0)``).
         """
         hist = hist.masked_fill(~mask, 0)  # ids at masked positions never matter
-        mean, w = masked_mean(self.emb.weight, hist, mask, self.emb.sparse)  # (B, D), (B, L)
+        mean, w = masked_mean(items_weight(self.emb), hist, mask, self.emb.sparse)  # (B, D), (B, L)
         v = self.mlp(mean)  # (B, D)
         return Interests(v[:, None], torch.ones_like(mask[:, :1]), w[:, None])  # K = 1
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.emb.weight  # (N, D)
+        return items_weight(self.emb)  # (N, D)
 
     def readout(self, out: Interests, target_emb: torch.Tensor) -> torch.Tensor:
         return out.vectors[:, 0]  # (B, D)

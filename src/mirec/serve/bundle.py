@@ -209,7 +209,7 @@ def load_bundle(path: str | Path) -> Bundle:
         vectors = read_vectors(files["item_vectors.npy"], path / "item_vectors.npy", n, d)
         items = read_items(files["items.parquet"], path / "items.parquet", n)
         users = read_users(files["users.parquet"], path / "users.parquet", n)
-        cfg, model = read_tower(files["tower.pt"], path / "tower.pt", manifest)
+        cfg, model = read_tower(files["tower.pt"], path / "tower.pt", manifest, category_csr(items))
     return assemble(path, manifest, cfg, model, vectors, items, users)
 
 
@@ -398,14 +398,16 @@ def read_users(f: BinaryIO, path: Path, n: int) -> pl.DataFrame:
     return users
 
 
-def read_tower(f: BinaryIO, path: Path, manifest: dict[str, Any]) -> tuple[RunConfig, torch.nn.Module]:
+def read_tower(f: BinaryIO, path: Path, manifest: dict[str, Any],
+               categories: tuple | None = None) -> tuple[RunConfig, torch.nn.Module]:
     """``tower.pt``: a state dict of finite tensors (loaded without pickle) that fits the model
-    of the manifest's config over num_items items, whose item table is dim wide."""
+    of the manifest's config over num_items items, whose item table is dim wide; ``categories``
+    (the items' categories as CSR) for a model with ``model_args.item_features`` on."""
     mpath = path.parent / "manifest.json"
     n, d = manifest["num_items"], manifest["dim"]
     try:
         cfg = from_dict(RunConfig, manifest["config"])
-        model = build_model(cfg, n)
+        model = build_model(cfg, n, categories=categories)
     except MirecError as e:
         raise MirecDataError(f"{mpath}: field 'config': {e}") from None
     except (RuntimeError, ValueError, TypeError, MemoryError) as e:  # sizes torch cannot build

@@ -7,7 +7,8 @@ example items out of stock. They are never recommended; ids not in the catalogue
 categories separated by ``|``) or JSONL (``{"item_id": ..., "title": ..., "categories": [...]}``),
 read by :func:`mirec.data.new_items.read_new_items` (``mirec data append`` reads it too). A
 new item has no trained vector; it gets the mean of the item vectors of every catalogue item
-that shares one of its categories (re-normalised to unit length when the model scores by
+that shares one of its categories (a model with ``model_args.item_features`` on: its own vector
+from the categories it knows, :func:`cold_vectors`) (re-normalised to unit length when the model scores by
 cosine). An item none of whose categories is known gets the mean of all item vectors. The
 tower never sees a new item (it has no embedding row): histories keep them for exclusion only.
 """
@@ -24,6 +25,7 @@ from mirec.coldstart import category_mean_vectors
 from mirec.data.dataset import category_csr
 from mirec.data.new_items import read_new_items
 from mirec.data.text import lines
+from mirec.models.layers import attribute_items
 from mirec.serve.bundle import Bundle
 
 
@@ -42,9 +44,21 @@ def cold_vectors(bundle: Bundle, categories: list[list[str]],
     """(len(categories), D) vectors: the mean of the vectors of the catalogue items sharing a
     category with each new item (all items when none is shared), unit length under cosine
     (:func:`mirec.coldstart.category_mean_vectors`). ``pool``: (N,) bool, the items that may
-    contribute (default: every real item)."""
-    return category_mean_vectors(bundle.item_vectors, bundle.category_indptr, bundle.category_ids,
+    contribute (default: every real item). A model with item features
+    (``model_args.item_features``) gives an item with a category it knows its own vector instead:
+    the mean trained item-id embedding plus the pooled embeddings of its known categories
+    (:meth:`mirec.models.layers.AttributeItems.cold_rows`), the representation its trained
+    items have."""
+    out = category_mean_vectors(bundle.item_vectors, bundle.category_indptr, bundle.category_ids,
                                  bundle.category_names, categories, bundle.cosine, pool)
+    table = attribute_items(bundle.model)
+    if table is not None:
+        known = [any(c in table.names for c in cats) for cats in categories]
+        rows = table.cold_rows(categories).cpu().numpy()  # (M, D)
+        if bundle.cosine:
+            rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        out[known] = rows[known]
+    return out
 
 
 def add_new_items(bundle: Bundle, path: str | Path) -> Bundle:

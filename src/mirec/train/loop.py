@@ -101,7 +101,8 @@ def setup(cfg: RunConfig, ds: Dataset, distributed: bool = False) -> tuple[
     device = placement(tc.device, tc.precision, distributed).device
     split = split_users(ds, cfg.split)
     torch.manual_seed(tc.seed)
-    model = build_model(cfg, ds.num_items, training=True).to(device)  # initialised on the CPU: same anywhere
+    # initialised on the CPU: the same anywhere
+    model = build_model(cfg, ds.num_items, training=True, categories=ds.category_index()).to(device)
     opt = make_optimizer(model, tc.optimizer, auto_setting(tc, model, "lr"), tc.weight_decay,
                          use_sampled(tc, ds.num_items))
     sampler = None

@@ -282,8 +282,12 @@ def warm_retriever(model: torch.nn.Module, cfg: RunConfig, parent: Parent, ds: D
                    log: Callable[[str], None] = lambda s: None) -> None:
     """Load ``parent`` into retriever ``model`` (built for ``ds``) in place: the optimiser keeps
     its references to the same parameters."""
+    from mirec.models.layers import attribute_items
     from mirec.runs import build_model
 
+    if attribute_items(model) is not None:
+        raise MirecConfigError("--warm-start: not yet for a model with model_args.item_features on "
+                               "(train it from scratch)")
     dims = indexed_dims(lambda n: build_model(cfg, n), ds.num_items, ds.num_items + 1)
     cosine = parent.ck["config"].get("train", {}).get("cosine", True)
     key = param_name(model, model.item_embeddings()) if cosine else None
