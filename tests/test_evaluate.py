@@ -103,8 +103,8 @@ def test_most_popular_under_the_time_protocol_by_hand(tmp_path):
     assert (seed["num_test_users"], seed["num_valid_users"]) == (4, 2)  # rows: target events
     assert seed["time_cuts"] == {"valid_from": 6, "test_from": 8}
     assert doc["protocol"]["split"]["protocol"] == "time"
-    with pytest.raises(MirecConfigError, match=r"eval.ns: N = 5 is not smaller than the training catalogue \(5"):
-        evaluate_baseline("most-popular", ds, [1], split, EvalConfig(ns=(5,)))
+    with pytest.raises(MirecConfigError, match=r"eval.ns: N = 6 is larger than the training catalogue \(5"):
+        evaluate_baseline("most-popular", ds, [1], split, EvalConfig(ns=(6,)))
 
 
 def late_new_items_dataset(path):

@@ -105,9 +105,9 @@ def rank_topn(scorer: Scorer, ds: Dataset, users: EvalUsers, n: int, max_len: in
     (when set) are never ranked; equal scores ordered as ``ties`` says (:class:`EvalConfig`)."""
     never = users.new_items
     rankable = ds.num_items - 1 - (0 if never is None else len(never))
-    if n >= rankable:
+    if n > rankable:  # N equal to the catalogue is a full ranking (as before the time protocol)
         what = "catalogue" if never is None else "training catalogue"
-        raise MirecConfigError(f"eval.ns: N = {n} is not smaller than the {what} ({rankable} items)")
+        raise MirecConfigError(f"eval.ns: N = {n} is larger than the {what} ({rankable} items)")
     out = np.zeros((len(users), n), dtype=np.int64)
     starts = range(0, len(users), batch_size)
     show = progress and len(users) > 4 * batch_size
