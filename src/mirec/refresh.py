@@ -21,6 +21,7 @@ point, after its line on stderr, for a test to kill it there.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -181,29 +182,40 @@ def _open_state(out: Path, cmd: dict[str, Any]) -> dict[str, Any]:
 
 
 def _verify(out: Path, state: dict[str, Any], step: str) -> None:
-    """A finished step's outputs are still there, as it recorded them (the bundle as the latest
-    step that wrote it recorded it); otherwise refused, naming the step and the path."""
-    from mirec.data.dataset import load_dataset
-
-    later = {name: s for name, s in state["steps"].items() if STEPS.index(name) > STEPS.index(step)}
+    """A finished step's outputs are still there, as it recorded them; otherwise refused,
+    naming the step and the path."""
     for name, want in state["steps"][step]["outputs"].items():
-        if any(name in s["outputs"] for s in later.values()):
-            continue  # a later step rewrote it (the index into the bundle): verified there
         path = out / name
         try:
-            if name == "data":
-                got = load_dataset(path).checksum  # every file's checksum verified
-            elif name == "run":
-                best = best_checkpoint(path)
-                got = sha256_file(best) if best is not None and (path / "results.json").exists() else None
-            else:
-                got = _bundle_version(path)
+            got = _checksum(step, path)
+            why = f"checksum {got[:12]} != {want[:12]}: changed since" if got != want else ""
         except (MirecError, OSError) as e:
-            got = f"unreadable ({e})"
-        if got != want:
+            why = str(e)
+        if why:
             raise MirecDataError(f"refresh: step '{step}' is done, but {path} is not what it wrote "
-                                 f"(checksum {str(got)[:40]} != {want[:12]}): changed or removed "
-                                 f"since; give a new --out")
+                                 f"({why}); give a new --out")
+
+
+def _checksum(step: str, path: Path) -> str:
+    """What ``step`` records of its output ``path``: a data set's checksum (every file verified),
+    the SHA-256 of a run's best checkpoint; for a bundle (every file verified) the SHA-256 of
+    its model files' checksums (export: what the index step adds does not change it) or its
+    version (index: the whole manifest, the index's checksum included)."""
+    from mirec.data.dataset import load_dataset
+    from mirec.serve.bundle import FILES
+
+    if step == "append":
+        return load_dataset(path).checksum
+    if step == "train":
+        best = best_checkpoint(path)
+        if best is None or not (path / "results.json").exists():
+            raise MirecDataError(f"{path}: no best.pt or results.json")
+        return sha256_file(best)
+    b = _bundle(path)
+    if step == "export":
+        model = {name: b.manifest["checksums"][name] for name in FILES}
+        return hashlib.sha256(json.dumps(model, sort_keys=True).encode()).hexdigest()
+    return b.version
 
 
 def _named(e: MirecError, step: str) -> MirecError:
@@ -260,23 +272,22 @@ def _train(cmd: dict[str, Any], out: Path, log: Callable[[str], None]) -> Done:
         "valid": doc["valid"], "test": doc["metrics"], "best_epochs": doc["best_epochs"]}
 
 
-def _bundle_version(path: Path) -> str:
-    """The bundle's version after a whole validation (and the saved indexes' checksums)."""
+def _bundle(path: Path) -> Any:
+    """The bundle ``path``, validated whole, its saved indexes' checksums verified too."""
     from mirec.serve.bundle import FILES, load_bundle, verify_checksum
 
     b = load_bundle(path)
     for name in b.manifest["checksums"]:
         if name not in FILES:
             verify_checksum(b, name, "run the refresh into a new --out")
-    return b.version
+    return b
 
 
 def _export(out: Path) -> Done:
     from mirec.api import export
 
     path = export(out / "run", out / "bundle")
-    version = _bundle_version(path)
-    return {"bundle": version}, {"path": str(path), "version": version}
+    return {"bundle": _checksum("export", path)}, {"path": str(path), "version": _bundle(path).version}
 
 
 def _index(out: Path, cfg: Any, min_recall: float, queries: int) -> Done:
@@ -293,7 +304,7 @@ def _index(out: Path, cfg: Any, min_recall: float, queries: int) -> Done:
                              f"recommendation ({r['users']} users), below --min-recall {min_recall:g}; "
                              f"the bundle is not served (change the index settings, index.*, or "
                              f"--min-recall)")
-    version = _bundle_version(out / "bundle")
+    version = _checksum("index", out / "bundle")
     keys = ("kind", "items", "build_s", "bytes", "recall@50", "recommend_recall@50", "nlist", "nprobe")
     return {"bundle": version}, {**{k: r[k] for k in keys}, "min_recall": min_recall, "version": version}
 
@@ -302,7 +313,7 @@ def _reload(out: Path, state: dict[str, Any], url: str, token: str) -> Done:
     """POST URL/admin/reload with DIR/bundle; the 200 must name the new version, for every
     worker of a fleet."""
     bundle = out / "bundle"
-    version = _bundle_version(bundle)  # the bundle the index step left, checked once more
+    version = _bundle(bundle).version  # the bundle the index step left, checked once more
     req = urllib.request.Request(url.rstrip("/") + "/admin/reload", method="POST",
                                  data=json.dumps({"bundle": str(bundle)}).encode(),
                                  headers={"Authorization": f"Bearer {token}",
