@@ -254,5 +254,7 @@ def test_out_follows_the_out_rules_and_serve_needs_a_token(capsys, trained, tmp_
     monkeypatch.delenv("MIREC_TOKEN", raising=False)
     code, _, err = mirec(capsys, *args(parent, tmp_path / "c", "--serve", "http://127.0.0.1:9"))
     assert code == 2 and "--token" in err and not (tmp_path / "c").exists(), err
-    code, _, err = mirec(capsys, *args(parent, tmp_path / "d", "--queries", "0"))
-    assert code == 2 and "--queries" in err and not (tmp_path / "d").exists(), err
+    for bad, says in [(("--queries", "0"), "--queries"), (("--set", "train.nope=1"), "train.nope"),
+                      (("--set", "index.kind=flat"), "index.kind"), (("--min-recall", "2"), "--min-recall")]:
+        code, _, err = mirec(capsys, *args(parent, tmp_path / "d", *bad))
+        assert code == 2 and says in err and not (tmp_path / "d").exists(), err

@@ -111,6 +111,7 @@ def _command(run: str | Path, events: str | Path, data: str | Path, settings: li
     """The refresh's identity: absolute RUN and DATA, the store (a SQLite file's absolute path,
     a URL without its password), the settings; RUN and DATA checked to be what they must be."""
     from mirec.data.dataset import load_dataset
+    from mirec.runs import RunConfig
     from mirec.serve.store import redact
     from mirec.train.warm import finished
 
@@ -118,6 +119,10 @@ def _command(run: str | Path, events: str | Path, data: str | Path, settings: li
     if best_checkpoint(run) is None or not finished(run):
         raise MirecConfigError(f"--run {run}: not a finished `mirec train` run (no best.pt or no "
                                f"results.json)")
+    task = json.loads(_results(run).read_text()).get("task")
+    if task != "retrieval":
+        raise MirecConfigError(f"--run {run}: a {task} run; a refresh retrains the retrieval model a "
+                               f"bundle serves")
     load_dataset(data, verify=False)  # names what is missing or wrong
     spec = str(events)
     store = redact(spec) if "://" in spec else str(Path(spec).absolute())
@@ -125,9 +130,15 @@ def _command(run: str | Path, events: str | Path, data: str | Path, settings: li
         if "=" not in s:
             raise MirecConfigError(f"--set {s!r}: expected key=value")
     index_sets = [s for s in settings if s.startswith("index.")]
-    return {"run": str(run), "data": str(data), "events": store, "events_spec": spec,
-            "settings": [s for s in settings if not s.startswith("index.")],
+    run_sets = [s for s in settings if not s.startswith("index.")]
+    load(RunConfig, None, [s for s in run_sets if not s.startswith("model_args.")])  # names a bad key
+    return {"run": str(run), "data": str(data), "events": store, "events_spec": spec, "settings": run_sets,
             "index": [f"kind={index}", f"hnsw_above={hnsw_above}"] + [s[6:] for s in index_sets]}
+
+
+def _results(run: Path) -> Path:
+    """results.json of a run, or of the multi-seed run holding this ``seed-*`` directory."""
+    return run / "results.json" if (run / "results.json").exists() else run.parent / "results.json"
 
 
 def _index_config(sets: list[str], min_recall: float | None) -> Any:
@@ -135,6 +146,8 @@ def _index_config(sets: list[str], min_recall: float | None) -> Any:
     ``target_recall`` the ``--min-recall``."""
     from mirec.serve.index import IndexConfig
 
+    if min_recall is not None and not 0 < min_recall <= 1:
+        raise MirecConfigError(f"--min-recall: must be in (0, 1], got {min_recall}")
     cfg = load(IndexConfig, None, sets + ([f"target_recall={min_recall}"] if min_recall is not None else []))
     cfg.validate()
     return cfg
