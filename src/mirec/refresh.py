@@ -182,8 +182,8 @@ def _open_state(out: Path, cmd: dict[str, Any]) -> dict[str, Any]:
         was = state.get("command", {})
         for key in IDENTITY:
             if was.get(key) != cmd[key]:
-                flag = "--events" if key == "events" else "--set" if key in ("settings", "index") \
-                    else f"--{key}"
+                flag = {"events": "--events", "settings": "--set",
+                        "index": "--index/--hnsw-above/--set index.*"}.get(key, f"--{key}")
                 raise MirecConfigError(
                     f"{flag}: {out} holds a refresh with {key} {was.get(key)}, this command has "
                     f"{cmd[key]}; never mix two refreshes: give a new --out")
