@@ -138,8 +138,8 @@ def test_refresh_serves_a_new_bundle_that_knows_the_new_item(capsys, parent, tmp
 # ---- kill -9 at each step ----------------------------------------------------------------------
 
 
-def held(cmd: list[str], hold: str, log: Path) -> None:
-    """Run `mirec refresh` until it holds at ``hold``, then SIGKILL it."""
+def held(cmd: list[str], hold: str, log: Path, meanwhile=lambda: None) -> None:
+    """Run `mirec refresh` until it holds at ``hold``, call ``meanwhile``, then SIGKILL it."""
     env = {**os.environ, "MIREC_REFRESH_HOLD": hold, "OMP_NUM_THREADS": "1"}
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "mirec.cli", *cmd], stdout=subprocess.DEVNULL,
@@ -149,7 +149,10 @@ def held(cmd: list[str], hold: str, log: Path) -> None:
         assert proc.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, f"never held at {hold}"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    try:
+        meanwhile()
+    finally:
+        proc.send_signal(signal.SIGKILL)
     proc.wait(30)
 
 
@@ -173,12 +176,18 @@ def test_kill_9_at_each_step_keeps_the_old_bundle_served_and_a_rerun_finishes_th
                 time.sleep(0.02)
 
     cmd = args(parent, out, "--serve", url)
+
+    def overlap(k: int) -> None:  # a second refresh in the same directory meanwhile: refused
+        if k == 1:
+            code, _, err = mirec(capsys, *cmd, "--token", TOKEN)
+            assert code == 2 and "another `mirec refresh` is running there" in err, err
+
     t = threading.Thread(target=loop)
     t.start()
     try:
         for k, hold in enumerate(["append:after", "train:after", "export:after", "index:after",
                                   "reload:before"]):
-            held(cmd + ["--token", TOKEN], hold, tmp_path / f"{k}.log")
+            held(cmd + ["--token", TOKEN], hold, tmp_path / f"{k}.log", meanwhile=lambda k=k: overlap(k))
             done = list(json.loads((out / "refresh.json").read_text())["steps"])
             assert done == ["append", "train", "export", "index"][:k], (hold, done)
             assert not [p for p in out.iterdir() if ".old-" in p.name]
@@ -216,7 +225,8 @@ def test_a_failing_step_is_named_and_the_server_keeps_its_bundle(capsys, parent,
     bad[bad.index("--events") + 1] = "postgresql://mirec@127.0.0.1:1/events"
     code, stdout, err = mirec(capsys, *bad)
     assert code == 2 and stdout == "" and "error: refresh: step 'append' failed: " in err, err
-    assert "cannot connect" in err and err.splitlines()[-1].startswith("error: ")
+    assert "--events postgresql://mirec@127.0.0.1:1/events: cannot connect" in err
+    assert err.splitlines()[-1].startswith("error: ")
     assert not [line for line in err.splitlines()[:-1] if "error" in line]
 
     # an index whose recall is below --min-recall: step 4, the bundle never offered to the server

@@ -21,6 +21,8 @@ point, after its line on stderr, for a test to kill it there.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -29,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from mirec import __version__
 from mirec.checkpoint import best_checkpoint
@@ -39,6 +41,7 @@ from mirec.io import atomic_write_json, check_output_dir, sha256_file
 
 STEPS = ("append", "train", "export", "index", "reload")
 STATE = "refresh.json"
+LOCK = ".refresh.lock"
 FORMAT = "mirec.refresh"
 FORMAT_VERSION = 1
 IDENTITY = ("run", "data", "events", "settings", "index")  # what makes two refreshes the same
@@ -72,35 +75,62 @@ def refresh(run: str | Path, events: str | Path, data: str | Path, out: str | Pa
     if queries < 1:
         raise MirecConfigError(f"--queries: must be >= 1, got {queries}")
     out = Path(out).absolute()
-    state = _open_state(out, cmd)
-    for step in STEPS:
-        if step in state["steps"]:
-            _verify(out, state, step)
-    work = {
-        "append": lambda: _append(cmd, out),
-        "train": lambda: _train(cmd, out, log),
-        "export": lambda: _export(out),
-        "index": lambda: _index(out, index_cfg, min_recall, queries),
-        "reload": lambda: _reload(out, state, serve, token),
-    }
-    for step in STEPS:
-        if step in state["steps"] or (step == "reload" and serve is None):
-            continue
-        log(f"refresh: step '{step}' ...")
-        _hold(step, "before")
-        t0 = time.perf_counter()
+    with _alone(out, cmd):
+        state = _open_state(out, cmd)
+        for step in STEPS:
+            if step in state["steps"]:
+                _verify(out, state, step)
+        work = {
+            "append": lambda: _append(cmd, out),
+            "train": lambda: _train(cmd, out, log),
+            "export": lambda: _export(out),
+            "index": lambda: _index(out, index_cfg, min_recall, queries),
+            "reload": lambda: _reload(out, state, serve, token),
+        }
+        for step in STEPS:
+            if step in state["steps"] or (step == "reload" and serve is None):
+                continue
+            _step(out, state, step, work[step], log)
+        return summary(out, state)
+
+
+def _step(out: Path, state: dict[str, Any], step: str, work: Callable[[], Done],
+          log: Callable[[str], None]) -> None:
+    """Run one step and record it in the state file; a failure names the step."""
+    log(f"refresh: step '{step}' ...")
+    _hold(step, "before")
+    t0 = time.perf_counter()
+    try:
+        outputs, result = work()
+    except MirecError as e:
+        raise _named(e, step) from None
+    except Exception as e:  # noqa: BLE001  named, and the cause kept for the trace
+        raise RefreshError(f"refresh: step '{step}' failed: {type(e).__name__}: {e}") from e
+    _hold(step, "after")
+    state["steps"][step] = {"seconds": round(time.perf_counter() - t0, 3), "outputs": outputs,
+                            "result": result}
+    atomic_write_json(out / STATE, state)
+    log(f"refresh: step '{step}' done in {state['steps'][step]['seconds']:.1f} s")
+
+
+@contextlib.contextmanager
+def _alone(out: Path, cmd: dict[str, Any]) -> Iterator[None]:
+    """``out`` checked against the --out rules, then held by this process alone (an exclusive
+    ``flock`` on ``out/.refresh.lock``, released when the process ends, however): a second
+    refresh started in the same directory meanwhile (cron runs overlapping) is refused."""
+    check_output_dir(out, may_hold=is_refresh_dir)
+    for name in ("run", "data"):
+        where = Path(cmd[name]).resolve()
+        if out.resolve() == where or where in out.resolve().parents:
+            raise MirecConfigError(f"--out {out}: is --{name} or inside it; give a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a") as f:
         try:
-            outputs, result = work[step]()
-        except MirecError as e:
-            raise _named(e, step) from None
-        except Exception as e:  # noqa: BLE001  named, and the cause kept for the trace
-            raise RefreshError(f"refresh: step '{step}' failed: {type(e).__name__}: {e}") from e
-        _hold(step, "after")
-        state["steps"][step] = {"seconds": round(time.perf_counter() - t0, 3), "outputs": outputs,
-                                "result": result}
-        atomic_write_json(out / STATE, state)
-        log(f"refresh: step '{step}' done in {state['steps'][step]['seconds']:.1f} s")
-    return summary(out, state)
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MirecConfigError(f"--out {out}: another `mirec refresh` is running there; let it "
+                                   f"finish (a rerun then reports its summary)") from None
+        yield
 
 
 # ---- the command and its state file --------------------------------------------------------
@@ -162,21 +192,17 @@ def _check_serve(url: str, token: str | None) -> None:
 
 
 def is_refresh_dir(path: Path) -> bool:
-    """Whether ``path`` holds a refresh's state file (what ``mirec refresh --out`` may reuse)."""
+    """Whether ``path`` holds a refresh's state file (what ``mirec refresh --out`` may reuse), or
+    only the lock of one killed before it wrote its state."""
     try:
         return json.loads((path / STATE).read_text()).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
-        return False
+        return [p.name for p in path.iterdir()] == [LOCK]
 
 
 def _open_state(out: Path, cmd: dict[str, Any]) -> dict[str, Any]:
-    """The state of the refresh in ``out``: a new one (``out`` missing or empty, per the --out
-    rules), or the one recorded there for this same command; another refresh's is refused."""
-    check_output_dir(out, may_hold=is_refresh_dir)
-    for name in ("run", "data"):
-        where = Path(cmd[name]).resolve()
-        if out.resolve() == where or where in out.resolve().parents:
-            raise MirecConfigError(f"--out {out}: is --{name} or inside it; give a new directory")
+    """The state of the refresh in ``out``: a new one, or the one recorded there for this same
+    command; another refresh's is refused."""
     if (out / STATE).exists():
         state = json.loads((out / STATE).read_text())
         was = state.get("command", {})
@@ -255,7 +281,11 @@ def _append(cmd: dict[str, Any], out: Path) -> Done:
     from mirec.api import append
     from mirec.data.dataset import load_dataset
 
-    path = append(cmd["data"], cmd["events_spec"], out / "data")
+    try:
+        path = append(cmd["data"], cmd["events_spec"], out / "data")
+    except MirecError as e:  # the store's messages name it as `mirec serve` calls it
+        msg = str(e)
+        raise type(e)("--events " + msg[8:]) if msg.startswith("--store ") else e from None
     ds = load_dataset(path, verify=False)
     record = ds.meta["appended"][-1]
     keys = ("events_read", "events_added", "duplicates_dropped", "older_than_users_last_event",
