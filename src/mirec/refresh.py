@@ -13,7 +13,8 @@ step with its output's checksum, its seconds and what the summary reports. A rer
 command verifies the finished steps' outputs and runs the others: a killed refresh (``kill -9``
 at any moment) finishes where it stopped, a finished one is a no-op answering the same summary.
 Nothing is served before the reload step, and nothing outside DIR is written, so a refresh that
-fails or is killed leaves the served bundle as it was. A failure names its step.
+fails or is killed leaves the served bundle as it was. A failure names its step. One refresh
+runs in a directory at a time (``DIR/.refresh.lock``).
 
 ``MIREC_REFRESH_HOLD=STEP:before|after`` (tests only) makes a refresh stop and wait at that
 point, after its line on stderr, for a test to kill it there.
@@ -85,7 +86,7 @@ def refresh(run: str | Path, events: str | Path, data: str | Path, out: str | Pa
             "train": lambda: _train(cmd, out, log),
             "export": lambda: _export(out),
             "index": lambda: _index(out, index_cfg, min_recall, queries),
-            "reload": lambda: _reload(out, state, serve, token),
+            "reload": lambda: _reload(out, serve, token),
         }
         for step in STEPS:
             if step in state["steps"] or (step == "reload" and serve is None):
@@ -352,7 +353,7 @@ def _index(out: Path, cfg: Any, min_recall: float, queries: int) -> Done:
     return {"bundle": version}, {**{k: r[k] for k in keys}, "min_recall": min_recall, "version": version}
 
 
-def _reload(out: Path, state: dict[str, Any], url: str, token: str) -> Done:
+def _reload(out: Path, url: str, token: str) -> Done:
     """POST URL/admin/reload with DIR/bundle; the 200 must name the new version, for every
     worker of a fleet."""
     bundle = out / "bundle"
