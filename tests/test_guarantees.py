@@ -362,6 +362,10 @@ def user_errors(tmp_path) -> dict[str, list[list[str]]]:
         "data synth": [["--set", "num_users=-1", "--out", out], ["--config", gone + ".toml"],
                        ["--raw", "xml", "--out", out + ".xml"], ["--preset", "tmall", "--out", out]],
         "data info": [[gone]],
+        "data append": [[gone, gone + ".sqlite", "--out", out], [str(csv), gone + ".sqlite", "--out", out]],
+        "refresh": [["--run", gone, "--events", gone + ".sqlite", "--data", gone, "--out", out],
+                    ["--run", gone, "--events", gone, "--data", gone, "--out", out, "--min-recall", "high"],
+                    ["--run", gone, "--events", gone, "--data", gone]],  # no --out
         "train": [["--data", gone, "--out", out], ["--task", "nope"], ["--seeds", "a,b", "--data", gone],
                   ["--set", "train.lr=fast", "--data", gone], ["--resume", "--data", gone, "--out", out],
                   ["--set", "train.optimizer=lazy", "--data", gone],

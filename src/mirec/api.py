@@ -32,7 +32,7 @@ from mirec.train import warm
 
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
-__all__ = ["prepare", "append", "load_dataset", "fit", "evaluate", "export", "RunResult"]
+__all__ = ["prepare", "append", "load_dataset", "fit", "evaluate", "export", "refresh", "RunResult"]
 
 
 def prepare(source: str, path: str | Path, out: str | Path | None = None, k_core: int = 5,
@@ -248,3 +248,23 @@ def export(run: str | Path, out: str | Path, data: str | Path | None = None) -> 
     from mirec.serve.bundle import export_bundle
 
     return export_bundle(run, out, data)
+
+
+def refresh(run: str | Path, events: str | Path, data: str | Path, out: str | Path, *,
+            serve: str | None = None, token: str | None = None, settings: dict[str, Any] | None = None,
+            index: str = "auto", hnsw_above: int = 50_000, min_recall: float | None = None,
+            queries: int = 200, log: Callable[[str], None] = lambda s: None, **more: Any) -> dict[str, Any]:
+    """A model refreshed from live traffic in one resumable job into ``out``: ``data`` plus the
+    event store ``events``' new events (-> ``out/data``), a warm start from the finished run
+    ``run`` (-> ``out/run``; ``train.since`` defaults to ``data``'s last timestamp), its bundle
+    (-> ``out/bundle``) with its index built and its recall checked against ``min_recall``, and,
+    with ``serve`` (a server's address) and its bearer ``token``, ``POST /admin/reload`` of the
+    new bundle. ``out/refresh.json`` records each finished step: calling again with the same
+    arguments finishes a refresh that was stopped, and returns the same summary once finished.
+    Settings as in :func:`fit` (``index.*`` keys configure the index). Returns the summary
+    (docs/production.md, "One refresh command")."""
+    from mirec.refresh import refresh as run_refresh
+
+    return run_refresh(run, events, data, out, serve=serve, token=token,
+                       settings=overrides({**(settings or {}), **more}), index=index, hnsw_above=hnsw_above,
+                       min_recall=min_recall, queries=queries, log=log)

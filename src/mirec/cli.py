@@ -509,6 +509,51 @@ def index_build(
                       f"`--index hnsw` may search faster (it builds slower; docs/serving.md)")
 
 
+@app.command("refresh")
+def refresh_cmd(
+    run_dir: Annotated[Path, typer.Option("--run", help="The finished run being served (`mirec train`).")],
+    events: Annotated[str, typer.Option(help="The event store of `mirec serve --store` (a SQLite file or "
+                                             "a postgresql:// URL).")],
+    data: Annotated[Path, typer.Option(help="The data set to append to (RUN's, or the last refresh's "
+                                            "DIR/data; never changed).")],
+    out: Annotated[Path, typer.Option(help="The refresh directory: data/, run/, bundle/ and refresh.json "
+                                           "(new, empty, or this same refresh's: a rerun finishes it).")],
+    serve: Annotated[Optional[str], typer.Option(help="The server to reload when the bundle is ready, "
+                                                      "e.g. http://127.0.0.1:8000.")] = None,
+    token: Annotated[Optional[str], typer.Option(envvar="MIREC_TOKEN", show_envvar=True,
+                                                 help="The server's bearer token.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="A setting of the new run (e.g. train.epochs=3, train.since=0; default "
+                      "train.since: DATA's last timestamp) or, as index.*, of the index.")] = None,
+    index: IndexKind = "auto",
+    hnsw_above: HnswAbove = 50_000,
+    min_recall: Annotated[Optional[float], typer.Option(
+        help="Refuse the bundle when its index's recall@50 per recommendation against exact is "
+             "below this (default index.target_recall, 0.95).")] = None,
+    queries: Annotated[int, typer.Option(help="Users whose interests measure the index's recall.")] = 200,
+) -> None:
+    """Refresh the served model from live traffic in one resumable job: append the store's new
+    events to DATA, warm-start a run from RUN on them, export the bundle, build and check its
+    index, and (with --serve) reload the server. Prints a JSON summary on stdout; progress goes
+    to stderr. A rerun of the same command finishes a stopped refresh (a finished one: the same
+    summary); a failure names its step and leaves the served bundle as it was."""
+    import json
+
+    from mirec.api import refresh
+
+    err = Console(stderr=True, highlight=False)
+    r = refresh(run_dir, events, data, out, serve=serve, token=token, index=index, hnsw_above=hnsw_above,
+                min_recall=min_recall, queries=queries, log=lambda s: err.print(s, markup=False),
+                settings=dict(_pair(s) for s in set_ or []))
+    print(json.dumps(r, indent=2))
+
+
+def _pair(setting: str) -> tuple[str, str]:
+    if "=" not in setting:
+        raise MirecError(f"--set {setting!r}: expected key=value")
+    return tuple(setting.split("=", 1))  # type: ignore[return-value]
+
+
 @app.command("recommend")
 def recommend_cmd(
     bundle: Annotated[Path, typer.Argument(help="A bundle directory (`mirec export`).")],
