@@ -487,3 +487,30 @@ def test_kill_9_of_servers_sharing_a_postgres_store_loses_no_acknowledged_event(
     counts = crash_run(bundle_dir, raw, pg_url, seconds=15)
     assert counts["kills"] >= 2 and counts["acknowledged"] > 100 and counts["recommend_ok"] > 20
     assert counts["lost"] == 0
+
+
+def test_a_store_opened_for_reading_is_never_written(tmp_path):
+    """Reading a store (``mirec data append``, ``mirec recommend --store``) must not change the
+    file: no schema, no WAL switch. A SQLite file without mirec's events table is refused in
+    one line, byte for byte as it was."""
+    foreign = tmp_path / "other.sqlite"
+    db = sqlite3.connect(foreign)
+    db.execute("CREATE TABLE orders (id INTEGER)")
+    db.commit()
+    db.close()
+    before = foreign.read_bytes()
+    with pytest.raises(MirecDataError, match="not a mirec event store"):
+        open_store(foreign, create=False)
+    assert foreign.read_bytes() == before and not list(tmp_path.glob("other.sqlite-*"))
+
+    ours = tmp_path / "events.sqlite"
+    s = open_store(ours)
+    s.append("u", [("a", 5), ("b", 6)])
+    s.close()
+    before = ours.read_bytes()
+    reader = open_store(ours, create=False)
+    assert reader.history("u", 10) == ["a", "b"]
+    assert [r[1:] for r in reader.events_since(0)] == [("u", "a", 5), ("u", "b", 6)]
+    reader.close()
+    assert ours.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.sqlite", "other.sqlite"]

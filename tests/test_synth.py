@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from mirec.data.prepare import PrepareConfig, RawLog, build_dataset
 from mirec.data.synth import (
     BLOCK_USERS,
     SynthConfig,
+    item_arrivals,
     iter_chunks,
     num_chunks,
     preset,
@@ -263,6 +265,16 @@ def test_raw_rejects_unknown_format(tmp_path: Path) -> None:
     ("seed", -1),
     ("seed", True),
     ("chunk_users", 0),
+    ("span_days", 0.0),
+    ("span_days", float("inf")),
+    ("item_arrival", 1.0),
+    ("item_arrival", -0.1),
+    ("fresh_boost", -1.0),
+    ("fresh_half_life_days", 0.0),
+    ("interest_drift", -0.5),
+    ("trend_share", 0.0),
+    ("trend_share", 1.5),
+    ("trend_period_days", 0.0),
 ])
 def test_validate_names_the_field(field: str, value: object) -> None:
     cfg = _small(**{field: value})
@@ -335,3 +347,161 @@ def test_parts_match_the_single_file(tmp_path: Path) -> None:
     one = pl.read_parquet(synth_raw(cfg, tmp_path / "one.parquet", fmt="parquet", progress=False))
     assert len(list(parts.glob("part-*.parquet"))) == num_chunks(cfg) == 2
     assert pl.read_parquet(sorted(parts.glob("part-*.parquet"))).equals(one)
+
+
+# -- a log that changes over time ------------------------------------------------------------
+
+DAY = 86_400
+
+
+def _digest(cfg: SynthConfig) -> str:
+    """SHA-256 of every chunk's arrays (events, categories, planted interests)."""
+    h = hashlib.sha256()
+    for ch in iter_chunks(cfg):
+        for a in (ch.user, ch.item, ch.category, ch.ts, ch.interests, ch.num_interests):
+            h.update(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes())
+    return h.hexdigest()
+
+
+def test_time_settings_off_leave_the_log_of_earlier_versions() -> None:
+    """With item_arrival and interest_drift 0 (the defaults) the events are those the generator
+    wrote before these settings existed: the digests were computed on that code."""
+    assert _digest(_small(num_users=1500, chunk_users=500)) == (
+        "398a41f8fa167183a7ba632e3ac80dc5e8f1f7dd883366abcaeda52aa007dc08")
+    assert _digest(SynthConfig(num_users=1100, seed=7)) == (
+        "ba03c459916b8d6906f10f7e51ec0e3889666005dea372cc94355e90f4bc4cef")
+    # the other time settings do nothing while both are off
+    assert _digest(_small(num_users=1500, chunk_users=500, fresh_boost=3.0, trend_share=0.2)) == (
+        "398a41f8fa167183a7ba632e3ac80dc5e8f1f7dd883366abcaeda52aa007dc08")
+
+
+def _arriving(**kw) -> SynthConfig:
+    base = {"num_users": 1500, "num_categories": 6, "items_per_category": 30, "mean_len": 20.0,
+            "mean_gap_s": DAY / 4, "span_days": 30.0, "item_arrival": 0.5, "fresh_boost": 10.0,
+            "fresh_half_life_days": 3.0, "chunk_users": 500, "seed": 5}
+    base.update(kw)
+    return SynthConfig(**base)
+
+
+def test_items_arrive_late_and_take_over_the_traffic(tmp_path: Path) -> None:
+    cfg = _arriving()
+    ds = load_dataset(synth_dataset(cfg, tmp_path / "d", progress=False))
+    arrival = item_arrivals(cfg)  # (N+1,)
+    late = arrival > cfg.start_ts  # (N+1,)
+    # half of each category's items arrive late, within span_days; items.parquet says when
+    assert (late[1:].reshape(cfg.num_categories, -1).sum(axis=1) == 15).all()
+    assert arrival.max() <= cfg.start_ts + 30 * DAY
+    np.testing.assert_array_equal(ds.items["arrival_ts"].to_numpy(), arrival[1:])
+    # no event picks an item before it arrived, yet late items are picked soon after
+    assert (arrival[ds.item] <= ds.ts).all()
+    assert (ds.ts - arrival[ds.item])[late[ds.item]].min() < DAY
+    # the share of events on late items grows over the timeline
+    order = np.argsort(ds.ts, kind="stable")
+    thirds = [late[ds.item[part]].mean() for part in np.array_split(order, 3)]
+    assert thirds[0] + 0.15 < thirds[1] < thirds[2], thirds
+    # a fresh late item is more popular than the same item later, and than without the boost
+    flat = load_dataset(synth_dataset(_arriving(fresh_boost=0.0), tmp_path / "f", progress=False))
+    fresh = (ds.ts - arrival[ds.item]) < 3 * DAY
+    flat_fresh = (flat.ts - arrival[flat.item]) < 3 * DAY
+    assert fresh.mean() > 2 * flat_fresh.mean()
+
+
+def _own_share(ds, cfg: SynthConfig, part: slice) -> float:
+    """Share of events, in each user's ``part`` of its sequence, in its planted interests."""
+    interests = _interest_matrix(ds.users, cfg.max_interests)  # (U, Kmax)
+    cat = (ds.item - 1) // cfg.items_per_category
+    own = []
+    for u in range(ds.num_users):
+        lo, hi = ds.offsets[u], ds.offsets[u + 1]
+        n = hi - lo
+        idx = np.arange(lo, hi)[part.start * n // 3: part.stop * n // 3]
+        own.append(np.isin(cat[idx], interests[u]).mean())
+    return float(np.mean(own))
+
+
+def _drifting(**kw) -> SynthConfig:
+    base = {"num_users": 600, "num_categories": 30, "items_per_category": 5, "max_interests": 3,
+            "mean_len": 40.0, "mean_gap_s": float(DAY), "span_days": 100.0, "noise": 0.0,
+            "trend_period_days": 200.0,
+            "interest_drift": 0.1, "chunk_users": 300, "seed": 6}
+    base.update(kw)
+    return SynthConfig(**base)
+
+
+def test_interest_drift_moves_users_to_other_categories(tmp_path: Path) -> None:
+    """With drift a user's last third of events leaves its starting interests; without, it
+    stays in them; drifted interests land in the trend window of their time."""
+    still_cfg, drift_cfg = _drifting(interest_drift=0.0), _drifting()
+    still = load_dataset(synth_dataset(still_cfg, tmp_path / "s", progress=False))
+    drift = load_dataset(synth_dataset(drift_cfg, tmp_path / "d", progress=False))
+    assert _own_share(still, still_cfg, slice(0, 1)) == _own_share(still, still_cfg, slice(2, 3)) == 1
+    first, last = _own_share(drift, drift_cfg, slice(0, 1)), _own_share(drift, drift_cfg, slice(2, 3))
+    assert first - last > 0.3 and last < 0.6, (first, last)
+    np.testing.assert_array_equal(still.ts, drift.ts)  # the same users and times
+    assert still.users.equals(drift.users)  # interests at the first event
+
+    # trend_share: a moved interest is a category of the window between the user's first event
+    # and this one (within the first trend period: the window has not wrapped)
+    cfg = _drifting(trend_share=0.1)  # 3 categories
+    ds = load_dataset(synth_dataset(cfg, tmp_path / "t", progress=False))
+    c, span = cfg.num_categories, 200 * DAY  # the trend period
+    cat = (ds.item - 1) // cfg.items_per_category
+    interests = _interest_matrix(ds.users, cfg.max_interests)
+    moved = ~(interests[ds.user] == cat[:, None]).any(axis=1)  # (E,) not a starting interest
+    moved &= ds.ts - cfg.start_ts < span
+    t_first = ds.ts[ds.offsets[:-1]][ds.user]  # (E,)
+    w_first = (c * (t_first - cfg.start_ts) // span) % c
+    w_now = (c * (ds.ts - cfg.start_ts) // span) % c
+    lag = (cat - w_first) % c
+    assert moved.mean() > 0.2
+    assert (lag[moved] < (w_now - w_first)[moved] % c + 3).all()
+    # without a trend window the moved categories are anywhere
+    uni_cfg = _drifting(trend_share=1.0)
+    uni = load_dataset(synth_dataset(uni_cfg, tmp_path / "u", progress=False))
+    ucat = (uni.item - 1) // cfg.items_per_category
+    umoved = ~(_interest_matrix(uni.users, cfg.max_interests)[uni.user] == ucat[:, None]).any(axis=1)
+    umoved &= uni.ts - cfg.start_ts < span
+    uw_first = (c * (uni.ts[uni.offsets[:-1]][uni.user] - cfg.start_ts) // span) % c
+    uw_now = (c * (uni.ts - cfg.start_ts) // span) % c
+    ulag = (ucat - uw_first) % c
+    assert not (ulag[umoved] < (uw_now - uw_first)[umoved] % c + 3).all()
+
+
+def test_time_settings_do_not_depend_on_chunk_users(tmp_path: Path) -> None:
+    n = 2 * BLOCK_USERS + 37
+    kw = {"num_users": n, "mean_len": 8.0, "item_arrival": 0.4, "interest_drift": 0.5,
+          "trend_share": 0.3, "mean_gap_s": float(DAY), "span_days": 20.0}
+    a = load_dataset(synth_dataset(_small(chunk_users=10**6, **kw), tmp_path / "a", progress=False))
+    b = load_dataset(synth_dataset(_small(chunk_users=1, **kw), tmp_path / "b", progress=False))
+    for f in ("user", "item", "ts"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert a.users.equals(b.users) and a.items.equals(b.items)
+    assert _digest(_small(chunk_users=1, **kw)) != _digest(_small(chunk_users=1))
+
+
+def test_drift_preset_from_the_command_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mirec.cli import app
+
+    cli = CliRunner()
+    out = tmp_path / "drift"
+    res = cli.invoke(app, ["data", "synth", "--preset", "drift", "--set", "num_users=400",
+                           "--set", "items_per_category=20", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    ds = load_dataset(out)
+    cfg = ds.meta["source"]["config"]
+    assert cfg["num_users"] == 400 and cfg["item_arrival"] == 0.5 and cfg["interest_drift"] > 0
+    assert ds.num_users == 400 and "arrival_ts" in ds.items.columns
+    res = cli.invoke(app, ["data", "synth", "--preset", "drift", "--set", "item_arrival=1",
+                           "--out", str(tmp_path / "bad")])
+    # (main() turns the error into one line and status 2)
+    assert isinstance(res.exception, MirecConfigError)
+    assert str(res.exception) == "item_arrival: must be in [0, 1), got 1.0"
+    assert not (tmp_path / "bad").exists()
+    text = " ".join(cli.invoke(app, ["data", "synth", "--help"], terminal_width=150)
+                    .output.replace("│", " ").split())
+    for name in ("drift", "span_days", "item_arrival", "fresh_boost", "fresh_half_life_days",
+                 "trend_period_days",
+                 "interest_drift", "trend_share"):
+        assert name in text, name

@@ -191,13 +191,26 @@ def data_synth(
                                                     "parquet (a file), parts (a directory of "
                                                     "Parquet part files).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Start from a public log's shape: taobao "
-                                                       "(1M users, 1.7M items, 85M events) or "
+                                                       "(1M users, 1.7M items, 85M events), "
                                                        "books (460k users, 314k items, 8.9M "
-                                                       "events); --config and --set apply on "
-                                                       "top.")] = None,
+                                                       "events) or drift (20k users, 600k "
+                                                       "events; items arrive and interests "
+                                                       "move over 60 days); --config and --set "
+                                                       "apply on top.")] = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Generate a synthetic log with planted multi-interest structure (see SynthConfig)."""
+    """Generate a synthetic log with planted multi-interest structure (see SynthConfig).
+
+    Settings (--set key=value): num_users, num_categories, items_per_category, zipf_a,
+    max_interests, stickiness, noise, min_len, mean_len, mean_gap_s, start_ts, seed, chunk_users;
+    over time (off by default): span_days (users start, and late items arrive, within it; 365),
+    item_arrival (share of each category's items that arrive late; 0), fresh_boost and
+    fresh_half_life_days (a late item's popularity is multiplied by 1 + fresh_boost at arrival,
+    halving in that many days; 10, 7), interest_drift (rate per day at which a user replaces one
+    interest; 0), trend_share (share of categories, a window moving with time, that a drifting
+    interest goes to; 1 = any) and trend_period_days (the days that window takes to cross every
+    category; 365).
+    """
     from mirec.config import load
     from mirec.data.synth import SynthConfig, synth_dataset, synth_raw
     from mirec.data.synth import preset as preset_fields

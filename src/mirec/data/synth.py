@@ -7,13 +7,37 @@ interest with probability ``stickiness`` and otherwise resamples one uniformly a
 ``k_u`` interests (possibly the same). A fraction ``noise`` of events ignores the walk and takes
 a uniformly random category instead. Within a category items follow a Zipf law of exponent
 ``zipf_a`` (rank 0 most popular). Sequence lengths are ``min_len`` plus a geometric excess of mean
-``mean_len - min_len``; timestamps are strictly increasing per user.
+``mean_len - min_len``; timestamps are strictly increasing per user: each user starts uniformly
+within ``span_days`` after ``start_ts`` and its events follow at geometric gaps of mean
+``mean_gap_s``.
 
 So, for a user with ``k`` interests among ``C`` categories, in expectation:
 
 - the fraction of events in the user's own interest categories is ``1 - noise * (1 - k / C)``;
 - the fraction of consecutive pairs in the same category is
   ``(1 - noise)**2 * (s + (1 - s) / k) + (1 - (1 - noise)**2) / C`` with ``s = stickiness``.
+
+Two settings make the log change over time (both off by default, which leaves the log exactly
+as without them), so that a model frozen on the start of the timeline loses quality later:
+
+- ``item_arrival``: a share of each category's items (random ranks, drawn once per seed) does
+  not exist at ``start_ts``; each arrives at a uniform time within ``span_days`` (see
+  :func:`item_arrivals`). An event only picks an item that has arrived by its time, with weight
+  ``zipf(rank) * (1 + fresh_boost * 2 ** (-age / fresh_half_life_days))`` for a late item of age
+  ``age`` (the early items: ``zipf(rank)``), so traffic moves to new items while they are fresh.
+  It costs ``O(events * items_per_category)`` (every item of the category is weighed at the
+  event's time).
+- ``interest_drift``: between two consecutive events ``gap`` seconds apart, a user replaces one
+  of its interest slots (uniform among its ``k_u``) with probability
+  ``1 - exp(-interest_drift * gap / 86400)`` (a rate per day, at most one replacement between
+  two events). The new category is uniform among ``max(1, round(trend_share * C))`` consecutive
+  categories (mod ``C``) starting at ``floor(C * phase)``, ``phase`` the drift's time since
+  ``start_ts`` in units of ``trend_period_days`` (mod 1): with ``trend_share < 1`` a window of
+  trending categories moves across the catalogue once per ``trend_period_days`` (longer than
+  the timeline, it never comes back to where it was), so the global category
+  mix moves too; with 1 any category (it may equal the replaced one or another of the user's).
+  The sticky walk keeps its slot; an event in a replaced slot takes the slot's new category.
+  ``users.parquet`` keeps the interests at the user's first event.
 
 Generation is vectorised over blocks of :data:`BLOCK_USERS` users (no Python loop per event or
 per user); each block has its own random generator seeded from ``(seed, block index)``, so the
@@ -27,7 +51,8 @@ Parquet part files, one per chunk, as Spark writes them (for the preparation ben
 
 :data:`PRESETS` hold the shapes of the public logs the seeds' papers use (``taobao``,
 ``books``); a preset is a base that ``--set`` overrides apply on top of
-(:func:`preset`).
+(:func:`preset`); ``drift`` is a small log whose items arrive and whose interests move over two
+months, for the freshness benchmark.
 """
 
 from __future__ import annotations
@@ -62,7 +87,9 @@ from mirec.io import (
 
 BLOCK_USERS = 1024  # users per random generator; chunks are whole numbers of blocks
 _INT32_MAX = 2**31 - 1
-_YEAR_S = 365 * 24 * 3600
+_DAY_S = 24 * 3600
+_ITEMS_STREAM = 2**40  # seed-sequence key of the item arrival draws (block keys are < 2**31)
+_WEIGHTS_PER_SLICE = 1 << 21  # (event, item) weights held at once under item_arrival
 
 
 @dataclass
@@ -94,7 +121,23 @@ class SynthConfig:
     mean_gap_s : float
         Mean seconds between a user's consecutive events (geometric, >= 1).
     start_ts : int
-        Earliest timestamp (Unix seconds); users start uniformly within a year after it.
+        Earliest timestamp (Unix seconds); users start uniformly within ``span_days`` after it.
+    span_days : float
+        Days over which users start (and late items arrive).
+    item_arrival : float
+        Share in ``[0, 1)`` of each category's items that do not exist at ``start_ts`` and
+        arrive uniformly within ``span_days`` (module docstring); 0 = every item from the start.
+    fresh_boost : float
+        A late item's popularity is multiplied by ``1 + fresh_boost`` at arrival, decaying to 1.
+    fresh_half_life_days : float
+        Half-life of that boost, in days.
+    interest_drift : float
+        Rate per day at which a user replaces one of its interests; 0 = interests never move.
+    trend_share : float
+        Share in ``(0, 1]`` of the categories a drifting interest moves to: a window of
+        trending categories that moves with time (module docstring); 1 = any category.
+    trend_period_days : float
+        Days the trend window takes to move across every category once.
     seed : int
         Seed of every random draw.
     chunk_users : int
@@ -113,6 +156,13 @@ class SynthConfig:
     mean_len: float = 50.0
     mean_gap_s: float = 600.0
     start_ts: int = 1_500_000_000
+    span_days: float = 365.0
+    item_arrival: float = 0.0
+    fresh_boost: float = 10.0
+    fresh_half_life_days: float = 7.0
+    interest_drift: float = 0.0
+    trend_share: float = 1.0
+    trend_period_days: float = 365.0
     seed: int = 0
     chunk_users: int = 100_000
 
@@ -123,7 +173,9 @@ class SynthConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
                 raise MirecConfigError(f"{name}: expected int, got {v!r}")
-        for name in ("zipf_a", "stickiness", "noise", "mean_len", "mean_gap_s"):
+        for name in ("zipf_a", "stickiness", "noise", "mean_len", "mean_gap_s", "span_days",
+                     "item_arrival", "fresh_boost", "fresh_half_life_days", "interest_drift",
+                     "trend_share", "trend_period_days"):
             v = getattr(self, name)
             if (not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool)
                     or not math.isfinite(v)):
@@ -163,8 +215,29 @@ class SynthConfig:
             raise MirecConfigError(f"start_ts: must be >= 0, got {self.start_ts}")
         if self.seed < 0:
             raise MirecConfigError(f"seed: must be >= 0, got {self.seed}")
+        if self.span_s < 1:
+            raise MirecConfigError(f"span_days: must be at least one second, got {self.span_days}")
+        if not 0.0 <= self.item_arrival < 1.0:
+            raise MirecConfigError(f"item_arrival: must be in [0, 1), got {self.item_arrival}")
+        if self.fresh_boost < 0:
+            raise MirecConfigError(f"fresh_boost: must be >= 0, got {self.fresh_boost}")
+        if self.fresh_half_life_days <= 0:
+            raise MirecConfigError(
+                f"fresh_half_life_days: must be > 0, got {self.fresh_half_life_days}")
+        if self.interest_drift < 0:
+            raise MirecConfigError(f"interest_drift: must be >= 0, got {self.interest_drift}")
+        if not 0.0 < self.trend_share <= 1.0:
+            raise MirecConfigError(f"trend_share: must be in (0, 1], got {self.trend_share}")
+        if self.trend_period_days * _DAY_S < 1:
+            raise MirecConfigError(
+                f"trend_period_days: must be at least one second, got {self.trend_period_days}")
         if self.chunk_users < 1:
             raise MirecConfigError(f"chunk_users: must be >= 1, got {self.chunk_users}")
+
+    @property
+    def span_s(self) -> int:
+        """``span_days`` in whole seconds."""
+        return int(round(self.span_days * _DAY_S))
 
     @property
     def num_items(self) -> int:
@@ -209,6 +282,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Amazon Books: 459,133 users, 313,966 items, 8.9M events
     "books": {"num_users": 459_133, "num_categories": 1_570, "items_per_category": 200,
               "zipf_a": 1.1, "mean_len": 19.4, "mean_gap_s": 86_400.0},
+    # Freshness: 20,000 users active for about 15 days each (30 events, one every 12 hours),
+    # starting over 60 days; half of each category's items arrive during those 60 days and are
+    # popular while fresh; interests move (0.1 a day) to a window of 10% trending categories
+    # that moves across the catalogue in 120 days (past the last events: it never comes back).
+    # About 600,000 events over 10,000 items.
+    "drift": {"num_users": 20_000, "num_categories": 100, "items_per_category": 100,
+              "zipf_a": 1.1, "mean_len": 30.0, "mean_gap_s": 43_200.0, "span_days": 60.0,
+              "item_arrival": 0.5, "fresh_boost": 10.0, "fresh_half_life_days": 7.0,
+              "interest_drift": 0.1, "trend_share": 0.1, "trend_period_days": 120.0},
 }
 
 
@@ -229,6 +311,27 @@ def _zipf_cdf(m: int, a: float) -> np.ndarray:
     w = np.arange(1, m + 1, dtype=np.float64) ** -a
     cdf = np.cumsum(w)
     return cdf / cdf[-1]
+
+
+def item_arrivals(cfg: SynthConfig) -> np.ndarray:
+    """When each item exists from: ``(N + 1,)`` int64 Unix seconds, index = item id (0: padding).
+
+    Without ``item_arrival`` every item has ``start_ts``. Otherwise, in each category,
+    ``floor(item_arrival * items_per_category)`` items at random ranks arrive late, at
+    ``start_ts + t`` with ``t`` uniform in ``1..span_s`` (so exactly the late items have an
+    arrival after ``start_ts``). Drawn from the seed alone (a generator of its own), so the same
+    for every block and every ``chunk_users``.
+    """
+    c, m = cfg.num_categories, cfg.items_per_category
+    out = np.full(cfg.num_items + 1, cfg.start_ts, dtype=np.int64)
+    late = int(cfg.item_arrival * m)
+    if late == 0:
+        return out
+    rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), _ITEMS_STREAM]))
+    ranks = np.argsort(rng.random((c, m)), axis=1)[:, :late]  # (C, late) late ranks
+    ids = (np.arange(c, dtype=np.int64)[:, None] * m + ranks + 1).ravel()
+    out[ids] = cfg.start_ts + rng.integers(1, cfg.span_s + 1, size=ids.size)
+    return out
 
 
 def _sample_interests(rng: np.random.Generator, n: int, c: int, kmax: int
@@ -256,8 +359,13 @@ def _sample_interests(rng: np.random.Generator, n: int, c: int, kmax: int
     return k.astype(np.int32), out.astype(np.int32)
 
 
-def _block(cfg: SynthConfig, cdf: np.ndarray, b: int) -> SynthChunk:
-    """Generate block ``b`` (users ``b * BLOCK_USERS`` onwards) with its own generator."""
+def _block(cfg: SynthConfig, cdf: np.ndarray, arrival: np.ndarray, b: int) -> SynthChunk:
+    """Generate block ``b`` (users ``b * BLOCK_USERS`` onwards) with its own generator.
+
+    ``arrival`` is :func:`item_arrivals`. The draws come in a fixed order, those of
+    ``interest_drift`` last, so that with both time settings off the events are those of
+    earlier versions.
+    """
     rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), b]))
     u0 = b * BLOCK_USERS
     n = min(BLOCK_USERS, cfg.num_users - u0)
@@ -278,20 +386,85 @@ def _block(cfg: SynthConfig, cdf: np.ndarray, b: int) -> SynthChunk:
     resample[off[:-1]] = True
     draw = rng.integers(0, k[u_loc])  # (E,) in 0..k_u-1
     last = np.maximum.accumulate(np.where(resample, ar, 0))  # (E,) last resample position
-    cat = interests[u_loc, draw[last]]  # (E,) int32
+    slot = draw[last]  # (E,) the walk's interest slot
+    cat = interests[u_loc, slot]  # (E,) int32
     noisy = rng.random(e) < cfg.noise
-    cat[noisy] = rng.integers(0, c, size=int(noisy.sum()))
+    noise_cat = rng.integers(0, c, size=int(noisy.sum()))
+    u_rank = rng.random(e)  # (E,) picks the item within the category
 
-    rank = np.minimum(np.searchsorted(cdf, rng.random(e), side="right"), m - 1)  # (E,)
-    item = (cat.astype(np.int64) * m + rank + 1).astype(np.int32)
-
-    start = cfg.start_ts + rng.integers(0, _YEAR_S, size=n)  # (n,)
+    start = cfg.start_ts + rng.integers(0, cfg.span_s, size=n)  # (n,)
     gaps = rng.geometric(1.0 / cfg.mean_gap_s, size=e)  # (E,) >= 1
     cs = np.cumsum(gaps)
     ts = start[u_loc] + (cs - cs[off[:-1]][u_loc])  # first event at start, then + gaps
+
+    if cfg.interest_drift > 0:
+        cat = _drifted(cfg, rng, interests, k, u_loc, off[:-1], slot, gaps, ts)
+    cat[noisy] = noise_cat
+    if cfg.item_arrival > 0:
+        rank = _fresh_ranks(cfg, arrival, cat, ts, u_rank)
+    else:
+        rank = np.minimum(np.searchsorted(cdf, u_rank, side="right"), m - 1)  # (E,)
+    item = (cat.astype(np.int64) * m + rank + 1).astype(np.int32)
     return SynthChunk(first_user=u0, user=(u_loc + u0).astype(np.int32), item=item,
                       category=cat.astype(np.int32), ts=ts.astype(np.int64),
                       interests=interests, num_interests=k)
+
+
+def _drifted(cfg: SynthConfig, rng: np.random.Generator, interests: np.ndarray, k: np.ndarray,
+             u_loc: np.ndarray, first: np.ndarray, slot: np.ndarray, gaps: np.ndarray,
+             ts: np.ndarray) -> np.ndarray:
+    """Each event's category under ``interest_drift`` (module docstring): ``(E,)`` int32.
+
+    ``interests`` (n, Kmax) and ``k`` (n,) are the users' interests at their first event
+    (``first``: (n,) positions), ``slot`` (E,) the walk's slot of each event, ``gaps`` (E,) the
+    seconds since the user's previous event (ignored at a first event).
+    """
+    e, c = len(ts), cfg.num_categories
+    ar = np.arange(e, dtype=np.int64)
+    is_first = np.zeros(e, dtype=bool)
+    is_first[first] = True
+    p_move = -np.expm1(-cfg.interest_drift * gaps / _DAY_S)  # (E,)
+    moved = (rng.random(e) < p_move) & ~is_first  # (E,) a replacement just before this event
+    moved_slot = rng.integers(0, k[u_loc])  # (E,) which slot it replaces
+    width = max(1, round(cfg.trend_share * c))
+    period_s = cfg.trend_period_days * _DAY_S
+    phase = ((ts - cfg.start_ts) % period_s) / period_s  # (E,) in [0, 1)
+    dest = (np.floor(c * phase).astype(np.int64) + rng.integers(0, width, size=e)) % c  # (E,)
+    cat = np.empty(e, dtype=np.int32)
+    for j in range(interests.shape[1]):
+        # slot j's category: forward-fill from the user's first event and each replacement
+        set_j = is_first | (moved & (moved_slot == j))
+        val_j = np.where(is_first, interests[u_loc, j], dest)  # (E,)
+        now_j = val_j[np.maximum.accumulate(np.where(set_j, ar, 0))]
+        cat[slot == j] = now_j[slot == j]
+    return cat
+
+
+def _fresh_ranks(cfg: SynthConfig, arrival: np.ndarray, cat: np.ndarray, ts: np.ndarray,
+                 u: np.ndarray) -> np.ndarray:
+    """Each event's item rank under ``item_arrival``: ``(E,)`` int64.
+
+    The items of the event's category that have arrived by its time are weighed ``zipf(rank)``,
+    times ``1 + fresh_boost * 2 ** (-age / half-life)`` for late ones; the uniform ``u`` (E,)
+    picks by inverse CDF. An item not yet arrived weighs 0, so it is never picked (the CDF's
+    last entry is exactly 1 > u).
+    """
+    m = cfg.items_per_category
+    zipf = np.arange(1, m + 1, dtype=np.float64) ** -float(cfg.zipf_a)  # (M,)
+    arr = arrival[1:].reshape(cfg.num_categories, m)  # (C, M)
+    half_life_s = cfg.fresh_half_life_days * _DAY_S
+    rank = np.empty(len(ts), dtype=np.int64)
+    step = max(1, _WEIGHTS_PER_SLICE // m)  # events a slice: ~16 MB an (e, M) array
+    for s in range(0, len(ts), step):
+        sl = slice(s, s + step)
+        a = arr[cat[sl]]  # (e, M) arrival of each item of the event's category
+        age = ts[sl, None] - a  # (e, M)
+        fresh = np.where(a > cfg.start_ts, np.exp2(-np.maximum(age, 0) / half_life_s), 0.0)
+        w = np.where(age >= 0, zipf * (1.0 + cfg.fresh_boost * fresh), 0.0)  # (e, M)
+        cdf = np.cumsum(w, axis=1)
+        cdf /= cdf[:, -1:]
+        rank[sl] = (cdf <= u[sl, None]).sum(axis=1)
+    return rank
 
 
 def _concat(blocks: list[SynthChunk]) -> SynthChunk:
@@ -344,9 +517,10 @@ def iter_chunks(cfg: SynthConfig) -> Iterator[SynthChunk]:
     """
     cfg.validate()
     cdf = _zipf_cdf(cfg.items_per_category, float(cfg.zipf_a))
+    arrival = item_arrivals(cfg)  # (N+1,)
     nb, per = _num_blocks(cfg), _blocks_per_chunk(cfg)
     for b0 in range(0, nb, per):
-        yield _concat([_block(cfg, cdf, b) for b in range(b0, min(b0 + per, nb))])
+        yield _concat([_block(cfg, cdf, arrival, b) for b in range(b0, min(b0 + per, nb))])
 
 
 _EVENTS_SCHEMA = pa.schema([("user", pa.int32()), ("item", pa.int32()), ("ts", pa.int64())])
@@ -374,12 +548,15 @@ def _items_frame(cfg: SynthConfig) -> pl.DataFrame:
     df = pl.DataFrame({"item": item})
     cat = (pl.col("item") - 1) // m
     rank = (pl.col("item") - 1) % m
-    return df.select(
+    out = df.select(
         pl.col("item"),
         pl.col("item").cast(pl.String).alias("raw_id"),
         pl.format("c{} item {}", cat, rank).alias("title"),
         pl.concat_list(pl.format("c{}", cat)).alias("categories"),
     )
+    if cfg.item_arrival > 0:
+        out = out.with_columns(pl.Series("arrival_ts", item_arrivals(cfg)[1:]))
+    return out
 
 
 def synth_dataset(cfg: SynthConfig, out: str | Path, progress: bool = True) -> Path:
@@ -393,16 +570,14 @@ def synth_dataset(cfg: SynthConfig, out: str | Path, progress: bool = True) -> P
         The data set directory; written whole into a temporary sibling, then renamed.
     progress : bool
         Show a tqdm bar over chunks.
-    overwrite : bool
-        Replace an existing file mirec did not write (by default refused: a Parquet file is
-        marked as mirec's in its key-value metadata; a CSV cannot be, so any existing one is).
 
     Returns
     -------
     Path
         ``out``. It holds ``interactions.parquet`` (sorted by user, then time),
         ``items.parquet`` (every catalogue item, ``title`` like ``"c3 item 17"``, ``categories``
-        ``["c3"]``), ``users.parquet`` (with the planted ``interests`` and ``num_interests``) and
+        ``["c3"]``; with ``item_arrival``, ``arrival_ts`` from :func:`item_arrivals`),
+        ``users.parquet`` (with the planted ``interests`` and ``num_interests``) and
         ``meta.json`` (``source.name == "synth"``, the configuration, counts and checksums).
         Memory is bounded by one chunk, not by the number of events.
     """

@@ -110,7 +110,7 @@ class EventStore:
         try:
             if create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = self._connect()
+            self._db = self._connect() if create else self._connect_read_only()
             if create:
                 self._probe()
         except (sqlite3.Error, OSError) as e:
@@ -127,6 +127,24 @@ class EventStore:
         except BaseException:
             db.close()
             raise
+        return db
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that writes nothing of its own: no schema, no journal-mode change (a
+        store given to read from, e.g. ``mirec data append``, may be a file mirec did not
+        write); refused unless it holds mirec's ``events`` table. Not SQLite's ``mode=ro``: on
+        a WAL store that leaves ``-shm``/``-wal`` files behind, which a read-write connection
+        removes when it is the last to close."""
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+        except BaseException:
+            db.close()
+            raise
+        if not {"seq", "user_id", "item_id", "ts"} <= columns:
+            db.close()
+            raise MirecDataError(f"{self.path}: not a mirec event store (no table "
+                                 f"events(seq, user_id, item_id, ts))")
         return db
 
     def _probe(self) -> None:
