@@ -133,14 +133,14 @@ def build_chain(ds: Any, cuts: list[int], root: Path) -> list[Path]:
 
 
 def fit(data: Path, out: Path, seed: int, sets: dict[str, Any], warm: Path | None = None,
-        model: str | None = None) -> float:
-    """``mirec.fit`` of one seed; returns its wall time in seconds."""
+        model: str | None = None) -> tuple[float, int]:
+    """``mirec.fit`` of one seed; returns its wall time in seconds and its best epoch (0-based)."""
     import mirec
 
     t = time.perf_counter()
-    mirec.fit(model=model, data=str(data), out=out, seeds=[seed], progress=False, settings=sets,
-              warm_start=warm)
-    return time.perf_counter() - t
+    run = mirec.fit(model=model, data=str(data), out=out, seeds=[seed], progress=False, settings=sets,
+                    warm_start=warm)
+    return time.perf_counter() - t, run.seeds[0].best_epoch
 
 
 def scorer_on(run: Path, ds: Any) -> tuple[Any, int]:
@@ -267,8 +267,9 @@ def run_seed(a: argparse.Namespace, seed: int, chain: list[Path], cuts: list[int
     if a.warm_lr:
         warm_sets["train.lr"] = a.warm_lr
     d = work / f"seed-{seed}"
-    initial_s = fit(chain[0], d / "initial", seed, base, model=a.model)
-    print(f"seed {seed}: initial model trained on {chain[0].name} in {initial_s:.0f} s", flush=True)
+    initial_s, initial_epoch = fit(chain[0], d / "initial", seed, base, model=a.model)
+    print(f"seed {seed}: initial model trained on {chain[0].name} in {initial_s:.0f} s (best epoch "
+          f"{initial_epoch})", flush=True)
     frozen = scorer_on(d / "initial", final)
     runs = {"refreshed": d / "initial", "retrained": d / "initial"}
     server, users = None, []
@@ -285,12 +286,14 @@ def run_seed(a: argparse.Namespace, seed: int, chain: list[Path], cuts: list[int
                 span = cuts[p - 1] - cuts[p - 2]
                 since = int(cuts[p - 2] - a.replay * span) - 1  # targets ts > since: the period (+ replay)
                 out_b, out_c = d / f"refreshed-{p - 1}", d / f"retrained-{p - 1}"
-                row["refresh_seconds"] = fit(chain[p - 1], out_b, seed, {**warm_sets, "train.since": since},
-                                             warm=runs["refreshed"])
-                row["retrain_seconds"] = fit(chain[p - 1], out_c, seed, base, model=a.model)
+                row["refresh_seconds"], row["refresh_best_epoch"] = fit(
+                    chain[p - 1], out_b, seed, {**warm_sets, "train.since": since}, warm=runs["refreshed"])
+                row["retrain_seconds"], row["retrain_best_epoch"] = fit(chain[p - 1], out_c, seed, base,
+                                                                        model=a.model)
                 runs = {"refreshed": out_b, "retrained": out_c}
-                print(f"  after period {p - 1}: warm start {row['refresh_seconds']:.0f} s, retrain "
-                      f"{row['retrain_seconds']:.0f} s", flush=True)
+                print(f"  after period {p - 1}: warm start {row['refresh_seconds']:.0f} s (best epoch "
+                      f"{row['refresh_best_epoch']}), retrain {row['retrain_seconds']:.0f} s (best epoch "
+                      f"{row['retrain_best_epoch']})", flush=True)
                 if server is not None:
                     bundle = mirec.export(out_b, out=work / f"bundle-{p - 1}")
                     users = load_dataset(chain[p - 1]).users["raw_id"].cast(str).to_list()
@@ -306,7 +309,7 @@ def run_seed(a: argparse.Namespace, seed: int, chain: list[Path], cuts: list[int
     finally:
         if server is not None:
             server.stop()
-    return {"seed": seed, "initial_seconds": initial_s, "periods": rows}
+    return {"seed": seed, "initial_seconds": initial_s, "initial_best_epoch": initial_epoch, "periods": rows}
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -323,7 +326,7 @@ def summary(seeds: list[dict]) -> dict:
         for arm in ARMS:
             for m in ("recall", "ndcg"):
                 row[f"{arm}_{m}"] = float(np.mean([r[arm][m] for r in rs]))
-        for k in ("refresh_seconds", "retrain_seconds"):
+        for k in ("refresh_seconds", "retrain_seconds", "refresh_best_epoch", "retrain_best_epoch"):
             if k in rs[0]:
                 row[k] = float(np.mean([r[k] for r in rs]))
         per.append(row)
