@@ -45,8 +45,10 @@ periods at <= 0.25x its wall time; on a drifting log (b) >= 1.10x (a); 0 failed 
 Usage::
 
     mirec data prepare movielens ../shared/data/ml-1m-half --out data/ml1mh
-    python bench/freshness.py --data data/ml1mh --periods 4 --seeds 1
-    python bench/freshness.py --data data/ml1mh --periods 4 --seeds 1,2,3 --out runs/freshness.json
+    python bench/freshness.py --data data/ml1mh --periods 4 --seeds 1 --epochs 10 --markdown
+    mirec data synth --preset drift --set num_users=6000 --out data/drift6k
+    python bench/freshness.py --data data/drift6k --periods 4 --seeds 1,2,3 --epochs 10 \
+        --out runs/freshness/drift6k.json                  # docs/benchmarks.md, "Freshness"
     python bench/freshness.py --data /tmp/x --periods 2 --epochs 2 --markdown   # a smoke run
 """
 
