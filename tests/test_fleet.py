@@ -74,6 +74,16 @@ def workers_seen(c: httpx.Client, pids: set[int], version: str, tries: int = 400
     return {pid for pid, v in seen.items() if v == version}
 
 
+def wait_for_workers(c: httpx.Client, n: int, timeout_s: float = 120) -> None:
+    """Until /health lists ``n`` workers: one that is still loading its first bundle is not
+    yet in the fleet, so a reload's answer could not name it (its requests would still wait
+    for the published bundle)."""
+    deadline = time.monotonic() + timeout_s
+    while len(c.get("/health").json().get("workers") or []) < n:
+        assert time.monotonic() < deadline, c.get("/health").json()
+        time.sleep(0.1)
+
+
 def version_of(path: Path) -> str:
     from mirec.serve.bundle import load_bundle
 
@@ -112,6 +122,7 @@ def test_every_request_after_a_reloads_200_answers_from_the_new_bundle(bundle_di
         t.start()
         pids: set[int] = set()
         with fresh(url) as c:
+            wait_for_workers(c, 2)
             for i in range(50):
                 target, version = paths[i % 2], versions[i % 2]
                 state["started"] += 1
