@@ -161,6 +161,8 @@ def test_sighup_after_an_http_reload_keeps_the_reloaded_bundle(bundle_dir, tmp_p
     proc, url = start(bundle_dir, tmp_path, workers)
     try:
         with fresh(url) as c:
+            if workers > 1:
+                wait_for_workers(c, workers)
             r = c.post("/admin/reload", json={"bundle": str(other)})
             assert r.status_code == 200, r.text
             pids = {w["pid"] for w in r.json().get("workers") or []} or {c.get("/health").json()["pid"]}

@@ -25,7 +25,7 @@ from mirec.data.dataset import load_dataset
 from mirec.io import sha256_file
 from mirec.serve.bundle import export_bundle
 from tests.conftest import planted_comirec_run
-from tests.test_fleet import fresh, start, stop, version_of
+from tests.test_fleet import fresh, start, stop, version_of, wait_for_workers
 from tests.test_guarantees import mirec
 
 TOKEN = "s3cret"
@@ -53,6 +53,7 @@ def parent(trained):
         last = int(ds.ts.max())
         users, items = ds.users["raw_id"].to_list(), ds.items["raw_id"].to_list()
         with fresh(url) as c:
+            wait_for_workers(c, 2)  # both in the fleet: the reload's answer names each
             for k, user in enumerate(users[:40]):
                 events = [{"item_id": items[(7 * k) % len(items)], "timestamp": last + 10 + k},
                           {"item_id": NEW_ITEM, "timestamp": last + 100 + k}]
