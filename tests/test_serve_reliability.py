@@ -516,13 +516,19 @@ def start_server(bundle_path: Path, store: Path, *extra: str) -> tuple[subproces
                                    "--index", "exact", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    wait_until_serving(proc, url)
+    return proc, url
+
+
+def wait_until_serving(proc: subprocess.Popen, url: str) -> None:
+    """Until the ``mirec serve`` process ``proc`` answers /health at ``url`` (120 s at most)."""
     t = time.time()
     while True:
         assert proc.poll() is None, "mirec serve exited"
         assert time.time() - t < 120, "mirec serve did not start"
         try:
             if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return proc, url
+                return
         except httpx.TransportError:
             time.sleep(0.2)
 

@@ -27,7 +27,7 @@ from mirec.errors import MirecConfigError, MirecDataError
 from mirec.serve.recommender import Recommender
 from mirec.serve.store import EventStore, StoreUnavailable, open_store, redact
 from tests import test_serve as shared
-from tests.test_serve_reliability import CLI, one_error, start_server
+from tests.test_serve_reliability import CLI, one_error, start_server, wait_until_serving
 
 run, bundle_dir, bundle = shared.run, shared.bundle_dir, shared.bundle
 Server, exact = shared.Server, shared.exact
@@ -311,7 +311,7 @@ def test_sqlite_disk_full_at_run_time_is_a_503_and_not_acknowledged(bundle_dir, 
     url = f"http://127.0.0.1:{port}"
     acked, refused = [], None
     try:
-        shared_wait(proc, url)
+        wait_until_serving(proc, url)
         with httpx.Client(base_url=url, timeout=10) as c:
             for k in range(2000):
                 r = c.post("/events", json={"user_id": f"u{k}", "events": [
@@ -330,18 +330,6 @@ def test_sqlite_disk_full_at_run_time_is_a_503_and_not_acknowledged(bundle_dir, 
     with sqlite3.connect(store) as db:
         users = {u for (u,) in db.execute("SELECT user_id FROM events")}
     assert len(acked) > 10 and users == set(acked) and f"u{k}" not in users
-
-
-def shared_wait(proc: subprocess.Popen, url: str) -> None:
-    t = time.time()
-    while True:
-        assert proc.poll() is None, "mirec serve exited"
-        assert time.time() - t < 120, "mirec serve did not start"
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
 
 
 # ---- several servers, one PostgreSQL history -------------------------------------------------
