@@ -137,12 +137,42 @@ def build_chain(ds: Any, cuts: list[int], root: Path) -> list[Path]:
 def fit(data: Path, out: Path, seed: int, sets: dict[str, Any], warm: Path | None = None,
         model: str | None = None) -> tuple[float, int]:
     """``mirec.fit`` of one seed; returns its wall time in seconds and its best epoch (0-based)."""
+    return fit_run(data, out, seed, sets, warm, model)[:2]
+
+
+def fit_run(data: Path, out: Path, seed: int, sets: dict[str, Any], warm: Path | None = None,
+            model: str | None = None) -> tuple[float, int, float]:
+    """:func:`fit`, also returning the best epoch's validation Recall@50."""
     import mirec
 
     t = time.perf_counter()
     run = mirec.fit(model=model, data=str(data), out=out, seeds=[seed], progress=False, settings=sets,
                     warm_start=warm)
-    return time.perf_counter() - t, run.seeds[0].best_epoch
+    s = run.seeds[0]
+    return time.perf_counter() - t, s.best_epoch, float(s.valid.get(f"recall@{N}", float("nan")))
+
+
+def choose_warm_lr(grid: list[float], data: Path, out: Path, seed: int, sets: dict[str, Any],
+                   warm: Path) -> tuple[float, int, float, dict[float, float]]:
+    """Warm-start once per learning rate of ``grid`` and keep the best on validation Recall@50.
+
+    The validation users are the warm start's own (each user's second-to-last event of the
+    data set so far), never a period still to be scored. Returns the wall time of every fit
+    together (the update's cost), the kept run's best epoch, its lr and every lr's validation
+    figure; the kept run is left at ``out``.
+    """
+    total, found = 0.0, {}
+    best: tuple[float, int, Path] | None = None
+    for lr in grid:
+        cand = out.with_name(f"{out.name}-lr{lr:g}")
+        sec, epoch, valid = fit_run(data, cand, seed, {**sets, "train.lr": lr}, warm=warm)
+        total += sec
+        found[lr] = valid
+        if best is None or valid > found[best[0]]:
+            best = (lr, epoch, cand)
+    assert best is not None
+    best[2].rename(out)
+    return total, best[1], best[0], found
 
 
 def scorer_on(run: Path, ds: Any) -> tuple[Any, int]:
@@ -288,8 +318,17 @@ def run_seed(a: argparse.Namespace, seed: int, chain: list[Path], cuts: list[int
                 span = cuts[p - 1] - cuts[p - 2]
                 since = int(cuts[p - 2] - a.replay * span) - 1  # targets ts > since: the period (+ replay)
                 out_b, out_c = d / f"refreshed-{p - 1}", d / f"retrained-{p - 1}"
-                row["refresh_seconds"], row["refresh_best_epoch"] = fit(
-                    chain[p - 1], out_b, seed, {**warm_sets, "train.since": since}, warm=runs["refreshed"])
+                sets = {**warm_sets, "train.since": since}
+                if a.warm_lr_grid and p == 2:  # the first update chooses the warm-start lr on validation
+                    grid = [float(x) for x in a.warm_lr_grid.split(",")]
+                    sec, epoch, lr, row["warm_lr_valid"] = choose_warm_lr(
+                        grid, chain[p - 1], out_b, seed, sets, runs["refreshed"])
+                    row["refresh_seconds"], row["refresh_best_epoch"], warm_sets["train.lr"] = sec, epoch, lr
+                    print(f"  warm-start lr chosen on validation: {lr:g} ({row['warm_lr_valid']})",
+                          flush=True)
+                else:
+                    row["refresh_seconds"], row["refresh_best_epoch"] = fit(chain[p - 1], out_b, seed, sets,
+                                                                            warm=runs["refreshed"])
                 row["retrain_seconds"], row["retrain_best_epoch"] = fit(chain[p - 1], out_c, seed, base,
                                                                         model=a.model)
                 runs = {"refreshed": out_b, "retrained": out_c}
@@ -416,6 +455,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=0, help="train.epochs of every run (0: the default)")
     ap.add_argument("--warm-epochs", type=int, default=0, help="train.epochs of a warm start (0: --epochs)")
     ap.add_argument("--warm-lr", type=float, default=0.0, help="train.lr of a warm start (0: the run's)")
+    ap.add_argument("--warm-lr-grid", default="",
+                    help="comma-separated lrs: the first warm start of each seed tries each and keeps the "
+                         "best on its validation users; later warm starts use it (its cost counts)")
     ap.add_argument("--replay", type=float, default=0.0,
                     help="a warm start also trains this share of a period before the new events")
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run (repeatable)")
@@ -439,6 +481,8 @@ def main(argv: list[str] | None = None) -> None:
     ds = load_dataset(a.data)
     cuts = cut_times(ds.ts, a.initial, a.periods)
     t0 = time.perf_counter()
+    if a.work:
+        Path(a.work).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=a.work, prefix="freshness-") as tmp:
         work = Path(tmp)
         chain = build_chain(ds, cuts, work)

@@ -118,7 +118,11 @@ def main() -> None:
     for model in args.models.split(","):
         t0 = time.perf_counter()
         if model in BASELINES:
-            run, sets, epochs = evaluate_baseline(model, ds, seeds, out=out / model), [], "-"
+            # the protocol settings of --set (split.*, eval.*) apply to the baselines too
+            proto = [x for x in args.set if x.startswith(("split.", "eval."))]
+            cfg = load(RunConfig, None, ["model=sasrec", *proto])
+            run = evaluate_baseline(model, ds, seeds, split=cfg.split, eval_cfg=cfg.eval, out=out / model)
+            sets, epochs = proto, "-"
             mean, std = run.mean, run.std
         elif args.tune:
             sets, doc = tune(model, ds, seeds, out, console, args.set, grid)
