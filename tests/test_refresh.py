@@ -24,6 +24,7 @@ from mirec.api import refresh
 from mirec.data.dataset import load_dataset
 from mirec.io import sha256_file
 from mirec.serve.bundle import export_bundle
+from mirec.serve.store import EventStore
 from tests.conftest import planted_comirec_run
 from tests.test_fleet import fresh, start, stop, version_of, wait_for_workers
 from tests.test_guarantees import mirec
@@ -212,6 +213,30 @@ def test_kill_9_at_each_step_keeps_the_old_bundle_served_and_a_rerun_finishes_th
         for noise in ("path", "build_s", "version"):
             a.pop(noise, None), b.pop(noise, None)
         assert a == b, key
+
+
+@pytest.mark.slow
+def test_each_step_records_its_seconds_and_the_peak_memory_so_far(trained, tmp_path):
+    """refresh.json and the summary give each step's seconds and the refreshing process's peak
+    RSS when the step ended (what a scheduler sizes a refresh's machine by): this process's own
+    figure, never falling from one step to the next."""
+    import resource
+
+    ds = load_dataset(trained["data"])
+    last, items = int(ds.ts.max()), ds.items["raw_id"].cast(str).to_list()
+    store = EventStore(tmp_path / "ev.sqlite")
+    for k, user in enumerate(ds.users["raw_id"].cast(str).to_list()[:20]):
+        store.append(user, [(items[k], last + 1 + k)])
+    store.close()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    s = refresh(trained["run"], tmp_path / "ev.sqlite", trained["data"], tmp_path / "r",
+                settings={"train.epochs": 1})
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    steps = json.loads((tmp_path / "r" / "refresh.json").read_text())["steps"]
+    peaks = [steps[x]["peak_rss_mib"] for x in ("append", "train", "export", "index")]
+    assert before - 0.1 <= peaks[0] and peaks == sorted(peaks) and peaks[-1] <= after + 0.1, (before, peaks)
+    assert [x.get("peak_rss_mib") for x in s["steps"]] == [*peaks, None]  # reload: no --serve
+    assert [x["seconds"] for x in s["steps"][:4]] == [steps[x]["seconds"] for x in steps]
 
 
 # ---- failures ---------------------------------------------------------------------------------

@@ -9,7 +9,8 @@
 Each step writes through its own atomic writer (a data set and a bundle appear whole; training
 writes atomic checkpoints and resumes from them). ``DIR/refresh.json``, replaced atomically
 after each step, records the command (RUN, DATA, the store, the settings) and every finished
-step with its output's checksum, its seconds and what the summary reports. A rerun of the same
+step with its output's checksum, its seconds, the process's peak RSS so far and what the summary
+reports. A rerun of the same
 command verifies the finished steps' outputs and runs the others: a killed refresh (``kill -9``
 at any moment) finishes where it stopped, a finished one is a no-op answering the same summary.
 Nothing is served before the reload step, and nothing outside DIR is written, so a refresh that
@@ -108,10 +109,19 @@ def _step(out: Path, state: dict[str, Any], step: str, work: Callable[[], Done],
     except Exception as e:  # noqa: BLE001  named, and the cause kept for the trace
         raise RefreshError(f"refresh: step '{step}' failed: {type(e).__name__}: {e}") from e
     _hold(step, "after")
-    state["steps"][step] = {"seconds": round(time.perf_counter() - t0, 3), "outputs": outputs,
-                            "result": result}
+    state["steps"][step] = {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mib": peak_rss_mib(),
+                            "outputs": outputs, "result": result}
     atomic_write_json(out / STATE, state)
     log(f"refresh: step '{step}' done in {state['steps'][step]['seconds']:.1f} s")
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (``ru_maxrss``: KiB on Linux, bytes on
+    macOS): recorded at the end of each step, so that a step that raised it shows."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / 2**20 if sys.platform == "darwin" else rss / 2**10, 1)
 
 
 @contextlib.contextmanager
@@ -395,8 +405,8 @@ def summary(out: Path, state: dict[str, Any]) -> dict[str, Any]:
         "out": str(out),
         "run": state["command"]["run"], "data": state["command"]["data"],
         "events": state["command"]["events"],
-        "steps": [{"step": s, "seconds": steps[s]["seconds"]} if s in steps
-                  else {"step": s, "seconds": None, "skipped": "no --serve"} for s in STEPS],
+        "steps": [{"step": s, "seconds": steps[s]["seconds"], "peak_rss_mib": steps[s].get("peak_rss_mib")}
+                  if s in steps else {"step": s, "seconds": None, "skipped": "no --serve"} for s in STEPS],
         "seconds": round(sum(s["seconds"] for s in steps.values()), 3),
         "bundle": {"path": str(out / "bundle"), "version": index.get("version")},
         "appended": result.get("append"),
