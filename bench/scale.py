@@ -24,6 +24,25 @@ by the wall clock and measured by that child's peak RSS (``os.wait4``):
                 (``index-serve-hnsw``, ``serve-serve-hnsw``)
 * ``ddp``       ``torchrun --nproc-per-node 2`` of the ``train`` stage (gloo, one thread each)
 
+``--refresh`` measures instead the cost of keeping the preset's model fresh (issue "Fresh models
+from live traffic"): the ``generate`` stage as above, then
+
+* ``refresh-cut``      the timeline cut at the 8/9 quantile of the timestamps: the events up to
+                       the cut (Parquet) become the base log, the later ones a SQLite event store
+                       (mirec's schema, in time order: what ``mirec serve --store`` holds after
+                       that traffic)
+* ``refresh-prepare``  ``mirec data prepare parquet`` of the base log (as ``prepare``)
+* ``refresh-base``     ``mirec train`` of ComiRec-SA on it with the ``train`` stage's settings and
+                       ``--steps`` steps (not timed: the base's quality is not the point); 1% of
+                       the users are test users (``split.train_frac=0.98``, ``valid_frac=0.01``),
+                       as many as the ``eval`` stage's 10,000 at taobao, since a run's final test
+                       covers all of them and the warm start inherits the split
+* ``refresh``          the user's command, timed: ``mirec refresh --run BASE --events STORE --data
+                       BASE_DATA --out DIR`` for one pass over the new events (``train.epochs=1``,
+                       ``train.since`` the cut, validation on 1,000 sampled users, ``--refresh-set``
+                       added); each step's seconds and peak RSS from ``DIR/refresh.json``, the
+                       whole command's wall time and peak RSS
+
 Each finished stage appends one JSON line to ``WORK/scale.jsonl`` and is skipped when the bench
 runs again (delete the line, or the file, to measure it again), so a long run resumes after an
 interruption. ``--markdown`` prints the table of what is recorded and exits.
@@ -35,6 +54,8 @@ Usage::
     python bench/scale.py --preset taobao --work runs/scale-taobao --serve-steps 50000 --serve-index hnsw
     python bench/scale.py --preset books --work /tmp/s --set num_users=5000 --steps 20   # smoke
     python bench/scale.py --preset books --work runs/scale-books --markdown
+    python bench/scale.py --preset taobao --work runs/scale-taobao --refresh
+    python bench/scale.py --preset books --work /tmp/r --set num_users=20000 --steps 50 --refresh  # smoke
 
 Run one benchmark at a time on the machine (two at once corrupt each other's figures).
 """
@@ -165,7 +186,34 @@ def serve_child(bundle: str, queries: str, kind: str = "auto") -> dict[str, Any]
             "queries": len(times), "index": rec.index.kind}
 
 
-CHILDREN = {"cli": cli_child, "train": train_child, "eval": eval_child, "serve": serve_child}
+def cut_child(raw: str, base: str, store: str, quantile: str) -> dict[str, Any]:
+    """The raw log ``raw`` (Parquet parts) cut at the ``quantile`` of its timestamps: the events
+    at or before the cut into ``base/part-0.parquet``, the later ones, in time order, into the
+    SQLite event store ``store`` (one transaction; a server writes one per POST /events)."""
+    import sqlite3
+
+    import polars as pl
+
+    from mirec.serve.store import SCHEMA
+
+    log = pl.scan_parquet(f"{raw}/*.parquet")
+    cut = int(log.select(pl.col("timestamp").quantile(float(quantile), "lower")).collect().item())
+    Path(base).mkdir(parents=True)
+    log.filter(pl.col("timestamp") <= cut).sink_parquet(f"{base}/part-0.parquet")
+    new = (log.filter(pl.col("timestamp") > cut).sort("timestamp", maintain_order=True)
+           .select(pl.col("user").cast(pl.String), pl.col("item").cast(pl.String), "timestamp").collect())
+    db = sqlite3.connect(store, isolation_level=None)
+    db.executescript(SCHEMA)
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO events (user_id, item_id, ts) VALUES (?, ?, ?)", new.iter_rows())
+    db.execute("COMMIT")
+    db.close()
+    base_events = log.filter(pl.col("timestamp") <= cut).select(pl.len()).collect().item()
+    return {"cut": cut, "base_events": int(base_events), "new_events": new.height}
+
+
+CHILDREN = {"cli": cli_child, "train": train_child, "eval": eval_child, "serve": serve_child,
+            "cut": cut_child}
 
 
 def dir_gib(path: Path) -> float:
@@ -195,26 +243,41 @@ class Record:
         return row
 
 
+def prepare_args(raw: Path, data: Path) -> list[str]:
+    """``mirec data prepare parquet`` of a directory of the generator's Parquet parts."""
+    return ["data", "prepare", "parquet", str(raw), "--out", str(data), "--user-col", "user",
+            "--item-col", "item", "--time-col", "timestamp", "--category-col", "category"]
+
+
+def cli(name: str, *args: str, keep: bool = False) -> dict[str, Any]:
+    """The stage ``name``: ``mirec ARGS`` in a child (what it printed kept with ``keep``)."""
+    res = stage(name, "cli", *args)
+    return res if keep else {k: v for k, v in res.items() if k != "printed"}
+
+
+def generate(a: argparse.Namespace, rec: Record, tag: str = "", synth_sets: list[str] | None = None) -> Path:
+    """The stage ``generate{tag}``: the preset (with ``synth_sets``) as Parquet parts."""
+    raw = a.work / f"raw{tag}"
+    sets = sum((["--set", x] for x in (a.set if synth_sets is None else synth_sets)), [])
+    rec.do(f"generate{tag}", lambda: cli(f"generate{tag}", "data", "synth", "--preset", a.preset, *sets,
+                                         "--raw", "parts", "--out", str(raw)))
+    return raw
+
+
 def bench(a: argparse.Namespace) -> None:
     w = a.work
     w.mkdir(parents=True, exist_ok=True)
     rec = Record(w / "scale.jsonl")
     steps = str(a.steps)
-
-    def cli(name: str, *args: str, keep: bool = False) -> dict[str, Any]:
-        res = stage(name, "cli", *args)
-        return res if keep else {k: v for k, v in res.items() if k != "printed"}
+    if a.refresh:
+        refresh_bench(a, rec)
+        return
 
     def log_and_train(tag: str, synth_sets: list[str]) -> None:
         """Generate, prepare and train on one log: the preset's (tag "") or the 12k-item one."""
-        raw, data = w / f"raw{tag}", w / f"data{tag}"
-        sets = sum((["--set", x] for x in synth_sets), [])
-        rec.do(f"generate{tag}", lambda: cli(f"generate{tag}", "data", "synth", "--preset",
-                                             a.preset, *sets, "--raw", "parts", "--out", str(raw)))
-        rec.do(f"prepare{tag}", lambda: {**cli(
-            f"prepare{tag}", "data", "prepare", "parquet", str(raw), "--out", str(data),
-            "--user-col", "user", "--item-col", "item", "--time-col", "timestamp",
-            "--category-col", "category"), "size_gib": dir_gib(data)})
+        raw, data = generate(a, rec, tag, synth_sets), w / f"data{tag}"
+        rec.do(f"prepare{tag}", lambda: {**cli(f"prepare{tag}", *prepare_args(raw, data)),
+                                         "size_gib": dir_gib(data)})
         rec.do(f"train{tag}", lambda: stage(f"train{tag}", "train", str(data), str(w / f"run{tag}"),
                                             steps, *TRAIN_SETS))
 
@@ -240,6 +303,91 @@ def bench(a: argparse.Namespace) -> None:
     if a.ddp:
         rec.do("ddp", lambda: ddp(w, steps))
     table(a, rec)
+
+
+REFRESH_QUANTILE = 8 / 9  # the last ninth of the timeline is the new traffic
+BASE_SPLIT = ["split.train_frac=0.98", "split.valid_frac=0.01"]  # 1% test users (module docstring)
+REFRESH_STEPS = ("append", "train", "export", "index")
+
+
+def fresh_dir(path: Path) -> Path:
+    """``path`` for a stage that was not recorded: what an interrupted run of it left (mirec's
+    own output, in the bench's WORK) is removed, so that the stage is timed whole."""
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    return path
+
+
+def refresh_bench(a: argparse.Namespace, rec: Record) -> None:
+    """The ``--refresh`` stages (module docstring)."""
+    raw, r = generate(a, rec), a.work / "refresh"
+    r.mkdir(exist_ok=True)
+    base_raw, store, data, base, out = r / "raw-base", r / "new.sqlite", r / "data", r / "base", r / "out"
+    cut = rec.do("refresh-cut", lambda: stage("refresh-cut", "cut", str(raw), str(fresh_dir(base_raw)),
+                                              str(fresh_dir(store)), str(REFRESH_QUANTILE)))["cut"]
+    rec.do("refresh-prepare", lambda: {**cli("refresh-prepare", *prepare_args(base_raw, fresh_dir(data))),
+                                       "size_gib": dir_gib(data)})
+    sets = [*TRAIN_SETS, "train.threads=1", f"train.max_batches_per_epoch={a.steps}", *BASE_SPLIT]
+    rec.do("refresh-base", lambda: cli("refresh-base", "train", "--model", "comirec-sa", "--data", str(data),
+                                       "--out", str(fresh_dir(base)), *sum((["--set", x] for x in sets), [])))
+    sets = ["train.epochs=1", "train.max_batches_per_epoch=0", f"train.since={cut}", "eval.max_users=1000",
+            "train.threads=1", *a.refresh_set]
+    rec.do("refresh", lambda: {**cli("refresh", "refresh", "--run", str(base), "--events", str(store),
+                                     "--data", str(data), "--out", str(fresh_dir(out)),
+                                     *sum((["--set", x] for x in sets), [])),
+                               "settings": sets, **refresh_figures(out)})
+    refresh_table(a, rec)
+
+
+def refresh_figures(out: Path) -> dict[str, Any]:
+    """What ``DIR/refresh.json`` and the new run record: each step's seconds and peak RSS so far,
+    the events appended, the examples trained and their seconds, the test users, the index."""
+    state = json.loads((out / "refresh.json").read_text())["steps"]
+    epochs = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    results = json.loads((out / "run" / "results.json").read_text())
+    index = state["index"]["result"]
+    return {"steps": {s: {"seconds": state[s]["seconds"], "peak_rss_gib": state[s]["peak_rss_mib"] / 1024}
+                      for s in REFRESH_STEPS},
+            "appended": {k: state["append"]["result"][k] for k in ("events_added", "new_users", "new_items")},
+            "examples": sum(e["examples"] for e in epochs),
+            "train_s": sum(e["train_seconds"] for e in epochs),
+            "test_users": results["per_seed"][0]["num_test_users"],
+            "index": {k: index.get(k) for k in ("kind", "items", "recommend_recall@50", "nlist", "nprobe")}}
+
+
+def refresh_table(a: argparse.Namespace, rec: Record) -> None:
+    rows = rec.rows
+    g, c, p, b, r = (rows.get(k, {}) for k in ("generate", "refresh-cut", "refresh-prepare", "refresh-base",
+                                               "refresh"))
+    print(f"\n### refresh, `{a.preset}` {' '.join(a.set)}\n")
+    print("| stage | figure |\n|---|---|")
+    if c:
+        print(f"| the cut (8/9 of the timeline) | ts {c['cut']}: {c['base_events']:,} raw events before, "
+              f"{c['new_events']:,} after (the event store) |")
+    if g and c and p and b:
+        print(f"| base, not timed | generate {g['wall_s']:.0f} s, cut {c['wall_s']:.0f} s, prepare "
+              f"{p['wall_s']:.0f} s, train {b['wall_s']:.0f} s ({a.steps} steps and the test) |")
+    if not r:
+        return
+    ap, st = r["appended"], r["steps"]
+    what = {"append": f"{ap['events_added']:,} events added, {ap['new_users']:,} new users, "
+                      f"{ap['new_items']:,} new items",
+            "train": f"warm start, one pass: {r['examples']:,} examples in {r['train_s']:.0f} s of training "
+                     f"({r['examples'] / max(r['train_s'], 1e-9):,.0f} ex/s); the rest: loading, "
+                     f"validation, the final test of {r['test_users']:,} users",
+            "export": "mirec export",
+            "index": f"{r['index']['kind']} over {r['index']['items']:,} items, recall@50 per recommendation "
+                     f"{r['index']['recommend_recall@50']:.3f}"}
+    for s in REFRESH_STEPS:
+        print(f"| {s} | {st[s]['seconds']:.0f} s, peak RSS so far {st[s]['peak_rss_gib']:.2f} GiB; "
+              f"{what[s]} |")
+    print(f"| **`mirec refresh`, total** | **{r['wall_s'] / 60:.1f} min** (steps "
+          f"{sum(x['seconds'] for x in st.values()):.0f} s), **peak RSS {r['rss_gib']:.2f} GiB** "
+          f"(target: <= 30 min, <= 8 GiB) |")
 
 
 def ddp(w: Path, steps: str) -> dict[str, Any]:
@@ -304,13 +452,17 @@ def main() -> None:
                    help="train the served model this many steps (stage train-serve; default: index and "
                         "serve the timed run, whose few steps leave most item vectors random)")
     p.add_argument("--no-ddp", dest="ddp", action="store_false", help="skip the torchrun stage")
+    p.add_argument("--refresh", action="store_true", help="measure a refresh from the last ninth of "
+                   "the timeline instead (the refresh-* stages)")
+    p.add_argument("--refresh-set", action="append", default=[],
+                   help="--refresh: a --set of the timed `mirec refresh` key=value (repeatable)")
     p.add_argument("--markdown", action="store_true", help="print the recorded table and exit")
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         return child(*sys.argv[2:])
     a = p.parse_args()
     a.work = a.work or Path("runs") / f"scale-{a.preset}"
     if a.markdown:
-        table(a, Record(a.work / "scale.jsonl"))
+        (refresh_table if a.refresh else table)(a, Record(a.work / "scale.jsonl"))
         return
     bench(a)
 
