@@ -203,6 +203,7 @@ def cut_child(raw: str, base: str, store: str, quantile: str) -> dict[str, Any]:
     new = (log.filter(pl.col("timestamp") > cut).sort("timestamp", maintain_order=True)
            .select(pl.col("user").cast(pl.String), pl.col("item").cast(pl.String), "timestamp").collect())
     db = sqlite3.connect(store, isolation_level=None)
+    db.execute("PRAGMA cache_size=-1048576")  # 1 GiB: the (user, ts) index's pages stay in memory
     db.executescript(SCHEMA)
     db.execute("BEGIN")
     db.executemany("INSERT INTO events (user_id, item_id, ts) VALUES (?, ?, ?)", new.iter_rows())
