@@ -15,6 +15,14 @@ its test users out of training and of the choice).
     python bench/quality.py --data data/beauty --models comirec-sa --seeds 1 --tune \
         --grid train.temperature=0.05,0.1,0.2 --grid train.hard_negative_beta=0,0.2
 
+``--protocol loo`` runs the papers' leave-one-out tables instead (``split.protocol=loo``, every
+item ranked, the user's earlier items filtered, ties broken pessimistically, ``eval.ns`` 5, 10,
+20): the table shows HR and NDCG at 5, 10 and 20 and the mean training seconds an epoch, and,
+for a data set with published figures (``--published beauty``, or a ``--data`` path naming it),
+prints those rows beside mirec's:
+
+    python bench/quality.py --data data/beauty --protocol loo --models sasrec,comirec-sa --defaults
+
 A run whose results.json (same config and seeds) is already under ``--out`` is reused, and every
 finished run appends a line to ``--out/runs.jsonl``: an interrupted benchmark, started again,
 continues where it stopped. Run one benchmark at a time (two at once distort the speed figures).
@@ -52,6 +60,41 @@ CHOSEN: dict[str, list[str]] = {
 # The same budget for every model: 6 runs, the temperature (which moves the result most) x the
 # learning rate.
 GRID = {"train.temperature": ["0.05", "0.1", "0.2"], "train.lr": ["0.001", "0.003"]}
+
+
+# Published leave-one-out, full-ranking figures on the S3-Rec preprocessing (HR@10, NDCG@10,
+# HR@20, NDCG@20; None where the source gives none). Sources: docs/benchmarks.md, "Leave-one-out".
+PUBLISHED: dict[str, list[tuple[str, float | None, float | None, float | None, float | None]]] = {
+    "beauty": [
+        ("BSARec (AAAI 2024)", 0.1008, 0.0611, 0.1373, 0.0703),
+        ("ICSRec (WSDM 2024)", 0.0959, 0.0578, 0.1298, 0.0663),
+        ("SASRec, sampled softmax, 256 negatives (eSASRec)", 0.0921, 0.0531, None, None),
+        ("DuoRec (ICSRec's re-run)", None, None, 0.1228, 0.0536),
+        ("ICLRec", 0.0744, 0.0403, 0.1058, 0.0483),
+        ("SINE (ICSRec's table)", None, None, 0.0964, 0.0384),
+        ("SASRec, BCE with one negative (S3-Rec)", 0.0605, 0.0318, 0.0902, 0.0394),
+    ],
+}
+LOO_SETS = ["split.protocol=loo", "eval.ns=[5,10,20]", "eval.ties=pessimistic"]
+LOO_COLS = ("hit_rate@5", "ndcg@5", "hit_rate@10", "ndcg@10", "hit_rate@20", "ndcg@20")
+
+
+def epoch_seconds(run_dir: Path) -> float | None:
+    """Mean training seconds an epoch over every seed's ``metrics.jsonl`` under ``run_dir``."""
+    secs = [json.loads(line).get("train_seconds") for f in sorted(run_dir.glob("seed-*/metrics.jsonl"))
+            for line in f.read_text().splitlines() if line.strip()]
+    secs = [x for x in secs if isinstance(x, (int, float))]
+    return sum(secs) / len(secs) if secs else None
+
+
+def published_table(name: str) -> Table:
+    """The published rows of data set ``name`` as a rich table."""
+    t = Table(title=f"published, {name} (leave-one-out, full ranking)")
+    for col in ("model", "HR@10", "NDCG@10", "HR@20", "NDCG@20"):
+        t.add_column(col)
+    for model, *vals in PUBLISHED[name]:
+        t.add_row(model, *("-" if v is None else f"{v:.4f}" for v in vals))
+    return t
 
 
 def run_or_reuse(cfg: RunConfig, ds, seeds: list[int], run_dir: Path, log: Path) -> dict:
@@ -105,7 +148,14 @@ def main() -> None:
                    help="with --tune: search these values instead of the default grid (repeatable)")
     p.add_argument("--defaults", action="store_true",
                    help="without --tune: the TrainConfig defaults, not MovieLens-100K's CHOSEN settings")
+    p.add_argument("--protocol", choices=("user", "loo"), default="user",
+                   help="loo: the papers' leave-one-out tables (HR/NDCG at 5, 10, 20; ties pessimistic)")
+    p.add_argument("--published", default="", help=f"print published rows of: {', '.join(PUBLISHED)}")
     args = p.parse_args()
+    loo = args.protocol == "loo"
+    if loo:
+        args.set = LOO_SETS + args.set
+    published = args.published or next((k for k in PUBLISHED if loo and k in args.data.lower()), "")
     grid = dict(g.split("=", 1) for g in args.grid)
     grid = {k: v.split(",") for k, v in grid.items()} or GRID
     console = Console(width=140)
@@ -113,7 +163,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     table = Table(title=f"{args.data}: test users, mean ± std over seeds {args.seeds}")
-    for col in ("model", "settings", "R@20", "R@50", "NDCG@50", "HR@50", "best epochs", "time"):
+    cols = LOO_COLS if loo else ("recall@20", "recall@50", "ndcg@50", "hit_rate@50")
+    heads = [c.replace("hit_rate", "HR").replace("recall", "R").replace("ndcg", "NDCG") for c in cols]
+    for col in ("model", "settings", *heads, "best epochs", "s / epoch", "time"):
         table.add_column(col)
     for model in args.models.split(","):
         t0 = time.perf_counter()
@@ -132,12 +184,16 @@ def main() -> None:
             cfg = load(RunConfig, None, [f"model={model}", *sets])
             doc = run_or_reuse(cfg, ds, seeds, out / model, out / "runs.jsonl")
             mean, std, epochs = doc["metrics"], doc["std"], ",".join(map(str, doc["best_epochs"]))
-        cells = [f"{mean[k]:.3f} ± {std[k]:.3f}"
-                 for k in ("recall@20", "recall@50", "ndcg@50", "hit_rate@50")]
+        digits = 4 if loo else 3
+        cells = [f"{mean[k]:.{digits}f} ± {std[k]:.{digits}f}" for k in cols]
+        per_epoch = None if model in BASELINES else epoch_seconds(out / model)
+        sets = [x for x in sets if x not in LOO_SETS]
         table.add_row(model, " ".join(sets) or "defaults", *cells, epochs,
-                      f"{time.perf_counter() - t0:.0f} s")
-        console.print(f"{model}: {cells[1]} recall@50")
+                      "-" if per_epoch is None else f"{per_epoch:.1f}", f"{time.perf_counter() - t0:.0f} s")
+        console.print(f"{model}: {cells[1]} {heads[1]}")
     console.print(table)
+    if published:
+        console.print(published_table(published))
 
 
 if __name__ == "__main__":
