@@ -318,8 +318,8 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
     """Train ranker ``cfg.model`` into ``run_dir`` and test the best epoch; ``resume``
     continues from ``last.pt``.
 
-    ``ds`` is a prepared data set (its CTR examples are built with ``cfg.ctr``) or ready
-    :class:`CTRData` (e.g. built with some events held out). ``warm``: start every parameter
+    ``ds`` is a prepared data set (its CTR examples are built with ``cfg.ctr`` and ``cfg.split``)
+    or ready :class:`CTRData` (e.g. built with some events held out). ``warm``: start every parameter
     from that ranking run (:mod:`mirec.train.warm`; ``ds`` must be a data set).
     """
     if isinstance(ds, Dataset):
