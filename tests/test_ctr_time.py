@@ -140,3 +140,19 @@ def test_pipeline_pairs_a_time_split_retriever_only_with_a_ranker_of_its_cuts(ds
     with pytest.raises(MirecConfigError, match="^split.protocol: the retrieval run is under comirec"):
         check_split(ds, SplitConfig(), load(RankRunConfig, None, CUTS), "r")
     check_split(ds, SplitConfig(), RankRunConfig(), "r")  # as before
+
+
+def test_pipeline_evaluation_under_the_time_protocol_end_to_end(ds, tmp_path):
+    import mirec
+
+    cuts = {"split.protocol": "time", "split.valid_from": 6, "split.test_from": 8}
+    small = {"train.epochs": 1, "model_args.dim": 8}
+    mirec.fit(model="comirec-sa", data=ds.path, out=tmp_path / "ret", seeds=[1], progress=False,
+              **cuts, **small, **{"model_args.num_interests": 2, "eval.ns": "[2,4]"})
+    mirec.fit(model="din", data=ds.path, out=tmp_path / "rank", seeds=[1], progress=False, **cuts, **small)
+    doc = mirec.evaluate(run=tmp_path / "ret", ranker=tmp_path / "rank").doc
+    assert doc["per_seed"][0]["test_users"] == 4  # the test rows: new-item targets are misses
+    assert 0 <= doc["pipeline"]["recall@4"] <= 0.75  # 1 of the 4 targets is a new item
+    mirec.fit(model="din", data=ds.path, out=tmp_path / "user", seeds=[1], progress=False, **small)
+    with pytest.raises(MirecConfigError, match="^split.protocol: the retrieval run is under time"):
+        mirec.evaluate(run=tmp_path / "ret", ranker=tmp_path / "user")
