@@ -153,6 +153,12 @@ def test_pipeline_evaluation_under_the_time_protocol_end_to_end(ds, tmp_path):
     doc = mirec.evaluate(run=tmp_path / "ret", ranker=tmp_path / "rank").doc
     assert doc["per_seed"][0]["test_users"] == 4  # the test rows: new-item targets are misses
     assert 0 <= doc["pipeline"]["recall@4"] <= 0.75  # 1 of the 4 targets is a new item
+    # retrieval alone through the served path reproduces the time protocol's evaluation
+    protocol = json.loads((tmp_path / "ret" / "results.json").read_text())["metrics"]
+    assert set(doc["pipeline"]) == set(doc["retrieval"]) == set(protocol)
+    assert doc["pipeline"]["new_item_share"] == 0.25
+    for k, v in protocol.items():
+        assert doc["retrieval"][k] == pytest.approx(v, abs=1e-6), k
     mirec.fit(model="din", data=ds.path, out=tmp_path / "user", seeds=[1], progress=False, **small)
     with pytest.raises(MirecConfigError, match="^split.protocol: the retrieval run is under time"):
         mirec.evaluate(run=tmp_path / "ret", ranker=tmp_path / "user")

@@ -129,6 +129,8 @@ def evaluate_pipeline(run_dir: str | Path, ranker_dir: str | Path, out: str | Pa
             topn = served_topn(rec, ds, test, max(ec.ns), rank=rank, progress=progress)
             row[name] = topn_metrics(topn, indptr, targets, cat_indptr, cat_ids, ds.num_items - 1,
                                      tuple(sorted(ec.ns)))
+            if test.new_items is not None:  # split.protocol=time, as the retrieval run reports it
+                row[name]["new_item_share"] = float(np.isin(targets, test.new_items).mean())
         per_seed.append(row)
     doc: dict[str, Any] = {"task": "pipeline", "retrieval_run": str(run_dir), "ranker_run": str(ranker_dir),
                            "seeds": [r["seed"] for r in per_seed]}
