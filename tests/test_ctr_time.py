@@ -107,7 +107,7 @@ def test_cuts_without_a_validation_example_are_refused(ds):
         build_ctr(ds, CTRConfig(), split=RankSplitConfig("time", 7, 8))
 
 
-@pytest.mark.parametrize("model", ["din", "dien", "mimn"])
+@pytest.mark.parametrize("model", ["din", "dien", "mimn", "embedding-mlp"])
 def test_cli_trains_a_ranker_under_the_time_protocol(ds, tmp_path, model):
     out = tmp_path / "run"
     r = CliRunner().invoke(app, ["train", "--task", "ctr", "--model", model, "--data", str(ds.path),
