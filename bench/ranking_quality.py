@@ -96,7 +96,7 @@ def speed_child(a: argparse.Namespace) -> None:
     torch.set_num_threads(a.threads)
     keep_freed_memory()
     cfg = load(RankRunConfig, None, [f"model={a.model}", *SETTINGS.get(a.model, []), *a.set])
-    data = build_ctr(load_dataset(a.data), cfg.ctr)
+    data = build_ctr(load_dataset(a.data), cfg.ctr, split=cfg.split)
     torch.manual_seed(0)
     model = build_ranker(cfg, data.features)
     opt = make_optimizer(model, cfg.train)

@@ -217,15 +217,14 @@ def train_ctr_seeds(cfg: RankRunConfig, data: str | Path | Dataset, seeds: list[
                       log=log, data_path=str(ds.path), data_checksum=ds.checksum, warm=warm)
         test = dict(r.test)
         n = test.pop("examples")
+        cuts = {} if r.data.time_cuts is None else {"time_cuts": dict(zip(("valid_from", "test_from"),
+                                                                          r.data.time_cuts))}
         return SeedResult(seed, test, {k: v for k, v in r.best_valid.items() if k != "examples"},
-                          r.best_epoch, {"test_examples": n, "speed": _speed(r.history, r.best_epoch),
+                          r.best_epoch, {"test_examples": n, **cuts, "speed": _speed(r.history, r.best_epoch),
                                          **_warm(r.warm_start)}, r.model)
 
     ds = data if isinstance(data, Dataset) else load_dataset(data)
-    protocol = {"labels": f"rating >= {cfg.ctr.positive_rating}" if ds.rating is not None
-                else f"{cfg.ctr.negatives} uniform negative(s) per positive",
-                "split": f"per user by time: last {cfg.ctr.test_fraction:.0%} test, "
-                         f"{cfg.ctr.valid_fraction:.0%} before it validation"}
+    protocol = ctr_protocol(cfg, ds)
     if cfg.cand.run:
         protocol = {"labels": f"the next item against {cfg.cand.negatives} negatives from {cfg.cand.run}'s "
                               f"candidates ({cfg.cand.random_share:.0%} uniform)",
@@ -233,6 +232,24 @@ def train_ctr_seeds(cfg: RankRunConfig, data: str | Path | Dataset, seeds: list[
                              "test: `mirec evaluate --run RETRIEVAL --ranker RUN`"}
     conf = saved_config(cfg, model_config(cfg))
     return run_seeds("ranking", cfg.model, ds, seeds, one, out, protocol, conf, log)
+
+
+def ctr_protocol(cfg: RankRunConfig, ds: Dataset) -> dict[str, Any]:
+    """The ``protocol`` of a plain ranking run's results.json: its labels and its split."""
+    ratings = ds.rating is not None and cfg.ctr.labels != "implicit"
+    catalogue = "the training catalogue" if cfg.split.protocol == "time" else "the catalogue"
+    out: dict[str, Any] = {"labels": f"rating >= {cfg.ctr.positive_rating}" if ratings
+                           else f"{cfg.ctr.negatives} uniform negative(s) per positive from {catalogue}",
+                           "split_protocol": cfg.split.protocol}
+    if cfg.split.protocol == "time":
+        out.update(split="by time: training events before valid_from; every later event with an earlier "
+                         "one of its user a validation (before test_from) or test example, those of new "
+                         "items left out (new_item_share)",
+                   valid_from=cfg.split.valid_from, test_from=cfg.split.test_from)
+    else:
+        out["split"] = (f"per user by time: last {cfg.ctr.test_fraction:.0%} test, "
+                        f"{cfg.ctr.valid_fraction:.0%} before it validation")
+    return out
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None,

@@ -68,6 +68,8 @@ def ctr_table(runs: dict[str, dict[str, Any]]) -> Table:
     tested = bool(first["metrics"])  # a ranker trained on candidates is tested as a pipeline
     what = f"test events ({first['per_seed'][0]['test_examples']:,})" if tested else \
         "validation users' candidates (test: mirec evaluate --run RETRIEVAL --ranker RUN)"
+    if "new_item_share" in first["metrics"]:  # split.protocol=time
+        what += f", {first['metrics']['new_item_share']:.1%} of the window's events new items (left out)"
     t = Table(title=f"{what}, {'seed ' + str(first['seeds'][0]) if n == 1 else f'mean ± std over {n} seeds'}")
     for header in ("model", "AUC", "GAUC", "log-loss", "examples/s", "s/epoch"):
         t.add_column(header, justify="left" if header == "model" else "right")

@@ -21,7 +21,7 @@ import torch
 
 from mirec.checkpoint import best_checkpoint, legacy_model_args, load_checkpoint
 from mirec.config import MAX_BATCH, MAX_COUNT, check_fields, from_dict, setting, size
-from mirec.data.ctr import CTRConfig, RankFeatures
+from mirec.data.ctr import CTRConfig, RankFeatures, RankSplitConfig
 from mirec.data.dataset import Dataset, load_dataset
 from mirec.data.split import SplitConfig
 from mirec.errors import MirecConfigError, MirecDataError
@@ -233,11 +233,16 @@ class RankRunConfig:
     train: RankTrainConfig = field(default_factory=RankTrainConfig)
     ctr: CTRConfig = field(default_factory=CTRConfig)
     cand: CandConfig = field(default_factory=CandConfig)
+    split: RankSplitConfig = field(default_factory=RankSplitConfig)  # per-user | time (data/ctr.py)
 
     def validate(self) -> None:
         spec(self.model, "ranking")
         self.cand.validate()
+        self.split.validate()
         model_config(self)
+        if self.cand.run and self.split.protocol != "per-user":
+            raise MirecConfigError(f"split.protocol: --candidates follows the retrieval run's split; "
+                                   f"drop split.protocol={self.split.protocol}")
         if self.cand.run and self.model not in CANDIDATE_RANKERS:
             raise MirecConfigError(f"--candidates: only {', '.join(CANDIDATE_RANKERS)} read the candidate "
                                    f"features, got --model {self.model}")

@@ -5,9 +5,19 @@ a negative (both were shown). A log without ratings (Taobao pv, Amazon) has only
 ``negatives`` items per positive are then drawn uniformly from the catalogue with a fixed seed
 (never the positive item itself) and take the positive's place in time.
 
-Split by time per user: the last ``test_fraction`` of each user's events (at least one) are
-test, the ``valid_fraction`` before them (at least one, when the user has 3 or more events)
-validation, the rest training. Sampled negatives follow their positive.
+Split by time per user (``split.protocol = "per-user"``, the default): the last ``test_fraction``
+of each user's events (at least one) are test, the ``valid_fraction`` before them (at least one,
+when the user has 3 or more events) validation, the rest training. Sampled negatives follow
+their positive.
+
+``split.protocol = "time"`` takes the retrieval time protocol's cut instead
+(:func:`mirec.data.split.split_users`, its module docstring): the events before
+``split.valid_from`` are the training examples; every event of the validation window
+``[valid_from, test_from)`` and of the test window (from ``test_from`` on) that has an earlier
+event of its user (the retrieval rows) is a validation / test example, its history every earlier
+event of the user, window events included. Negatives are drawn from the training catalogue
+(the items of the training events), and window events whose item is new (outside it) are no
+example: ``new_item_share`` says which share of each window's rows they were.
 
 Features of each example: the user's dense id and profile codes, the candidate item, and the
 user's earlier *positive* items (the last ``max_len``, left-padded; ``history = "all"`` takes
@@ -21,6 +31,7 @@ example points at its history window ``pos_item[hist_start:hist_stop]``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,13 +40,15 @@ import torch
 
 from mirec.config import MAX_BATCH, MAX_LEN, check_fields, setting, size
 from mirec.data.dataset import Dataset
-from mirec.data.split import windows
+from mirec.data.split import SplitConfig, split_users, windows
 from mirec.errors import MirecConfigError
 
 if TYPE_CHECKING:  # imported where used: models and training import this module without polars
     import polars as pl
 
 TRAIN, VALID, TEST = 0, 1, 2
+NONE = -1  # an event that is no example (the time protocol's new items, a new user's first window event)
+RANK_PROTOCOLS = ("per-user", "time")
 AGE_BUCKETS = (18, 25, 35, 45, 50, 56)  # MovieLens-1M's age groups: <18, 18-24, ..., 56+
 
 
@@ -97,6 +110,59 @@ class CTRConfig:
 
 
 @dataclass
+class RankSplitConfig:
+    """Which events the ranking task trains, validates and tests on (module docstring)."""
+
+    protocol: str = "per-user"  # per-user (ctr.test_fraction, ctr.valid_fraction) | time
+    # protocol time: where the validation and test windows start, as split.valid_from and
+    # split.test_from of retrieval (a Unix timestamp >= 1 or a fraction of the event timeline)
+    valid_from: float = 0.8
+    test_from: float = 0.9
+
+    def validate(self) -> None:
+        check_fields(self, "split.")
+        if self.protocol not in RANK_PROTOCOLS:
+            raise MirecConfigError(f"split.protocol: --task ctr splits per-user (the default: each user's "
+                                   f"last events, ctr.test_fraction) or by time, got {self.protocol!r}")
+        if self.protocol == "time":
+            self.time_config().validate()
+
+    def time_config(self) -> SplitConfig:
+        """The retrieval split config of the same cut (what :func:`split_users` takes)."""
+        return SplitConfig(protocol="time", valid_from=self.valid_from, test_from=self.test_from)
+
+
+@dataclass
+class Parts:
+    """Which part each event's examples are in, and what the split says about it."""
+
+    part: np.ndarray  # (E,) int8: TRAIN, VALID, TEST or NONE
+    catalogue: np.ndarray | None = None  # sorted item ids negatives come from (None: every item)
+    new_item_share: dict[int, float] | None = None  # VALID / TEST: share of the rows left out as new items
+    time_cuts: tuple[int, int] | None = None  # (valid_from, test_from) as timestamps of ds.ts
+
+
+def time_protocol_parts(ds: Dataset, split: RankSplitConfig) -> Parts:
+    """The time protocol's parts of ``ds``'s events (module docstring): the training events and
+    the retrieval split's validation and test rows, less those whose item is new."""
+    sp = split_users(ds, split.time_config())
+    part = np.full(len(ds.item), NONE, dtype=np.int8)
+    part[sp.train_events(ds.offsets)] = TRAIN
+    part[sp.valid.cut] = VALID  # a row's target is the one event at cut
+    part[sp.test.cut] = TEST
+    known = np.ones(ds.num_items, dtype=bool)
+    known[sp.valid.new_items] = False
+    known[0] = False  # padding
+    new = ~known[ds.item]  # (E,)
+    share = {p: float(new[part == p].mean()) if (part == p).any() else 0.0 for p in (VALID, TEST)}
+    part[(part != TRAIN) & new] = NONE
+    if not (part == VALID).any():
+        raise MirecConfigError(f"split.valid_from: no validation example between ts {sp.time_cuts[0]} and "
+                               f"{sp.time_cuts[1]} (every event there is a new item or a user's first)")
+    return Parts(part, np.flatnonzero(known), share, sp.time_cuts)
+
+
+@dataclass
 class CTRData:
     """Every example of one data set; ``part`` says train / valid / test."""
 
@@ -117,6 +183,9 @@ class CTRData:
     dense: np.ndarray | None = None  # (M, F) float32 candidate features (mirec.train.candidates)
     source: np.ndarray | None = None  # (M,) int64 event position of the example's positive
     ts: np.ndarray | None = None  # (M,) int64 the time of the example's event (train.since)
+    # split.protocol=time: VALID / TEST -> the share of the window's rows left out as new items
+    new_item_share: dict[int, float] | None = None
+    time_cuts: tuple[int, int] | None = None  # split.protocol=time: (valid_from, test_from) as ts
 
     def indices(self, part: int) -> np.ndarray:
         return np.flatnonzero(self.part == part)
@@ -201,25 +270,34 @@ def time_parts(offsets: np.ndarray, test_fraction: float, valid_fraction: float)
     return part
 
 
-def build_ctr(ds: Dataset, cfg: CTRConfig | None = None, keep: np.ndarray | None = None) -> CTRData:
-    """CTR examples of ``ds``; ``keep`` (E,) bool drops events entirely (e.g. the target part of
-    held-out retrieval users, so that a ranker can be evaluated inside the retrieval protocol)."""
+def build_ctr(ds: Dataset, cfg: CTRConfig | None = None, keep: np.ndarray | None = None,
+              split: RankSplitConfig | None = None) -> CTRData:
+    """CTR examples of ``ds`` split as ``split`` says (module docstring); ``keep`` (E,) bool drops
+    events entirely (e.g. the target part of held-out retrieval users, so that a ranker can be
+    evaluated inside the retrieval protocol)."""
     import polars as pl
 
     cfg = cfg or CTRConfig()
     cfg.validate()
+    split = split or RankSplitConfig()
+    split.validate()
     user, item, rating, ts = ds.user.astype(np.int64), ds.item.astype(np.int64), ds.rating, ds.ts
     if cfg.labels == "rating" and rating is None:
         raise MirecConfigError(f"ctr.labels: 'rating', but {ds.path} has no ratings")
     if cfg.labels == "implicit":
         rating = None  # every event is a positive; negatives are sampled
+    timed = time_protocol_parts(ds, split) if split.protocol == "time" else None
     if keep is not None:
         user, item, ts = user[keep], item[keep], ts[keep]
         rating = rating[keep] if rating is not None else None
     U = ds.num_users
     offsets = np.zeros(U + 1, dtype=np.int64)
     np.cumsum(np.bincount(user, minlength=U), out=offsets[1:])
-    part = time_parts(offsets, cfg.test_fraction, cfg.valid_fraction)
+    if timed is None:
+        parts = Parts(time_parts(offsets, cfg.test_fraction, cfg.valid_fraction))
+    else:
+        parts = timed if keep is None else dataclasses.replace(timed, part=timed.part[keep])
+    part = parts.part
     if rating is not None:
         label = (rating >= cfg.positive_rating).astype(np.float32)
     else:
@@ -236,8 +314,8 @@ def build_ctr(ds: Dataset, cfg: CTRConfig | None = None, keep: np.ndarray | None
         sampled = cfg.negatives
         rng = np.random.default_rng(cfg.seed)
         r = cfg.negatives
-        neg = rng.integers(1, ds.num_items - 1, size=(len(item), r))  # 1..N-2, shifted below
-        neg = neg + (neg >= item[:, None])  # skip the positive: uniform over the other items
+        neg = sample_negatives(rng, item, r, np.arange(1, ds.num_items) if parts.catalogue is None
+                               else parts.catalogue)
         rep = lambda a: np.repeat(a, r)  # noqa: E731 - one copy per negative
         user = np.concatenate([user, rep(user)])
         item = np.concatenate([item, neg.reshape(-1)])
@@ -246,6 +324,10 @@ def build_ctr(ds: Dataset, cfg: CTRConfig | None = None, keep: np.ndarray | None
         ts = np.concatenate([ts, rep(ts)])
         hist_start = np.concatenate([hist_start, rep(hist_start)])
         hist_stop = np.concatenate([hist_stop, rep(hist_stop)])
+    if (part == NONE).any():  # events that are only history
+        ex = part != NONE
+        user, item, label, part, ts = user[ex], item[ex], label[ex], part[ex], ts[ex]
+        hist_start, hist_stop = hist_start[ex], hist_stop[ex]
     codes, names, sizes = profile_codes(ds.users)
     features = RankFeatures(num_items=ds.num_items, num_users=U, profile_sizes=sizes,
                             item_categories=category_table(ds))
@@ -253,4 +335,16 @@ def build_ctr(ds: Dataset, cfg: CTRConfig | None = None, keep: np.ndarray | None
                    hist_stop=hist_stop, pos_item=pos_item, pos_offsets=pos_offsets, profile=codes,
                    profile_names=names,
                    user_raw_ids=ds.users["raw_id"].cast(pl.Utf8).to_list(),
-                   features=features, max_len=cfg.max_len, sampled_negatives=sampled, ts=ts)
+                   features=features, max_len=cfg.max_len, sampled_negatives=sampled, ts=ts,
+                   new_item_share=parts.new_item_share, time_cuts=parts.time_cuts)
+
+
+def sample_negatives(rng: np.random.Generator, item: np.ndarray, r: int, catalogue: np.ndarray) -> np.ndarray:
+    """(E, r) item ids drawn uniformly from the sorted ``catalogue`` other than each positive
+    ``item`` (E,) (an item outside the catalogue can be any of them)."""
+    if len(catalogue) < 2:
+        raise MirecConfigError(f"ctr.negatives: the catalogue negatives are drawn from has "
+                               f"{len(catalogue)} item(s); a negative needs another")
+    at = np.searchsorted(catalogue, item)  # (E,) the positive's place in the catalogue
+    idx = rng.integers(0, len(catalogue) - 1, size=(len(item), r))  # one fewer: the positive skipped
+    return catalogue[idx + (idx >= at[:, None])]

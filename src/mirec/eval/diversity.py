@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from mirec.data.split import split_users
 from mirec.eval.evaluate import targets_csr
 from mirec.eval.metrics import topn_metrics
-from mirec.eval.pipeline import served_topn
+from mirec.eval.pipeline import check_split, served_topn
 from mirec.io import atomic_write_json
 from mirec.plots import diversity_figure, save_png
 from mirec.serve.bundle import bundle_from_run
@@ -57,6 +57,8 @@ def diversity_report(run_dir: str | Path, lambdas: list[float], out: str | Path,
     cfg = bundle.config
     test = split_users(ds, cfg.split).test
     stage = None if ranker is None else RankStage.from_run(ranker, bundle)
+    if stage is not None:
+        check_split(ds, cfg.split, stage.config, ranker)
     rec = Recommender(bundle, ItemIndex.build(bundle.item_vectors, IndexConfig(kind="exact")), ranker=stage)
     indptr, targets = targets_csr(ds, test)
     cat_indptr, cat_ids, _ = ds.category_index()

@@ -7,6 +7,11 @@ interest, union minus the history, f = max over interests; the ranker reorders t
 (``seed-<s>`` with ``seed-<s>``) and writes ``DIR/results.json`` (docs/results.md, "Pipeline"):
 ``retrieval`` and ``pipeline`` hold the mean over seeds of the protocol's metrics,
 ``retrieval_std`` and ``pipeline_std`` their std, ``per_seed`` each seed's.
+
+The ranker must not have trained on the test events: a retrieval run under
+``split.protocol=time`` pairs only with a ranker trained under ``split.protocol=time`` with the
+same cuts (its training events are the retriever's), and a ranker of the time protocol only
+with such a retrieval run (:func:`check_split`).
 """
 
 from __future__ import annotations
@@ -21,13 +26,13 @@ import torch
 from tqdm.auto import tqdm
 
 from mirec.data.dataset import Dataset
-from mirec.data.split import EvalUsers, split_users, windows
+from mirec.data.split import EvalUsers, SplitConfig, resolve_time_cuts, split_users, windows
 from mirec.errors import MirecConfigError
 from mirec.eval.evaluate import EvalConfig, targets_csr
 from mirec.eval.metrics import topn_metrics
 from mirec.io import atomic_write_json
 from mirec.models.base import user_interests
-from mirec.runs import seed_dirs
+from mirec.runs import RankRunConfig, seed_dirs
 from mirec.serve.bundle import bundle_from_run
 from mirec.serve.index import IndexConfig, ItemIndex
 from mirec.serve.pipeline import RankStage
@@ -73,6 +78,24 @@ def pair_seeds(run_dir: str | Path, ranker_dir: str | Path) -> list[tuple[Path, 
     return [(d, by_name[d.name]) for d in runs]
 
 
+def check_split(ds: Dataset, retrieval: SplitConfig, ranker: RankRunConfig | None,
+                ranker_dir: str | Path) -> None:
+    """Refuse a ranker that trained on the retrieval run's test events (module docstring)."""
+    if ranker is None:
+        return
+    protocols = (retrieval.protocol, ranker.split.protocol)
+    if (protocols[0] == "time") != (protocols[1] == "time"):
+        raise MirecConfigError(f"split.protocol: the retrieval run is under {protocols[0]}, the ranker "
+                               f"{ranker_dir} under {protocols[1]}; under the time protocol both must be "
+                               f"(train the ranker with --set split.protocol=time and the same cuts)")
+    if protocols[0] == "time":
+        want, got = resolve_time_cuts(ds, retrieval), resolve_time_cuts(ds, ranker.split.time_config())
+        if want != got:
+            raise MirecConfigError(f"split.valid_from: the ranker {ranker_dir} was trained with time cuts "
+                                   f"at ts {got[0]}, {got[1]}, the retrieval run at {want[0]}, {want[1]}; "
+                                   f"train it with the same split.valid_from and split.test_from")
+
+
 @dataclass
 class PipelineResult:
     doc: dict[str, Any]  # what results.json holds
@@ -94,6 +117,7 @@ def evaluate_pipeline(run_dir: str | Path, ranker_dir: str | Path, out: str | Pa
         bundle, ds = bundle_from_run(rdir, data)
         ec = eval_cfg or bundle.config.eval
         stage = RankStage.from_run(kdir, bundle)
+        check_split(ds, bundle.config.split, stage.config, kdir)
         index = ItemIndex.build(bundle.item_vectors, IndexConfig(kind="exact"))
         rec = Recommender(bundle, index, ranker=stage)
         test = split_users(ds, bundle.config.split).test
@@ -105,6 +129,8 @@ def evaluate_pipeline(run_dir: str | Path, ranker_dir: str | Path, out: str | Pa
             topn = served_topn(rec, ds, test, max(ec.ns), rank=rank, progress=progress)
             row[name] = topn_metrics(topn, indptr, targets, cat_indptr, cat_ids, ds.num_items - 1,
                                      tuple(sorted(ec.ns)))
+            if test.new_items is not None:  # split.protocol=time, as the retrieval run reports it
+                row[name]["new_item_share"] = float(np.isin(targets, test.new_items).mean())
         per_seed.append(row)
     doc: dict[str, Any] = {"task": "pipeline", "retrieval_run": str(run_dir), "ranker_run": str(ranker_dir),
                            "seeds": [r["seed"] for r in per_seed]}

@@ -35,7 +35,7 @@ from mirec.data.ctr import CTRBatch
 from mirec.data.split import left_pad
 from mirec.errors import MirecConfigError
 from mirec.models.base import streams
-from mirec.runs import load_ranker
+from mirec.runs import RankRunConfig, load_ranker
 from mirec.serve.bundle import Bundle
 
 
@@ -47,6 +47,7 @@ class RankStage:
         self.whole_history = whole_history  # trained on whole user sequences: read all of it
         self.name = name
         self.run_dir: str | Path | None = None
+        self.config: RankRunConfig | None = None  # the ranking run's settings (from_run)
         self.profile = checkpoint["profile"]  # (U, F) long
         self.user_index = {raw: u for u, raw in enumerate(checkpoint.get("user_raw_ids", []))}
         self.unknown_user = checkpoint["features"]["num_users"]
@@ -83,6 +84,7 @@ class RankStage:
         stage = cls(model, ck, cfg.ctr.max_len, name=cfg.model,
                     whole_history=streams(model, cfg.train.stream))
         stage.run_dir = run_dir  # a reload opens it again
+        stage.config = cfg  # the pipeline evaluation checks its split against the retriever's
         return stage
 
     @torch.inference_mode()

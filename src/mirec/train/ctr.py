@@ -113,11 +113,15 @@ def predict(model: torch.nn.Module, data: CTRData, idx: np.ndarray, batch_size: 
 
 def evaluate_ctr(model: torch.nn.Module, data: CTRData, part: int,
                  cfg: RankTrainConfig | None = None) -> dict[str, float]:
-    """AUC, GAUC and log-loss of one part (TRAIN, VALID or TEST)."""
+    """AUC, GAUC and log-loss of one part (TRAIN, VALID or TEST); under split.protocol=time
+    also ``new_item_share``, the share of the window's events left out as new items."""
     cfg = cfg or RankTrainConfig()
     idx = data.indices(part)
     logit = predict(model, data, idx, cfg.eval_batch_size, cfg)
-    return {**ctr_metrics(data.user[idx], data.label[idx], logit), "examples": int(len(idx))}
+    out = {**ctr_metrics(data.user[idx], data.label[idx], logit), "examples": int(len(idx))}
+    if data.new_item_share is not None and part in data.new_item_share:
+        out["new_item_share"] = data.new_item_share[part]
+    return out
 
 
 @dataclass
@@ -314,13 +318,13 @@ def train_ctr(cfg: RankRunConfig, ds: Dataset | CTRData, run_dir: str | Path, re
     """Train ranker ``cfg.model`` into ``run_dir`` and test the best epoch; ``resume``
     continues from ``last.pt``.
 
-    ``ds`` is a prepared data set (its CTR examples are built with ``cfg.ctr``) or ready
-    :class:`CTRData` (e.g. built with some events held out). ``warm``: start every parameter
+    ``ds`` is a prepared data set (its CTR examples are built with ``cfg.ctr`` and ``cfg.split``)
+    or ready :class:`CTRData` (e.g. built with some events held out). ``warm``: start every parameter
     from that ranking run (:mod:`mirec.train.warm`; ``ds`` must be a data set).
     """
     if isinstance(ds, Dataset):
         data_path, data_checksum = str(ds.path), ds.checksum
-        data = build_ctr(ds, cfg.ctr)
+        data = build_ctr(ds, cfg.ctr, split=cfg.split)
     elif warm is not None:
         raise MirecConfigError("--warm-start: a ranker warm-starts on a prepared data set "
                                "(not with --candidates)")
