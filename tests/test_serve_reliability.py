@@ -314,7 +314,7 @@ def test_events_are_answered_while_recommend_is_busy(bundle, tmp_path):
             r = client.post("/events", json={"user_id": "u", "events": [{"item_id": bundle.raw_id(1)}]},
                             timeout=10)
             assert r.status_code == 200 and r.json()["stored"] == 1
-            assert client.get("/health", timeout=10).json()["events"] == 1
+            assert client.get("/health", timeout=10).json()["last_event_seq"] == 1
         finally:
             rec.gate.set()
             slow.join(30)
@@ -571,7 +571,7 @@ def test_kill_9_during_an_event_stream_loses_no_acknowledged_event(bundle_dir, b
     assert len(acked) >= 150
     proc, url = start_server(bundle_dir, store)  # restart on the same store
     try:
-        assert httpx.get(f"{url}/health", timeout=10).json()["events"] >= len(acked)
+        assert httpx.get(f"{url}/health", timeout=10).json()["last_event_seq"] >= len(acked)
     finally:
         proc.terminate()
         proc.wait(30)

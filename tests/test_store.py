@@ -347,7 +347,10 @@ def test_two_servers_on_one_postgres_store_share_histories(bundle_dir, bundle, p
         assert r.status_code == 200 and r.json()["stored"] == 3
         r = httpx.post(f"{url_b}/recommend", json={"user_id": "fleet-user", "n": 5}, timeout=10).json()
         assert r["known_user"] and r["history"] == items
-        assert httpx.get(f"{url_b}/health", timeout=10).json()["events"] == 3
+        reader = open_store(pg_url, create=False)
+        last = max(q for q, *_ in reader.events_since())  # of the events posted to a
+        reader.close()
+        assert httpx.get(f"{url_b}/health", timeout=10).json()["last_event_seq"] == last
     finally:
         for p in (a, b):
             p.terminate()
@@ -502,3 +505,62 @@ def test_a_store_opened_for_reading_is_never_written(tmp_path):
     reader.close()
     assert ours.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.sqlite", "other.sqlite"]
+
+
+# ---- GET /health: cheap at any size ----------------------------------------------------------
+
+
+def test_health_reports_the_stores_last_seq(spec, bundle):
+    """``last_event_seq`` is the highest seq stored (what an ``events_since`` reader resumes
+    from): 0 when empty, then that of the newest event, and it grows by one per event."""
+    store = open_store(spec)
+    with Server(Recommender(bundle, exact(bundle), store)) as client:
+        h = client.get("/health").json()
+        assert h["last_event_seq"] == 0 and "events" not in h
+        store.append("u", [(bundle.raw_id(1), 5), (bundle.raw_id(2), 3)])
+        r = client.post("/events", json={"user_id": "v", "events": [{"item_id": "x"}] * 3})
+        assert r.status_code == 200
+        last = max(q for q, *_ in store.events_since())
+        assert client.get("/health").json()["last_event_seq"] == last == store.last_seq()
+        store.append("w", [("y", 1)] * 4)
+        assert client.get("/health").json()["last_event_seq"] == last + 4
+    store.close()
+
+
+def _scans(url: str) -> tuple[int, int, int]:
+    """(sequential scans, rows they read, index entries read) of the events table so far."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        seq, seq_rows = conn.execute("SELECT seq_scan, seq_tup_read FROM pg_stat_user_tables "
+                                     "WHERE relname = 'events'").fetchone()
+        idx = conn.execute("SELECT coalesce(sum(idx_tup_read), 0) FROM pg_stat_user_indexes "
+                           "WHERE relname = 'events'").fetchone()[0]
+    return seq, seq_rows, idx
+
+
+def test_health_reads_a_large_postgres_store_by_its_index(pg_url, bundle):
+    """Load balancers probe /health every second: on a store of 5000 events it must not scan
+    the table (``count(*)`` did). The server's own statements are measured, by PostgreSQL's
+    statistics of the events table, flushed when the store's connections close."""
+    import psycopg
+
+    store = open_store(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE events SET (autovacuum_enabled = false)")  # no index-only count
+        conn.execute("INSERT INTO events (user_id, item_id, ts) "
+                     "SELECT 'u' || g % 100, 'i' || g % 37, g FROM generate_series(1, 5000) g")
+        conn.execute("ANALYZE events")
+        last = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+    before = _scans(pg_url)
+    with Server(Recommender(bundle, exact(bundle), store)) as client:
+        for _ in range(5):
+            assert client.get("/health").json()["last_event_seq"] == last
+    store.close()  # its backends exit and flush their statistics
+    t = time.time()
+    while (after := _scans(pg_url)) == before and time.time() - t < 30:
+        time.sleep(0.2)
+    seq_scans, rows_read, index_read = (a - b for a, b in zip(after, before, strict=True))
+    assert seq_scans == 0 and rows_read == 0, f"/health scanned the table ({rows_read} rows)"
+    assert 5 <= index_read <= 10  # one entry per probe (the newest)

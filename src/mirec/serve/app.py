@@ -12,8 +12,9 @@ docs at ``/docs``)::
                       stored (``stored``); ignored_items lists those the model does not know,
                       skipped in histories until `mirec data append` and retraining learn them
     GET  /items/{id}  one item's title and categories (404 if unknown)
-    GET  /health      model, catalogue size, index kind, stored events, the bundle served (version,
-                      path, loaded_at) by which worker (pid); with --workers N every worker's
+    GET  /health      model, catalogue size, index kind, last_event_seq (the store's highest seq:
+                      one index read, never a count), the bundle served (version, path,
+                      loaded_at) by which worker (pid); with --workers N every worker's
     GET  /  and  GET /users, POST /interests: the web explorer (serve/explore.py)
     POST /admin/reload  {"bundle": "path"} or {}: load, verify and swap the bundle (token only)
     GET  /metrics     Prometheus text format (serve/observe.py), summed over the workers
@@ -290,7 +291,7 @@ def create_app(rec: Recommender | Live, limits: Limits | None = None, log_json: 
         return {"status": "ok", "model": rec.bundle.manifest["model"],
                 "items": rec.bundle.num_items - 1, "index": rec.index.kind,
                 "ranker": rec.ranker.name if rec.ranker else None,
-                "events": rec.store.count() if rec.store else None, "version": rec.bundle.version,
+                "last_event_seq": rec.store.last_seq() if rec.store else None, "version": rec.bundle.version,
                 "bundle": {"version": rec.bundle.version, "path": str(rec.bundle.path),
                            "loaded_at": iso(live.loaded_at)},
                 "pid": os.getpid(),

@@ -24,7 +24,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from mirec.errors import MirecConfigError, MirecDataError
-from mirec.serve.store import PROBE_USER, StoreUnavailable, redact, stamped
+from mirec.serve.store import LAST_SEQ, PROBE_USER, StoreUnavailable, redact, stamped
 
 T = TypeVar("T")
 
@@ -144,6 +144,9 @@ class PostgresStore:
             return 0
         return self._run(lambda c: c.execute("SELECT count(*) FROM events WHERE user_id = %s",
                                              (user_id,)).fetchone()[0], retry=True)
+
+    def last_seq(self) -> int:
+        return self._run(lambda c: c.execute(LAST_SEQ, prepare=True).fetchone()[0], retry=True)
 
     def events_since(self, seq: int = 0, batch: int = 10_000) -> Iterator[tuple[int, str, str, int]]:
         """Every ``(seq, user_id, item_id, ts)`` with ``seq`` above ``seq``, in arrival order,
