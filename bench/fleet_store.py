@@ -5,10 +5,10 @@ Two ``mirec serve`` processes on one PostgreSQL store take a mixed load (POST /e
 is killed with -9 and restarted on the same store, for ``--duration`` seconds (the issue's
 target: 60 s, 0 acknowledged events lost). Then every event that got a 200 is looked up in the
 store. Prints events acknowledged and lost, kills, recommendations served. The test suite runs
-the same for 15 s (tests/test_store.py, ``crash_run``).
+the same for 15 s (tests/test_store.py); both call ``crash_run`` (bench/processes.py).
 
 The store is ``--store URL`` or, by default, a throwaway PostgreSQL server on loopback
-(tests/pg.py: initdb in a temporary directory; as root it runs as an unprivileged user). The
+(bench/pg.py: initdb in a temporary directory; as root it runs as an unprivileged user). The
 bundle is ``--bundle DIR`` (``mirec export``) or a small ComiRec-SA trained for one epoch on a
 planted synthetic set (seconds).
 
@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT / "src", ROOT):  # mirec, and tests/ (the PostgreSQL helper and the crash run)
+for p in (ROOT / "src", ROOT):  # mirec, and bench.pg / bench.processes (shared with the tests)
     if p.is_dir() and str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from machine import machine_line  # bench/machine.py, beside this script
 
+    from bench import pg
+    from bench.processes import crash_run
     from mirec.serve.bundle import load_bundle
-    from tests import pg
-    from tests.test_store import crash_run
 
     print(machine_line())
     server = None

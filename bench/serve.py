@@ -34,7 +34,7 @@ Measured, on one search thread and one torch thread per request (``IndexConfig(t
 each server child opening it as ``mirec serve --store`` does, so every ``/recommend`` reads
 the user's live history from it (:func:`mirec.serve.store.open_store`). Each entry is a SQLite
 file, a ``postgresql://`` URL, ``sqlite`` (a temporary file) or ``postgres`` (a throwaway
-server on loopback, tests/pg.py); each store first gets ``--store-events`` events of every
+server on loopback, bench/pg.py); each store first gets ``--store-events`` events of every
 user. With two or more stores the p99 ratio to the first at concurrency 8 is printed (issue
 target: PostgreSQL within 1.5x of SQLite).
 
@@ -634,7 +634,7 @@ def stores(a: argparse.Namespace, history: dict[str, list[str]]):
                 spec = str(tmp / f"events-{k}.sqlite")
             elif entry == "postgres":
                 sys.path.insert(0, str(ROOT))
-                from tests import pg
+                from bench import pg
 
                 try:
                     servers.append(pg.start())
@@ -730,7 +730,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--store", default=None,
                     help="comma-separated event stores to measure HTTP with, one run each: SQLite file, "
                          "postgresql:// URL, 'sqlite' (a temporary file), 'postgres' (a throwaway "
-                         "server, tests/pg.py)")
+                         "server, bench/pg.py)")
     ap.add_argument("--store-events", type=int, default=20, help="events of every user put in each store")
     ap.add_argument("--store-spec", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--serve-child", type=int, default=None, help=argparse.SUPPRESS)

@@ -92,9 +92,9 @@ def planted_comirec_run(root, seeds, epochs, seed):
 
 @pytest.fixture(scope="session")
 def pg_server():
-    """A throwaway PostgreSQL server on loopback for the whole session (tests/pg.py), stopped
+    """A throwaway PostgreSQL server on loopback for the whole session (bench/pg.py), stopped
     at the end; the tests that use it skip, with the reason, where none can be started."""
-    from tests import pg
+    from bench import pg
 
     try:
         server = pg.start()

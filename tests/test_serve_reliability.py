@@ -16,7 +16,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.processes import CLI, start_server
 from mirec.errors import MirecConfigError, MirecDataError
 from mirec.serve.bundle import load_bundle
 from mirec.serve.guard import Limits, proxy_options
@@ -38,9 +38,6 @@ from tests.test_bundle_validation import BREAKS, broken
 # fixtures and helpers of test_serve.py (pytest finds fixtures as module attributes)
 run, bundle_dir, bundle, served = shared.run, shared.bundle_dir, shared.bundle, shared.served
 Server, exact, free_port = shared.Server, shared.exact, shared.free_port
-
-CLI = [sys.executable, "-m", "mirec.cli"]
-
 
 def strict_json(r: httpx.Response):
     """The body parsed as strict JSON (no NaN/Infinity), as any client library would."""
@@ -507,30 +504,6 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(served):
 
 
 FUZZ_EXAMPLES = 150  # per generation mode (positive, negative), over all operations
-
-
-def start_server(bundle_path: Path, store: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    """``mirec serve`` as a subprocess on a free loopback port, once /health answers."""
-    port = free_port()
-    proc = subprocess.Popen(CLI + ["serve", str(bundle_path), "--port", str(port), "--store", str(store),
-                                   "--index", "exact", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_until_serving(proc, url)
-    return proc, url
-
-
-def wait_until_serving(proc: subprocess.Popen, url: str) -> None:
-    """Until the ``mirec serve`` process ``proc`` answers /health at ``url`` (120 s at most)."""
-    t = time.time()
-    while True:
-        assert proc.poll() is None, "mirec serve exited"
-        assert time.time() - t < 120, "mirec serve did not start"
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
 
 
 @pytest.mark.slow

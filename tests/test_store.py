@@ -1,33 +1,31 @@
 """The event store over both backends: SQLite files and a real PostgreSQL server.
 
 The PostgreSQL server is started by the suite on loopback (``pg_server`` in conftest.py,
-tests/pg.py); the tests that need it skip, with the reason, where none can be started. The
+bench/pg.py); the tests that need it skip, with the reason, where none can be started. The
 behavioural tests run over both backends; the process tests start ``mirec serve`` for real.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import resource
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
+from bench.processes import CLI, crash_run, start_server, wait_until_serving
 from mirec.errors import MirecConfigError, MirecDataError
 from mirec.serve.recommender import Recommender
 from mirec.serve.store import EventStore, StoreUnavailable, open_store, redact
 from tests import test_serve as shared
-from tests.test_serve_reliability import CLI, one_error, start_server, wait_until_serving
+from tests.test_serve_reliability import one_error
 
 run, bundle_dir, bundle = shared.run, shared.bundle_dir, shared.bundle
 Server, exact = shared.Server, shared.exact
@@ -136,7 +134,7 @@ def test_redact_hides_the_password():
 
 
 def test_postgres_connection_errors_name_the_store_without_its_password(pg_server):
-    from tests.pg import free_port
+    from bench.pg import free_port
 
     bad = pg_server.url(password="wrong-pw")
     with pytest.raises(MirecConfigError) as e:
@@ -210,7 +208,7 @@ def test_postgres_write_failure_at_run_time_is_a_503_and_not_acknowledged(pg_ser
 def test_postgres_server_down_is_a_503_and_recovers(bundle):
     """The database server stopped while serving (a server of its own): /events answers 503
     with a JSON detail and stores nothing; once it is back, the next events are stored."""
-    from tests import pg
+    from bench import pg
 
     try:
         server = pg.start()
@@ -355,120 +353,6 @@ def test_two_servers_on_one_postgres_store_share_histories(bundle_dir, bundle, p
         for p in (a, b):
             p.terminate()
             p.wait(30)
-
-
-class Fleet:
-    """``mirec serve`` processes on one store; the ones answering are ``live`` (a killed one
-    is restarted in the background and rejoins once its /health answers)."""
-
-    def __init__(self, bundle_dir: Path, store: str, size: int) -> None:
-        self.bundle_dir, self.store = bundle_dir, store
-        self.lock = threading.Lock()
-        self.live: list[tuple[subprocess.Popen, str]] = []
-        self.all: list[subprocess.Popen] = []
-        starters = [threading.Thread(target=self.start) for _ in range(size)]
-        for t in starters:
-            t.start()
-        for t in starters:
-            t.join()
-
-    def start(self) -> None:
-        proc, url = start_server(self.bundle_dir, self.store)
-        with self.lock:
-            self.all.append(proc)
-            self.live.append((proc, url))
-
-    def urls(self) -> list[str]:
-        with self.lock:
-            return [u for _, u in self.live]
-
-    def kill_one(self) -> bool:
-        """kill -9 the longest-running live server and restart it in the background."""
-        with self.lock:
-            if not self.live:
-                return False
-            proc, _ = self.live.pop(0)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        threading.Thread(target=self.start, daemon=True).start()
-        return True
-
-    def stop(self) -> None:
-        with self.lock:
-            procs = list(self.all)
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            p.wait(30)
-
-
-def crash_run(bundle_dir: Path, raw_items: list[str], url: str, seconds: float, kill_every: float = 3.0,
-              clients: int = 4, log=print) -> dict:
-    """Two ``mirec serve`` processes on the PostgreSQL store ``url`` under a mixed load (POST
-    /events and POST /recommend from ``clients`` threads against the live ones); every
-    ``kill_every`` seconds the longest-running live one is killed with -9 and restarted (in the
-    background: it rejoins once it answers). Returns the counts: events acknowledged, lost
-    (acknowledged but not in the store), kills, requests."""
-    import psycopg
-
-    fleet = Fleet(bundle_dir, url, 2)
-    acked: list[tuple[str, str, int]] = []
-    counts = {"kills": 0, "events_ok": 0, "recommend_ok": 0, "failed": 0}
-    stop = threading.Event()
-    lock = threading.Lock()
-
-    def client(t: int) -> None:
-        rng = random.Random(t)
-        k = 0
-        with httpx.Client(timeout=10) as c:
-            while not stop.is_set():
-                urls = fleet.urls()
-                if not urls:
-                    time.sleep(0.05)
-                    continue
-                base = rng.choice(urls)
-                user = f"crash-t{t}-u{k % 5}"
-                try:
-                    if rng.random() < 0.6:
-                        ev = [(raw_items[(k + j) % len(raw_items)], k * 10 + j) for j in range(2)]
-                        r = c.post(f"{base}/events", json={"user_id": user, "events": [
-                            {"item_id": i, "timestamp": ts} for i, ts in ev]})
-                        if r.status_code == 200 and r.json()["stored"] == 2:
-                            with lock:
-                                acked.extend((user, i, ts) for i, ts in ev)
-                                counts["events_ok"] += 1
-                    else:
-                        r = c.post(f"{base}/recommend", json={"user_id": user, "n": 5})
-                        r.raise_for_status()
-                        with lock:
-                            counts["recommend_ok"] += 1
-                except (httpx.TransportError, httpx.HTTPStatusError):
-                    with lock:
-                        counts["failed"] += 1  # the server was killed mid-request: not acknowledged
-                    time.sleep(0.05)
-                k += 1
-
-    threads = [threading.Thread(target=client, args=(t,)) for t in range(clients)]
-    for t in threads:
-        t.start()
-    try:
-        end = time.time() + seconds
-        while time.time() < end:
-            time.sleep(min(kill_every, max(0.0, end - time.time())))
-            counts["kills"] += fleet.kill_one()
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
-        fleet.stop()
-    with psycopg.connect(url) as conn:
-        rows = set(conn.execute("SELECT user_id, item_id, ts FROM events").fetchall())
-    counts.update(acknowledged=len(acked), stored=len(rows), lost=sum(e not in rows for e in acked))
-    log(f"kill -9 under load ({seconds:.0f} s, {clients} clients, 2 servers on one PostgreSQL store): "
-        f"{counts['acknowledged']} events acknowledged, {counts['lost']} lost, {counts['kills']} kills, "
-        f"{counts['recommend_ok']} recommendations, {counts['failed']} requests cut by the kills")
-    return counts
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server on loopback for the tests and benchmarks (no set-up needed).
+"""A throwaway PostgreSQL server on loopback for the tests and benchmarks (no set-up needed;
+imported as ``bench.pg``).
 
 :func:`start` runs ``initdb`` and ``pg_ctl start`` from the PostgreSQL binaries it finds
 (``$MIREC_PG_BIN``, ``pg_config --bindir``, the newest ``/usr/lib/postgresql/*/bin``, or
