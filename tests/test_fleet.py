@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mirec.serve.fleet import _running
 from mirec.serve.guard import Limits
 from mirec.serve.service import Live, open_recommender
 from tests import test_serve as shared
@@ -27,14 +28,15 @@ from tests.test_production import TOKEN, samples, second_bundle
 run, bundle_dir, bundle = shared.run, shared.bundle_dir, shared.bundle
 
 
-def start(bundle_path: Path, tmp_path: Path, workers: int) -> tuple[subprocess.Popen, str]:
-    """`mirec serve --workers N --token`, once /health answers (exactly one /health is counted)."""
+def start(bundle_path: Path, tmp_path: Path, workers: int, **env: str) -> tuple[subprocess.Popen, str]:
+    """`mirec serve --workers N --token` (``env``: more environment variables), once /health
+    answers (exactly one /health is counted)."""
     port = shared.free_port()
     err = open(tmp_path / f"serve-{port}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "mirec.cli", "serve", str(bundle_path), "--port", str(port),
                              "--store", str(tmp_path / "ev.sqlite"), "--index", "exact",
                              "--workers", str(workers)],
-                            stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "MIREC_TOKEN": "s3cret"})
+                            stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "MIREC_TOKEN": "s3cret", **env})
     err.close()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -231,3 +233,83 @@ def test_health_names_the_bundle_and_every_response_its_version(bundle_dir, tmp_
         after = client.get("/health")
         assert after.headers["x-mirec-bundle"] == after.json()["bundle"]["version"] != first
         assert after.json()["bundle"]["loaded_at"] > body["bundle"]["loaded_at"]
+
+
+def runtime_dirs(tmp: Path) -> set[Path]:
+    return set(tmp.glob("mirec-serve-*"))
+
+
+@pytest.mark.slow
+def test_the_next_start_removes_the_runtime_directory_of_a_killed_supervisor(bundle_dir, tmp_path):
+    """kill -9 of `mirec serve --workers 2` leaves its $TMPDIR/mirec-serve-* behind (it cannot
+    clean up); the next start removes it, and only it: a live server's directory and one that
+    mirec did not mark as its own stay."""
+    tmp = tmp_path / "tmp"
+    foreign = tmp / "mirec-serve-notours"  # same name pattern, no owner.json: not mirec's
+    foreign.mkdir(parents=True)
+    (foreign / "data").write_text("keep me")
+    killed, url = start(bundle_dir, tmp_path, 2, TMPDIR=str(tmp))
+    (dead,) = runtime_dirs(tmp) - {foreign}
+    live, _ = start(bundle_dir, tmp_path, 2, TMPDIR=str(tmp))
+    (alive,) = runtime_dirs(tmp) - {foreign, dead}
+    try:
+        with fresh(url) as c:
+            wait_for_workers(c, 2)
+            workers = [w["pid"] for w in c.get("/health").json()["workers"]]
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(30)
+        deadline = time.monotonic() + 60  # its workers see their supervisor gone and stop
+        while any(map(_running, workers)):
+            assert time.monotonic() < deadline, f"workers {workers} still run"
+            time.sleep(0.1)
+        assert dead.is_dir()  # left behind
+        third, _ = start(bundle_dir, tmp_path, 2, TMPDIR=str(tmp))
+        try:
+            assert not dead.exists()
+            assert alive.is_dir() and (alive / "serving.json").is_file()
+            assert (foreign / "data").read_text() == "keep me"
+        finally:
+            stop(third)
+    finally:
+        stop(live)
+    assert runtime_dirs(tmp) == {foreign}  # the two stopped normally: removed at exit
+
+
+def test_only_runtime_directories_that_mirec_marked_and_whose_processes_are_gone_are_swept(tmp_path,
+                                                                                          monkeypatch):
+    """The sweep's other cases, without servers: gone only when owner.json (this host) names a
+    supervisor and workers that all stopped; a symlink, another host's, a running owner or
+    worker, a directory without owner.json, a torn owner.json stay."""
+    import socket
+    import tempfile
+
+    from mirec.serve.fleet import make_runtime, sweep_runtimes
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs
+
+    def runtime(owner: dict | str | None, workers: tuple[int, ...] = ()) -> Path:
+        d = Path(tempfile.mkdtemp(prefix="mirec-serve-"))
+        if owner is not None:
+            (d / "owner.json").write_text(owner if isinstance(owner, str) else json.dumps(owner))
+        (d / "workers").mkdir()
+        for w in workers:
+            (d / "workers" / f"{w}.json").write_text("{}")
+        return d
+
+    host = socket.gethostname()
+    stale = {runtime({"pid": gone.pid, "host": host, "started": None}, (gone.pid,)),
+             runtime({"pid": os.getpid(), "host": host, "started": 1})}  # the pid is another process's now
+    kept = [runtime({"pid": gone.pid, "host": "elsewhere", "started": None}),
+            runtime({"pid": os.getpid(), "host": host, "started": None}),
+            runtime({"pid": gone.pid, "host": host, "started": None}, (os.getpid(),)),
+            runtime(None), runtime('{"pid": 1'), make_runtime()]
+    target = runtime({"pid": gone.pid, "host": host, "started": None})
+    link = tmp_path / "mirec-serve-link"
+    link.symlink_to(target)
+    target = target.rename(tmp_path / "elsewhere")  # only the link has the pattern's name
+    assert set(sweep_runtimes()) == stale and not any(d.exists() for d in stale)
+    assert all(d.is_dir() for d in kept) and link.is_symlink() and (target / "owner.json").is_file()
+    me = json.loads((kept[-1] / "owner.json").read_text())  # a live owner's start time: its own
+    assert me["pid"] == os.getpid() and me["host"] == host and sweep_runtimes() == []

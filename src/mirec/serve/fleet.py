@@ -1,8 +1,11 @@
 """Serving as a fleet: ``mirec serve --workers N`` runs N processes that serve one bundle.
 
 The supervisor (``mirec serve``) makes a private runtime directory (``MIREC_RUNTIME_DIR``,
-removed when it exits) holding::
+``$TMPDIR/mirec-serve-*``, removed when it exits) holding::
 
+    owner.json          written first: the supervisor's pid, host and start time. A supervisor
+                        killed by -9 cannot remove its directory; the next ``mirec serve
+                        --workers N`` does, once that pid and every worker's are gone
     serving.json        what the fleet serves: generation, bundle path, version, time (atomic)
     generation          the same generation as 8 bytes, mapped into every worker's memory (a
                         request reads it: no system call)
@@ -30,6 +33,8 @@ import mmap
 import os
 import shutil
 import signal
+import socket
+import stat
 import struct
 import tempfile
 import threading
@@ -48,7 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mirec")
 
-SERVING, GENERATION, WORKERS = "serving.json", "generation", "workers"
+SERVING, GENERATION, WORKERS, OWNER = "serving.json", "generation", "workers", "owner.json"
+RUNTIME_PREFIX = "mirec-serve-"
 LOCK, METRICS = "reload.lock", "metrics"
 RUNTIME_ENV, TIMEOUT_ENV = "MIREC_RUNTIME_DIR", "MIREC_RELOAD_TIMEOUT"
 
@@ -85,15 +91,89 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` from the state on (state [0], start time [19]); None
+    when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _running(pid: int, started: int | None = None) -> bool:
+    """Whether ``pid`` runs (a zombie does not: an orphan may stay one where nothing reaps it)
+    and, with ``started`` (its start time in clock ticks since boot), is that same process.
+    Without ``/proc``: whether the pid exists, another user's counting as running."""
+    if not Path("/proc/self/stat").is_file():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, OverflowError):
+            return True
+        return True
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] not in "ZX" and (started is None or int(fields[19]) == started)
+
+
+# ---- the runtime directory ---------------------------------------------------------------------
+
+
+def make_runtime() -> Path:
+    """A new private runtime directory, ``owner.json`` written in it first: what tells a later
+    supervisor that mirec made it, and whether its owner still runs."""
+    runtime = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
+    me = _proc_stat(os.getpid())
+    atomic_write_json(runtime / OWNER, {"pid": os.getpid(), "host": socket.gethostname(),
+                                        "started": int(me[19]) if me else None})
+    return runtime
+
+
+def _is_stale(runtime: Path) -> bool:
+    """Whether ``runtime`` is the directory of a supervisor that died without removing it: a
+    real directory of this user holding mirec's ``owner.json`` (from this host) whose
+    supervisor and workers all stopped. Anything else (no owner.json, another user's, another
+    host's, a pid still running) is not."""
+    try:
+        st = runtime.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            return False
+        owner = runtime / OWNER
+        if not stat.S_ISREG(owner.lstat().st_mode):
+            return False
+        info = json.loads(owner.read_text())
+        pid, host, started = int(info["pid"]), info["host"], info["started"]
+        workers = [int(p.stem) for p in (runtime / WORKERS).glob("*.json")]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if host != socket.gethostname() or _running(pid, None if started is None else int(started)):
+        return False
+    return not any(_running(w) for w in workers)
+
+
+def sweep_runtimes() -> list[Path]:
+    """Remove the runtime directories that supervisors killed by -9 left in ``$TMPDIR``
+    (:func:`_is_stale`); returns them."""
+    removed = []
+    for runtime in Path(tempfile.gettempdir()).glob(RUNTIME_PREFIX + "*"):
+        if _is_stale(runtime):
+            shutil.rmtree(runtime, ignore_errors=True)
+            removed.append(runtime)
+            log.info("removed %s: its supervisor (killed) is gone", runtime)
+    return removed
+
+
 # ---- the supervisor ----------------------------------------------------------------------------
 
 
 def serve_fleet(app: str, bundle: str | Path, version: str, workers: int, host: str, port: int,
                 reload_timeout: float = 60.0, uvicorn_options: dict[str, Any] | None = None) -> None:
     """Run ``workers`` uvicorn processes of the factory ``app`` over one runtime directory
-    (created here, removed at exit) that starts at ``bundle`` (its ``version``), generation 0.
-    ``uvicorn_options``: more ``uvicorn.Config`` settings (the proxy ones of ``--trusted-proxies``)."""
-    runtime = Path(tempfile.mkdtemp(prefix="mirec-serve-"))
+    (created here, removed at exit; those of supervisors killed by -9 are removed first) that
+    starts at ``bundle`` (its ``version``), generation 0. ``uvicorn_options``: more
+    ``uvicorn.Config`` settings (the proxy ones of ``--trusted-proxies``)."""
+    sweep_runtimes()
+    runtime = make_runtime()
     try:
         (runtime / WORKERS).mkdir()
         (runtime / METRICS).mkdir()
