@@ -313,3 +313,22 @@ def test_only_runtime_directories_that_mirec_marked_and_whose_processes_are_gone
     assert all(d.is_dir() for d in kept) and link.is_symlink() and (target / "owner.json").is_file()
     me = json.loads((kept[-1] / "owner.json").read_text())  # a live owner's start time: its own
     assert me["pid"] == os.getpid() and me["host"] == host and sweep_runtimes() == []
+
+
+def test_openapi_lists_a_fleet_workers_503_on_every_operation(bundle_dir, tmp_path):
+    """Under --workers N any request may get a 503 while its worker catches up (ServedBy): the
+    schema says so on every operation, next to the store's 503 where a route declares one;
+    with a token and a rate limit, /recommend and /events list 401, 413 and 429 too."""
+    from mirec.serve.fleet import GENERATION, WORKERS, FleetLive
+
+    (tmp_path / WORKERS).mkdir()
+    (tmp_path / GENERATION).write_bytes(bytes(8))
+    live = FleetLive(open_recommender(bundle_dir, "exact"), tmp_path, 0)
+    with shared.Server(live, Limits(token="s3cret", rate=100.0)) as client:
+        paths = client.get("/openapi.json").json()["paths"]
+    ops = {f"{m.upper()} {p}": op["responses"] for p, o in paths.items() for m, op in o.items()}
+    assert len(ops) >= 7 and all("503" in r for r in ops.values()), {k: sorted(r) for k, r in ops.items()}
+    assert "not serving the published bundle" in ops["GET /items/{item_id}"]["503"]["description"]
+    assert "event store" in ops["POST /recommend"]["503"]["description"]
+    for op in ("POST /recommend", "POST /events"):
+        assert {"401", "413", "429", "503"} <= set(ops[op]), op

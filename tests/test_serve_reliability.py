@@ -170,9 +170,12 @@ def test_every_field_of_every_endpoint_refuses_another_json_type(served):
 def test_openapi_lists_the_errors_the_server_returns(served):
     client, _ = served
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"400", "413", "422"} <= set(paths["/recommend"]["post"]["responses"])
-    assert {"400", "409", "413", "422"} <= set(paths["/events"]["post"]["responses"])
+    assert {"400", "413", "422", "503"} <= set(paths["/recommend"]["post"]["responses"])
+    assert {"400", "409", "413", "422", "503"} <= set(paths["/events"]["post"]["responses"])
+    assert "503" in paths["/health"]["get"]["responses"] and "503" in paths["/interests"]["post"]["responses"]
     assert "404" in paths["/items/{item_id}"]["get"]["responses"]
+    assert "503" not in paths["/items/{item_id}"]["get"]["responses"]  # reads no store (one process)
+    assert "429" not in paths["/recommend"]["post"]["responses"]  # no rate limit
     assert "401" not in paths["/recommend"]["post"]["responses"]  # no token: nothing to refuse
     r = client.post("/recommend", json={"user_id": "1", "rank": True})  # the server's own 422
     assert r.status_code == 422 and set(r.json()["detail"][0]) >= {"loc", "msg", "type"}

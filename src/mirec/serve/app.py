@@ -217,6 +217,10 @@ def _recommend_body(r) -> dict:
 
 ERRORS = {400: {"model": ErrorBody, "description": "A request the recommender refuses"}}
 NOT_FOUND = {404: {"model": ErrorBody, "description": "Unknown item id"}}
+# the endpoints that read the event store (a user's history, its last seq)
+STORE_DOWN = {503: {"model": ErrorBody, "description": "The event store cannot be read now (Retry-After)"}}
+# every endpoint of a --workers N server (serve/fleet.py ServedBy)
+FLEET = {"503": "This worker is not serving the published bundle yet (Retry-After)"}
 NO_STORE = {409: {"model": ErrorBody, "description": "The server runs without an event store"},
             503: {"model": ErrorBody, "description": "The event store cannot be written now (not stored)"}}
 RELOAD = {400: {"model": ErrorBody, "description": "The new bundle failed to load; the old one is served"},
@@ -231,7 +235,7 @@ def create_app(rec: Recommender | Live, limits: Limits | None = None, log_json: 
     limits = limits or Limits()
     app = FastAPI(title="mirec", version=str(live.rec.bundle.manifest["versions"]["mirec"]),
                   description="Multi-interest retrieval with controllable diversity.")
-    install(app, limits)
+    install(app, limits, FLEET if isinstance(live, FleetLive) else None)
     metrics = Metrics()
     metrics.served(live.rec)
     live.on_swap.append(metrics.served)
@@ -250,7 +254,7 @@ def create_app(rec: Recommender | Live, limits: Limits | None = None, log_json: 
     # Plain ``def`` endpoints run in the threadpool: a CPU-bound /recommend (tower, search,
     # ranker) must not block the event loop, or cheap requests like /events wait behind it.
     # The response is serialised directly (the model still documents the schema).
-    @app.post("/recommend", response_model=RecommendResponse, responses=ERRORS)
+    @app.post("/recommend", response_model=RecommendResponse, responses={**ERRORS, **STORE_DOWN})
     def recommend(req: RecommendRequest, request: Request) -> JSONResponse:
         rec = live.rec
         if req.n > rec.cfg.max_n:
@@ -285,7 +289,7 @@ def create_app(rec: Recommender | Live, limits: Limits | None = None, log_json: 
             raise HTTPException(404, detail=f"item_id {item_id[:100]!r}: not in the catalogue")
         return b.item_info(i)
 
-    @app.get("/health")
+    @app.get("/health", responses=STORE_DOWN)
     def health() -> dict:
         rec = live.rec
         return {"status": "ok", "model": rec.bundle.manifest["model"],

@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, model_validator
 
-from mirec.serve.app import STRICT, HistoryId, Id
+from mirec.serve.app import STORE_DOWN, STRICT, HistoryId, Id
 from mirec.serve.recommender import Recommender
 from mirec.serve.service import Live
 
@@ -132,7 +132,7 @@ def add_explorer(app: FastAPI, live: Live) -> None:
         found = [u for u in users() if u.startswith(prefix)]
         return UsersResponse(users=found[:limit], total=len(found))
 
-    @app.post("/interests", response_model=InterestsResponse)
+    @app.post("/interests", response_model=InterestsResponse, responses=STORE_DOWN)
     def interests(req: InterestsRequest) -> InterestsResponse:
         rec = live.rec
         b = rec.bundle

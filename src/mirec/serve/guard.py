@@ -206,11 +206,14 @@ async def validation_error(request: Any, exc: RequestValidationError) -> JSONRes
 
 
 ERROR_BODY = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 
 
-def document(app: FastAPI, limits: Limits) -> None:
+def document(app: FastAPI, limits: Limits, everywhere: dict[str, str] | None = None) -> None:
     """Add the guard's answers to the OpenAPI schema: 413 (and 429 when rate-limited) on every
-    operation, and with a token the bearer scheme and 401 on every non-public path."""
+    operation, and with a token the bearer scheme and 401 on every non-public path.
+    ``everywhere``: more status codes (and what they mean) any operation may answer, added to
+    the description of a code the route already declares."""
     plain = app.openapi
 
     def openapi() -> dict:
@@ -229,14 +232,16 @@ def document(app: FastAPI, limits: Limits) -> None:
             if limits.token and not is_public(path):
                 extra["401"] = "Missing or wrong bearer token"
             for op in ops.values():
-                if "requestBody" in op and "400" not in op.get("responses", {}):  # unparsable JSON
-                    op.setdefault("responses", {})["400"] = {
-                        "description": "The body is not valid JSON",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+                responses = op.setdefault("responses", {})
+                if "requestBody" in op and "400" not in responses:  # unparsable JSON
+                    responses["400"] = {"description": "The body is not valid JSON", "content": ERROR_CONTENT}
                 for code, what in extra.items():
-                    op.setdefault("responses", {})[code] = {
-                        "description": what,
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+                    responses[code] = {"description": what, "content": ERROR_CONTENT}
+                for code, what in (everywhere or {}).items():
+                    if code in responses:
+                        responses[code]["description"] += f"; or: {what}"
+                    else:
+                        responses[code] = {"description": what, "content": ERROR_CONTENT}
                 if "401" in extra:
                     op["security"] = [{"bearer": []}]
         app.openapi_schema = schema
@@ -245,12 +250,13 @@ def document(app: FastAPI, limits: Limits) -> None:
     app.openapi = openapi
 
 
-def install(app: FastAPI, limits: Limits) -> None:
-    """The guard middleware, the serialisable 422 handler and their OpenAPI entries."""
+def install(app: FastAPI, limits: Limits, everywhere: dict[str, str] | None = None) -> None:
+    """The guard middleware, the serialisable 422 handler and their OpenAPI entries (with
+    ``everywhere``: see :func:`document`)."""
     limits.validate()
     app.add_middleware(Guard, limits=limits)
     app.add_exception_handler(RequestValidationError, validation_error)
-    document(app, limits)
+    document(app, limits, everywhere)
 
 
 def watch_parent(expected_ppid: int, every_s: float = 0.5, grace_s: float = 10.0) -> None:
