@@ -79,10 +79,10 @@ LOO_SETS = ["split.protocol=loo", "eval.ns=[5,10,20]", "eval.ties=pessimistic"]
 LOO_COLS = ("hit_rate@5", "ndcg@5", "hit_rate@10", "ndcg@10", "hit_rate@20", "ndcg@20")
 
 
-def epoch_seconds(run_dir: Path) -> float | None:
-    """Mean training seconds an epoch over every seed's ``metrics.jsonl`` under ``run_dir``."""
-    secs = [json.loads(line).get("train_seconds") for f in sorted(run_dir.glob("seed-*/metrics.jsonl"))
-            for line in f.read_text().splitlines() if line.strip()]
+def epoch_seconds(doc: dict) -> float | None:
+    """Training seconds an epoch of a ``results.json`` ``doc``: each seed's median epoch (its
+    ``speed``, over the epochs up to its best), averaged over the seeds; None without them."""
+    secs = [s.get("speed", {}).get("seconds_per_epoch") for s in doc.get("per_seed", [])]
     secs = [x for x in secs if isinstance(x, (int, float))]
     return sum(secs) / len(secs) if secs else None
 
@@ -186,7 +186,7 @@ def main() -> None:
             mean, std, epochs = doc["metrics"], doc["std"], ",".join(map(str, doc["best_epochs"]))
         digits = 4 if loo else 3
         cells = [f"{mean[k]:.{digits}f} ± {std[k]:.{digits}f}" for k in cols]
-        per_epoch = None if model in BASELINES else epoch_seconds(out / model)
+        per_epoch = None if model in BASELINES else epoch_seconds(doc)
         sets = [x for x in sets if x not in LOO_SETS]
         table.add_row(model, " ".join(sets) or "defaults", *cells, epochs,
                       "-" if per_epoch is None else f"{per_epoch:.1f}", f"{time.perf_counter() - t0:.0f} s")
