@@ -80,11 +80,9 @@ LOO_COLS = ("hit_rate@5", "ndcg@5", "hit_rate@10", "ndcg@10", "hit_rate@20", "nd
 
 
 def epoch_seconds(doc: dict) -> float | None:
-    """Training seconds an epoch of a ``results.json`` ``doc``: each seed's median epoch (its
-    ``speed``, over the epochs up to its best), averaged over the seeds; None without them."""
-    secs = [s.get("speed", {}).get("seconds_per_epoch") for s in doc.get("per_seed", [])]
-    secs = [x for x in secs if isinstance(x, (int, float))]
-    return sum(secs) / len(secs) if secs else None
+    """Training seconds an epoch of a ``results.json`` ``doc``: its ``speed``, each seed's median
+    epoch up to its best, averaged over the seeds by ``mirec.experiment``; None without it."""
+    return doc.get("speed", {}).get("seconds_per_epoch")
 
 
 def published_table(name: str) -> Table:
