@@ -12,7 +12,8 @@ with ``mirec.append`` (a CSV with titles and categories), so ``D_p`` holds every
 * **(b) refreshed**: after every period p < N, the previous (b) model warm-started on ``D_p``
   (``mirec.fit(..., warm_start=...)``) with ``train.since`` just before ``c_{p-1}``: only the
   period's events are trained (``--replay F`` starts F of a period earlier, replaying old
-  events), with ``--warm-epochs`` and ``--warm-lr`` when given;
+  events) at mirec's warm-start lr (``train.warm_lr`` auto, a tenth of ``train.lr``), with
+  ``--warm-epochs`` and ``--warm-lr`` (``train.warm_lr``) when given;
 * **(c) retrained**: after every period p < N, a model trained from scratch on ``D_p``, the
   same settings and epoch budget (early stopping) as the initial one.
 
@@ -165,7 +166,7 @@ def choose_warm_lr(grid: list[float], data: Path, out: Path, seed: int, sets: di
     best: tuple[float, int, Path] | None = None
     for lr in grid:
         cand = out.with_name(f"{out.name}-lr{lr:g}")
-        sec, epoch, valid = fit_run(data, cand, seed, {**sets, "train.lr": lr}, warm=warm)
+        sec, epoch, valid = fit_run(data, cand, seed, {**sets, "train.warm_lr": lr}, warm=warm)
         total += sec
         found[lr] = valid
         if best is None or valid > found[best[0]]:
@@ -297,7 +298,7 @@ def run_seed(a: argparse.Namespace, seed: int, chain: list[Path], cuts: list[int
     if a.warm_epochs:
         warm_sets["train.epochs"] = a.warm_epochs
     if a.warm_lr:
-        warm_sets["train.lr"] = a.warm_lr
+        warm_sets["train.warm_lr"] = a.warm_lr
     d = work / f"seed-{seed}"
     initial_s, initial_epoch = fit(chain[0], d / "initial", seed, base, model=a.model)
     print(f"seed {seed}: initial model trained on {chain[0].name} in {initial_s:.0f} s (best epoch "
@@ -323,7 +324,8 @@ def run_seed(a: argparse.Namespace, seed: int, chain: list[Path], cuts: list[int
                     grid = [float(x) for x in a.warm_lr_grid.split(",")]
                     sec, epoch, lr, row["warm_lr_valid"] = choose_warm_lr(
                         grid, chain[p - 1], out_b, seed, sets, runs["refreshed"])
-                    row["refresh_seconds"], row["refresh_best_epoch"], warm_sets["train.lr"] = sec, epoch, lr
+                    row["refresh_seconds"], row["refresh_best_epoch"] = sec, epoch
+                    warm_sets["train.warm_lr"] = lr
                     print(f"  warm-start lr chosen on validation: {lr:g} ({row['warm_lr_valid']})",
                           flush=True)
                 else:
@@ -454,7 +456,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (train.threads)")
     ap.add_argument("--epochs", type=int, default=0, help="train.epochs of every run (0: the default)")
     ap.add_argument("--warm-epochs", type=int, default=0, help="train.epochs of a warm start (0: --epochs)")
-    ap.add_argument("--warm-lr", type=float, default=0.0, help="train.lr of a warm start (0: the run's)")
+    ap.add_argument("--warm-lr", type=float, default=0.0,
+                    help="train.warm_lr of a warm start (0: mirec's default, a tenth of train.lr)")
     ap.add_argument("--warm-lr-grid", default="",
                     help="comma-separated lrs: the first warm start of each seed tries each and keeps the "
                          "best on its validation users; later warm starts use it (its cost counts)")

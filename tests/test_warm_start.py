@@ -135,11 +135,33 @@ def test_only_examples_after_since_are_trained(world):
                                                 for u, e in zip(sp.train_users, sp.train_end))
 
 
-def test_results_name_the_parent_and_a_resumed_run_equals_the_uninterrupted_one(world, tmp_path):
+def lrs(optimizer) -> list[float]:
+    """Every learning rate ``optimizer`` steps with (the row-wise one: its table's and the rest's)."""
+    groups = getattr(optimizer, "dense", optimizer).param_groups
+    return sorted({g["lr"] for g in groups} | ({optimizer.lr} if hasattr(optimizer, "dense") else set()))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sparse"])
+def test_a_warm_start_trains_at_a_tenth_of_the_lr_unless_train_warm_lr_says(world, optimizer):
+    root, ds1, ds2 = world
+    sets = [f"train.optimizer={optimizer}", "train.loss=sampled", "train.num_negatives=5"]
+    task, _ = warm_task(ds2, root / "parent", *sets)
+    assert lrs(task.optimizer) == pytest.approx([3.75e-4])  # ComiRec-SA's lr "auto" is 3.75e-3
+    task, _ = warm_task(ds2, root / "parent", *sets, "train.lr=0.002")
+    assert lrs(task.optimizer) == pytest.approx([2e-4])
+    task, _ = warm_task(ds2, root / "parent", *sets, "train.warm_lr=0.002")
+    assert lrs(task.optimizer) == [0.002]
+    cfg = warm_config(RunConfig, load_parent(root / "parent", "retrieval"), None, sets)
+    assert lrs(RetrievalTask(cfg, ds2).optimizer) == [3.75e-3]  # not warm-started: train.lr
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sparse"])  # sparse: its table's lr is not in last.pt
+def test_results_name_the_parent_and_a_resumed_run_equals_the_uninterrupted_one(world, tmp_path, optimizer):
     root, ds1, ds2 = world
     parent = tmp_path / "parent"
     shutil.copytree(root / "parent", parent)
-    sets = {"train": {"epochs": 2, "patience": 5, "since": 0}}
+    more = {"optimizer": optimizer, "loss": "sampled", "num_negatives": 5} if optimizer == "sparse" else {}
+    sets = {"train": {"epochs": 2, "patience": 5, "since": 0, **more}}
     full = mirec.fit(data=ds2.path, out=tmp_path / "full", warm_start=parent, progress=False, settings=sets)
     doc = json.loads((tmp_path / "full" / "results.json").read_text())
     assert doc["warm_start"] == {"run": str(parent), "checkpoint": str(parent / "best.pt"),
@@ -147,7 +169,8 @@ def test_results_name_the_parent_and_a_resumed_run_equals_the_uninterrupted_one(
     assert doc["config"]["model_args"]["dim"] == 8  # the parent's config is the base
     # interrupted after epoch 0, then resumed with the parent gone: last.pt has everything
     cfg = warm_config(RunConfig, load_parent(parent, "retrieval"), None,
-                      ["train.epochs=2", "train.patience=5", "train.since=0"])
+                      ["train.epochs=2", "train.patience=5", "train.since=0",
+                       *(f"train.{k}={v}" for k, v in more.items())])
     train(cfg, ds2, tmp_path / "cut", progress=False, stop_after_epoch=0, warm=load_parent(parent, "retrieval"))
     shutil.rmtree(parent)
     resumed = mirec.fit(data=ds2.path, out=tmp_path / "cut", resume=True, progress=False)

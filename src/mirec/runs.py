@@ -108,6 +108,12 @@ class TrainConfig:
     # --warm-start, the last timestamp of the parent run's data set (its new events only), else
     # 0 (everything). docs/production.md, "Keeping a model fresh".
     since: int | Literal["auto"] = "auto"
+    # The Adam learning rate of a warm-started run (--warm-start; train.lr stays the from-scratch
+    # run's, so a chain of warm starts keeps one rate). "auto" is WARM_LR_SCALE (0.1) times
+    # train.lr: from a trained start the full rate overshoots. On the drift log validation chose
+    # 3e-4 (0.08x ComiRec-SA's 3.75e-3) over 1e-3 and 3.75e-3 on each of three seeds
+    # (docs/production.md, "Keeping a model fresh"; docs/benchmarks.md, "Freshness").
+    warm_lr: float | Literal["auto"] = setting("auto", gt=0)
 
     def validate(self) -> None:
         check_fields(self, "train.")

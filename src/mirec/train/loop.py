@@ -37,9 +37,10 @@ from mirec.train.engine import (  # noqa: F401
 )
 from mirec.train.losses import NegativeSampler, full_softmax_loss, routing_penalty, sampled_softmax_loss
 from mirec.train.optim import make_optimizer, table_is_sparse
-from mirec.train.warm import Parent, warm_retriever
+from mirec.train.warm import Parent, recorded, warm_retriever
 
 AUTO = {"lr": 1e-3, "routing_reg": 0.0}  # what "auto" means for a model without its own default
+WARM_LR_SCALE = 0.1  # train.warm_lr "auto": this times train.lr (mirec.runs.TrainConfig)
 
 
 def auto_setting(cfg: TrainConfig, model: torch.nn.Module, name: str) -> float:
@@ -47,6 +48,15 @@ def auto_setting(cfg: TrainConfig, model: torch.nn.Module, name: str) -> float:
     has both), else :data:`AUTO`'s value."""
     value = getattr(cfg, name)
     return getattr(model, f"default_{name}", AUTO[name]) if value == "auto" else value
+
+
+def learning_rate(cfg: TrainConfig, model: torch.nn.Module, warm: bool) -> float:
+    """The optimiser's lr: ``train.lr`` (resolved), or for a warm-started run ``train.warm_lr``
+    ("auto": :data:`WARM_LR_SCALE` times the resolved ``train.lr``)."""
+    lr = auto_setting(cfg, model, "lr")
+    if not warm:
+        return lr
+    return WARM_LR_SCALE * lr if cfg.warm_lr == "auto" else cfg.warm_lr
 
 
 def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
@@ -91,11 +101,11 @@ def use_sampled(cfg: TrainConfig, num_items: int) -> bool:
     return cfg.loss == "sampled" or (cfg.loss == "auto" and num_items > cfg.full_softmax_max_items)
 
 
-def setup(cfg: RunConfig, ds: Dataset, distributed: bool = False) -> tuple[
+def setup(cfg: RunConfig, ds: Dataset, distributed: bool = False, warm: bool = False) -> tuple[
         Split, torch.nn.Module, Any, NegativeSampler | None]:
     """Threads, split, seeded model on ``train.device``, the optimiser ``train.optimizer``
-    names (:mod:`mirec.train.optim`), and the negative sampler (drawing on the device) when the
-    loss samples."""
+    names (:mod:`mirec.train.optim`; at :func:`learning_rate`, ``warm``: a warm-started run's),
+    and the negative sampler (drawing on the device) when the loss samples."""
     tc = cfg.train
     setup_threads(tc.threads, tc.keep_freed_memory)
     device = placement(tc.device, tc.precision, distributed).device
@@ -103,7 +113,7 @@ def setup(cfg: RunConfig, ds: Dataset, distributed: bool = False) -> tuple[
     torch.manual_seed(tc.seed)
     # initialised on the CPU: the same anywhere
     model = build_model(cfg, ds.num_items, training=True, categories=ds.category_index()).to(device)
-    opt = make_optimizer(model, tc.optimizer, auto_setting(tc, model, "lr"), tc.weight_decay,
+    opt = make_optimizer(model, tc.optimizer, learning_rate(tc, model, warm), tc.weight_decay,
                          use_sampled(tc, ds.num_items))
     sampler = None
     if tc.hard_negative_beta and not use_sampled(tc, ds.num_items):
@@ -171,13 +181,15 @@ class RetrievalTask:
 
     def __init__(self, cfg: RunConfig, ds: Dataset, log: Callable[[str], None] = lambda s: None,
                  w: World | None = None, warm: Parent | None = None,
-                 warm_record: dict[str, Any] | None = None) -> None:
+                 warm_record: dict[str, Any] | None = None, warm_started: bool = False) -> None:
         """``warm``: the parent run every parameter starts from (:mod:`mirec.train.warm`; None
-        when resuming, whose last.pt has them); ``warm_record``: what the checkpoints say of it."""
+        when resuming, whose last.pt has them); ``warm_record``: what the checkpoints say of it;
+        ``warm_started``: the run is a warm start (new or resumed: ``train.warm_lr`` applies)."""
         cfg.validate()
         cfg.train.validate()
         self.cfg, self.ds, self.w = cfg, ds, w or world()
-        self.split, self.model, self.optimizer, sampler = setup(cfg, ds, self.w.size > 1)
+        self.split, self.model, self.optimizer, sampler = setup(
+            cfg, ds, self.w.size > 1, warm=warm_started or warm is not None)
         if warm is not None:  # every process maps the same checkpoint the same way
             warm_retriever(self.model, cfg, warm, ds, log)
         self.warm_record = warm_record
@@ -255,7 +267,10 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
     Launched by ``torchrun``, the processes train data-parallel (:mod:`mirec.train.distributed`)
     and process 0 writes the files."""
     record = None if warm is None or resume else warm.record(cfg.train.since)
-    task = RetrievalTask(cfg, ds, log, warm=None if resume else warm, warm_record=record)
+    # a resumed warm start (whose parent may be gone) is known by the parent its last.pt names
+    started = warm is not None or (resume and recorded(Path(run_dir)) is not None)
+    task = RetrievalTask(cfg, ds, log, warm=None if resume else warm, warm_record=record,
+                         warm_started=started)
     r = fit(task, run_dir, cfg.train, resume, progress, log, stop_after_epoch, on_epoch)
     if not run_test:
         return TrainResult(Path(run_dir), task.model, task.split, r.best_epoch, r.best_valid, {},
