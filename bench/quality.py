@@ -22,6 +22,8 @@ for a data set with published figures (``--published beauty``, or a ``--data`` p
 prints those rows beside mirec's:
 
     python bench/quality.py --data data/beauty --protocol loo --models sasrec,comirec-sa --defaults
+    python bench/quality.py --data data/beauty --protocol loo --models comirec-sa --seeds 1 --tune \
+        --grid split.max_len=20,50        # an ablation, chosen on validation NDCG@10 (--select)
 
 A run whose results.json (same config and seeds) is already under ``--out`` is reused, and every
 finished run appends a line to ``--out/runs.jsonl``: an interrupted benchmark, started again,
@@ -77,6 +79,7 @@ PUBLISHED: dict[str, list[tuple[str, float | None, float | None, float | None, f
 }
 LOO_SETS = ["split.protocol=loo", "eval.ns=[5,10,20]", "eval.ties=pessimistic"]
 LOO_COLS = ("hit_rate@5", "ndcg@5", "hit_rate@10", "ndcg@10", "hit_rate@20", "ndcg@20")
+VALID_COLS = ("hit_rate@10", "ndcg@10", "hit_rate@20", "ndcg@20", "recall@50", "ndcg@50")
 
 
 def epoch_seconds(doc: dict) -> float | None:
@@ -112,23 +115,30 @@ def run_or_reuse(cfg: RunConfig, ds, seeds: list[int], run_dir: Path, log: Path)
 
 
 def tune(model: str, ds, seeds: list[int], out: Path, console: Console,
-         extra: list[str], grid: dict[str, list[str]] = GRID) -> tuple[list[str], dict]:
+         extra: list[str], grid: dict[str, list[str]] = GRID,
+         select: str = "recall@50") -> tuple[list[str], dict]:
     """Train every grid setting on every seed; keep the setting with the best validation
-    Recall@50 averaged over the seeds (validation users only: each seed's split holds its test
-    users out); ``extra`` (``--set``) applies to every run. Returns the setting and its runs'
-    ``results.json``, whose test figures are the table's row. ``grid`` maps settings to the
-    values tried (:data:`GRID` by default). A setting whose runs finished with
-    the same config and seeds is not rerun."""
+    ``select`` metric (Recall@50; NDCG@10 under ``--protocol loo``) averaged over the seeds
+    (validation users only: each seed's split holds its test users out); ``extra`` (``--set``)
+    applies to every run. Returns the setting and its runs' ``results.json``, whose test figures
+    are the table's row. ``grid`` maps settings to the values tried (:data:`GRID` by default).
+    Each setting's validation figures are printed (the ablation). A setting whose runs finished
+    with the same config and seeds is not rerun."""
     best, best_set, best_doc = -1.0, [], {}
     for values in itertools.product(*grid.values()):
         sets = [f"{k}={v}" for k, v in zip(grid, values)]
         run_dir = out / "tune" / model / "_".join(values)
         cfg = load(RunConfig, None, [f"model={model}", *sets, *extra])
         doc = run_or_reuse(cfg, ds, seeds, run_dir, out / "runs.jsonl")
-        valid = [s["valid"]["recall@50"] for s in doc["per_seed"]]
+        valid = [s["valid"][select] for s in doc["per_seed"]]
         score = sum(valid) / len(valid)
-        console.print(f"  {model} {' '.join(sets)}: valid recall@50 {score:.4f} "
-                      f"({' / '.join(f'{v:.4f}' for v in valid)})")
+        others = " ".join(f"{k} {doc['valid'][k]:.4f}" for k in VALID_COLS
+                          if k in doc["valid"] and k != select)
+        per_epoch = epoch_seconds(doc)
+        console.print(f"  {model} {' '.join(sets)}: valid {select} {score:.4f} "
+                      f"({' / '.join(f'{v:.4f}' for v in valid)}); {others}; best epochs "
+                      f"{','.join(map(str, doc['best_epochs']))}; "
+                      f"{'-' if per_epoch is None else f'{per_epoch:.1f}'} s / epoch")
         if score > best:
             best, best_set, best_doc = score, sets, doc
     return best_set, best_doc
@@ -149,8 +159,11 @@ def main() -> None:
     p.add_argument("--protocol", choices=("user", "loo"), default="user",
                    help="loo: the papers' leave-one-out tables (HR/NDCG at 5, 10, 20; ties pessimistic)")
     p.add_argument("--published", default="", help=f"print published rows of: {', '.join(PUBLISHED)}")
+    p.add_argument("--select", default="",
+                   help="--tune's validation metric (default recall@50; ndcg@10 with --protocol loo)")
     args = p.parse_args()
     loo = args.protocol == "loo"
+    select = args.select or ("ndcg@10" if loo else "recall@50")
     if loo:
         args.set = LOO_SETS + args.set
     published = args.published or next((k for k in PUBLISHED if loo and k in args.data.lower()), "")
@@ -175,7 +188,7 @@ def main() -> None:
             sets, epochs = proto, "-"
             mean, std = run.mean, run.std
         elif args.tune:
-            sets, doc = tune(model, ds, seeds, out, console, args.set, grid)
+            sets, doc = tune(model, ds, seeds, out, console, args.set, grid, select)
             mean, std, epochs = doc["metrics"], doc["std"], ",".join(map(str, doc["best_epochs"]))
         else:
             sets = ([] if args.defaults else CHOSEN.get(model, [])) + args.set

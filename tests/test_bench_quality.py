@@ -5,8 +5,9 @@ import statistics
 
 import pytest
 import torch
+from rich.console import Console
 
-from bench.quality import epoch_seconds
+from bench.quality import LOO_SETS, epoch_seconds, tune
 from mirec.data.dataset import load_dataset
 from mirec.data.synth import SynthConfig, synth_dataset
 from mirec.experiment import train_seeds
@@ -43,3 +44,20 @@ def test_epoch_seconds_of_one_seed_and_of_several(synth, tmp_path, seeds):
     assert got is not None and got > 0
     assert got == pytest.approx(sum(medians) / len(medians))
     assert epoch_seconds({"per_seed": []}) is None
+
+
+def test_tune_under_leave_one_out_keeps_the_best_validation_ndcg_at_10(synth, tmp_path):
+    """Under ``--protocol loo`` there is no Recall@50 (eval.ns 5, 10, 20): the grid is chosen
+    on the validation NDCG@10 averaged over the seeds, and the kept run is that setting's."""
+    extra = [*LOO_SETS, "model_args.dim=8", "model_args.num_interests=2", "train.epochs=2",
+             "train.batch_size=64", "train.max_batches_per_epoch=3"]
+    grid = {"train.temperature": ["0.05", "1.0"]}
+    sets, doc = tune("comirec-sa", synth, [1, 2], tmp_path, Console(quiet=True), extra, grid, "ndcg@10")
+    scores = {}
+    for t in grid["train.temperature"]:
+        runs = json.loads((tmp_path / "tune" / "comirec-sa" / t / "results.json").read_text())["per_seed"]
+        scores[t] = sum(r["valid"]["ndcg@10"] for r in runs) / len(runs)
+    assert scores["0.05"] != scores["1.0"]
+    best = max(scores, key=scores.get)
+    assert sets == [f"train.temperature={best}"]
+    assert doc["config"]["train"]["temperature"] == float(best) and doc["seeds"] == [1, 2]
