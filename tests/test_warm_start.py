@@ -155,7 +155,7 @@ def test_a_warm_start_trains_at_a_tenth_of_the_lr_unless_train_warm_lr_says(worl
     assert lrs(RetrievalTask(cfg, ds2).optimizer) == [3.75e-3]  # not warm-started: train.lr
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sparse"])  # sparse: its table's lr is not in last.pt
+@pytest.mark.parametrize("optimizer", ["adam", "sparse"])  # sparse: its table's lr must come back from last.pt
 def test_results_name_the_parent_and_a_resumed_run_equals_the_uninterrupted_one(world, tmp_path, optimizer):
     root, ds1, ds2 = world
     parent = tmp_path / "parent"

@@ -37,7 +37,7 @@ from mirec.train.engine import (  # noqa: F401
 )
 from mirec.train.losses import NegativeSampler, full_softmax_loss, routing_penalty, sampled_softmax_loss
 from mirec.train.optim import make_optimizer, table_is_sparse
-from mirec.train.warm import Parent, recorded, warm_retriever
+from mirec.train.warm import Parent, warm_retriever
 
 AUTO = {"lr": 1e-3, "routing_reg": 0.0}  # what "auto" means for a model without its own default
 WARM_LR_SCALE = 0.1  # train.warm_lr "auto": this times train.lr (mirec.runs.TrainConfig)
@@ -181,15 +181,15 @@ class RetrievalTask:
 
     def __init__(self, cfg: RunConfig, ds: Dataset, log: Callable[[str], None] = lambda s: None,
                  w: World | None = None, warm: Parent | None = None,
-                 warm_record: dict[str, Any] | None = None, warm_started: bool = False) -> None:
+                 warm_record: dict[str, Any] | None = None) -> None:
         """``warm``: the parent run every parameter starts from (:mod:`mirec.train.warm`; None
-        when resuming, whose last.pt has them); ``warm_record``: what the checkpoints say of it;
-        ``warm_started``: the run is a warm start (new or resumed: ``train.warm_lr`` applies)."""
+        when resuming, whose last.pt has them and whose optimiser state keeps the lr it ran at);
+        ``warm_record``: what the checkpoints say of it."""
         cfg.validate()
         cfg.train.validate()
         self.cfg, self.ds, self.w = cfg, ds, w or world()
-        self.split, self.model, self.optimizer, sampler = setup(
-            cfg, ds, self.w.size > 1, warm=warm_started or warm is not None)
+        self.split, self.model, self.optimizer, sampler = setup(cfg, ds, self.w.size > 1,
+                                                                warm=warm is not None)
         if warm is not None:  # every process maps the same checkpoint the same way
             warm_retriever(self.model, cfg, warm, ds, log)
         self.warm_record = warm_record
@@ -267,10 +267,7 @@ def train(cfg: RunConfig, ds: Dataset, run_dir: str | Path, resume: bool = False
     Launched by ``torchrun``, the processes train data-parallel (:mod:`mirec.train.distributed`)
     and process 0 writes the files."""
     record = None if warm is None or resume else warm.record(cfg.train.since)
-    # a resumed warm start (whose parent may be gone) is known by the parent its last.pt names
-    started = warm is not None or (resume and recorded(Path(run_dir)) is not None)
-    task = RetrievalTask(cfg, ds, log, warm=None if resume else warm, warm_record=record,
-                         warm_started=started)
+    task = RetrievalTask(cfg, ds, log, warm=None if resume else warm, warm_record=record)
     r = fit(task, run_dir, cfg.train, resume, progress, log, stop_after_epoch, on_epoch)
     if not run_test:
         return TrainResult(Path(run_dir), task.model, task.split, r.best_epoch, r.best_valid, {},

@@ -174,12 +174,14 @@ class RowwiseAdam:
     def state_dict(self) -> dict[str, Any]:
         return {"dense": self.dense.state_dict(),
                 "rows": {"steps": self.steps, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq,
-                         "last": self.last}}
+                         "last": self.last, "lr": self.lr}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.dense.load_state_dict(state["dense"])
         rows = state["rows"]
         self.steps = int(rows["steps"])
+        # the table's lr, as dense Adam's param groups keep theirs (a state saved before: unchanged)
+        self.lr = float(rows.get("lr", self.lr))
         self.exp_avg.copy_(rows["exp_avg"])
         self.exp_avg_sq.copy_(rows["exp_avg_sq"])
         # a state saved before the catch-up: every row counts as updated on the last step
