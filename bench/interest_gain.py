@@ -3,8 +3,9 @@ number of distinct categories in the user's history (issue 24's evidence when mu
 does not win on a data set).
 
 For every seed both runs have (``seed-<s>`` directories, the same split because the same seed),
-each test user's Recall@50 and NDCG@50 under each model are computed on the same top-50 lists
-the protocol scores; users are grouped by how many distinct categories their history holds (the
+each test user's Recall@N and NDCG@N (``--n``, 50; 10 for the leave-one-out tables, where
+Recall@N is HR@N) under each model are computed on the same top-N lists the protocol scores;
+users are grouped by how many distinct categories their history holds (the
 data set's item categories; Amazon Beauty's are its attribute ids) and each group's means and
 the multi / single ratio are printed, with the rank correlation between the number of categories
 and the per-user difference.
@@ -61,7 +62,7 @@ def per_user(run_dir: Path, ds, n: int = 50) -> tuple[dict[str, np.ndarray], obj
     run = load_run(run_dir, ds)
     sp = split_users(run.dataset, run.config.split)
     scorer = VectorScorer(run.model, run.config.train.cosine)
-    topn = rank_topn(scorer, run.dataset, sp.test, n, run.config.split.max_len)
+    topn = rank_topn(scorer, run.dataset, sp.test, n, run.config.split.max_len, ties=run.config.eval.ties)
     return accuracy(topn, *targets_csr(run.dataset, sp.test)), sp.test
 
 
@@ -85,6 +86,7 @@ def main() -> None:
     ap.add_argument("--by", default="coarse,length",
                     help="group users by: coarse (distinct coarse categories), attributes "
                          "(distinct category ids), length (history events); comma-separated")
+    ap.add_argument("--n", type=int, default=50, help="the list size N of Recall@N and NDCG@N")
     args = ap.parse_args()
     multi = {d.name: d for d in seed_dirs(args.multi)}
     single = {d.name: d for d in seed_dirs(args.single)}
@@ -95,24 +97,24 @@ def main() -> None:
     by = args.by.split(",")
     feats, rm, rs, nm, ns = {k: [] for k in by}, [], [], [], []
     for s in seeds:
-        a, users = per_user(multi[s], ds)
-        b, _ = per_user(single[s], ds)
+        a, users = per_user(multi[s], ds, args.n)
+        b, _ = per_user(single[s], ds, args.n)
         for k in by:
             feats[k].append(user_feature(ds, users, k))
         rm.append(a["recall"]), rs.append(b["recall"]), nm.append(a["ndcg"]), ns.append(b["ndcg"])
-        print(f"{s}: {len(users)} test users, R@50 multi {a['recall'].mean():.4f}, "
+        print(f"{s}: {len(users)} test users, R@{args.n} multi {a['recall'].mean():.4f}, "
               f"single {b['recall'].mean():.4f}")
     rm, rs, nm, ns = map(np.concatenate, (rm, rs, nm, ns))
     for k in by:
-        table(k, np.concatenate(feats[k]), rm, rs, nm, ns, seeds)
+        table(k, np.concatenate(feats[k]), rm, rs, nm, ns, seeds, args.n)
 
 
-def table(by: str, x: np.ndarray, rm, rs, nm, ns, seeds: list[str]) -> None:
+def table(by: str, x: np.ndarray, rm, rs, nm, ns, seeds: list[str], n: int = 50) -> None:
     """Users in about six equal-sized groups by ``x``, each group's means and ratios."""
     edges = np.unique(np.quantile(x, np.linspace(0, 1, 7)[:-1]).round().astype(np.int64))
     edges = list(edges) + [int(x.max()) + 1]
     print(f"\n{', '.join(seeds)} pooled: per-user test metrics by {by}")
-    print(f"| {by} | users | R@50 multi | R@50 single | ratio | NDCG@50 multi | NDCG@50 single | ratio |")
+    print(f"| {by} | users | R@{n} multi | R@{n} single | ratio | NDCG@{n} multi | NDCG@{n} single | ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for lo, hi in zip(edges, edges[1:]):
         m = (x >= lo) & (x < hi)
@@ -123,8 +125,8 @@ def table(by: str, x: np.ndarray, rm, rs, nm, ns, seeds: list[str]) -> None:
               f"| {g1:.4f} | {g2:.4f} | {g1 / max(g2, 1e-12):.3f} |")
     print(f"| all | {len(x)} | {rm.mean():.4f} | {rs.mean():.4f} | {rm.mean() / rs.mean():.3f} "
           f"| {nm.mean():.4f} | {ns.mean():.4f} | {nm.mean() / ns.mean():.3f} |")
-    print(f"median {np.median(x):.0f}; Spearman({by}, R@50 multi - single) = "
-          f"{spearman(x, rm - rs):+.3f}, ({by}, NDCG@50 multi - single) = {spearman(x, nm - ns):+.3f}")
+    print(f"median {np.median(x):.0f}; Spearman({by}, R@{n} multi - single) = "
+          f"{spearman(x, rm - rs):+.3f}, ({by}, NDCG@{n} multi - single) = {spearman(x, nm - ns):+.3f}")
 
 
 if __name__ == "__main__":

@@ -626,3 +626,47 @@ def test_hard_negatives_need_the_sampled_softmax(random_dataset):
     setup(RunConfig(train=TrainConfig(hard_negative_beta=1.0, loss="sampled", num_negatives=10)), random_dataset)
     with pytest.raises(MirecConfigError, match="train.routing_reg"):
         TrainConfig(routing_reg=-1).validate()
+
+
+def test_max_scored_negatives_by_hand():
+    """``train.negative_score=max``: every item is scored by its best live interest. Two
+    interests [2, 0] and [0, 2] at T 0.5, items 1 = [1, 0], 2 = [0, 1], 3 = [1, 1]: each item's
+    logit is the larger of its two, [4, 4, 4] (the readout interest [2, 0] alone gives
+    [4, 0, 4]); a dead interest counts for nothing."""
+    items = torch.tensor([[9.0, 9.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    two = torch.tensor([[[2.0, 0.0], [0.0, 2.0]]])  # (1, K=2, D)
+    live = torch.ones(1, 2, dtype=torch.bool)
+    target = torch.tensor([1])
+    expect = -(4.0 - math.log(3 * math.exp(4.0)))
+    assert full_softmax_loss(two, items, target, 0.5, live).item() == pytest.approx(expect, rel=1e-6)
+    dead = torch.tensor([[True, False]])  # only [2, 0]: the readout's logits [4, 0, 4]
+    assert full_softmax_loss(two, items, target, 0.5, dead).item() == pytest.approx(
+        full_softmax_loss(two[:, 0], items, target, 0.5).item(), rel=1e-6)
+    # the sampled loss with every item sampled once under uniform Q is the full one
+    negs = torch.arange(1, 4)
+    log_q = torch.full((4,), -math.log(3))
+    samp = sampled_softmax_loss(two, items[target], items[negs], target, negs, log_q, 0.5, live=live)
+    assert samp.item() == pytest.approx(expect, rel=1e-5)
+
+
+def test_max_scored_negatives_push_back_the_interest_that_ranks_a_wrong_item():
+    """The readout loss gives the interest that does not answer for the target no gradient, so
+    a negative it scores high is never pushed back; with ``negative_score=max`` it is, through
+    batch_loss, and for one interest both settings are the same loss."""
+    items = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    model = _TwoInterests(items.clone(), torch.tensor([1.0, 0.1]), torch.tensor([0.1, 1.0]))
+    model.vectors = torch.nn.Parameter(model.vectors.clone())
+    hist, mask, target = torch.tensor([[1]]), torch.ones(1, 1, dtype=torch.bool), torch.tensor([1])
+    grads = {}
+    for how in ("readout", "max"):
+        cfg = TrainConfig(temperature=0.5, cosine=False, negative_score=how)
+        loss = batch_loss(model, hist, mask, target, cfg, None, 4)
+        (grads[how],) = torch.autograd.grad(loss, model.vectors)
+    assert grads["readout"][0, 1].abs().sum() == 0  # interest 2 (towards item 2) untouched
+    assert grads["max"][0, 1].abs().sum() > 0
+    one = _MeanPool(25, 6)
+    hist = torch.randint(1, 25, (5, 4))
+    target = torch.randint(1, 25, (5,))
+    losses = [batch_loss(one, hist, torch.ones(5, 4, dtype=torch.bool), target,
+                         TrainConfig(negative_score=how), None, 25) for how in ("readout", "max")]
+    torch.testing.assert_close(losses[0], losses[1])

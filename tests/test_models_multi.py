@@ -13,6 +13,7 @@ from mirec.models.comirec_dr import ComiRecDR, ComiRecDRConfig
 from mirec.models.comirec_sa import ComiRecSA, ComiRecSAConfig
 from mirec.models.layers import label_aware_attention, masked_softmax, mlp, sigmoid_, squash, tanh
 from mirec.models.mind import MIND, MINDConfig
+from mirec.train.losses import routing_penalty
 
 torch.set_num_threads(1)
 
@@ -424,3 +425,28 @@ def test_sa_attention_traces_into_one_graph_for_torch_compile():
     hist, mask = left_pad(SEQS, 8)
     explained = torch._dynamo.explain(lambda h, m: model.interests(h, m).vectors.sum())(hist, mask)
     assert explained.graph_break_count == 0, explained.break_reasons
+
+
+@pytest.mark.parametrize("encoder_layers", [0, 1])
+def test_sa_sequential_interest_is_the_newest_positions_vector(encoder_layers):
+    """``sequential_interest``: the K pooled interests unchanged, plus one more, the newest
+    position's vector (the encoder's output there, SASRec's user vector; without an encoder the
+    newest item's embedding), reported with uniform weights over the real items, so REMI's
+    routing penalty (a variance) adds nothing for it."""
+    torch.manual_seed(6)
+    cfg = dict(dim=D, num_interests=K, max_len=12, encoder_layers=encoder_layers)
+    base = ComiRecSA(ComiRecSAConfig(**cfg), N).eval()
+    model = ComiRecSA(ComiRecSAConfig(**cfg, sequential_interest=True), N).eval()
+    model.load_state_dict(base.state_dict())  # the option adds no parameter
+    hist, mask = left_pad(SEQS, 8)
+    out, ref = model.interests(hist, mask), base.interests(hist, mask)
+    assert out.vectors.shape == (len(SEQS), K + 1, D) and out.mask.all()
+    torch.testing.assert_close(out.vectors[:, :K], ref.vectors, atol=1e-6, rtol=0)
+    if encoder_layers:
+        newest = model.encoder(model.item_emb(hist) + model.pos_emb[-8:], src_key_padding_mask=~mask)[:, -1]
+    else:
+        newest = model.item_emb(hist[:, -1])
+    torch.testing.assert_close(out.vectors[:, K], newest, atol=1e-5, rtol=0)
+    n = mask.sum(1, keepdim=True)
+    torch.testing.assert_close(out.weights[:, K], mask / n, atol=1e-7, rtol=0)
+    assert routing_penalty(out.weights[:, K:], mask) == 0

@@ -238,8 +238,9 @@ def evaluate(run: str | Path | None = None, model: str = "most-popular",
     split = load(SplitConfig, None, overrides(settings.pop("split", {})))
     if settings:
         raise MirecConfigError(f"{next(iter(settings))}: not a setting of a baseline (split, eval)")
-    return evaluate_baseline(model, data, seeds or [split.seed], split, load(EvalConfig, None, ev),
-                             out, progress)
+    follows = RunConfig.defaults_for({"split": {"protocol": split.protocol}}).get("eval")  # loo's cut-offs
+    return evaluate_baseline(model, data, seeds or [split.seed], split,
+                             load(EvalConfig, None, ev, base=follows), out, progress)
 
 
 def export(run: str | Path, out: str | Path, data: str | Path | None = None) -> Path:

@@ -14,6 +14,7 @@ memory a model's parameters would take is checked when it is built (``mirec.runs
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import tomllib
@@ -237,14 +238,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
          section: str | None = None, base: dict[str, Any] | None = None) -> T:
-    """Load config ``cls``: defaults (then ``base``, e.g. a saved run's settings), then the TOML
-    file (optionally one ``[section]``), then ``key=value`` overrides."""
+    """Load config ``cls``: defaults (then those that follow from the given settings, if ``cls``
+    has ``defaults_for``; then ``base``, e.g. a saved run's settings), then the TOML file
+    (optionally one ``[section]``), then ``key=value`` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         data = read_toml(path)
         if section is not None:
             data = data.get(section, {})
-    merged = _merge(_merge(to_dict(cls()), base or {}), data)
+    follow = getattr(cls, "defaults_for", None)
+    layer = {}
+    if follow is not None:  # read what was given alone; the merged dict's checks come below
+        layer = follow(apply_overrides(copy.deepcopy(_merge(base or {}, data)), overrides or []))
+    merged = _merge(_merge(_merge(to_dict(cls()), layer), base or {}), data)
     apply_overrides(merged, overrides or [])
     return from_dict(cls, merged)
 

@@ -26,7 +26,7 @@ from mirec.data.dataset import Dataset, load_dataset
 from mirec.data.split import SplitConfig
 from mirec.errors import MirecConfigError, MirecDataError
 from mirec.eval.evaluate import EvalConfig
-from mirec.models.registry import spec
+from mirec.models.registry import SPECS, spec
 
 
 def check_device(train: Any) -> None:
@@ -70,6 +70,10 @@ class TrainConfig:
     # "auto" is the model's own default_routing_reg: 10 for ComiRec-SA, chosen on the validation
     # users of four data sets (docs/benchmarks.md, "The routing regulariser"), 0 for the others.
     hard_negative_beta: float = setting(0.0, ge=0)
+    # How a multi-interest model's loss scores the other items: readout (ComiRec's: by the one
+    # interest the readout picks for the target) | max (each item by its best interest, the
+    # score serving ranks by, so an interest that pulls a wrong item up is pushed back).
+    negative_score: str = "readout"
     routing_reg: float | Literal["auto"] = setting("auto", ge=0)
     patience: int = setting(3, ge=1)
     threads: int = size(1, MAX_COUNT)  # torch threads; 2 on a 2-core box stalls when anything else runs
@@ -123,6 +127,9 @@ class TrainConfig:
         check_device(self)
         if self.optimizer not in ("auto", "adam", "sparse"):
             raise MirecConfigError(f"train.optimizer: expected auto, adam or sparse, got {self.optimizer!r}")
+        if self.negative_score not in ("readout", "max"):
+            raise MirecConfigError(f"train.negative_score: expected readout or max, "
+                                   f"got {self.negative_score!r}")
         if self.sampler not in ("uniform", "log-uniform"):
             raise MirecConfigError(f"train.sampler: expected uniform or log-uniform, "
                                    f"got {self.sampler!r}")
@@ -141,6 +148,24 @@ class RunConfig:
     def validate(self) -> None:
         spec(self.model, "retrieval")
         model_config(self)  # model_args checked here, long before a model is built
+
+    @staticmethod
+    def defaults_for(given: dict[str, Any]) -> dict[str, Any]:
+        """The defaults that follow from the settings a user ``given`` (a nested dict; what
+        :func:`mirec.config.load` layers under them): under ``split.protocol=loo``, the
+        published tables' cut-offs and ties and the model's own leave-one-out recipe."""
+        split = given.get("split")
+        if not isinstance(split, dict) or split.get("protocol") != "loo":
+            return {}
+        model = SPECS.get(str(given.get("model", RunConfig.model)))
+        recipe = getattr(model.build, "loo_args", {}) if model is not None else {}
+        return {**LOO_DEFAULTS, "model_args": dict(recipe)}
+
+
+# What split.protocol=loo changes in the defaults besides each model's ``loo_args`` (its recipe,
+# chosen on Amazon Beauty's validation users: docs/benchmarks.md): HR and NDCG at the papers'
+# cut-offs, a tie counted against the target (docs/protocol.md#ties).
+LOO_DEFAULTS = {"eval": {"ns": [5, 10, 20], "ties": "pessimistic"}}
 
 
 @dataclass

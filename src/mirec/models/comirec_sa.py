@@ -50,6 +50,10 @@ class ComiRecSAConfig:
     # bag of items; 0 = the paper's model.
     encoder_layers: int = size(0, MAX_COUNT, least=0)
     encoder_dropout: float = setting(0.2, ge=0, lt=1)
+    # One more interest, the newest position's vector (the encoder's output there, which is what
+    # SASRec's user vector is; without an encoder the newest item's own embedding): K + 1
+    # interests, the sequence's next step beside the K pooled ones.
+    sequential_interest: bool = False
 
     # item side information in the item vectors: off | mean | sum (layers.AttributeItems)
     item_features: str = "off"
@@ -66,6 +70,9 @@ class ComiRecSA(nn.Module):
     # (docs/benchmarks.md, "The routing regulariser").
     default_routing_reg = 10.0
     default_lr = 3.75e-3  # train.lr "auto"
+    # The defaults under split.protocol=loo (RunConfig.defaults_for), each chosen on Amazon
+    # Beauty's validation users (docs/benchmarks.md, "Amazon Beauty, leave-one-out").
+    loo_args = {"encoder_layers": 1, "encoder_dropout": 0.5, "item_features": "mean"}
 
     def __init__(self, cfg: ComiRecSAConfig, num_items: int, categories: tuple | None = None) -> None:
         super().__init__()
@@ -120,7 +127,12 @@ class ComiRecSA(nn.Module):
         A = masked_softmax(logits.view(B, L, -1), mask[:, :, None], dim=1)  # (B, L, K), sum 1 over L
         A = A.transpose(1, 2)  # (B, K, L)
         V = torch.einsum("bkl,bld->bkd", A, H)  # (B, K, D)
-        live_k = torch.ones(B, self.cfg.num_interests, dtype=torch.bool, device=hist.device)
+        if self.cfg.sequential_interest:  # the newest position's output; its weights uniform
+            m = mask.to(A.dtype)
+            u = m / m.sum(1, keepdim=True).clamp(min=1.0)  # (B, L), no routing penalty (variance 0)
+            V = torch.cat([V, H[:, -1:]], dim=1)  # (B, K + 1, D)
+            A = torch.cat([A, u[:, None]], dim=1)  # (B, K + 1, L)
+        live_k = torch.ones(B, V.shape[1], dtype=torch.bool, device=hist.device)
         return Interests(vectors=V, mask=live_k, weights=A, rows=rows)
 
     def _pre(self, H: torch.Tensor, ids: torch.Tensor, P: torch.Tensor, W1: torch.Tensor,

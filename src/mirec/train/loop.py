@@ -83,17 +83,21 @@ def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
         # Serving ranks items by each interest's cosine: the readout must compare the same unit
         # vectors to pick the interest that answers for the target, or it favours long ones.
         out = unit_interests(out)
-    user = model.readout(out, rows[:B])  # (B, D)
-    if cfg.cosine:
-        user = F.normalize(user, dim=-1)
+    live = None
+    if cfg.negative_score == "max" and out.vectors.shape[1] > 1:
+        user, live = out.vectors, out.mask  # (B, K, D): every item by its best live interest
+    else:
+        user = model.readout(out, rows[:B])  # (B, D)
+        if cfg.cosine:
+            user = F.normalize(user, dim=-1)
     if neg is None:
         table = F.normalize(items, dim=-1) if cfg.cosine else items
-        loss = full_softmax_loss(user, table, target, cfg.temperature)
+        loss = full_softmax_loss(user, table, target, cfg.temperature, live)
     else:
         if cfg.cosine:
             rows = F.normalize(rows, dim=-1)
         loss = sampled_softmax_loss(user, rows[:B], rows[B:], target, neg, sampler.log_q,
-                                    cfg.temperature, cfg.hard_negative_beta)
+                                    cfg.temperature, cfg.hard_negative_beta, live)
     return loss if reg is None else loss + reg
 
 

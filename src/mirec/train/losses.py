@@ -23,12 +23,23 @@ import torch
 import torch.nn.functional as F
 
 
+def scores(user: torch.Tensor, rows: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:
+    """Inner products of users with item rows (M, D): user (B, D) -> (B, M); or every user's K
+    interests (B, K, D), ``live`` (B, K) bool -> each item's best live interest, max_k v_k . e,
+    (B, M), the score serving ranks by."""
+    if user.dim() == 2:
+        return user @ rows.T
+    s = torch.einsum("bkd,md->bkm", user, rows)  # (B, K, M)
+    return s.masked_fill(~live[:, :, None], float("-inf")).amax(1)
+
+
 def full_softmax_loss(user: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
-                      temperature: float = 1.0) -> torch.Tensor:
-    """Cross-entropy of ``target`` over all items. user (B, D), items (N, D), target (B,)."""
+                      temperature: float = 1.0, live: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of ``target`` over all items. user (B, D) (or (B, K, D) with ``live``:
+    :func:`scores`), items (N, D), target (B,)."""
     # Scale the (B, D) user side, not the (B, N) logits; leave padding column 0 out instead of
     # writing -inf into it (an in-place write copies the whole logit gradient in backward).
-    logits = (user / temperature) @ items[1:].T  # (B, N - 1), column j is item j + 1
+    logits = scores(user / temperature, items[1:], live)  # (B, N - 1), column j is item j + 1
     return F.cross_entropy(logits, target - 1)
 
 
@@ -77,12 +88,15 @@ class NegativeSampler:
 
 def sampled_softmax_loss(user: torch.Tensor, pos_emb: torch.Tensor, neg_emb: torch.Tensor,
                          target: torch.Tensor, negatives: torch.Tensor, log_q: torch.Tensor,
-                         temperature: float = 1.0, hard_beta: float = 0.0) -> torch.Tensor:
+                         temperature: float = 1.0, hard_beta: float = 0.0,
+                         live: torch.Tensor | None = None) -> torch.Tensor:
     """Sampled softmax with logQ correction and accidental hits removed.
 
     user (B, D); pos_emb (B, D) the targets' embeddings; neg_emb (S, D) the sampled items'
     embeddings; target (B,) and negatives (S,) their ids; log_q (N,) the proposal's
     log-probabilities. (Embeddings are passed gathered so a caller may normalise just these.)
+    ``user`` may also be each row's K interests (B, K, D) with ``live`` (B, K): every item, the
+    target and the negatives, is then scored by its best live interest (:func:`scores`).
 
     ``hard_beta`` > 0: REMI's interest-aware hard negatives (Xie et al., RecSys 2023): negative
     j's term of the partition function is weighted by ``w_j = exp(beta s_j) / mean_k exp(beta
@@ -92,8 +106,11 @@ def sampled_softmax_loss(user: torch.Tensor, pos_emb: torch.Tensor, neg_emb: tor
     s = negatives.shape[0]
     log_s = math.log(s)
     user = user / temperature  # (B, D): cheaper than dividing the (B, 1 + S) logits
-    pos = (user * pos_emb).sum(-1)  # (B,), uncorrected: present exactly once
-    neg = user @ neg_emb.T  # (B, S)
+    if user.dim() == 2:
+        pos = (user * pos_emb).sum(-1)  # (B,), uncorrected: present exactly once
+    else:
+        pos = (user * pos_emb[:, None]).sum(-1).masked_fill(~live, float("-inf")).amax(1)  # (B,)
+    neg = scores(user, neg_emb, live)  # (B, S)
     hit = negatives[None, :] == target[:, None]  # (B, S) accidental hits
     if hard_beta:
         score = (hard_beta * neg.detach()).masked_fill(hit, float("-inf"))  # (B, S)
