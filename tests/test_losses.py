@@ -645,8 +645,11 @@ def test_max_scored_negatives_by_hand():
     # the sampled loss with every item sampled once under uniform Q is the full one
     negs = torch.arange(1, 4)
     log_q = torch.full((4,), -math.log(3))
+    two.requires_grad_(True)
     samp = sampled_softmax_loss(two, items[target], items[negs], target, negs, log_q, 0.5, live=live)
     assert samp.item() == pytest.approx(expect, rel=1e-5)
+    full = full_softmax_loss(two, items, target, 0.5, live)
+    torch.testing.assert_close(torch.autograd.grad(samp, two)[0], torch.autograd.grad(full, two)[0])
 
 
 def test_max_scored_negatives_push_back_the_interest_that_ranks_a_wrong_item():

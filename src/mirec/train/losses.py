@@ -30,7 +30,8 @@ def scores(user: torch.Tensor, rows: torch.Tensor, live: torch.Tensor | None = N
     if user.dim() == 2:
         return user @ rows.T
     s = torch.einsum("bkd,md->bkm", user, rows)  # (B, K, M)
-    return s.masked_fill(~live[:, :, None], float("-inf")).amax(1)
+    # max's backward keeps the argmax indices, not its output, which callers then edit in place
+    return s.masked_fill(~live[:, :, None], float("-inf")).max(1).values
 
 
 def full_softmax_loss(user: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
