@@ -661,12 +661,16 @@ def test_max_scored_negatives_push_back_the_interest_that_ranks_a_wrong_item():
     model.vectors = torch.nn.Parameter(model.vectors.clone())
     hist, mask, target = torch.tensor([[1]]), torch.ones(1, 1, dtype=torch.bool), torch.tensor([1])
     grads = {}
-    for how in ("readout", "max"):
+    for how in ("readout", "max", "auto"):
         cfg = TrainConfig(temperature=0.5, cosine=False, negative_score=how)
         loss = batch_loss(model, hist, mask, target, cfg, None, 4)
         (grads[how],) = torch.autograd.grad(loss, model.vectors)
     assert grads["readout"][0, 1].abs().sum() == 0  # interest 2 (towards item 2) untouched
     assert grads["max"][0, 1].abs().sum() > 0
+    torch.testing.assert_close(grads["auto"], grads["readout"])  # auto: a model's own default
+    model.default_negative_score = "max"  # as ComiRec-SA's
+    loss = batch_loss(model, hist, mask, target, TrainConfig(temperature=0.5, cosine=False), None, 4)
+    torch.testing.assert_close(torch.autograd.grad(loss, model.vectors)[0], grads["max"])
     one = _MeanPool(25, 6)
     hist = torch.randint(1, 25, (5, 4))
     target = torch.randint(1, 25, (5,))

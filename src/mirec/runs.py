@@ -72,8 +72,10 @@ class TrainConfig:
     hard_negative_beta: float = setting(0.0, ge=0)
     # How a multi-interest model's loss scores the other items: readout (ComiRec's: by the one
     # interest the readout picks for the target) | max (each item by its best interest, the
-    # score serving ranks by, so an interest that pulls a wrong item up is pushed back).
-    negative_score: str = "readout"
+    # score serving ranks by, so an interest that pulls a wrong item up is pushed back) | auto
+    # (the model's own default_negative_score: max for ComiRec-SA, docs/benchmarks.md; readout
+    # for the others, until measured).
+    negative_score: str = "auto"
     routing_reg: float | Literal["auto"] = setting("auto", ge=0)
     patience: int = setting(3, ge=1)
     threads: int = size(1, MAX_COUNT)  # torch threads; 2 on a 2-core box stalls when anything else runs
@@ -127,8 +129,8 @@ class TrainConfig:
         check_device(self)
         if self.optimizer not in ("auto", "adam", "sparse"):
             raise MirecConfigError(f"train.optimizer: expected auto, adam or sparse, got {self.optimizer!r}")
-        if self.negative_score not in ("readout", "max"):
-            raise MirecConfigError(f"train.negative_score: expected readout or max, "
+        if self.negative_score not in ("auto", "readout", "max"):
+            raise MirecConfigError(f"train.negative_score: expected auto, readout or max, "
                                    f"got {self.negative_score!r}")
         if self.sampler not in ("uniform", "log-uniform"):
             raise MirecConfigError(f"train.sampler: expected uniform or log-uniform, "

@@ -39,13 +39,14 @@ from mirec.train.losses import NegativeSampler, full_softmax_loss, routing_penal
 from mirec.train.optim import make_optimizer, table_is_sparse
 from mirec.train.warm import Parent, warm_retriever
 
-AUTO = {"lr": 1e-3, "routing_reg": 0.0}  # what "auto" means for a model without its own default
+# what "auto" means for a model without its own default
+AUTO = {"lr": 1e-3, "routing_reg": 0.0, "negative_score": "readout"}
 WARM_LR_SCALE = 0.1  # train.warm_lr "auto": this times train.lr (mirec.runs.TrainConfig)
 
 
-def auto_setting(cfg: TrainConfig, model: torch.nn.Module, name: str) -> float:
-    """``train.<name>`` (lr, routing_reg); "auto" is the model's own ``default_<name>`` (ComiRec-SA
-    has both), else :data:`AUTO`'s value."""
+def auto_setting(cfg: TrainConfig, model: torch.nn.Module, name: str) -> Any:
+    """``train.<name>`` (lr, routing_reg, negative_score); "auto" is the model's own
+    ``default_<name>`` (ComiRec-SA has all three), else :data:`AUTO`'s value."""
     value = getattr(cfg, name)
     return getattr(model, f"default_{name}", AUTO[name]) if value == "auto" else value
 
@@ -84,7 +85,7 @@ def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
         # vectors to pick the interest that answers for the target, or it favours long ones.
         out = unit_interests(out)
     live = None
-    if cfg.negative_score == "max" and out.vectors.shape[1] > 1:
+    if auto_setting(cfg, model, "negative_score") == "max" and out.vectors.shape[1] > 1:
         user, live = out.vectors, out.mask  # (B, K, D): every item by its best live interest
     else:
         user = model.readout(out, rows[:B])  # (B, D)
