@@ -76,7 +76,8 @@ class ComiRecSA(nn.Module):
     default_negative_score = "max"
     # The defaults under split.protocol=loo (RunConfig.defaults_for), each chosen on Amazon
     # Beauty's validation users (docs/benchmarks.md, "Amazon Beauty, leave-one-out").
-    loo_args = {"encoder_layers": 1, "encoder_dropout": 0.5, "item_features": "mean"}
+    loo_args = {"encoder_layers": 1, "encoder_dropout": 0.5, "item_features": "mean",
+                "sequential_interest": True}
 
     def __init__(self, cfg: ComiRecSAConfig, num_items: int, categories: tuple | None = None) -> None:
         super().__init__()
