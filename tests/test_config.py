@@ -150,17 +150,19 @@ def test_a_config_file_that_is_not_utf8_names_the_file_line_and_byte(tmp_path):
 
 def test_leave_one_out_brings_its_cutoffs_ties_and_the_models_recipe_unless_given(tmp_path):
     """``split.protocol=loo`` alone gives the published tables' HR/NDCG at 5, 10, 20 with ties
-    counted against the target, and the model's own ``loo_args``; whatever the user gives (on
+    counted against the target, and the model's own ``loo_defaults``; whatever the user gives (on
     the command line, in a file, or a saved run's settings) wins, and the other protocols keep
     the plain defaults."""
     from mirec.models.registry import SPECS
 
     for name in ("sasrec", "comirec-sa"):
-        recipe = SPECS[name].build.loo_args
-        assert recipe  # both models have a leave-one-out recipe
+        recipe = SPECS[name].build.loo_defaults
+        assert recipe["model_args"]  # both models have a leave-one-out recipe
         cfg = load(RunConfig, None, ["split.protocol=loo", f"model={name}"])
         assert cfg.eval.ns == (5, 10, 20) and cfg.eval.ties == "pessimistic"
-        assert cfg.model_args == recipe
+        assert cfg.model_args == recipe["model_args"]
+        assert cfg.train.negative_score == recipe.get("train", {}).get("negative_score", "readout")
+    assert load(RunConfig, None, ["split.protocol=loo"]).train.negative_score == "max"  # ComiRec-SA's
     given = load(RunConfig, None, ["split.protocol=loo", "eval.ns=[10]", "model_args.item_features=off"])
     assert given.eval.ns == (10,) and given.eval.ties == "pessimistic"
     assert given.model_args["item_features"] == "off"
@@ -168,10 +170,11 @@ def test_leave_one_out_brings_its_cutoffs_ties_and_the_models_recipe_unless_give
     f.write_text('model = "sasrec"\n[split]\nprotocol = "loo"\n[eval]\nties = "low-id"\n')
     from_file = load(RunConfig, f)
     assert from_file.eval.ties == "low-id" and from_file.eval.ns == (5, 10, 20)
-    assert from_file.model_args == SPECS["sasrec"].build.loo_args
+    assert from_file.model_args == SPECS["sasrec"].build.loo_defaults["model_args"]
     saved = to_dict(load(RunConfig, None, ["split.protocol=loo", "model=sasrec", "model_args.dim=32"]))
     saved["model_args"] = {"dim": 32, "item_features": "off"}  # a saved run keeps every field it has
     assert load(RunConfig, None, [], base=saved).model_args == {"dim": 32, "item_features": "off"}
     for other in ([], ["split.protocol=comirec"]):
         plain = load(RunConfig, None, other)
         assert plain.eval.ns == (20, 50) and plain.eval.ties == "low-id" and plain.model_args == {}
+        assert plain.train.negative_score == "readout"

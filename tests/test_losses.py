@@ -661,19 +661,42 @@ def test_max_scored_negatives_push_back_the_interest_that_ranks_a_wrong_item():
     model.vectors = torch.nn.Parameter(model.vectors.clone())
     hist, mask, target = torch.tensor([[1]]), torch.ones(1, 1, dtype=torch.bool), torch.tensor([1])
     grads = {}
-    for how in ("readout", "max", "auto"):
+    for how in ("readout", "max"):
         cfg = TrainConfig(temperature=0.5, cosine=False, negative_score=how)
         loss = batch_loss(model, hist, mask, target, cfg, None, 4)
         (grads[how],) = torch.autograd.grad(loss, model.vectors)
     assert grads["readout"][0, 1].abs().sum() == 0  # interest 2 (towards item 2) untouched
     assert grads["max"][0, 1].abs().sum() > 0
-    torch.testing.assert_close(grads["auto"], grads["readout"])  # auto: a model's own default
-    model.default_negative_score = "max"  # as ComiRec-SA's
-    loss = batch_loss(model, hist, mask, target, TrainConfig(temperature=0.5, cosine=False), None, 4)
-    torch.testing.assert_close(torch.autograd.grad(loss, model.vectors)[0], grads["max"])
     one = _MeanPool(25, 6)
     hist = torch.randint(1, 25, (5, 4))
     target = torch.randint(1, 25, (5,))
     losses = [batch_loss(one, hist, torch.ones(5, 4, dtype=torch.bool), target,
                          TrainConfig(negative_score=how), None, 25) for how in ("readout", "max")]
     torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_interest_overlap_is_the_mean_squared_cosine_of_two_live_interests():
+    """[1, 0], [0, 1], [1, 1]: squared cosines 0, 1/2, 1/2 -> 1/3; a dead interest's pairs count
+    for nothing; one vector repeated gives 1; and through batch_loss (train.interest_overlap) the
+    term pulls two interests apart."""
+    from mirec.train.losses import interest_overlap
+
+    v = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    every = torch.ones(1, 3, dtype=torch.bool)
+    assert interest_overlap(v, every).item() == pytest.approx(1 / 3)
+    assert interest_overlap(v, torch.tensor([[True, True, False]])).item() == pytest.approx(0.0)
+    assert interest_overlap(torch.ones(2, 3, 4), torch.ones(2, 3, dtype=torch.bool)).item() == pytest.approx(1.0)
+    items = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    model = _TwoInterests(items, torch.tensor([1.0, 0.2]), torch.tensor([0.8, 1.0]))
+    model.vectors = torch.nn.Parameter(model.vectors.clone())
+    hist, mask, target = torch.tensor([[1]]), torch.ones(1, 1, dtype=torch.bool), torch.tensor([1])
+    losses = {}
+    for w in (0.0, 1.0):
+        cfg = TrainConfig(temperature=0.5, interest_overlap=w)
+        losses[w] = batch_loss(model, hist, mask, target, cfg, None, 4)
+    cos2 = F.cosine_similarity(model.vectors[0, 0], model.vectors[0, 1], dim=0) ** 2
+    torch.testing.assert_close(losses[1.0] - losses[0.0], cos2)
+    (g,) = torch.autograd.grad(losses[1.0] - losses[0.0], model.vectors)
+    v = model.vectors.detach()[0]
+    step = v - 0.1 * g[0]
+    assert F.cosine_similarity(step[0], step[1], dim=0) < F.cosine_similarity(v[0], v[1], dim=0)

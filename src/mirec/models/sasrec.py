@@ -66,7 +66,7 @@ class SASRec(nn.Module):
     # The defaults under split.protocol=loo (RunConfig.defaults_for): the item attributes lifted
     # validation NDCG@10 by 7.5% on Amazon Beauty (docs/benchmarks.md, "Amazon Beauty,
     # leave-one-out"); a data set without attributes keeps its id vectors alone.
-    loo_args = {"item_features": "mean"}
+    loo_defaults = {"model_args": {"item_features": "mean"}}
 
     def __init__(self, cfg: SASRecConfig, num_items: int, categories: tuple | None = None) -> None:
         super().__init__()

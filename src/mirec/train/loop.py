@@ -35,18 +35,23 @@ from mirec.train.engine import (  # noqa: F401
     placement,
     setup_threads,
 )
-from mirec.train.losses import NegativeSampler, full_softmax_loss, routing_penalty, sampled_softmax_loss
+from mirec.train.losses import (
+    NegativeSampler,
+    full_softmax_loss,
+    interest_overlap,
+    routing_penalty,
+    sampled_softmax_loss,
+)
 from mirec.train.optim import make_optimizer, table_is_sparse
 from mirec.train.warm import Parent, warm_retriever
 
-# what "auto" means for a model without its own default
-AUTO = {"lr": 1e-3, "routing_reg": 0.0, "negative_score": "readout"}
+AUTO = {"lr": 1e-3, "routing_reg": 0.0}  # what "auto" means for a model without its own default
 WARM_LR_SCALE = 0.1  # train.warm_lr "auto": this times train.lr (mirec.runs.TrainConfig)
 
 
-def auto_setting(cfg: TrainConfig, model: torch.nn.Module, name: str) -> Any:
-    """``train.<name>`` (lr, routing_reg, negative_score); "auto" is the model's own
-    ``default_<name>`` (ComiRec-SA has all three), else :data:`AUTO`'s value."""
+def auto_setting(cfg: TrainConfig, model: torch.nn.Module, name: str) -> float:
+    """``train.<name>`` (lr, routing_reg); "auto" is the model's own ``default_<name>`` (ComiRec-SA
+    has both), else :data:`AUTO`'s value."""
     value = getattr(cfg, name)
     return getattr(model, f"default_{name}", AUTO[name]) if value == "auto" else value
 
@@ -80,12 +85,15 @@ def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
         rows = F.embedding(ids, items, sparse=sparse)  # (B [+ S], D)
     weight = auto_setting(cfg, model, "routing_reg")
     reg = weight * routing_penalty(out.weights, mask) if weight else None
+    if cfg.interest_overlap and out.vectors.shape[1] > 1:
+        apart = cfg.interest_overlap * interest_overlap(out.vectors, out.mask)
+        reg = apart if reg is None else reg + apart
     if cfg.cosine and out.vectors.shape[1] > 1:  # one interest: the readout is the vector
         # Serving ranks items by each interest's cosine: the readout must compare the same unit
         # vectors to pick the interest that answers for the target, or it favours long ones.
         out = unit_interests(out)
     live = None
-    if auto_setting(cfg, model, "negative_score") == "max" and out.vectors.shape[1] > 1:
+    if cfg.negative_score == "max" and out.vectors.shape[1] > 1:
         user, live = out.vectors, out.mask  # (B, K, D): every item by its best live interest
     else:
         user = model.readout(out, rows[:B])  # (B, D)

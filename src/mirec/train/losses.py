@@ -134,3 +134,14 @@ def routing_penalty(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mean = (weights * m).sum(-1) / n  # (B, K)
     var = ((weights - mean[..., None]) ** 2 * m).sum(-1) / n  # (B, K)
     return var.square().sum(-1).mean()
+
+
+def interest_overlap(vectors: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """The mean squared cosine between two different live interests of a user, mean over the
+    batch: 0 when a user's interests are orthogonal, 1 when they are one vector. vectors
+    (B, K, D), live (B, K) bool."""
+    v = F.normalize(vectors, dim=-1)
+    c2 = (v @ v.transpose(1, 2)).square()  # (B, K, K)
+    m = (live[:, :, None] & live[:, None, :]).to(c2.dtype)
+    m = m * (1 - torch.eye(c2.shape[1], dtype=c2.dtype, device=c2.device))  # pairs k != j
+    return ((c2 * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)).mean()
