@@ -128,7 +128,7 @@ def tune(model: str, ds, seeds: list[int], out: Path, console: Console,
     for values in itertools.product(*grid.values()):
         sets = [f"{k}={v}" for k, v in zip(grid, values)]
         run_dir = out / "tune" / model / "_".join(values)
-        cfg = load(RunConfig, None, [f"model={model}", *sets, *extra])
+        cfg = load(RunConfig, None, [f"model={model}", *extra, *sets])  # a grid value wins over --set
         doc = run_or_reuse(cfg, ds, seeds, run_dir, out / "runs.jsonl")
         valid = [s["valid"][select] for s in doc["per_seed"]]
         score = sum(valid) / len(valid)
