@@ -71,6 +71,7 @@ class TrainConfig:
     # "auto" is the model's own default_routing_reg: 10 for ComiRec-SA, chosen on the validation
     # users of four data sets (docs/benchmarks.md, "The routing regulariser"), 0 for the others.
     hard_negative_beta: float = setting(0.0, ge=0)
+    routing_reg: float | Literal["auto"] = setting("auto", ge=0)
     # How a multi-interest model's loss scores the other items: readout (ComiRec's: by the one
     # interest the readout picks for the target) | max (each item by its best interest, the
     # score serving ranks by). max lifted accuracy on three logs, but by folding the interests
@@ -80,7 +81,6 @@ class TrainConfig:
     # This times the mean squared cosine between two interests of a user (losses.interest_overlap):
     # with negative_score=max the interests otherwise drift into one vector. 0 = off.
     interest_overlap: float = setting(0.0, ge=0)
-    routing_reg: float | Literal["auto"] = setting("auto", ge=0)
     patience: int = setting(3, ge=1)
     threads: int = size(1, MAX_COUNT)  # torch threads; 2 on a 2-core box stalls when anything else runs
     keep_freed_memory: bool = True  # see mirec.train.engine.keep_freed_memory: 20-40% faster steps
