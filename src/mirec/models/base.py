@@ -123,8 +123,15 @@ class VectorScorer:
 
 def max_over_interests(out: Interests, items: torch.Tensor) -> torch.Tensor:
     """``f(u, i) = max_k v_k . e_i`` over live interests: (B, K, D) x (N, D) -> (B, N)."""
-    scores = torch.einsum("bkd,nd->bkn", out.vectors, items)  # (B, K, N)
-    scores = scores.masked_fill(~out.mask[:, :, None], float("-inf"))
+    return best_interest_scores(out.vectors, out.mask, items)
+
+
+def best_interest_scores(vectors: torch.Tensor, live: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """:func:`max_over_interests` on bare tensors (the training loss's negatives use it too):
+    vectors (B, K, D), live (B, K) bool, items (N, D) -> (B, N). ``max`` keeps the argmax
+    indices for its backward, not its output, so a caller may edit the result in place."""
+    scores = torch.einsum("bkd,nd->bkn", vectors, items)  # (B, K, N)
+    scores = scores.masked_fill(~live[:, :, None], float("-inf"))
     return scores.max(dim=1).values
 
 

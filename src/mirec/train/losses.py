@@ -22,16 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mirec.models.base import best_interest_scores
+
 
 def scores(user: torch.Tensor, rows: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:
     """Inner products of users with item rows (M, D): user (B, D) -> (B, M); or every user's K
     interests (B, K, D), ``live`` (B, K) bool -> each item's best live interest, max_k v_k . e,
     (B, M), the score serving ranks by."""
-    if user.dim() == 2:
-        return user @ rows.T
-    s = torch.einsum("bkd,md->bkm", user, rows)  # (B, K, M)
-    # max's backward keeps the argmax indices, not its output, which callers then edit in place
-    return s.masked_fill(~live[:, :, None], float("-inf")).max(1).values
+    return user @ rows.T if user.dim() == 2 else best_interest_scores(user, live, rows)
 
 
 def full_softmax_loss(user: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
