@@ -99,6 +99,38 @@ def test_leave_one_out_runs_end_to_end(random_dataset, tmp_path):
     assert mirec.evaluate(run=run.path).metrics == run.metrics  # the split is rebuilt from the run
 
 
+def test_the_best_epoch_is_the_one_train_select_names(random_dataset, tmp_path):
+    """Leave-one-out picks the epoch of the best validation NDCG@10 (``train.select``), not the
+    first cut-off's recall; another named metric picks by that one."""
+    import json
+
+    import mirec
+    from mirec.checkpoint import load_checkpoint
+    from mirec.config import load
+    from mirec.runs import RunConfig
+    from mirec.train.loop import selected_metric
+
+    assert selected_metric(load(RunConfig, None, ["split.protocol=loo"])) == "ndcg@10"
+    assert selected_metric(load(RunConfig, None, [])) == "recall@50"  # the ComiRec protocol's
+    assert selected_metric(load(RunConfig, None, ["eval.ns=[5,10]"])) == "recall@5"
+    with pytest.raises(MirecConfigError, match="train.select: ndcg@10 needs 10 among eval.ns"):
+        selected_metric(load(RunConfig, None, ["split.protocol=loo", "eval.ns=[5]"]))
+    with pytest.raises(MirecConfigError, match="train.select: expected auto or"):
+        load(RunConfig, None, ["train.select=auc"]).train.validate()
+    for select in ("auto", "hit_rate@20"):
+        out = tmp_path / select.replace("@", "")
+        train = {"epochs": 5, "patience": 5, "lr": 0.05}
+        if select != "auto":
+            train["select"] = select
+        run = mirec.fit(model="youtube-dnn", data=random_dataset, out=out, seeds=[1], progress=False,
+                        split={"protocol": "loo"}, train=train)
+        rows = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
+        name = "ndcg@10" if select == "auto" else select
+        scores = [r["valid"][name] for r in rows]
+        best = load_checkpoint(run.path / "best.pt")["epoch"]
+        assert scores[best] == max(scores) and best == scores.index(max(scores))
+
+
 @pytest.mark.parametrize("protocol", ["comirec", "loo"])
 def test_examples_are_the_per_example_arrays_without_storing_them(random_dataset, protocol):
     """Examples (O(users)) gives exactly the (start, pos) pairs, in the same order, that the

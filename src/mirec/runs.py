@@ -82,6 +82,10 @@ class TrainConfig:
     # with negative_score=max the interests otherwise drift into one vector. 0 = off.
     interest_overlap: float = setting(0.0, ge=0)
     patience: int = setting(3, ge=1)
+    # The validation metric that picks the best epoch and stops early: recall@N, ndcg@N or
+    # hit_rate@N with N among eval.ns; auto = recall@50 when eval.ns has 50, else recall at its
+    # first N. split.protocol=loo selects on ndcg@10, the tables' headline (docs/benchmarks.md).
+    select: str = "auto"
     threads: int = size(1, MAX_COUNT)  # torch threads; 2 on a 2-core box stalls when anything else runs
     keep_freed_memory: bool = True  # see mirec.train.engine.keep_freed_memory: 20-40% faster steps
     # torch.compile the training loss (inductor fuses the element-wise work between the
@@ -136,6 +140,9 @@ class TrainConfig:
         if self.negative_score not in ("readout", "max"):
             raise MirecConfigError(f"train.negative_score: expected readout or max, "
                                    f"got {self.negative_score!r}")
+        if self.select != "auto" and not re.fullmatch(r"(recall|ndcg|hit_rate)@[1-9]\d*", self.select):
+            raise MirecConfigError(f"train.select: expected auto or recall@N, ndcg@N or hit_rate@N, "
+                                   f"got {self.select!r}")
         if self.sampler not in ("uniform", "log-uniform"):
             raise MirecConfigError(f"train.sampler: expected uniform or log-uniform, "
                                    f"got {self.sampler!r}")
@@ -165,13 +172,17 @@ class RunConfig:
             return {}
         model = SPECS.get(str(given.get("model", RunConfig.model)))
         recipe = getattr(model.build, "loo_defaults", {}) if model is not None else {}
-        return {**LOO_DEFAULTS, **copy.deepcopy(recipe)}
+        out = copy.deepcopy(LOO_DEFAULTS)
+        for section, values in recipe.items():  # the model's recipe over the protocol's, per key
+            out.setdefault(section, {}).update(copy.deepcopy(values))
+        return out
 
 
 # What split.protocol=loo changes in the defaults besides each model's ``loo_defaults`` (its recipe,
 # chosen on Amazon Beauty's validation users: docs/benchmarks.md): HR and NDCG at the papers'
-# cut-offs, a tie counted against the target (docs/protocol.md#ties).
-LOO_DEFAULTS = {"eval": {"ns": [5, 10, 20], "ties": "pessimistic"}}
+# cut-offs, a tie counted against the target (docs/protocol.md#ties), and the best epoch picked by
+# validation NDCG@10, the tables' headline.
+LOO_DEFAULTS = {"eval": {"ns": [5, 10, 20], "ties": "pessimistic"}, "train": {"select": "ndcg@10"}}
 
 
 @dataclass

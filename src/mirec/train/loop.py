@@ -189,6 +189,17 @@ def train_step(opt: Any, ds: Dataset, split: Split, idx: np.ndarray, cfg: RunCon
     return loss.item()
 
 
+def selected_metric(cfg: RunConfig) -> str:
+    """The validation metric that picks the best epoch (``train.select``; see TrainConfig)."""
+    ns, name = cfg.eval.ns, cfg.train.select
+    if name == "auto":
+        return "recall@50" if 50 in ns else f"recall@{ns[0]}"
+    if int(name.split("@")[1]) not in ns:
+        raise MirecConfigError(f"train.select: {name} needs {name.split('@')[1]} among eval.ns "
+                               f"{list(ns)}: add it there or pick another train.select")
+    return name
+
+
 class RetrievalTask:
     """Next-item retrieval for the engine: batches of training examples, validation Recall@50."""
 
@@ -217,8 +228,7 @@ class RetrievalTask:
             log("train.compile: the first batch compiles the loss (~20 s)")
         # validation ranks a seeded sample (eval.max_users): the same users every epoch and resume
         self.valid_users = sample_users(self.split.valid, cfg.eval.max_users, cfg.split.seed)
-        ns = cfg.eval.ns
-        self.score_name = "recall@50" if 50 in ns else f"recall@{ns[0]}"
+        self.score_name = selected_metric(cfg)
 
     def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         perm = permutation(rng, self.split.num_examples)  # int32: rng.permutation's order
