@@ -450,3 +450,33 @@ def test_sa_sequential_interest_is_the_newest_positions_vector(encoder_layers):
     n = mask.sum(1, keepdim=True)
     torch.testing.assert_close(out.weights[:, K], mask / n, atol=1e-7, rtol=0)
     assert routing_penalty(out.weights[:, K:], mask) == 0
+
+
+def test_sa_input_dropout_drops_the_encoders_input_in_training_only():
+    """``input_dropout``: the item + position vectors entering the encoder are dropped (and
+    rescaled) in training, as SASRec drops its input embeddings; evaluation sees them whole, and
+    without an encoder there is nothing to drop, which the config says."""
+    from mirec.errors import MirecConfigError
+
+    torch.manual_seed(7)
+    cfg = dict(dim=D, num_interests=K, max_len=12, encoder_layers=1, encoder_dropout=0.0)
+    base = ComiRecSA(ComiRecSAConfig(**cfg), N)
+    model = ComiRecSA(ComiRecSAConfig(**cfg, input_dropout=0.5), N)
+    model.load_state_dict(base.state_dict())  # the option adds no parameter
+    hist, mask = left_pad(SEQS, 8)
+    torch.testing.assert_close(model.eval().interests(hist, mask).vectors,
+                               base.eval().interests(hist, mask).vectors)
+    model.train()
+    torch.manual_seed(0)
+    got = model.interests(hist, mask).vectors
+    torch.manual_seed(0)  # the same mask by hand: dropout's draw on the (B, L, D) input
+    x = model.item_emb(hist) * mask[..., None] + model.pos_emb[-8:]
+    keep = F.dropout(torch.ones_like(x), 0.5, training=True)
+    h = model.encoder(x * keep, src_key_padding_mask=~mask) * mask[..., None]
+    model.in_drop.p = 0.0  # the rest of the model on those encoder outputs
+    model.encoder.forward = lambda *a, **k: h
+    want = model.interests(hist, mask).vectors
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert not torch.allclose(got, base.train().interests(hist, mask).vectors)
+    with pytest.raises(MirecConfigError, match="model_args.input_dropout"):
+        ComiRecSAConfig(input_dropout=0.5).validate()

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mirec.config import MAX_COUNT, MAX_LEN, check_fields, setting, size
+from mirec.errors import MirecConfigError
 from mirec.models.base import Interests, argmax_readout
 from mirec.models.layers import (
     check_item_features,
@@ -50,6 +51,9 @@ class ComiRecSAConfig:
     # bag of items; 0 = the paper's model.
     encoder_layers: int = size(0, MAX_COUNT, least=0)
     encoder_dropout: float = setting(0.2, ge=0, lt=1)
+    # Dropout on the item + position vectors entering the encoder (SASRec's dropout of its
+    # input embeddings); 0 = none, as before it existed.
+    input_dropout: float = setting(0.0, ge=0, lt=1)
     # One more interest, the newest position's vector (the encoder's output there, which is what
     # SASRec's user vector is; without an encoder the newest item's own embedding): K + 1
     # interests, the sequence's next step beside the K pooled ones.
@@ -61,6 +65,9 @@ class ComiRecSAConfig:
     def validate(self) -> None:
         check_fields(self, "model_args.")
         check_item_features(self.item_features)
+        if self.input_dropout and not self.encoder_layers:
+            raise MirecConfigError(f"model_args.input_dropout: {self.input_dropout} drops the encoder's "
+                                   f"input, and model_args.encoder_layers is 0")
 
 
 class ComiRecSA(nn.Module):
@@ -88,7 +95,7 @@ class ComiRecSA(nn.Module):
         self.W1 = nn.Linear(D, cfg.hidden_factor * D, bias=False)
         self.W2 = nn.Linear(cfg.hidden_factor * D, K, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
-        self.encoder = None
+        self.encoder, self.in_drop = None, nn.Dropout(cfg.input_dropout)
         if cfg.encoder_layers:
             block = nn.TransformerEncoderLayer(D, 1, dim_feedforward=D, dropout=cfg.encoder_dropout,
                                                activation="gelu", batch_first=True, norm_first=True)
@@ -117,7 +124,7 @@ class ComiRecSA(nn.Module):
         H = H.view(B, L, -1)  # (B, L, D), zero on padding
         P = self.pos_emb[-L:]  # (L, D), aligned to the most recent item
         if self.encoder is not None:  # each item in the context of the others, (B, L, D)
-            H = self.encoder(H + P, src_key_padding_mask=~mask) * mask[..., None]
+            H = self.encoder(self.in_drop(H + P), src_key_padding_mask=~mask) * mask[..., None]
             H_live = H.reshape(B * L, -1)[live]  # (M, D)
         if self.drop.p > 0 and self.training:
             hidden = self.drop(tanh(self._pre(H_live, ids, P, self.W1.weight, live, L)))  # (M, 4D)
