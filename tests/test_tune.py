@@ -12,6 +12,7 @@ import time
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from mirec.config import load
@@ -115,3 +116,38 @@ def test_a_trial_left_running_by_a_killed_process_is_failed_when_the_study_conti
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert [r["state"] for r in rows] == ["fail", "complete", "complete"]
+
+
+def test_the_engine_multiplies_the_rate_by_plateau_decay_after_each_epoch_without_a_better_score(tmp_path):
+    """``train.plateau_decay``: an epoch that does not beat the best score so far multiplies every
+    group's learning rate by it; each metrics row records the rate its epoch trained at."""
+    from mirec.runs import TrainConfig
+
+    scores = iter([0.1, 0.2, 0.15, 0.1, 0.3])
+
+    class Scripted:  # the engine's Task protocol with a validation score given in advance
+        model = torch.nn.Linear(1, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        score_name = "score"
+
+        def batches(self, rng):
+            return [0]
+
+        def step(self, batch):
+            return 0.0, 1
+
+        def validate(self):
+            return {"score": next(scores)}
+
+        def saved(self):
+            return {}
+
+        def check_resume(self, path, state):
+            pass
+
+    task = Scripted()
+    r = fit(task, tmp_path / "r", TrainConfig(epochs=5, patience=10, plateau_decay=0.5), progress=False)
+    assert [row["lr"] for row in r.history] == [1.0, 1.0, 1.0, 0.5, 0.25]
+    assert task.optimizer.param_groups[0]["lr"] == 0.25 and r.best_epoch == 4  # 0.3 beat 0.2: kept
+    with pytest.raises(MirecConfigError, match="train.plateau_decay"):
+        load(RunConfig, None, ["train.plateau_decay=0"])

@@ -10,7 +10,7 @@ task:
             every checkpoint_minutes: last.pt mid-epoch (atomic), a row in steps.jsonl
         task.validate()              -> metrics; one row in metrics.jsonl
         best so far? -> best.pt      (atomic) ; last.pt every epoch (atomic, for --resume)
-        stop after `patience` epochs without improvement
+        no better? -> lr *= plateau_decay; stop after `patience` such epochs
     reload best.pt
 
 Repeatability: every epoch reseeds from ``(seed, epoch)``, so a run resumed from ``last.pt``
@@ -231,8 +231,8 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
         seen = int(seen)
         valid = task.validate()
         row = {"epoch": epoch, "loss": total / max(seen, 1), "examples": seen,
-               "train_seconds": round(train_s, 3), "examples_per_s": round(seen / train_s, 1),
-               "valid": valid}
+               "lr": opt.param_groups[0]["lr"], "train_seconds": round(train_s, 3),
+               "examples_per_s": round(seen / train_s, 1), "valid": valid}
         if w.size > 1:
             row["processes"] = w.size
         run.history.append(row)
@@ -247,6 +247,8 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
                                                       **saved})
         else:
             run.bad += 1
+            for group in opt.param_groups:  # train.plateau_decay (1: the rate stays)
+                group["lr"] *= lc.plateau_decay
         log(f"epoch {epoch}: loss {row['loss']:.4f}, {row['examples_per_s']:,.0f} ex/s, "
             f"valid {task.score_name} {score:.4f} (best {run.best:.4f} @ {run.best_epoch})")
         save_last(epoch)
