@@ -160,7 +160,7 @@ def test_leave_one_out_brings_its_cutoffs_ties_and_the_models_recipe_unless_give
         assert recipe["model_args"]  # both models have a leave-one-out recipe
         cfg = load(RunConfig, None, ["split.protocol=loo", f"model={name}"])
         assert cfg.eval.ns == (5, 10, 20) and cfg.eval.ties == "pessimistic"
-        assert cfg.train.select == "ndcg@10"  # the protocol's, beside the model's own train settings
+        assert cfg.train.select == "ndcg@10" and cfg.train.plateau_decay == 0.3  # beside the model's own
         assert cfg.model_args == recipe["model_args"]
         assert cfg.train.negative_score == recipe.get("train", {}).get("negative_score", "readout")
     assert load(RunConfig, None, ["split.protocol=loo"]).train.negative_score == "max"  # ComiRec-SA's
@@ -179,3 +179,4 @@ def test_leave_one_out_brings_its_cutoffs_ties_and_the_models_recipe_unless_give
         plain = load(RunConfig, None, other)
         assert plain.eval.ns == (20, 50) and plain.eval.ties == "low-id" and plain.model_args == {}
         assert plain.train.negative_score == "readout" and plain.train.select == "auto"
+        assert plain.train.plateau_decay == 1.0
