@@ -42,6 +42,7 @@ from mirec.checkpoint import load_checkpoint, save_checkpoint
 from mirec.errors import MirecConfigError
 from mirec.io import atomic_write_bytes
 from mirec.train.distributed import World, all_sum, barrier, from_main, world
+from mirec.train.optim import learning_rate, scale_learning_rate
 
 
 class Task(Protocol):
@@ -231,7 +232,7 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
         seen = int(seen)
         valid = task.validate()
         row = {"epoch": epoch, "loss": total / max(seen, 1), "examples": seen,
-               "lr": opt.param_groups[0]["lr"], "train_seconds": round(train_s, 3),
+               "lr": learning_rate(opt), "train_seconds": round(train_s, 3),
                "examples_per_s": round(seen / train_s, 1), "valid": valid}
         if w.size > 1:
             row["processes"] = w.size
@@ -247,8 +248,8 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
                                                       **saved})
         else:
             run.bad += 1
-            for group in opt.param_groups:  # train.plateau_decay (1: the rate stays)
-                group["lr"] *= lc.plateau_decay
+            if lc.plateau_decay != 1:
+                scale_learning_rate(opt, lc.plateau_decay)
         log(f"epoch {epoch}: loss {row['loss']:.4f}, {row['examples_per_s']:,.0f} ex/s, "
             f"valid {task.score_name} {score:.4f} (best {run.best:.4f} @ {run.best_epoch})")
         save_last(epoch)

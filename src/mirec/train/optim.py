@@ -207,6 +207,22 @@ def make_optimizer(model: nn.Module, kind: str, lr: float, weight_decay: float,
     return RowwiseAdam(model, table.weight, lr, weight_decay)
 
 
+def learning_rate(opt: Any) -> float:
+    """The rate ``opt`` steps at now (the item table's, for :class:`RowwiseAdam`)."""
+    return opt.lr if isinstance(opt, RowwiseAdam) else opt.param_groups[0]["lr"]
+
+
+def scale_learning_rate(opt: Any, factor: float) -> None:
+    """Multiply every rate of ``opt`` by ``factor``. :class:`RowwiseAdam` first applies the steps
+    its rows skipped, at the rate they were taken at."""
+    if isinstance(opt, RowwiseAdam):
+        opt.flush()
+        opt.lr *= factor
+        opt = opt.dense
+    for group in opt.param_groups:
+        group["lr"] *= factor
+
+
 def table_is_sparse(model: nn.Module) -> bool:
     """Whether the item table's gradient is to be sparse (see :func:`make_optimizer`)."""
     table = item_table(model)
