@@ -107,11 +107,17 @@ def test_rowwise_rule_on_touched_rows_matches_a_hand_computation():
     assert not torch.equal(m.w.detach(), torch.ones(2))
 
 
-def test_rowwise_adam_follows_dense_adam_on_rows_a_step_skips():
+@pytest.mark.parametrize("cut", [None, 0.3])
+def test_rowwise_adam_follows_dense_adam_on_rows_a_step_skips(cut):
     """Rows read on some steps only: after flush() the table is dense Adam's, whose momentum
     keeps moving a row on the steps without its gradient (lazy Adam would leave it behind).
     Both first take warm steps on every row, so that the bias correction is constant; eps is
-    negligible; the gradients do not depend on the weights (no feedback to amplify rounding)."""
+    negligible; the gradients do not depend on the weights (no feedback to amplify rounding).
+    ``cut``: the rate is multiplied by it mid-run (``scale_learning_rate``, train.plateau_decay):
+    the row-wise optimiser first applies its rows' skipped steps at the old rate, as dense Adam
+    took them, and ``learning_rate`` reports the new rate for both."""
+    from mirec.train.optim import learning_rate, scale_learning_rate
+
     lr, betas, eps, rows, dim = 0.01, (0.9, 0.99), 1e-12, 40, 3
     torch.manual_seed(0)
     a, b = Table(rows, dim), Table(rows, dim)
@@ -122,6 +128,10 @@ def test_rowwise_adam_follows_dense_adam_on_rows_a_step_skips():
     coef = torch.randn(rows, dim)
     gen = torch.Generator().manual_seed(1)
     for t in range(2200):
+        if cut and t == 2100:
+            for opt in (sparse, dense):
+                scale_learning_rate(opt, cut)
+                assert learning_rate(opt) == pytest.approx(lr * cut)
         read = torch.arange(rows) if t < 2000 else torch.nonzero(torch.rand(rows, generator=gen) < 0.3).flatten()
         for m, opt in ((a, sparse), (b, dense)):
             opt.zero_grad()
@@ -242,33 +252,3 @@ def test_sampler_draws_follow_its_log_q(kind, threshold):
     chi = float(((freq[1:] - expected) ** 2 / expected).sum())
     assert chi < threshold
 
-
-def test_a_rate_cut_steps_the_rowwise_optimiser_as_dense_adam():
-    """``scale_learning_rate`` (train.plateau_decay) mid-run: the row-wise optimiser first applies
-    its rows' skipped steps at the old rate, then steps at the new one, as dense Adam does with
-    its groups' rates cut; ``learning_rate`` reports the new rate for both. (Warm steps on every
-    row first, as above, so that the bias correction is constant.)"""
-    from mirec.train.optim import learning_rate, scale_learning_rate
-
-    lr, betas, eps, rows, dim = 0.01, (0.9, 0.99), 1e-12, 30, 3
-    torch.manual_seed(0)
-    a, b = Table(rows, dim), Table(rows, dim)
-    b.load_state_dict(a.state_dict())
-    a.emb.sparse = True
-    sparse = RowwiseAdam(a, a.emb.weight, lr, 0.0, betas=betas, eps=eps)
-    dense = torch.optim.Adam(b.parameters(), lr=lr, betas=betas, eps=eps)
-    coef = torch.randn(rows, dim)
-    gen = torch.Generator().manual_seed(1)
-    for t in range(2200):
-        if t == 2100:  # rows skipped since their last read are caught up at 0.01 before the cut
-            for opt in (sparse, dense):
-                scale_learning_rate(opt, 0.3)
-                assert learning_rate(opt) == pytest.approx(0.003)
-        read = torch.arange(rows) if t < 2000 else torch.nonzero(torch.rand(rows, generator=gen) < 0.3).flatten()
-        for m, opt in ((a, sparse), (b, dense)):
-            opt.zero_grad()
-            ((m.emb(read) * coef[read]).sum() * math.cos(t) + m.w.square().sum()).backward()
-            opt.step()
-    sparse.flush()
-    torch.testing.assert_close(a.emb.weight.detach(), b.emb.weight.detach(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(a.w.detach(), b.w.detach())
