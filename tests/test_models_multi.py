@@ -11,7 +11,15 @@ import torch.nn.functional as F
 from mirec.models.base import max_over_interests
 from mirec.models.comirec_dr import ComiRecDR, ComiRecDRConfig
 from mirec.models.comirec_sa import ComiRecSA, ComiRecSAConfig
-from mirec.models.layers import label_aware_attention, masked_softmax, mlp, sigmoid_, squash, tanh
+from mirec.models.layers import (
+    dynamic_routing,
+    label_aware_attention,
+    masked_softmax,
+    mlp,
+    sigmoid_,
+    squash,
+    tanh,
+)
 from mirec.models.mind import MIND, MINDConfig
 from mirec.train.losses import routing_penalty
 
@@ -480,3 +488,39 @@ def test_sa_input_dropout_drops_the_encoders_input_in_training_only():
     assert not torch.allclose(got, base.train().interests(hist, mask).vectors)
     with pytest.raises(MirecConfigError, match="model_args.input_dropout"):
         ComiRecSAConfig(input_dropout=0.5).validate()
+
+
+@pytest.mark.parametrize("name", ["comirec-dr", "mind"])
+def test_dr_and_mind_encoder_routes_the_items_in_context(name):
+    """``encoder_layers`` > 0 for ComiRec-DR and MIND: the routing runs on the Transformer's
+    outputs H' over item + position vectors (padding masked out of its keys and zeroed), each
+    model's own formula after that (DR: u = W_ij h'_i; MIND: u = S h'_i, then its MLP); left
+    padding and the ids under it change nothing, the order of the history does, and training
+    reaches the encoder and the positions."""
+    model = make(name, encoder_layers=1)
+    hist, mask = left_pad(SEQS, 8)
+    out = model.interests(hist, mask)
+    L = hist.shape[1]
+    Hc = model.encoder(model.item_emb(hist) + model.pos_emb[-L:], src_key_padding_mask=~mask) * mask[..., None]
+    if name == "comirec-dr":
+        u = torch.einsum("lkde,ble->bkld", model.W[-L:], Hc)
+        link = mask[:, None, :].expand(len(hist), K, L)
+        V, _ = dynamic_routing(u, torch.zeros(len(hist), K, L), link, model.cfg.routing_iters)
+    else:
+        live = torch.arange(K) < model.num_live(mask)[:, None]
+        link = live[:, :, None] & mask[:, None, :]
+        caps, _ = dynamic_routing(model.S(Hc)[:, None], model.routing_logits(len(hist), L, hist.device),
+                                  link, model.cfg.routing_iters)
+        V = model.mlp(caps) * live[..., None]
+    torch.testing.assert_close(out.vectors, V, atol=1e-5, rtol=0)
+    junk = torch.where(mask, hist, 9)  # other ids under the padding
+    plain = make(name)  # the same seed: the shared weights equal, no encoder
+    assert not torch.allclose(plain.interests(hist, mask).vectors, out.vectors, atol=1e-3)
+    torch.testing.assert_close(model.interests(junk, mask).vectors, out.vectors, atol=1e-5, rtol=0)
+    swapped = hist.clone()
+    swapped[0, -2:] = hist[0, -2:].flip(0)  # the two newest items of user 0 trade places
+    assert not torch.allclose(model.interests(swapped, mask).vectors[0], out.vectors[0], atol=1e-4)
+    model.train()
+    model.interests(hist, mask).vectors.square().sum().backward()
+    assert model.pos_emb.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())

@@ -23,9 +23,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mirec.config import MAX_COUNT, MAX_LEN, check_fields, size
+from mirec.config import MAX_COUNT, MAX_LEN, check_fields, setting, size
 from mirec.models.base import Interests, argmax_readout
-from mirec.models.layers import check_item_features, dynamic_routing, item_table_embedding, items_weight
+from mirec.models.layers import (
+    check_item_features,
+    dynamic_routing,
+    history_encoder,
+    item_table_embedding,
+    items_weight,
+)
 
 
 @dataclass
@@ -34,6 +40,10 @@ class ComiRecDRConfig:
     num_interests: int = size(4, MAX_COUNT)
     max_len: int = size(20, MAX_LEN)
     routing_iters: int = size(3, MAX_COUNT)
+    # Transformer blocks (ComiRec-SA's encoder_layers, layers.history_encoder) over the history
+    # + position vectors before routing: the capsules route items seen in context; 0 = the paper's.
+    encoder_layers: int = size(0, MAX_COUNT, least=0)
+    encoder_dropout: float = setting(0.2, ge=0, lt=1)
 
     # item side information in the item vectors: off | mean | sum (layers.AttributeItems)
     item_features: str = "off"
@@ -50,12 +60,18 @@ class ComiRecDR(nn.Module):
         D, K = cfg.dim, cfg.num_interests
         self.item_emb = item_table_embedding(num_items, D, cfg.item_features, categories)
         self.W = nn.Parameter(torch.randn(cfg.max_len, K, D, D) * D**-0.5)  # (max_len, K, D, D)
+        self.encoder = None
+        if cfg.encoder_layers:
+            self.pos_emb = nn.Parameter(torch.randn(cfg.max_len, D) * D**-0.5)  # (max_len, D)
+            self.encoder = history_encoder(D, cfg.encoder_layers, cfg.encoder_dropout)
 
     def interests(self, hist: torch.Tensor, mask: torch.Tensor) -> Interests:
         """(B, L) item ids and (B, L) bool mask -> K interests (all live)."""
         B, L = hist.shape
         K = self.cfg.num_interests
         H = self.item_emb(hist) * mask[..., None]  # (B, L, D), zero on padding
+        if self.encoder is not None:  # each item in the context of the others, (B, L, D)
+            H = self.encoder(H + self.pos_emb[-L:], src_key_padding_mask=~mask) * mask[..., None]
         # u_{j|i} = W_ij e_i, contracted directly: never builds a (B, L, K*D, D) tensor.
         u = torch.einsum("lkde,ble->bkld", self.W[-L:], H)  # (B, K, L, D)
         b = torch.zeros(B, K, L, device=H.device, dtype=H.dtype)  # routing logits

@@ -27,6 +27,7 @@ from mirec.errors import MirecConfigError
 from mirec.models.base import Interests, argmax_readout
 from mirec.models.layers import (
     check_item_features,
+    history_encoder,
     item_table_embedding,
     items_weight,
     masked_softmax,
@@ -97,10 +98,7 @@ class ComiRecSA(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder, self.in_drop = None, nn.Dropout(cfg.input_dropout)
         if cfg.encoder_layers:
-            block = nn.TransformerEncoderLayer(D, 1, dim_feedforward=D, dropout=cfg.encoder_dropout,
-                                               activation="gelu", batch_first=True, norm_first=True)
-            self.encoder = nn.TransformerEncoder(block, cfg.encoder_layers, enable_nested_tensor=False,
-                                                 norm=nn.LayerNorm(D))
+            self.encoder = history_encoder(D, cfg.encoder_layers, cfg.encoder_dropout)
 
     def interests(self, hist: torch.Tensor, mask: torch.Tensor,
                   also: torch.Tensor | None = None) -> Interests:

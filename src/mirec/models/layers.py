@@ -118,6 +118,16 @@ def attribute_items(model: nn.Module) -> AttributeItems | None:
     return next((m for m in model.modules() if isinstance(m, AttributeItems)), None)
 
 
+def history_encoder(dim: int, layers: int, dropout: float) -> nn.TransformerEncoder:
+    """Transformer blocks over a history (SASRec's: pre-norm, one head, GELU, feed-forward width
+    D), without a causal mask: the multi-interest models' ``encoder_layers``, which let every
+    history item see the others before the interests pool them. Call it as
+    ``enc(x, src_key_padding_mask=~mask)``: (B, L, D) -> (B, L, D)."""
+    block = nn.TransformerEncoderLayer(dim, 1, dim_feedforward=dim, dropout=dropout,
+                                       activation="gelu", batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(block, layers, enable_nested_tensor=False, norm=nn.LayerNorm(dim))
+
+
 def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-9) -> torch.Tensor:
     """Capsule non-linearity ``|s|^2 / (1 + |s|^2) * s / |s|``: keeps the direction, maps the
     length into [0, 1). ``eps`` under the square root makes it (and its gradient) 0 at s = 0."""

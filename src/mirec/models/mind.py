@@ -41,6 +41,7 @@ from mirec.models.base import Interests
 from mirec.models.layers import (
     check_item_features,
     dynamic_routing,
+    history_encoder,
     item_table_embedding,
     items_weight,
     label_aware_attention,
@@ -59,6 +60,10 @@ class MINDConfig:
     dynamic_k: bool = True
     hidden: int = size(128)  # the capsule MLP: D -> hidden -> D
     seed: int = setting(0, ge=0)  # routing logits in eval mode
+    # Transformer blocks (ComiRec-SA's encoder_layers, layers.history_encoder) over the history
+    # + position vectors before S and routing; 0 = the paper's model.
+    encoder_layers: int = size(0, MAX_COUNT, least=0)
+    encoder_dropout: float = setting(0.2, ge=0, lt=1)
 
     # item side information in the item vectors: off | mean | sum (layers.AttributeItems)
     item_features: str = "off"
@@ -78,6 +83,10 @@ class MIND(nn.Module):
         # Hook for user profile features: embed them, concatenate to every capsule (the first
         # size becomes D + profile dim) and pass them to interests(); not used yet.
         self.mlp = mlp([D, cfg.hidden, D])
+        self.encoder = None
+        if cfg.encoder_layers:
+            self.pos_emb = nn.Parameter(torch.randn(cfg.max_len, D) * D**-0.5)  # (max_len, D)
+            self.encoder = history_encoder(D, cfg.encoder_layers, cfg.encoder_dropout)
 
     def num_live(self, mask: torch.Tensor) -> torch.Tensor:
         """K_u = max(1, min(K, floor(log2 n_u))) per user: (B, L) bool -> (B,) long."""
@@ -101,10 +110,13 @@ class MIND(nn.Module):
         B, L = hist.shape
         K = self.cfg.num_interests
         hist = hist.masked_fill(~mask, 0)  # padding -> item 0, whose embedding row is zero
+        if self.encoder is not None:  # u_i = S h_i, h_i: item i in the context of the others
+            H = self.encoder(self.item_emb(hist) + self.pos_emb[-L:], src_key_padding_mask=~mask)
+            u = self.S(H * mask[..., None])  # (B, L, D), zero on padding
         # u_i = S e_i. S is linear, so when the catalogue has fewer rows than the batch has
         # positions, mapping the item table once and gathering its rows is the same product
         # for fewer multiply-adds (not with a sparse table: its gradient stays on the rows read).
-        if not self.item_emb.sparse and self.item_emb.num_embeddings < B * L:
+        elif not self.item_emb.sparse and self.item_emb.num_embeddings < B * L:
             u = F.embedding(hist, self.S(items_weight(self.item_emb)))  # (B, L, D)
         else:
             u = self.S(self.item_emb(hist))  # (B, L, D)
