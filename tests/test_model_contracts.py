@@ -18,6 +18,7 @@ import mirec
 from mirec.checkpoint import load_checkpoint
 from mirec.data.ctr import CTRBatch, RankFeatures
 from mirec.data.split import SplitConfig, split_users
+from mirec.errors import MirecConfigError
 from mirec.models.base import Interests
 from mirec.models.registry import SPECS, ModelSpec, of_task
 from mirec.runs import CANDIDATE_RANKERS, RankRunConfig, RankTrainConfig, RunConfig, TrainConfig
@@ -187,6 +188,27 @@ def test_retriever_resume_equals_uninterrupted(name, loss, random_dataset, tmp_p
     train(cfg, random_dataset, tmp_path / "b", progress=False, stop_after_epoch=0)
     train(cfg, random_dataset, tmp_path / "b", progress=False, resume=True)
     assert_same_weights(last_weights(tmp_path / "a"), last_weights(tmp_path / "b"))
+
+
+def test_weight_average_resumes_as_uninterrupted_and_needs_dense_adam(random_dataset, tmp_path):
+    """``train.weight_average`` on a real retriever: best.pt holds the average, not the weights
+    as trained, a resumed run ends where an uninterrupted one does, and the row-wise optimiser
+    (whose rows lag their steps) is refused naming the setting."""
+    cfg = retrieval_cfg("comirec-sa", "sampled")
+    cfg.train.optimizer, cfg.train.weight_average = "adam", 0.9
+    train(cfg, random_dataset, tmp_path / "a", progress=False)
+    train(cfg, random_dataset, tmp_path / "b", progress=False, stop_after_epoch=0)
+    train(cfg, random_dataset, tmp_path / "b", progress=False, resume=True)
+    assert_same_weights(last_weights(tmp_path / "a"), last_weights(tmp_path / "b"))
+    one = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1))
+    train(one, random_dataset, tmp_path / "one", progress=False)
+    best = load_checkpoint(tmp_path / "one" / "best.pt")["model"]  # its one epoch's
+    avg = load_checkpoint(tmp_path / "one" / "last.pt")["average"]
+    assert_same_weights(best, {k.removeprefix("module."): v for k, v in avg.items() if k != "n_averaged"})
+    assert not torch.allclose(best["W1.weight"], last_weights(tmp_path / "one")["W1.weight"])
+    cfg.train.optimizer = "sparse"
+    with pytest.raises(MirecConfigError, match="train.weight_average"):
+        train(cfg, random_dataset, tmp_path / "c", progress=False)
 
 
 @pytest.mark.parametrize("name", sorted(of_task("ranking")))

@@ -151,3 +151,52 @@ def test_the_engine_multiplies_the_rate_by_plateau_decay_after_each_epoch_withou
     assert task.optimizer.param_groups[0]["lr"] == 0.25 and r.best_epoch == 4  # 0.3 beat 0.2: kept
     with pytest.raises(MirecConfigError, match="train.plateau_decay"):
         load(RunConfig, None, ["train.plateau_decay=0"])
+
+
+def test_the_engine_validates_and_keeps_the_moving_average_of_the_weights(tmp_path):
+    """``train.weight_average``: validation, best.pt and the fitted model hold the exponential
+    moving average of the weights after each step (starting at the first step's weights), while
+    training goes on from the weights as trained; a resumed run carries the average on."""
+    from mirec.runs import TrainConfig
+
+    class Counting:  # one weight w; each step adds 1; the validation score is the weight it sees
+        def __init__(self):
+            self.model = torch.nn.Linear(1, 1, bias=False)
+            torch.nn.init.zeros_(self.model.weight)
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1.0)
+            self.score_name, self.stepped_from = "score", []
+
+        def batches(self, rng):
+            return [0, 1]
+
+        def step(self, batch):
+            self.stepped_from.append(self.model.weight.item())
+            with torch.no_grad():
+                self.model.weight.add_(1.0)
+            return 0.0, 1
+
+        def validate(self):
+            return {"score": self.model.weight.item()}
+
+        def saved(self):
+            return {}
+
+        def check_resume(self, path, state):
+            pass
+
+    lc = TrainConfig(epochs=2, patience=10, weight_average=0.5)
+    task = Counting()
+    r = fit(task, tmp_path / "r", lc, progress=False)
+    # weights 1, 2 | 3, 4; average 1, 1.5 | 2.25, 3.125
+    assert [row["valid"]["score"] for row in r.history] == [1.5, 3.125]
+    assert task.stepped_from == [0.0, 1.0, 2.0, 3.0]  # the second epoch stepped from 2, not 1.5
+    assert task.model.weight.item() == 3.125 and r.best_epoch == 1
+    again = Counting()
+    fit(again, tmp_path / "s", lc, progress=False, stop_after_epoch=0)
+    resumed = Counting()
+    r2 = fit(resumed, tmp_path / "s", lc, progress=False, resume=True)
+    assert [row["valid"]["score"] for row in r2.history] == [1.5, 3.125]
+    assert resumed.stepped_from == [2.0, 3.0]
+    fit(Counting(), tmp_path / "plain", TrainConfig(epochs=1), progress=False)
+    with pytest.raises(MirecConfigError, match="trained without train.weight_average"):
+        fit(Counting(), tmp_path / "plain", lc, progress=False, resume=True)

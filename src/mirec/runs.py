@@ -85,6 +85,10 @@ class TrainConfig:
     # After an epoch that does not beat the best validation score, the learning rate is
     # multiplied by this (1 = constant): the steps after a plateau are smaller ones.
     plateau_decay: float = setting(1.0, gt=0, le=1)
+    # Validate, keep (best.pt) and serve an exponential moving average of the weights, updated
+    # after every step with this decay (torch.optim.swa_utils; 0 = off, the weights as trained).
+    # Costs a pass over every parameter a step, the item table's included.
+    weight_average: float = setting(0.0, ge=0, lt=1)
     # The validation metric that picks the best epoch and stops early: recall@N, ndcg@N or
     # hit_rate@N with N among eval.ns; auto = recall@50 when eval.ns has 50, else recall at its
     # first N. split.protocol=loo selects on ndcg@10, the tables' headline (docs/benchmarks.md).
@@ -205,6 +209,7 @@ class RankTrainConfig:
     embedding_l2: float = setting(0.1, ge=0)
     patience: int = setting(2, ge=1)
     plateau_decay: float = setting(1.0, gt=0, le=1)  # see TrainConfig.plateau_decay
+    weight_average: float = setting(0.0, ge=0, lt=1)  # see TrainConfig.weight_average
     threads: int = size(1, MAX_COUNT)  # torch threads; see TrainConfig.threads
     keep_freed_memory: bool = True
     seed: int = setting(2020, ge=0)

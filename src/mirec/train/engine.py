@@ -8,7 +8,8 @@ task:
     for epoch:                       reseed torch and NumPy from (seed, epoch)
         for batch in task.batches:   task.step(batch) -> (mean loss, examples); progress bar
             every checkpoint_minutes: last.pt mid-epoch (atomic), a row in steps.jsonl
-        task.validate()              -> metrics; one row in metrics.jsonl
+        task.validate()              -> metrics; one row in metrics.jsonl (on the weights'
+                                        moving average when train.weight_average > 0)
         best so far? -> best.pt      (atomic) ; last.pt every epoch (atomic, for --resume)
         no better? -> lr *= plateau_decay; stop after `patience` such epochs
     reload best.pt
@@ -36,13 +37,14 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from mirec.checkpoint import load_checkpoint, save_checkpoint
 from mirec.errors import MirecConfigError
 from mirec.io import atomic_write_bytes
 from mirec.train.distributed import World, all_sum, barrier, from_main, world
-from mirec.train.optim import learning_rate, scale_learning_rate
+from mirec.train.optim import RowwiseAdam, learning_rate, scale_learning_rate
 
 
 class Task(Protocol):
@@ -86,6 +88,35 @@ class Standing:
     best_epoch: int = -1
     bad: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's parameters (Polyak averaging), updated after
+    every optimisation step: ``avg <- decay avg + (1 - decay) w``, starting at the first step's
+    weights (:class:`torch.optim.swa_utils.AveragedModel`). Buffers are the model's own."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.model = model
+        self.avg = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+
+    def update(self) -> None:
+        self.avg.update_parameters(self.model)
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Any:
+        """The model holds the averaged weights inside the block, its own again after it."""
+        own = [p.detach().clone() for p in self.model.parameters()]
+        avg = list(self.avg.module.parameters())
+        with torch.no_grad():
+            if int(self.avg.n_averaged):  # before the first step the average is not yet set
+                for p, a in zip(self.model.parameters(), avg):
+                    p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, o in zip(self.model.parameters(), own):
+                    p.copy_(o)
 
 
 @dataclass
@@ -158,6 +189,10 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
     run_dir.mkdir(parents=True, exist_ok=True)
     model, opt = task.model, task.optimizer
     run, so_far, start_epoch, carried = Standing(), None, 0, {}
+    if lc.weight_average and isinstance(opt, RowwiseAdam):  # its rows lag their steps until a flush
+        raise MirecConfigError("train.weight_average: needs dense Adam, and this run steps the item "
+                               "table row-wise; set train.optimizer=adam or train.weight_average=0")
+    average = WeightAverage(model, lc.weight_average) if lc.weight_average else None
     last, metrics, steps = run_dir / "last.pt", run_dir / "metrics.jsonl", run_dir / "steps.jsonl"
     if w.main:
         drop_unfinished_writes(run_dir)
@@ -167,6 +202,11 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
         st = load_checkpoint(last)
         task.check_resume(last, st)
         model.load_state_dict(st["model"])
+        if average is not None:
+            if "average" not in st:
+                raise MirecConfigError(f"--resume: {last} was trained without train.weight_average; "
+                                       f"resume with train.weight_average=0 or train into a new directory")
+            average.avg.load_state_dict(st["average"])
         try:
             opt.load_state_dict(st["optimizer"])
         except (KeyError, ValueError):  # dense Adam's state for the row-wise optimiser, or back
@@ -191,6 +231,8 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
             st = {"model": on_cpu(model.state_dict()), "optimizer": on_cpu(opt.state_dict()),
                   "epoch": epoch_done, "best": run.best, "best_epoch": run.best_epoch,
                   "bad": run.bad, "history": run.history, **saved}
+            if average is not None:
+                st["average"] = on_cpu(average.avg.state_dict())
             save_checkpoint(last, st if part is None else {**st, "partial": dataclasses.asdict(part)})
 
     clock = StepClock(lc, w)
@@ -213,6 +255,8 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
                    total=len(batches), disable=None if progress and w.main else True, leave=False)
         for b, batch in enumerate(bar, start=part.batches + 1):  # b: batches done after this one
             loss, n = task.step(batch)
+            if average is not None:
+                average.update()
             total += loss * n
             seen += n
             if b % 20 == 1 and seen:
@@ -230,7 +274,13 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
         train_s = time.perf_counter() - t0 - paused
         total, seen = all_sum([total, seen], w)  # every process's examples and loss
         seen = int(seen)
-        valid = task.validate()
+        with average.swapped_in() if average is not None else contextlib.nullcontext():
+            valid = task.validate()
+            # Every process holds the same parameters; process 0's score decides, so all stop together.
+            score = from_main(valid[task.score_name], w)
+            if score > run.best and w.main:
+                save_checkpoint(run_dir / "best.pt", {"model": on_cpu(model.state_dict()), "epoch": epoch,
+                                                      **saved})
         row = {"epoch": epoch, "loss": total / max(seen, 1), "examples": seen,
                "lr": learning_rate(opt), "train_seconds": round(train_s, 3),
                "examples_per_s": round(seen / train_s, 1), "valid": valid}
@@ -239,13 +289,8 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
         run.history.append(row)
         if w.main:
             append_row(metrics, row)
-        # Every process holds the same parameters; process 0's score decides, so all stop together.
-        score = from_main(valid[task.score_name], w)
         if score > run.best:
             run.best, run.best_epoch, run.bad = score, epoch, 0
-            if w.main:
-                save_checkpoint(run_dir / "best.pt", {"model": on_cpu(model.state_dict()), "epoch": epoch,
-                                                      **saved})
         else:
             run.bad += 1
             if lc.plateau_decay != 1:
