@@ -700,3 +700,38 @@ def test_interest_overlap_is_the_mean_squared_cosine_of_two_live_interests():
     v = model.vectors.detach()[0]
     step = v - 0.1 * g[0]
     assert F.cosine_similarity(step[0], step[1], dim=0) < F.cosine_similarity(v[0], v[1], dim=0)
+
+
+def test_view_contrast_is_the_symmetric_infonce_of_each_interest_across_two_views():
+    """Two users, one interest each, cosines by hand: user 0's views agree (cos 1), user 1's
+    views are orthogonal; each direction's cross-entropy is the log-softmax of the row (a_i
+    against every b_j, and b_i against every a_j) at the user's own column; dead interests count
+    for nothing; through batch_loss (train.view_contrast) the term is the weight times it, from
+    a second pass over the same histories."""
+    from mirec.train.losses import view_contrast
+
+    a = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # (B 2, K 1, D 2)
+    b = torch.tensor([[[2.0, 0.0]], [[1.0, 0.0]]])  # user 1's second view points elsewhere
+    T = 0.5
+    live = torch.ones(2, 1, dtype=torch.bool)
+    cos = torch.tensor([[1.0, 1.0], [0.0, 0.0]])  # a_i . b_j, unit vectors
+    ab = -torch.log_softmax(cos / T, 1).diagonal()  # (2,)
+    ba = -torch.log_softmax(cos.T / T, 1).diagonal()
+    want = ((ab + ba) / 2).mean()
+    torch.testing.assert_close(view_contrast(a, b, live, T), want)
+    # a second, dead interest changes nothing
+    a2, b2 = torch.cat([a, -a], 1), torch.cat([b, a], 1)
+    torch.testing.assert_close(view_contrast(a2, b2, torch.tensor([[True, False], [True, False]]), T), want)
+    agreeing = view_contrast(a, a, live, T)
+    assert agreeing < want  # views that agree cost less than views that do not
+    torch.manual_seed(0)
+    model = _MeanPool(25, 6)  # no dropout: the second pass gives the same vectors
+    hist, mask, target = torch.randint(1, 25, (5, 4)), torch.ones(5, 4, dtype=torch.bool), torch.randint(1, 25, (5,))
+    out = model.interests(hist, mask)
+    calls = []
+    model.interests = lambda hist, mask, f=model.interests: calls.append(1) or f(hist, mask)
+    base = batch_loss(model, hist, mask, target, TrainConfig(), None, 25)
+    assert len(calls) == 1
+    with_views = batch_loss(model, hist, mask, target, TrainConfig(view_contrast=0.5), None, 25)
+    assert len(calls) == 3
+    torch.testing.assert_close(with_views - base, 0.5 * view_contrast(out.vectors, out.vectors, out.mask, 0.1))

@@ -81,6 +81,10 @@ class TrainConfig:
     # This times the mean squared cosine between two interests of a user (losses.interest_overlap):
     # with negative_score=max the interests otherwise drift into one vector. 0 = off.
     interest_overlap: float = setting(0.0, ge=0)
+    # This times losses.view_contrast: a second pass over the batch's histories (other dropout
+    # draws) whose interests must find the first pass's among the batch's (DuoRec's unsupervised
+    # contrast, at train.temperature). 0 = off; on, a step runs the model twice.
+    view_contrast: float = setting(0.0, ge=0)
     patience: int = setting(3, ge=1)
     # After an epoch that does not beat the best validation score, the learning rate is
     # multiplied by this (1 = constant): the steps after a plateau are smaller ones.

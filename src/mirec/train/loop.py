@@ -41,6 +41,7 @@ from mirec.train.losses import (
     interest_overlap,
     routing_penalty,
     sampled_softmax_loss,
+    view_contrast,
 )
 from mirec.train.optim import make_optimizer, table_is_sparse
 from mirec.train.warm import Parent, warm_retriever
@@ -88,6 +89,10 @@ def batch_loss(model: torch.nn.Module, hist: torch.Tensor, mask: torch.Tensor,
     if cfg.interest_overlap and out.vectors.shape[1] > 1:
         apart = cfg.interest_overlap * interest_overlap(out.vectors, out.mask)
         reg = apart if reg is None else reg + apart
+    if cfg.view_contrast:  # the same histories again, other dropout draws
+        other = model.interests(hist, mask)
+        views = cfg.view_contrast * view_contrast(out.vectors, other.vectors, out.mask, cfg.temperature)
+        reg = views if reg is None else reg + views
     if cfg.cosine and out.vectors.shape[1] > 1:  # one interest: the readout is the vector
         # Serving ranks items by each interest's cosine: the readout must compare the same unit
         # vectors to pick the interest that answers for the target, or it favours long ones.

@@ -143,3 +143,20 @@ def interest_overlap(vectors: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
     m = (live[:, :, None] & live[:, None, :]).to(c2.dtype)
     m = m * (1 - torch.eye(c2.shape[1], dtype=c2.dtype, device=c2.device))  # pairs k != j
     return ((c2 * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)).mean()
+
+
+def view_contrast(a: torch.Tensor, b: torch.Tensor, live: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+    """The contrast of two dropout views of the same histories (DuoRec's unsupervised
+    augmentation, Qiu et al., WSDM 2022): interest k of a user's view ``a`` should find the same
+    interest of the user's view ``b`` among the batch's (cosine / T, InfoNCE, both directions).
+    a, b (B, K, D) two passes' interests, live (B, K) bool; mean over the users' live interests."""
+    B = a.shape[0]
+    a = F.normalize(a, dim=-1).transpose(0, 1)  # (K, B, D)
+    b = F.normalize(b, dim=-1).transpose(0, 1)  # (K, B, D)
+    logits = a @ b.transpose(1, 2) / temperature  # (K, B, B): row i, column j = user i's a vs j's b
+    same = torch.arange(B, device=a.device).expand(logits.shape[0], B)  # (K, B)
+    ab = F.cross_entropy(logits.transpose(1, 2), same, reduction="none")  # (K, B): a_i over b_j
+    ba = F.cross_entropy(logits, same, reduction="none")  # (K, B): b_i over a_j
+    w = live.T.to(ab.dtype)  # (K, B)
+    return ((ab + ba) / 2 * w).sum() / w.sum().clamp(min=1)
