@@ -219,7 +219,8 @@ def test_sparse_table_and_moments_live_in_huge_page_memory_with_the_same_values(
 
 def test_auto_steps_the_table_row_wise_only_above_its_threshold(monkeypatch):
     """The default, auto: dense Adam for a small catalogue, the row-wise optimiser for a large
-    one (with the sampled softmax; the full softmax stays dense whatever the size)."""
+    one (with the sampled softmax; the full softmax and train.weight_average stay dense whatever
+    the size)."""
     assert TrainConfig().optimizer == "auto"
     monkeypatch.setattr(optim, "SPARSE_ABOVE", 4)
     assert isinstance(make_optimizer(Table(5, 2), "auto", 0.1, 0.0, sampled=True), torch.optim.Adam)
@@ -227,6 +228,10 @@ def test_auto_steps_the_table_row_wise_only_above_its_threshold(monkeypatch):
     assert isinstance(make_optimizer(big, "auto", 0.1, 0.0, sampled=True), RowwiseAdam)
     assert big.emb.sparse
     assert isinstance(make_optimizer(Table(6, 2), "auto", 0.1, 0.0, sampled=False), torch.optim.Adam)
+    # a moving average of the weights passes over the whole table each step anyway: dense
+    averaged = Table(6, 2)
+    assert isinstance(make_optimizer(averaged, "auto", 0.1, 0.0, sampled=True, averaged=True), torch.optim.Adam)
+    assert not averaged.emb.sparse
 
 
 def test_full_softmax_and_adam_use_dense_adam():

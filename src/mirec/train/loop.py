@@ -132,7 +132,7 @@ def setup(cfg: RunConfig, ds: Dataset, distributed: bool = False, warm: bool = F
     # initialised on the CPU: the same anywhere
     model = build_model(cfg, ds.num_items, training=True, categories=ds.category_index()).to(device)
     opt = make_optimizer(model, tc.optimizer, learning_rate(tc, model, warm), tc.weight_decay,
-                         use_sampled(tc, ds.num_items))
+                         use_sampled(tc, ds.num_items), averaged=tc.weight_average > 0)
     sampler = None
     if tc.hard_negative_beta and not use_sampled(tc, ds.num_items):
         raise MirecConfigError("train.hard_negative_beta: weights the sampled negatives; set "

@@ -189,13 +189,17 @@ class RowwiseAdam:
 
 
 def make_optimizer(model: nn.Module, kind: str, lr: float, weight_decay: float,
-                   sampled: bool, log: Callable[[str], None] = lambda s: None) -> Any:
+                   sampled: bool, log: Callable[[str], None] = lambda s: None,
+                   averaged: bool = False) -> Any:
     """The optimiser ``train.optimizer`` names for ``model``; marks the item table sparse
     (``nn.Embedding.sparse``) when the row-wise optimiser steps it. ``sampled``: whether the
-    loss samples negatives (the full softmax touches every row: dense Adam)."""
+    loss samples negatives (the full softmax touches every row: dense Adam). ``averaged``: the
+    run keeps a moving average of the weights (``train.weight_average``), which passes over the
+    whole table every step anyway: ``auto`` is dense Adam then."""
     table, asked = item_table(model), kind
     if kind == "auto":  # the row-wise optimiser where dense Adam's pass over the table costs
-        kind = "sparse" if table is not None and table.num_embeddings - 1 > SPARSE_ABOVE else "adam"
+        big = table is not None and table.num_embeddings - 1 > SPARSE_ABOVE
+        kind = "sparse" if big and not averaged else "adam"
     if kind == "adam" or not sampled or table is None:
         if asked == "sparse":
             why = "the full softmax updates every item row" if not sampled else \
