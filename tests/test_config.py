@@ -163,7 +163,9 @@ def test_leave_one_out_brings_its_cutoffs_ties_and_the_models_recipe_unless_give
         assert cfg.train.select == "ndcg@10" and cfg.train.plateau_decay == 0.3  # beside the model's own
         assert cfg.model_args == recipe["model_args"]
         assert cfg.train.negative_score == recipe.get("train", {}).get("negative_score", "readout")
-    assert load(RunConfig, None, ["split.protocol=loo"]).train.negative_score == "max"  # ComiRec-SA's
+        assert cfg.train.weight_average == recipe.get("train", {}).get("weight_average", 0.0)
+    sa = load(RunConfig, None, ["split.protocol=loo"])  # ComiRec-SA's own
+    assert sa.train.negative_score == "max" and sa.train.weight_average == 0.999
     given = load(RunConfig, None, ["split.protocol=loo", "eval.ns=[10]", "model_args.item_features=off"])
     assert given.eval.ns == (10,) and given.eval.ties == "pessimistic"
     assert given.model_args["item_features"] == "off"
@@ -179,4 +181,4 @@ def test_leave_one_out_brings_its_cutoffs_ties_and_the_models_recipe_unless_give
         plain = load(RunConfig, None, other)
         assert plain.eval.ns == (20, 50) and plain.eval.ties == "low-id" and plain.model_args == {}
         assert plain.train.negative_score == "readout" and plain.train.select == "auto"
-        assert plain.train.plateau_decay == 1.0
+        assert plain.train.plateau_decay == 1.0 and plain.train.weight_average == 0.0

@@ -82,10 +82,11 @@ class ComiRecSA(nn.Module):
     # Beauty's validation users (docs/benchmarks.md, "Amazon Beauty, leave-one-out"). Scoring
     # every item by its best interest there lifts validation NDCG@10 by 8%, but the pooled
     # interests then fold into one vector (pairwise cosine 0.99): the top of a next-item
-    # ranking, not several interests; the ComiRec protocol keeps readout.
+    # ranking, not several interests; the ComiRec protocol keeps readout. The moving average of
+    # the weights left validation NDCG@10 level and lifted HR@5 and HR@20 (and test, 3 seeds).
     loo_defaults = {"model_args": {"encoder_layers": 1, "encoder_dropout": 0.5, "item_features": "mean",
                                    "sequential_interest": True},
-                    "train": {"negative_score": "max"}}
+                    "train": {"negative_score": "max", "weight_average": 0.999}}
 
     def __init__(self, cfg: ComiRecSAConfig, num_items: int, categories: tuple | None = None) -> None:
         super().__init__()
