@@ -155,9 +155,9 @@ def test_leave_one_out_brings_its_cutoffs_ties_and_the_models_recipe_unless_give
     the plain defaults."""
     from mirec.models.registry import SPECS
 
-    for name in ("sasrec", "comirec-sa"):
+    for name in ("sasrec", "comirec-sa", "comirec-dr"):
         recipe = SPECS[name].build.loo_defaults
-        assert recipe["model_args"]  # both models have a leave-one-out recipe
+        assert recipe["model_args"]  # each of these models has a leave-one-out recipe
         cfg = load(RunConfig, None, ["split.protocol=loo", f"model={name}"])
         assert cfg.eval.ns == (5, 10, 20) and cfg.eval.ties == "pessimistic"
         assert cfg.train.select == "ndcg@10" and cfg.train.plateau_decay == 0.3  # beside the model's own
