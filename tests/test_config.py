@@ -165,7 +165,7 @@ def test_leave_one_out_brings_its_cutoffs_ties_and_the_models_recipe_unless_give
         assert cfg.train.negative_score == recipe.get("train", {}).get("negative_score", "readout")
         assert cfg.train.weight_average == recipe.get("train", {}).get("weight_average", 0.0)
     sa = load(RunConfig, None, ["split.protocol=loo"])  # ComiRec-SA's own
-    assert sa.train.negative_score == "max" and sa.train.weight_average == 0.999
+    assert sa.train.negative_score == "max" and sa.train.weight_average == 0.9995
     given = load(RunConfig, None, ["split.protocol=loo", "eval.ns=[10]", "model_args.item_features=off"])
     assert given.eval.ns == (10,) and given.eval.ties == "pessimistic"
     assert given.model_args["item_features"] == "off"
