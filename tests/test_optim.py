@@ -256,4 +256,3 @@ def test_sampler_draws_follow_its_log_q(kind, threshold):
     assert float(s.log_q[1:].double().exp().sum()) == pytest.approx(1.0, abs=1e-6)
     chi = float(((freq[1:] - expected) ** 2 / expected).sum())
     assert chi < threshold
-
