@@ -44,7 +44,7 @@ from mirec.checkpoint import load_checkpoint, save_checkpoint
 from mirec.errors import MirecConfigError
 from mirec.io import atomic_write_bytes
 from mirec.train.distributed import World, all_sum, barrier, from_main, world
-from mirec.train.optim import RowwiseAdam, learning_rate, scale_learning_rate
+from mirec.train.optim import learning_rate, scale_learning_rate
 
 
 class Task(Protocol):
@@ -189,9 +189,6 @@ def fit(task: Task, run_dir: str | Path, lc: Any, resume: bool = False, progress
     run_dir.mkdir(parents=True, exist_ok=True)
     model, opt = task.model, task.optimizer
     run, so_far, start_epoch, carried = Standing(), None, 0, {}
-    if lc.weight_average and isinstance(opt, RowwiseAdam):  # its rows lag their steps until a flush
-        raise MirecConfigError("train.weight_average: needs dense Adam, and this run steps the item "
-                               "table row-wise; set train.optimizer=adam or train.weight_average=0")
     average = WeightAverage(model, lc.weight_average) if lc.weight_average else None
     last, metrics, steps = run_dir / "last.pt", run_dir / "metrics.jsonl", run_dir / "steps.jsonl"
     if w.main:

@@ -37,6 +37,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from mirec.errors import MirecConfigError
+
 OPTIMIZERS = ("auto", "adam", "sparse")
 # train.optimizer=auto steps the item table row-wise above this many items. Dense Adam's pass
 # over the table costs about 0.19 us a row a step here (a step of batch 256: 18.7 ms at 12k
@@ -195,7 +197,8 @@ def make_optimizer(model: nn.Module, kind: str, lr: float, weight_decay: float,
     (``nn.Embedding.sparse``) when the row-wise optimiser steps it. ``sampled``: whether the
     loss samples negatives (the full softmax touches every row: dense Adam). ``averaged``: the
     run keeps a moving average of the weights (``train.weight_average``), which passes over the
-    whole table every step anyway: ``auto`` is dense Adam then."""
+    whole table every step anyway: ``auto`` is dense Adam then, and ``sparse`` is refused (its
+    rows lag their steps until a flush, so the average would read stale rows)."""
     table, asked = item_table(model), kind
     if kind == "auto":  # the row-wise optimiser where dense Adam's pass over the table costs
         big = table is not None and table.num_embeddings - 1 > SPARSE_ABOVE
@@ -206,6 +209,9 @@ def make_optimizer(model: nn.Module, kind: str, lr: float, weight_decay: float,
                 "its item_embeddings() is not an nn.Embedding's weight"
             log(f"train.optimizer={kind}: dense Adam ({why})")
         return dense_adam(list(model.parameters()), lr, weight_decay)
+    if averaged:
+        raise MirecConfigError("train.weight_average: needs dense Adam, and this run steps the item "
+                               "table row-wise; set train.optimizer=adam or train.weight_average=0")
     table.sparse = True
     table.weight.data = hugepage_copy(table.weight.data)  # the same parameter, in huge pages
     return RowwiseAdam(model, table.weight, lr, weight_decay)
